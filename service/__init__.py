@@ -1,0 +1,25 @@
+"""The service's Flask application factory."""
+
+from __future__ import annotations
+
+from flask import Flask
+from redis import Redis
+
+from service.config import Settings
+
+
+def create_app(settings: Settings | None = None, *, connection: Redis | None = None) -> Flask:
+    """Build the web app: settings, one Redis client, tasks, auth, the API and the dashboard."""
+    from service import api
+    from service.connection import connect
+    from service.logs import configure_logging
+    from service.task_registry import load_task_modules
+
+    settings = settings or Settings.from_env(role="web")
+    configure_logging(settings, role="web")
+    load_task_modules(settings.task_modules)
+    app = Flask(__name__)
+    app.extensions["settings"] = settings
+    app.extensions["redis"] = connection or connect(settings.redis_url, role="web")
+    api.init_app(app)
+    return app

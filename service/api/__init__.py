@@ -1,0 +1,16 @@
+"""HTTP API: thin views over the domain layer, mounted by init_app()."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from service.api import auth, body, errors, jobs, system
+
+
+def init_app(app: Flask) -> None:
+    """Install limits, error handlers, auth and every blueprint on `app`."""
+    body.init_app(app)
+    errors.init_app(app)
+    auth.init_app(app)
+    app.register_blueprint(system.bp)
+    app.register_blueprint(jobs.bp)

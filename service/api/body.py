@@ -1,0 +1,74 @@
+"""Request bodies: size limit, strict JSON parsing and schema validation."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Flask, request
+
+from service.errors import MalformedRequest, PayloadTooLarge, UnsupportedMediaType
+from service.schemas import Model, validate
+
+MAX_BODY_BYTES = 1024 * 1024
+MAX_NESTING = 32
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        raise ValueError("duplicate key in object")
+    return data
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Return the nesting depth of `value`, stopping once it passes `limit`."""
+    stack = [(value, 1)]
+    deepest = 0
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if deepest > limit:
+            return deepest
+        if isinstance(item, dict):
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, level + 1) for v in item)
+    return deepest
+
+
+def json_body() -> Any:
+    """Return the request's JSON body, parsed strictly; raise 400/413/415 errors."""
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"request body is larger than {MAX_BODY_BYTES} bytes")
+    raw = request.get_data(cache=True)
+    if len(raw) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"request body is larger than {MAX_BODY_BYTES} bytes")
+    if not raw.strip():
+        raise MalformedRequest("request body is empty; send a JSON object")
+    if request.mimetype and request.mimetype != "application/json":
+        raise UnsupportedMediaType("send the body as application/json")
+    try:
+        data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant, object_pairs_hook=_reject_duplicates)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise MalformedRequest(f"request body is not valid JSON: {str(exc)[:200]}") from None
+    if _depth(data, MAX_NESTING) > MAX_NESTING:
+        raise MalformedRequest(f"request body is nested deeper than {MAX_NESTING} levels")
+    return data
+
+
+def parse(model: type[Model]) -> Model:
+    """Return the request body validated as `model`."""
+    data = json_body()
+    if not isinstance(data, dict):
+        raise MalformedRequest("request body must be a JSON object")
+    return validate(model, data)
+
+
+def init_app(app: Flask) -> None:
+    """Let Flask refuse oversized bodies before they are read."""
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES

@@ -1,0 +1,115 @@
+"""Errors: the service's named failures, each with its HTTP status and code.
+
+One handler (service.api.errors) turns a ServiceError into the JSON shape
+`{"error": {"code": ..., "message": ...}}`; the CLI prints the message.
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Raised when a request cannot be served; carries an HTTP status and a machine code."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(ServiceError):
+    """Raised when an environment variable is missing or invalid at process start."""
+
+    code = "config_error"
+
+
+class MalformedRequest(ServiceError):
+    """Raised when a request body is not valid JSON."""
+
+    status = 400
+    code = "malformed_json"
+
+
+class Unauthorized(ServiceError):
+    """Raised when a request has no bearer token or a wrong one."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class NotFound(ServiceError):
+    """Raised when a path or an id names nothing that exists."""
+
+    status = 404
+    code = "not_found"
+
+
+class JobNotFound(NotFound):
+    """Raised when a job id names no stored job."""
+
+    code = "job_not_found"
+
+
+class MethodNotAllowed(ServiceError):
+    """Raised when a path exists but not for this HTTP method."""
+
+    status = 405
+    code = "method_not_allowed"
+
+
+class Conflict(ServiceError):
+    """Raised when the request contradicts the current state (e.g. cancel a finished job)."""
+
+    status = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(ServiceError):
+    """Raised when a request body is larger than the service accepts."""
+
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(ServiceError):
+    """Raised when a request body is not sent as application/json."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
+class InvalidField(ServiceError):
+    """Raised when a field of a request is missing or has a bad value; the message names it."""
+
+    status = 422
+    code = "invalid_field"
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+class UnknownTask(InvalidField):
+    """Raised when a task name is not registered."""
+
+    code = "unknown_task"
+
+    def __init__(self, name: object, field: str = "task") -> None:
+        super().__init__(field, f"{name!r} is not a registered task")
+
+
+class UnknownQueue(InvalidField):
+    """Raised when a queue name is not one of the lanes."""
+
+    code = "unknown_queue"
+
+    def __init__(self, name: object, field: str = "queue") -> None:
+        super().__init__(field, f"{name!r} is not a lane (high, default, low)")
+
+
+class RedisUnavailable(ServiceError):
+    """Raised when Redis cannot be reached or answers with an error in time."""
+
+    status = 503
+    code = "redis_unavailable"

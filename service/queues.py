@@ -1,0 +1,65 @@
+"""Queues: RQ's Job and Queue as the service uses them (JSON only, registered tasks only).
+
+Every process builds jobs and queues through these classes, so nothing is
+ever pickled and no worker resolves a function by import path: a job's
+function name is a registered task name, looked up in the task registry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis import Redis
+from rq.job import Job
+from rq.queue import Queue
+from rq.serializers import JSONSerializer
+
+from service.lanes import LANES, check_lane
+from service.task_registry import REGISTRY
+
+
+class ServiceJob(Job):
+    """An RQ job stored as JSON whose function is looked up in the task registry."""
+
+    def __init__(self, id: str | None = None, connection: Redis | None = None, serializer: Any = None) -> None:
+        super().__init__(id, connection=connection, serializer=serializer or JSONSerializer)
+        self.attempts = 0
+
+    @property
+    def func(self) -> Any:
+        # Defence in depth: whoever wrote this job into Redis, only a
+        # registered task can run (UnknownTask fails the job unexecuted).
+        return REGISTRY.get(self.func_name).func
+
+    def prepare_for_execution(self, worker_name: str, pipeline: Any) -> None:
+        super().prepare_for_execution(worker_name, pipeline)
+        # Counted in the same pipeline RQ uses to mark the job started.
+        pipeline.hincrby(self.key, "attempts", 1)
+        self.attempts += 1
+
+    def restore(self, raw_data: Any) -> Any:
+        result = super().restore(raw_data)
+        raw = raw_data.get(b"attempts") or raw_data.get("attempts") or 0
+        self.attempts = int(raw)
+        return result
+
+
+class ServiceQueue(Queue):
+    """An RQ queue of ServiceJobs."""
+
+    job_class = ServiceJob
+
+    def __init__(self, name: str = "default", connection: Redis | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("serializer", JSONSerializer)
+        kwargs.setdefault("job_class", ServiceJob)
+        super().__init__(name, connection=connection, **kwargs)
+
+
+def get_queue(name: str, connection: Redis) -> ServiceQueue:
+    """Return the lane `name`; raise UnknownQueue for any other name."""
+    return ServiceQueue(check_lane(name), connection=connection)
+
+
+def get_lanes(connection: Redis, names: tuple[str, ...] = LANES) -> list[ServiceQueue]:
+    """Return the queues for `names`, in the order given (priority order)."""
+    return [get_queue(name, connection) for name in names]

@@ -1,0 +1,134 @@
+"""Task registry: the allow-list of task names that HTTP, the CLI, schedules and workers may run.
+
+A task is a plain function registered with `@task("reports.generate", ...)`.
+Clients name tasks; only this registry maps a name to a function. No import
+path is ever built from input.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.errors import ConfigError, UnknownTask
+from service.lanes import LANES
+
+TASK_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+DEFAULT_TIMEOUT_SECONDS = 180
+DEFAULT_RESULT_TTL_SECONDS = 500
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often a failed job is run again, and how long to wait before each retry."""
+
+    max: int = 0
+    backoff: tuple[int, ...] | str = (10, 60, 300)
+
+    def to_dict(self) -> dict[str, Any]:
+        backoff = self.backoff if isinstance(self.backoff, str) else list(self.backoff)
+        return {"max": self.max, "backoff": backoff}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A registered task: its public name, its function and its per-job defaults."""
+
+    name: str
+    func: Callable[..., Any]
+    queue: str = "default"
+    timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS
+    result_ttl_seconds: int = DEFAULT_RESULT_TTL_SECONDS
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    unique: bool = False
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "queue": self.queue,
+            "timeout": self.timeout_seconds,
+            "result_ttl": self.result_ttl_seconds,
+            "retry": self.retry.to_dict(),
+            "unique": self.unique,
+            "description": self.description,
+        }
+
+
+class TaskRegistry:
+    """Names to TaskSpecs; refuses bad names and a second function under one name."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, TaskSpec] = {}
+
+    def add(self, spec: TaskSpec) -> None:
+        if not TASK_NAME.match(spec.name):
+            raise ValueError(f"task name {spec.name!r} must be dotted lower-case words, e.g. 'reports.generate'")
+        if spec.queue not in LANES:
+            raise ValueError(f"task {spec.name!r}: queue {spec.queue!r} is not one of {LANES}")
+        existing = self._tasks.get(spec.name)
+        if existing and _qualname(existing.func) != _qualname(spec.func):
+            raise ValueError(f"task name {spec.name!r} is already registered to {_qualname(existing.func)}")
+        self._tasks[spec.name] = spec
+
+    def get(self, name: object) -> TaskSpec:
+        """Return the spec registered under `name`; raise UnknownTask otherwise."""
+        spec = self._tasks.get(name) if isinstance(name, str) else None
+        if spec is None:
+            raise UnknownTask(name)
+        return spec
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self._tasks
+
+    def all(self) -> list[TaskSpec]:
+        return sorted(self._tasks.values(), key=lambda s: s.name)
+
+
+def _qualname(func: Callable[..., Any]) -> str:
+    return f"{func.__module__}.{func.__qualname__}"
+
+
+REGISTRY = TaskRegistry()
+
+
+def task(
+    name: str,
+    *,
+    queue: str = "default",
+    timeout: int = DEFAULT_TIMEOUT_SECONDS,
+    result_ttl: int = DEFAULT_RESULT_TTL_SECONDS,
+    retry: RetryPolicy | None = None,
+    unique: bool = False,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register the decorated function as task `name` with its per-job defaults."""
+
+    def register(func: Callable[..., Any]) -> Callable[..., Any]:
+        doc = (func.__doc__ or "").strip().splitlines()
+        REGISTRY.add(
+            TaskSpec(
+                name=name,
+                func=func,
+                queue=queue,
+                timeout_seconds=timeout,
+                result_ttl_seconds=result_ttl,
+                retry=retry or RetryPolicy(),
+                unique=unique,
+                description=doc[0] if doc else "",
+            )
+        )
+        return func
+
+    return register
+
+
+def load_task_modules(modules: Iterable[str]) -> None:
+    """Import each module so that its @task functions register; ConfigError if one fails."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # any import failure is a configuration error
+            raise ConfigError(f"TASK_MODULES: cannot import {module!r}: {type(exc).__name__}") from exc

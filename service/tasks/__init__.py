@@ -1,0 +1,1 @@
+"""Tasks the service ships: the diagnostic tasks and examples drawn from real use."""

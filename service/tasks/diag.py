@@ -1,0 +1,37 @@
+"""Diagnostic tasks (SPEC §3): always registered, used by tests, benchmarks and operators."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rq import get_current_job
+
+from service.task_registry import task
+
+
+@task("diag.echo")
+def echo(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Return the arguments it was given."""
+    return {"args": list(args), "kwargs": kwargs}
+
+
+@task("diag.sleep")
+def sleep(seconds: float) -> float:
+    """Sleep for `seconds`, then return them."""
+    time.sleep(float(seconds))
+    return seconds
+
+
+@task("diag.fail")
+def fail(message: str = "boom") -> None:
+    """Raise an exception carrying `message`."""
+    raise RuntimeError(message)
+
+
+@task("diag.record")
+def record(key: str, value: Any) -> int:
+    """Append `value` to the Redis list diag:<key>; return the list's new length."""
+    job = get_current_job()
+    assert job is not None, "diag.record runs inside a job"
+    return int(job.connection.rpush(f"diag:{key}", value))

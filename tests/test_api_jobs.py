@@ -1,0 +1,62 @@
+"""POST /jobs and GET /jobs/<id>: the job fields of SPEC §5."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from flask.testing import FlaskClient
+from redis import Redis
+
+from service.queues import ServiceQueue
+from tests.conftest import AUTH
+
+JSON = {**AUTH, "Content-Type": "application/json"}
+JOB_FIELDS = {
+    "id", "task", "queue", "status", "args", "kwargs", "result", "error",
+    "attempts", "enqueued_at", "started_at", "ended_at",
+}  # fmt: skip
+
+
+def enqueue(client: FlaskClient, body: dict[str, object]) -> dict[str, object]:
+    response = client.post("/jobs", data=json.dumps(body), headers=JSON)
+    assert response.status_code == 202, response.get_data(as_text=True)
+    return response.get_json()
+
+
+def test_post_job_answers_202_with_the_queued_job(client: FlaskClient) -> None:
+    job = enqueue(client, {"task": "diag.echo", "args": [1, "two"], "kwargs": {"three": 3}})
+    assert JOB_FIELDS <= set(job)
+    assert job["task"] == "diag.echo"
+    assert (job["status"], job["queue"], job["attempts"]) == ("queued", "default", 0)
+    assert (job["args"], job["kwargs"], job["result"], job["error"]) == ([1, "two"], {"three": 3}, None, None)
+    assert job["enqueued_at"].endswith("Z")
+    assert datetime.fromisoformat(job["enqueued_at"]).utcoffset().total_seconds() == 0
+    assert job["started_at"] is None and job["ended_at"] is None
+
+
+def test_job_goes_to_the_lane_asked_for(client: FlaskClient, connection: Redis) -> None:
+    job = enqueue(client, {"task": "diag.echo", "queue": "high"})
+    assert job["queue"] == "high"
+    assert ServiceQueue("high", connection=connection).job_ids == [job["id"]]
+
+
+def test_job_is_stored_as_json_never_pickle(client: FlaskClient, connection: Redis) -> None:
+    import zlib
+
+    job = enqueue(client, {"task": "diag.echo", "args": [1]})
+    data = connection.hget(f"rq:job:{job['id']}", "data")
+    assert json.loads(zlib.decompress(data)) == ["diag.echo", None, [1], {}]
+
+
+def test_get_job_reads_it_back(client: FlaskClient) -> None:
+    job = enqueue(client, {"task": "diag.echo"})
+    response = client.get(f"/jobs/{job['id']}", headers=AUTH)
+    assert response.status_code == 200
+    assert response.get_json() == job
+
+
+def test_unknown_job_is_404(client: FlaskClient) -> None:
+    response = client.get("/jobs/no-such-job", headers=AUTH)
+    assert response.status_code == 404
+    assert response.get_json()["error"]["code"] == "job_not_found"
