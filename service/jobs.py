@@ -1,39 +1,53 @@
-"""Jobs: enqueue a registered task, read a job back, and describe it as JSON.
+"""Jobs: read, list, cancel and requeue jobs, and describe them as JSON.
 
-The domain layer for one-off jobs. HTTP views and the CLI call these
-functions and nothing below them.
+The domain layer for one-off jobs after they are enqueued (service.enqueue
+creates them). HTTP views and the CLI call these functions and nothing below.
 """
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
+from rq.command import send_stop_job_command
 from rq.exceptions import NoSuchJobError
+from rq.registry import (
+    BaseRegistry,
+    CanceledJobRegistry,
+    DeferredJobRegistry,
+    FailedJobRegistry,
+    FinishedJobRegistry,
+    ScheduledJobRegistry,
+    StartedJobRegistry,
+)
 
-from service.errors import JobNotFound
-from service.queues import ServiceJob, get_queue
-from service.schemas import JobRequest
-from service.task_registry import REGISTRY
+from service.errors import Conflict, InvalidField, JobNotFound
+from service.lanes import LANES, check_lane
+from service.queues import ServiceJob, ServiceQueue
+from service.schemas import STATUSES, JobRequest
 
 JOB_ID_MAX_LENGTH = 200
+CANCELABLE = frozenset({"queued", "scheduled", "deferred"})
+REQUEUEABLE = frozenset({"failed", "stopped"})
+STOP_WAIT_SECONDS = 3.0
+REGISTRIES: dict[str, type[BaseRegistry]] = {
+    "started": StartedJobRegistry,
+    "scheduled": ScheduledJobRegistry,
+    "deferred": DeferredJobRegistry,
+    "finished": FinishedJobRegistry,
+    "failed": FailedJobRegistry,
+    "stopped": FailedJobRegistry,  # RQ files stopped jobs with the failed ones
+    "canceled": CanceledJobRegistry,
+}
 
 
 def enqueue(connection: Redis, request: JobRequest) -> ServiceJob:
-    """Enqueue `request` with the task's defaults; raise UnknownTask/UnknownQueue before writing anything."""
-    spec = REGISTRY.get(request.task)
-    queue = get_queue(request.queue or spec.queue, connection)
-    job = queue.enqueue_call(
-        spec.name,
-        args=list(request.args),
-        kwargs=dict(request.kwargs),
-        timeout=spec.timeout_seconds,
-        result_ttl=spec.result_ttl_seconds,
-        description=spec.name,
-    )
-    assert isinstance(job, ServiceJob)
-    return job
+    """Enqueue one job from Python code and return it (the existing one for a repeated idempotency key)."""
+    from service.enqueue import enqueue as enqueue_request
+
+    return enqueue_request(connection, request)[0]
 
 
 def fetch(connection: Redis, job_id: str) -> ServiceJob:
@@ -46,15 +60,107 @@ def fetch(connection: Redis, job_id: str) -> ServiceJob:
         raise JobNotFound(f"no job with id {job_id!r}") from None
 
 
+def status_of(job: ServiceJob) -> str:
+    status = job.get_status(refresh=False)
+    return str(status.value) if status is not None else "unknown"
+
+
+def cancel(connection: Redis, job_id: str) -> ServiceJob:
+    """Cancel a queued, scheduled or deferred job; stop a running one; Conflict if it has ended."""
+    job = fetch(connection, job_id)
+    status = status_of(job)
+    if status in CANCELABLE:
+        job.cancel()
+    elif status == "started":
+        send_stop_job_command(connection, job.id, serializer=job.serializer)
+        _wait_for_status(job, "started")
+    else:
+        raise Conflict(f"job {job_id!r} is {status}; only queued, scheduled, deferred or started jobs can be canceled")
+    return fetch(connection, job_id)
+
+
+def requeue(connection: Redis, job_id: str) -> ServiceJob:
+    """Put a failed (or stopped) job back in its lane; Conflict for any other status."""
+    job = fetch(connection, job_id)
+    status = status_of(job)
+    if status not in REQUEUEABLE:
+        raise Conflict(f"job {job_id!r} is {status}; only failed or stopped jobs can be requeued")
+    FailedJobRegistry(job.origin, connection=connection, job_class=ServiceJob, serializer=job.serializer).requeue(job)
+    return fetch(connection, job_id)
+
+
+def requeue_all_failed(connection: Redis) -> list[str]:
+    """Requeue every failed or stopped job of every lane; return their ids."""
+    requeued = []
+    for lane in LANES:
+        registry = FailedJobRegistry(lane, connection=connection, job_class=ServiceJob)
+        for job_id in registry.get_job_ids():
+            try:
+                registry.requeue(job_id)
+                requeued.append(job_id)
+            except (NoSuchJobError, ValueError):
+                continue  # vanished or already requeued meanwhile
+    return requeued
+
+
+def _wait_for_status(job: ServiceJob, old: str) -> None:
+    """Give the worker a moment to act on a stop command, so the answer reads `stopped`."""
+    deadline = time.monotonic() + STOP_WAIT_SECONDS
+    while time.monotonic() < deadline and status_of(job) == old:
+        time.sleep(0.05)
+        job.get_status(refresh=True)
+
+
+def list_jobs(
+    connection: Redis, status: str | None, queue: str | None, limit: int, cursor: str | None
+) -> tuple[list[ServiceJob], str | None]:
+    """Return up to `limit` jobs by registry (and lane), and the cursor of the next page."""
+    lanes = [check_lane(queue)] if queue else list(LANES)
+    statuses = [status] if status else list(STATUSES)
+    sources = [(s, lane) for s in statuses for lane in lanes]
+    index, offset = _parse_cursor(cursor, len(sources))
+    found: list[ServiceJob] = []
+    while index < len(sources) and len(found) < limit:
+        wanted, lane = sources[index]
+        count = limit - len(found)
+        ids = _job_ids(connection, wanted, lane, offset, count)
+        jobs = ServiceJob.fetch_many(ids, connection=connection)
+        found.extend(j for j in jobs if j is not None and status_of(j) == wanted)
+        if len(ids) < count:
+            index, offset = index + 1, 0
+        else:
+            offset += len(ids)
+    return found, (f"{index}.{offset}" if index < len(sources) else None)
+
+
+def _parse_cursor(cursor: str | None, sources: int) -> tuple[int, int]:
+    if not cursor:
+        return 0, 0
+    try:
+        index, offset = (int(part) for part in cursor.split(".", 1))
+    except ValueError:
+        raise InvalidField("cursor", "not a cursor this API returned") from None
+    if not (0 <= index < sources and offset >= 0):
+        raise InvalidField("cursor", "not a cursor this API returned")
+    return index, offset
+
+
+def _job_ids(connection: Redis, status: str, lane: str, offset: int, count: int) -> list[str]:
+    if status == "queued":
+        return ServiceQueue(lane, connection=connection).get_job_ids(offset, count)
+    registry = REGISTRIES[status](lane, connection=connection, job_class=ServiceJob)
+    return registry.get_job_ids(offset, offset + count - 1, desc=True, cleanup=False)
+
+
 def describe(job: ServiceJob) -> dict[str, Any]:
     """Return the JSON form of `job` (SPEC §5 job fields)."""
-    status = job.get_status(refresh=False)
+    status = status_of(job)
     result, error = _outcome(job, status)
     data: dict[str, Any] = {
         "id": job.id,
         "task": job.func_name,
         "queue": job.origin,
-        "status": str(status.value if status is not None else "unknown"),
+        "status": status,
         "args": list(job.args),
         "kwargs": dict(job.kwargs),
         "result": result,
@@ -71,16 +177,16 @@ def describe(job: ServiceJob) -> dict[str, Any]:
     return data
 
 
-def _outcome(job: ServiceJob, status: Any) -> tuple[Any, str | None]:
-    if status is None or status.value not in ("finished", "failed", "stopped"):
+def _outcome(job: ServiceJob, status: str) -> tuple[Any, str | None]:
+    if status not in ("finished", "failed", "stopped"):
         return None, None
     latest = job.latest_result()
     if latest is None:
-        return None, None
+        return None, "stopped by request" if status == "stopped" else None
     if latest.type == latest.Type.SUCCESSFUL:
         return latest.return_value, None
     lines = (latest.exc_string or "").strip().splitlines()
-    return None, lines[-1] if lines else status.value
+    return None, lines[-1] if lines else status
 
 
 def isotime(moment: datetime | None) -> str | None:

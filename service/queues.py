@@ -7,6 +7,7 @@ function name is a registered task name, looked up in the task registry.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from redis import Redis
@@ -18,6 +19,10 @@ from service.lanes import LANES, check_lane
 from service.task_registry import REGISTRY
 
 
+class JobExpired(Exception):
+    """Raised in a worker when a job's ttl ran out before it started; the job is not run or retried."""
+
+
 class ServiceJob(Job):
     """An RQ job stored as JSON whose function is looked up in the task registry."""
 
@@ -27,9 +32,21 @@ class ServiceJob(Job):
 
     @property
     def func(self) -> Any:
+        if self.expired:
+            raise JobExpired("not started within its ttl; discarded without running")
         # Defence in depth: whoever wrote this job into Redis, only a
         # registered task can run (UnknownTask fails the job unexecuted).
         return REGISTRY.get(self.func_name).func
+
+    @property
+    def expired(self) -> bool:
+        expires_at = (self.meta or {}).get("expires_at")
+        return expires_at is not None and time.time() > float(expires_at)
+
+    @property
+    def should_retry(self) -> bool:
+        # An expired job stays discarded: retrying could only expire again.
+        return bool(super().should_retry) and not self.expired
 
     def prepare_for_execution(self, worker_name: str, pipeline: Any) -> None:
         super().prepare_for_execution(worker_name, pipeline)
@@ -48,6 +65,16 @@ class ServiceQueue(Queue):
     """An RQ queue of ServiceJobs."""
 
     job_class = ServiceJob
+    # RQ asks the server its version (INFO) once per Queue object; queues are
+    # made per request, so remember the answer per connection pool instead.
+    _server_versions: dict[int, tuple[int, int, int]] = {}
+
+    def get_redis_server_version(self) -> tuple[int, int, int]:
+        pool = id(self.connection.connection_pool)
+        if pool not in self._server_versions:
+            self._server_versions[pool] = super().get_redis_server_version()
+        self.redis_server_version = self._server_versions[pool]
+        return self.redis_server_version
 
     def __init__(self, name: str = "default", connection: Redis | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("serializer", JSONSerializer)

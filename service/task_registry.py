@@ -19,6 +19,8 @@ from service.lanes import LANES
 TASK_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 DEFAULT_TIMEOUT_SECONDS = 180
 DEFAULT_RESULT_TTL_SECONDS = 500
+# RQ keeps failed jobs a year by default; a week is enough to look and requeue.
+DEFAULT_FAILURE_TTL_SECONDS = 7 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class TaskSpec:
     queue: str = "default"
     timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS
     result_ttl_seconds: int = DEFAULT_RESULT_TTL_SECONDS
+    failure_ttl_seconds: int = DEFAULT_FAILURE_TTL_SECONDS
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     unique: bool = False
     description: str = ""
@@ -52,6 +55,7 @@ class TaskSpec:
             "queue": self.queue,
             "timeout": self.timeout_seconds,
             "result_ttl": self.result_ttl_seconds,
+            "failure_ttl": self.failure_ttl_seconds,
             "retry": self.retry.to_dict(),
             "unique": self.unique,
             "description": self.description,
@@ -101,6 +105,7 @@ def task(
     queue: str = "default",
     timeout: int = DEFAULT_TIMEOUT_SECONDS,
     result_ttl: int = DEFAULT_RESULT_TTL_SECONDS,
+    failure_ttl: int = DEFAULT_FAILURE_TTL_SECONDS,
     retry: RetryPolicy | None = None,
     unique: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -115,6 +120,7 @@ def task(
                 queue=queue,
                 timeout_seconds=timeout,
                 result_ttl_seconds=result_ttl,
+                failure_ttl_seconds=failure_ttl,
                 retry=retry or RetryPolicy(),
                 unique=unique,
                 description=doc[0] if doc else "",

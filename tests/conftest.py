@@ -19,6 +19,7 @@ from service.embedded_redis import EmbeddedRedis
 from tests.processes import Processes
 
 TOKEN = "test-token-0123456789abcdef"
+TASK_MODULES = ("service.tasks.diag", "service.tasks.examples", "tests.fixture_tasks")
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -53,7 +54,7 @@ def connection(redis_url: str) -> Iterator[Redis]:
 
 @pytest.fixture
 def settings(redis_url: str) -> Settings:
-    return Settings(redis_url=redis_url, api_tokens=(TOKEN,))
+    return Settings(redis_url=redis_url, api_tokens=(TOKEN,), task_modules=TASK_MODULES)
 
 
 @pytest.fixture
@@ -70,7 +71,13 @@ def client(app: Flask) -> FlaskClient:
 def process_env(redis_url: str) -> dict[str, str]:
     """The environment service processes start with in tests."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "API_", "TASK_", "SCHEDULES_"))}
-    env.update(REDIS_URL=redis_url, API_TOKENS=TOKEN, PYTHONUNBUFFERED="1", LOG_LEVEL="INFO")
+    env.update(
+        REDIS_URL=redis_url,
+        API_TOKENS=TOKEN,
+        PYTHONUNBUFFERED="1",
+        LOG_LEVEL="INFO",
+        TASK_MODULES=",".join(TASK_MODULES),
+    )
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     return env
 

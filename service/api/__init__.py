@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from service.api import auth, body, errors, jobs, system
+from service.api import auth, body, errors, jobs, monitor, openapi, system
 
 
 def init_app(app: Flask) -> None:
@@ -14,3 +14,5 @@ def init_app(app: Flask) -> None:
     auth.init_app(app)
     app.register_blueprint(system.bp)
     app.register_blueprint(jobs.bp)
+    app.register_blueprint(monitor.bp)
+    openapi.init_app(app)

@@ -1,25 +1,64 @@
-"""Job endpoints: enqueue a registered task, read a job back."""
+"""Job endpoints: enqueue (one or a batch), read, list, cancel, requeue."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
 
-from service import jobs
+from service import enqueue, jobs
 from service.api.body import parse
 from service.api.context import redis
-from service.schemas import JobRequest
+from service.api.openapi import document
+from service.schemas import BatchRequest, JobList, JobOut, JobRequest, ListJobsQuery, validate
 
 bp = Blueprint("jobs", __name__)
 
 
+class BatchOut(JobList):
+    """POST /jobs/batch answer: the jobs in request order."""
+
+
 @bp.post("/jobs")
+@document(202, JobOut, json=JobRequest, tags=("jobs",), also={200: JobOut})
 def create_job() -> tuple[Response, int]:
-    """Enqueue one job; 202 with the job."""
-    job = jobs.enqueue(redis(), parse(JobRequest))
-    return jsonify(jobs.describe(job)), 202
+    """Enqueue one job: 202 with the job; 200 with the existing job for a repeated idempotency key."""
+    job, created = enqueue.enqueue(redis(), parse(JobRequest))
+    return jsonify(jobs.describe(job)), 202 if created else 200
+
+
+@bp.post("/jobs/batch")
+@document(202, BatchOut, json=BatchRequest, tags=("jobs",))
+def create_jobs() -> tuple[Response, int]:
+    """Enqueue many jobs in one transaction; one invalid entry rejects the whole batch."""
+    batch = parse(BatchRequest)
+    created = enqueue.enqueue_many(redis(), list(batch.jobs))
+    return jsonify({"jobs": [jobs.describe(job) for job in created], "next_cursor": None}), 202
+
+
+@bp.get("/jobs")
+@document(200, JobList, query=ListJobsQuery, tags=("jobs",))
+def list_jobs() -> Response:
+    """List jobs by status and lane, newest first within a registry, with a cursor."""
+    query = validate(ListJobsQuery, request.args.to_dict())
+    found, cursor = jobs.list_jobs(redis(), query.status, query.queue, query.limit, query.cursor)
+    return jsonify({"jobs": [jobs.describe(job) for job in found], "next_cursor": cursor})
 
 
 @bp.get("/jobs/<job_id>")
+@document(200, JobOut, tags=("jobs",))
 def get_job(job_id: str) -> Response:
     """Return one job."""
     return jsonify(jobs.describe(jobs.fetch(redis(), job_id)))
+
+
+@bp.post("/jobs/<job_id>/cancel")
+@document(200, JobOut, tags=("jobs",))
+def cancel_job(job_id: str) -> Response:
+    """Cancel a queued, scheduled or deferred job; stop a running one (409 if it has ended)."""
+    return jsonify(jobs.describe(jobs.cancel(redis(), job_id)))
+
+
+@bp.post("/jobs/<job_id>/requeue")
+@document(200, JobOut, tags=("jobs",))
+def requeue_job(job_id: str) -> Response:
+    """Requeue a failed job (409 if it has not failed)."""
+    return jsonify(jobs.describe(jobs.requeue(redis(), job_id)))
