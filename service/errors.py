@@ -113,3 +113,9 @@ class RedisUnavailable(ServiceError):
 
     status = 503
     code = "redis_unavailable"
+
+
+class ScheduleNotFound(NotFound):
+    """Raised when a schedule id names no stored schedule."""
+
+    code = "schedule_not_found"

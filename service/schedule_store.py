@@ -1,0 +1,107 @@
+"""Schedule storage: the Redis key shapes of schedules and reading them back.
+
+One hash per schedule holds its spec (JSON) and its state (next due time,
+paused, note, last run, counters); a list per schedule holds its recent
+runs, newest first. Two sorted sets index them: every id (score 0, so ids
+page lexicographically) and the due set the scheduler fires from (score =
+next due time in epoch milliseconds, jitter included).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from redis import Redis
+
+from service.cron import CronRule
+from service.schedule_spec import ScheduleSpec
+
+RUNS_KEPT = 100
+COUNTERS = ("runs", "missed", "skipped", "dropped", "coalesced")
+
+
+class ScheduleKeys:
+    """Key shapes of the schedule store, in one place (the Lua scripts receive them as arguments)."""
+
+    prefix = "svc:schedule:"
+    index = "svc:schedules"
+    # rq-scheduler's own ZSET is `rq:scheduler:scheduled_jobs`; schedules sit
+    # beside it, not in it: stock Scheduler.get_jobs() deletes every member
+    # that is not an RQ job hash, and a schedule is not one.
+    due = "rq:scheduler:scheduled_jobs:schedules"
+    buffered = "svc:schedules:buffered"
+    wakeup = "svc:schedules:wakeup"
+
+    @classmethod
+    def schedule(cls, schedule_id: str) -> str:
+        return cls.prefix + schedule_id
+
+    @classmethod
+    def runs(cls, schedule_id: str) -> str:
+        return cls.prefix + schedule_id + ":runs"
+
+
+@dataclass(frozen=True)
+class StoredSchedule:
+    """A schedule as read from Redis: its id, parsed spec and raw state fields."""
+
+    id: str
+    spec: ScheduleSpec
+    spec_json: str
+    state: dict[str, str]
+
+    def number(self, field: str) -> int | None:
+        value = self.state.get(field)
+        return int(float(value)) if value not in (None, "") else None
+
+    @property
+    def paused(self) -> bool:
+        return self.state.get("paused") == "1"
+
+
+def dump_spec(spec: ScheduleSpec) -> str:
+    """Return the canonical JSON of a spec (the same spec always gives the same string)."""
+    return json.dumps(spec.model_dump(mode="json", exclude={"paused"}), sort_keys=True, separators=(",", ":"))
+
+
+@functools.lru_cache(maxsize=200_000)
+def load_spec(spec_json: str) -> ScheduleSpec:
+    """Return the spec stored as `spec_json` (cached: the scheduler reads the same specs every pass)."""
+    return ScheduleSpec.model_validate(json.loads(spec_json))
+
+
+@functools.lru_cache(maxsize=200_000)
+def cron_rule(spec_json: str) -> CronRule | None:
+    """Return the cron rule of a stored spec, or None for interval and one-shot schedules."""
+    spec = load_spec(spec_json)
+    return spec.cron_rule() if spec.cron else None
+
+
+def decode(raw: dict[Any, Any]) -> dict[str, str]:
+    return {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in raw.items()
+    }
+
+
+def read(connection: Redis, schedule_id: str) -> StoredSchedule | None:
+    """Return the stored schedule `schedule_id`, or None."""
+    found = read_many(connection, [schedule_id])
+    return found[0]
+
+
+def read_many(connection: Redis, schedule_ids: list[str]) -> list[StoredSchedule | None]:
+    """Return the stored schedules for `schedule_ids` (None where missing), in one round trip."""
+    pipe = connection.pipeline(transaction=False)
+    for schedule_id in schedule_ids:
+        pipe.hgetall(ScheduleKeys.schedule(schedule_id))
+    return [from_raw(schedule_id, raw) for schedule_id, raw in zip(schedule_ids, pipe.execute(), strict=True)]
+
+
+def from_raw(schedule_id: str, raw: dict[Any, Any]) -> StoredSchedule | None:
+    """Return the schedule stored as the hash fields `raw` (None if it has no spec, i.e. does not exist)."""
+    state = decode(raw)
+    spec_json = state.pop("spec", None)
+    return StoredSchedule(schedule_id, load_spec(spec_json), spec_json, state) if spec_json else None
