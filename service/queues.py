@@ -15,6 +15,7 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
 
+from service.dequeue import doorbell_key
 from service.lanes import LANES, check_lane
 from service.task_registry import REGISTRY
 
@@ -80,6 +81,15 @@ class ServiceQueue(Queue):
         kwargs.setdefault("serializer", JSONSerializer)
         kwargs.setdefault("job_class", ServiceJob)
         super().__init__(name, connection=connection, **kwargs)
+
+    def push_job_id(self, job_id: str, pipeline: Any = None, at_front: bool = False) -> None:
+        # Ring the lane's doorbell in the same pipeline: it wakes one idle
+        # worker (service.dequeue), which then claims the job atomically.
+        pipe = pipeline if pipeline is not None else self.connection.pipeline()
+        super().push_job_id(job_id, pipeline=pipe, at_front=at_front)
+        pipe.rpush(doorbell_key(self.name), 1)
+        if pipeline is None:
+            pipe.execute()
 
 
 def get_queue(name: str, connection: Redis) -> ServiceQueue:

@@ -48,6 +48,10 @@ class TaskSpec:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     unique: bool = False
     description: str = ""
+    # At most this many jobs of the task run at once across all workers (None: no limit).
+    concurrency: int | None = None
+    # At most (starts, period_seconds) starts across all workers (None: no limit).
+    rate_limit: tuple[int, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -59,6 +63,10 @@ class TaskSpec:
             "retry": self.retry.to_dict(),
             "unique": self.unique,
             "description": self.description,
+            "concurrency": self.concurrency,
+            "rate_limit": (
+                {"max_starts": self.rate_limit[0], "period_seconds": self.rate_limit[1]} if self.rate_limit else None
+            ),
         }
 
 
@@ -108,6 +116,8 @@ def task(
     failure_ttl: int = DEFAULT_FAILURE_TTL_SECONDS,
     retry: RetryPolicy | None = None,
     unique: bool = False,
+    concurrency: int | None = None,
+    rate_limit: str | tuple[int, float] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register the decorated function as task `name` with its per-job defaults."""
 
@@ -124,11 +134,38 @@ def task(
                 retry=retry or RetryPolicy(),
                 unique=unique,
                 description=doc[0] if doc else "",
+                concurrency=_concurrency(name, concurrency),
+                rate_limit=parse_rate_limit(name, rate_limit),
             )
         )
         return func
 
     return register
+
+
+RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _concurrency(name: str, value: int | None) -> int | None:
+    if value is not None and (not isinstance(value, int) or value < 1):
+        raise ValueError(f"task {name!r}: concurrency must be a whole number >= 1, got {value!r}")
+    return value
+
+
+def parse_rate_limit(name: str, value: str | tuple[int, float] | None) -> tuple[int, float] | None:
+    """Return (max starts, period seconds) from '10/s', '100/m', '5/2s' or a tuple; ValueError otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d*\.?\d*)\s*([smh])\s*", value)
+        if not match:
+            raise ValueError(f"task {name!r}: rate_limit {value!r} must look like '10/s', '100/m' or '5/2s'")
+        count, amount, unit = match.groups()
+        value = (int(count), float(amount or 1) * RATE_UNITS[unit])
+    count, period = value
+    if not isinstance(count, int) or count < 1 or not period or period <= 0:
+        raise ValueError(f"task {name!r}: rate_limit needs at least 1 start per positive period, got {value!r}")
+    return (count, float(period))
 
 
 def load_task_modules(modules: Iterable[str]) -> None:

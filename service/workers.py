@@ -1,23 +1,545 @@
-"""Workers: RQ's worker as the service runs it (JSON jobs, registered tasks only)."""
+"""Workers: RQ's worker as the service runs it: no loss window, warm shutdown, crash and outage safe.
+
+ServiceWorker extends rq.worker.Worker and keeps RQ's job model (statuses,
+registries, executions, results, retries, dependents, callbacks), so RQ's
+tools and the dashboard see ordinary RQ state. It replaces what loses or
+fails jobs:
+
+- dequeue: an atomic Lua claim into a per-worker list (service.dequeue),
+  strict or weighted lane order, doorbell wake-ups instead of BLPOP on lanes;
+- execution: in the worker process (`fork=False`, fast) or in a forked work
+  horse per job (`fork=True`, isolated);
+- warm shutdown with a grace period, then requeue at the front (service.shutdown);
+- crash recovery through a heartbeat thread and a reaper (service.reaper);
+- Redis outages: every Redis step backs off and retries; a job's outcome is
+  stored once Redis is back; nothing exits (service.outage);
+- per-task concurrency and rate limits (service.limits).
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import resource
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
-from rq.serializers import JSONSerializer
-from rq.worker import Worker
+from redis import Redis
+from rq.exceptions import StopRequested
+from rq.executions import Execution
+from rq.job import Job, JobStatus
+from rq.timeouts import JobTimeoutException
+from rq.utils import now
+from rq.worker import Worker, WorkerStatus
 
+from service import limits
+from service.connection import connect
+from service.dequeue import Claim, Claimer, LaneOrder
+from service.heartbeat import Heartbeat
+from service.limits import Limiter
+from service.outage import REDIS_DOWN, Outage
 from service.queues import ServiceJob, ServiceQueue
+from service.reaper import CRASHES_FIELD, DEFAULT_CRASH_RETRIES, Reaper
+from service.shutdown import (
+    DEFAULT_GRACE_SECONDS,
+    INTERRUPT_SIGNAL,
+    GraceTimer,
+    ShutdownImminent,
+    interrupt_main_thread,
+    interrupt_process,
+)
+from service.task_registry import REGISTRY, TaskSpec
+
+log = logging.getLogger("service.worker")
+
+
+class JobStopped(BaseException):
+    """Raised inside a running job (no-fork mode) when a stop was requested for it (API cancel)."""
+
+
+# Production timings: heartbeat every 5 s, dead after 20 s without one, reaper
+# every 10 s: a killed worker's job is back in its lane within 30 s.
+DEFAULT_HEARTBEAT_SECONDS = 5.0
+# An idle worker wakes at least this often (doorbell timeout) to check stop
+# requests and promote held-back jobs.
+IDLE_WAKE_SECONDS = 1.0
+# How long a horse may take to unwind after the grace interrupt before SIGKILL.
+HORSE_UNWIND_SECONDS = 3.0
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+@dataclass
+class WorkerOptions:
+    """Everything worker.py's options decide, passed whole to each (pooled) worker."""
+
+    lanes: tuple[str, ...]
+    weights: dict[str, int] | None = None
+    fork: bool = False
+    burst: bool = False
+    max_jobs: int | None = None
+    max_memory_mb: int | None = None
+    grace_seconds: float = DEFAULT_GRACE_SECONDS
+    heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
+    crash_retries: int = DEFAULT_CRASH_RETRIES
+    with_scheduler: bool = True
+    name: str | None = None
+    log_level: str = "INFO"
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class ServiceWorker(Worker):
-    """An RQ worker that runs ServiceJobs from ServiceQueues."""
+    """An RQ worker that runs ServiceJobs from ServiceQueues and never loses one."""
 
     job_class = ServiceJob
     queue_class = ServiceQueue
 
-    def __init__(self, queues: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("serializer", JSONSerializer)
+    def __init__(self, queues: Any, *, options: WorkerOptions | None = None, **kwargs: Any) -> None:
+        options = options or WorkerOptions(lanes=())
         kwargs.setdefault("job_class", ServiceJob)
         kwargs.setdefault("queue_class", ServiceQueue)
+        from rq.serializers import JSONSerializer
+
+        kwargs.setdefault("serializer", JSONSerializer)
+        kwargs.setdefault("name", options.name)
         super().__init__(queues, **kwargs)
+        self.options = options
+        self.fork = options.fork
+        self.crash_retries = options.crash_retries
+        self.heartbeat_ttl = options.heartbeat_seconds * 4
+        self.lane_names = [q.name for q in self.queues]
+        self._queues_by_name = {q.name: q for q in self.queues}
+        self.order = LaneOrder(self.lane_names, options.weights)
+        self.claimer = Claimer(self.connection, self.name)
+        self.limiter = Limiter(self.connection)
+        self.reaper = Reaper(self.connection, crash_retries=options.crash_retries)
+        self.outage = Outage(log, f"Worker {self.name}")
+        self.grace = GraceTimer(options.grace_seconds, self._interrupt_job)
+        self.running_lane: str | None = None
+        self.restart_reason: str | None = None
+        self._job_running = False
+        self._horse_died: int | None = None
+        self._resync = True
+        self._heartbeat: Heartbeat | None = None
+
+    # -- connection -------------------------------------------------------
+
+    def _set_connection(self, connection: Redis) -> Redis:
+        # RQ raises the socket timeout above its long blocking dequeue (415 s
+        # by default: a frozen Redis then hangs the worker that long). Our
+        # blocking waits are short, so the client's own timeouts stay.
+        return connection
+
+    # -- the loop -----------------------------------------------------------
+
+    def work(
+        self, burst: bool = False, logging_level: str | None = None, max_jobs: int | None = None, **_: Any
+    ) -> bool:
+        """Claim and run jobs until stopped (or, in burst mode, until the lanes are empty)."""
+        self._until_redis(lambda: self.bootstrap(logging_level or self.options.log_level))
+        if self.options.with_scheduler:
+            self._until_redis(lambda: self._start_scheduler(burst, logging_level or self.options.log_level))
+        self._install_signal_handlers()
+        self._heartbeat = Heartbeat(
+            self,
+            connect_like(self.connection),
+            interval=self.options.heartbeat_seconds,
+            ttl=self.heartbeat_ttl,
+            reap_every=self.options.heartbeat_seconds * 2,
+        )
+        self._until_redis(self._heartbeat.beat)  # alive before the first claim
+        self._heartbeat.start()
+        completed = 0
+        try:
+            while not self._stop_requested:
+                try:
+                    outcome = self._step(burst)
+                    self.outage.up()
+                except REDIS_DOWN as exc:
+                    self._resync = True
+                    self.outage.down(exc)
+                    continue
+                except StopRequested:
+                    break
+                if outcome == "empty":
+                    break
+                if outcome == "ran":
+                    completed += 1
+                    if self._should_restart(completed, max_jobs or self.options.max_jobs):
+                        break
+        finally:
+            self._teardown()
+        return bool(completed)
+
+    def _step(self, burst: bool) -> str:
+        """One turn of the loop: claim and run one job, or wait; return 'ran', 'idle' or 'empty'."""
+        if self._resync:
+            self._requeue_own_claims()
+            self._resync = False
+        if self.should_run_maintenance_tasks:
+            self.run_maintenance_tasks()
+        result = self.claimer.claim(self.order.next(), time.time())
+        if isinstance(result, Claim):
+            return "ran" if self._run_claim(result) else "idle"
+        if burst and result is None:
+            return "empty"
+        if self.get_state() != WorkerStatus.IDLE:
+            self.set_state(WorkerStatus.IDLE)
+        timeout = IDLE_WAKE_SECONDS if result is None else min(IDLE_WAKE_SECONDS, max(0.01, result - time.time()))
+        self.claimer.wait(self.lane_names, timeout)
+        return "idle"
+
+    def _run_claim(self, claim: Claim) -> bool:
+        """Run a claimed job (or put it aside); True when it ran."""
+        if not claim.raw:
+            self.claimer.drop(claim.job_id)  # deleted while queued
+            return False
+        job = self.job_class(claim.job_id, connection=self.connection, serializer=self.serializer)
+        job.restore(claim.raw)
+        if job.get_status(refresh=False) in (JobStatus.CANCELED, JobStatus.FINISHED, JobStatus.STOPPED):
+            self.claimer.drop(claim.job_id)
+            return False
+        spec = spec_of(job)
+        if spec is not None and limits.is_limited(spec):
+            wait = self.limiter.acquire(spec, job.id, float(job.timeout or spec.timeout_seconds))
+            if wait > 0:
+                self.limiter.hold_back(self.claimer.key, claim.lane, job.id, wait)
+                return False
+        self.running_lane = claim.lane
+        try:
+            self.execute_job(job, self._queues_by_name[claim.lane])
+        finally:
+            self.running_lane = None
+        return True
+
+    def _requeue_own_claims(self) -> None:
+        """Put back whatever our claimed list holds that we are not running (after an outage, at exit)."""
+        for job_id in self.claimer.claimed():
+            job = ServiceJob.fetch_many([job_id], connection=self.connection)[0]
+            if job is None or job.get_status(refresh=False) in (JobStatus.FINISHED, JobStatus.FAILED):
+                self.claimer.drop(job_id)
+                continue
+            self.claimer.requeue(job_id, job.origin)
+            log.warning("Worker %s: job %s put back at the front of %s", self.name, job_id, job.origin)
+
+    def _should_restart(self, completed: int, max_jobs: int | None) -> bool:
+        if max_jobs and completed >= max_jobs:
+            self.restart_reason = f"ran {completed} jobs (--max-jobs)"
+        elif self.options.max_memory_mb and rss_mb() > self.options.max_memory_mb:
+            self.restart_reason = f"memory {rss_mb():.0f} MB over --max-memory-mb {self.options.max_memory_mb}"
+        if self.restart_reason:
+            log.warning("Worker %s: %s; stopping cleanly to restart", self.name, self.restart_reason)
+        return self.restart_reason is not None
+
+    def _teardown(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+        for _ in range(3):
+            try:
+                self._requeue_own_claims()
+                if not self.claimer.claimed():
+                    self.reaper.forget(self.name)
+                self.teardown()
+                return
+            except REDIS_DOWN as exc:
+                self.outage.down(exc)
+        log.error("Worker %s: Redis unreachable at exit; the reaper will recover our claimed jobs", self.name)
+
+    def _until_redis(self, step: Any) -> Any:
+        """Run `step` until it gets through to Redis (or a stop is requested)."""
+        while True:
+            try:
+                result = step()
+                self.outage.up()
+                return result
+            except REDIS_DOWN as exc:
+                if self._stop_requested:
+                    raise
+                self.outage.down(exc)
+
+    # -- execution ------------------------------------------------------------
+
+    def execute_job(self, job: Job, queue: Any) -> None:
+        execution = self.prepare_execution(job)
+        if not self.fork:
+            self.perform_job(job, queue, execution)
+            return
+        self.fork_work_horse(job, queue)
+        try:
+            self.monitor_work_horse(job, queue, execution)
+        finally:
+            if self._horse_pid:
+                self.kill_horse(signal.SIGKILL)
+                self.wait_for_horse()
+                self._horse_pid = 0
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        # The heartbeat thread renews the started-registry entry; it outlives
+        # our liveness key by 60 s so that our reaper, not RQ's abandoned-job
+        # cleanup, handles a dead worker's job.
+        return int(self.heartbeat_ttl) + 60
+
+    def prepare_execution(self, job: Job) -> Execution:
+        """Record the execution and, without fork, mark the job started: one round trip."""
+        with self.connection.pipeline() as pipe:
+            ttl = self.get_heartbeat_ttl(job)
+            execution = Execution.create(job, ttl, pipeline=pipe, worker_name=self.name)
+            self.executions[execution.id] = execution
+            self.set_state(WorkerStatus.BUSY, pipeline=pipe)
+            if not self.fork:
+                self._mark_started(job, pipe, ttl)
+            pipe.execute()
+        return execution
+
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        if self.fork:  # in the horse
+            with self.connection.pipeline() as pipe:
+                self._mark_started(job, pipe, self.get_heartbeat_ttl(job))
+                pipe.execute()
+
+    def _mark_started(self, job: Job, pipe: Any, ttl: int) -> None:
+        job.prepare_for_execution(self.name, pipeline=pipe)
+        pipe.persist(job.key)
+
+    def perform_job(self, job: Job, queue: Any, execution: Execution) -> bool:
+        """Run the job's function, then store its outcome, retrying the store through Redis outages."""
+        self._until_redis(lambda: self.prepare_job_execution(job))
+        job.started_at = now()
+        timeout = job.timeout or self.queue_class.DEFAULT_TIMEOUT
+        try:
+            self._job_running = True
+            try:
+                with self.death_penalty_class(timeout, JobTimeoutException, job_id=job.id):
+                    return_value = job.perform()
+            finally:
+                self._job_running = False
+        except ShutdownImminent:
+            self._until_redis(lambda: self.requeue_interrupted(job, queue, execution))
+            return False
+        except JobStopped:
+            exc_info = sys.exc_info()
+            self._until_redis(lambda: self._finalize_failure(job, queue, execution, exc_info))
+            return False
+        except REDIS_DOWN:
+            exc_info = sys.exc_info()
+            self._until_redis(lambda: self._redeliver_or_fail(job, queue, execution, exc_info))
+            return False
+        except Exception:
+            exc_info = sys.exc_info()
+            self._until_redis(lambda: self._finalize_failure(job, queue, execution, exc_info))
+            return False
+        self._until_redis(lambda: self._finalize_success(job, queue, execution, return_value))
+        return True
+
+    def handle_execution_ended(self, job: Job, queue: Any, heartbeat_ttl: int) -> None:
+        # RQ also writes a heartbeat here (one more round trip per job); the
+        # heartbeat thread keeps the job's registry entry alive instead.
+        job.ended_at = now()
+
+    def requeue_interrupted(self, job: Job, queue: Any, execution: Execution | None) -> None:
+        """Put a job stopped by the end of the grace period back at the front of its lane (no retry used)."""
+        with self.connection.pipeline() as pipe:
+            self.cleanup_execution(job, pipe, execution)
+            pipe.execute()
+        self.claimer.requeue(job.id, job.origin, key=None)
+        log.warning("Worker %s: job %s interrupted by shutdown; back at the front of %s", self.name, job.id, job.origin)
+
+    def _redeliver_or_fail(self, job: Job, queue: Any, execution: Execution, exc_info: Any) -> None:
+        """A job that failed because Redis went away is redelivered, within the crash allowance."""
+        crashes = int(self.connection.hincrby(job.key, CRASHES_FIELD, 1))
+        if crashes <= self.crash_retries:
+            self.requeue_interrupted(job, queue, execution)
+            return
+        self._finalize_failure(job, queue, execution, exc_info)
+
+    def cleanup_execution(self, job: Job, pipeline: Any, execution: Execution | None = None) -> None:
+        """RQ's cleanup, plus: leave our claimed list and free the task's concurrency slot, atomically."""
+        super().cleanup_execution(job, pipeline, execution)
+        pipeline.lrem(self.claimer.key, 1, job.id)
+        limits.release(pipeline, spec_of(job), job.id)
+
+    def handle_job_failure(
+        self, job: Job, queue: Any, started_job_registry: Any = None, exc_string: str = "", execution: Any = None
+    ) -> None:
+        """RQ's failure handling, except that a dead horse is a crash and a store that fails raises (to retry)."""
+        if self._horse_died is not None:
+            self._handle_horse_death(job, queue, execution)
+            return
+        retries_left = job.retries_left
+        try:
+            self._store_failure(job, queue, exc_string, execution)
+        except REDIS_DOWN:
+            job.retries_left = retries_left
+            raise
+
+    def _store_failure(self, job: Job, queue: Any, exc_string: str, execution: Any) -> None:
+        job_is_stopped = self._stopped_job_id == job.id
+        retry = bool(job.should_retry) and not job_is_stopped
+        with self.connection.pipeline() as pipe:
+            if job_is_stopped:
+                job.set_status(JobStatus.STOPPED, pipeline=pipe)
+            elif not retry:
+                job.set_status(JobStatus.FAILED, pipeline=pipe)
+            self.cleanup_execution(job, pipeline=pipe, execution=execution)
+            if not retry:
+                job._handle_failure(
+                    exc_string,
+                    pipeline=pipe,
+                    worker_name=self.name,
+                    execution_id=execution.id if execution else None,
+                    execution_started_at=execution.created_at if execution else None,
+                    execution_ended_at=job.ended_at,
+                )
+            self.increment_failed_job_count(pipe)
+            if retry:
+                job.retry(queue, pipe)
+            pipe.execute()
+        if job_is_stopped:
+            self._stopped_job_id = None
+        if not retry:
+            if not job_is_stopped:
+                job.send_webhooks(JobStatus.FAILED, exc_string=exc_string)
+            self._enqueue_dependents_safely(queue, job)
+
+    # -- fork mode ---------------------------------------------------------------
+
+    def setup_work_horse_signals(self) -> None:
+        # The horse ignores SIGTERM/SIGINT (Heroku signals the whole group):
+        # only the parent decides when the grace period is over.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(INTERRUPT_SIGNAL, self._on_interrupt)
+
+    def handle_work_horse_killed(self, job: Job, retpid: int, ret_val: int, rusage: Any) -> None:
+        super().handle_work_horse_killed(job, retpid, ret_val, rusage)
+        self._horse_died = ret_val or -1
+
+    def _handle_horse_death(self, job: Job, queue: Any, execution: Any) -> None:
+        status, self._horse_died = self._horse_died, None
+        if self.grace.fired:
+            self.requeue_interrupted(job, queue, execution)
+            return
+        how = (
+            f"signal {os.WTERMSIG(status)}" if status and status > 0 and os.WIFSIGNALED(status) else f"status {status}"
+        )
+        self._until_redis(lambda: self.reaper.recover(job.id, self.claimer.key, f"work horse died ({how})"))
+
+    def maintain_heartbeats(self, job: Job, execution: Execution) -> None:
+        try:
+            super().maintain_heartbeats(job, execution)
+        except REDIS_DOWN as exc:
+            self.outage.down(exc)
+
+    # -- signals and shutdown -----------------------------------------------------
+
+    def _install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(INTERRUPT_SIGNAL, self._on_interrupt)
+        signal.signal(signal.SIGUSR2, self._on_stop_job)
+
+    def _on_stop_job(self, signum: int, frame: Any) -> None:
+        if self._job_running and self._stopped_job_id:
+            raise JobStopped("Job stopped by user")
+
+    def request_stop(self, signum: int, frame: Any) -> None:
+        """SIGTERM/SIGINT: stop taking jobs; the running one has the grace period. A second signal: now."""
+        if self._shutdown_requested_date and (now() - self._shutdown_requested_date).total_seconds() < 1:
+            return  # the same shutdown, signalled twice (pool and process group)
+        if self._stop_requested:
+            log.warning("Worker %s: second stop signal; interrupting the running job now", self.name)
+            self.grace.fire()
+            return
+        self._shutdown_requested_date = now()
+        self._stop_requested = True
+        busy = self._job_running or self._horse_pid
+        log.info(
+            "Worker %s: warm shutdown requested (%s)%s",
+            self.name,
+            signal.Signals(signum).name,
+            f"; the running job has {self.grace.grace_seconds:.0f} s to finish" if busy else "",
+        )
+        self.grace.start()
+
+    def _on_interrupt(self, signum: int, frame: Any) -> None:
+        if self._job_running:
+            raise ShutdownImminent(f"warm shutdown grace period of {self.grace.grace_seconds:.0f} s is over")
+
+    def _interrupt_job(self) -> None:
+        if self.fork and self._horse_pid:
+            horse = self._horse_pid
+            interrupt_process(horse)
+            timer = threading.Timer(HORSE_UNWIND_SECONDS, self._kill_stuck_horse, args=(horse,))
+            timer.daemon = True
+            timer.start()
+        elif self._job_running:
+            interrupt_main_thread()
+
+    def _kill_stuck_horse(self, pid: int) -> None:
+        if self._horse_pid == pid:
+            self.kill_horse(signal.SIGKILL)
+
+    def _pubsub_exception_handler(self, exc: Exception, pubsub: Any, pubsub_thread: Any) -> None:
+        if isinstance(exc, REDIS_DOWN):
+            time.sleep(2.0)  # redis-py resubscribes once Redis is back
+            return
+        super()._pubsub_exception_handler(exc, pubsub, pubsub_thread)
+
+    def request_stop_execution(self, execution_id: str) -> None:
+        """Stop a running job on request (API cancel); without fork, raise inside the job."""
+        if self.fork:
+            super().request_stop_execution(execution_id)
+            return
+        execution = self.executions.get(execution_id)
+        if execution and self._job_running:
+            self._stopped_job_id = execution.job_id
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR2)
+
+
+def spec_of(job: Job) -> TaskSpec | None:
+    """The registered task of `job`, or None (unregistered or unreadable: it fails when run)."""
+    try:
+        name = job.func_name
+    except Exception:
+        return None
+    return REGISTRY._tasks.get(name) if isinstance(name, str) else None
+
+
+def connect_like(connection: Redis) -> Redis:
+    """A second client with the same settings (for the heartbeat thread)."""
+    kwargs = dict(connection.connection_pool.connection_kwargs)
+    pool = connection.connection_pool.__class__(connection_class=connection.connection_pool.connection_class, **kwargs)
+    return Redis(connection_pool=pool)
+
+
+def rss_mb() -> float:
+    """This process's resident memory in MB (Linux /proc; peak RSS elsewhere)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * PAGE_SIZE / 1e6
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+
+
+def make_worker(connection: Redis, options: WorkerOptions) -> ServiceWorker:
+    """Build a ServiceWorker for `options`, waiting for Redis if it is down at start."""
+    queues = [ServiceQueue(lane, connection=connection) for lane in options.lanes]
+    outage = Outage(log, "Worker start")
+    while True:
+        try:
+            worker = ServiceWorker(queues, connection=connection, options=options)
+            outage.up()
+            return worker
+        except REDIS_DOWN as exc:
+            outage.down(exc)
+
+
+def run_worker(redis_url: str, options: WorkerOptions) -> str | None:
+    """Run one worker until it stops; return why it wants a restart (None: it just stopped)."""
+    connection = connect(redis_url, role="worker")
+    worker = make_worker(connection, options)
+    worker.work(burst=options.burst, logging_level=options.log_level, max_jobs=options.max_jobs)
+    return worker.restart_reason

@@ -1,0 +1,172 @@
+"""Dequeue: take jobs from the lanes without a loss window, in strict or weighted priority order.
+
+Stock RQ dequeues from several queues with BLPOP: a worker killed between the
+pop and the start loses the job for good. Here every job is taken with one
+atomic Lua call that moves its id from the lane into the worker's own
+in-progress list (`svc:claimed:<worker>`), so at every instant the id is in a
+lane, in a claimed list or has an outcome. An idle worker blocks on a
+per-lane *doorbell* list (a wake-up hint that ServiceQueue.push_job_id rings
+with every push), never on the lane itself, so blocking cannot lose a job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis import Redis
+
+CLAIMED_KEY = "svc:claimed:{worker}"
+CLAIMERS_KEY = "svc:claimers"
+DOORBELL_KEY = "svc:doorbell:{lane}"
+WAITING_KEY = "svc:waiting:{lane}"
+QUEUE_PREFIX = "rq:queue:"
+JOB_PREFIX = "rq:job:"
+
+# KEYS: claimed list, claimers set. ARGV: now, worker name, lane names in the order to try.
+# 1. Waiting (limited) jobs whose time has come, up to 100 a lane, go back to the front of their lane.
+# 2. The first non-empty lane's head moves into the claimed list (LMOVE: atomic,
+#    so the id is never only in this script's hands); its doorbell token is
+#    consumed. Empty lanes' doorbells are cleared: their tokens are stale.
+# Returns {id, lane, job hash} or {false, earliest waiting time or -1}.
+CLAIM_SCRIPT = """
+local now = tonumber(ARGV[1])
+local earliest = -1
+for i = 3, #ARGV do
+    local lane = ARGV[i]
+    local waiting = 'svc:waiting:' .. lane
+    local due = redis.call('ZRANGEBYSCORE', waiting, '-inf', now, 'LIMIT', 0, 100)
+    for _, id in ipairs(due) do
+        redis.call('ZREM', waiting, id)
+        redis.call('LPUSH', 'rq:queue:' .. lane, id)
+    end
+    local next_due = redis.call('ZRANGE', waiting, 0, 0, 'WITHSCORES')
+    if next_due[2] and (earliest < 0 or tonumber(next_due[2]) < earliest) then
+        earliest = tonumber(next_due[2])
+    end
+end
+for i = 3, #ARGV do
+    local lane = ARGV[i]
+    local id = redis.call('LMOVE', 'rq:queue:' .. lane, KEYS[1], 'LEFT', 'RIGHT')
+    if id then
+        redis.call('SADD', KEYS[2], ARGV[2])
+        redis.call('LPOP', 'svc:doorbell:' .. lane)
+        return {id, lane, redis.call('HGETALL', 'rq:job:' .. id)}
+    end
+    redis.call('DEL', 'svc:doorbell:' .. lane)
+end
+return {false, tostring(earliest)}
+"""
+
+# KEYS: claimed list, lane list, doorbell, job hash. ARGV: job id.
+# Put a claimed job back at the front of its lane, queued, and wake a worker.
+REQUEUE_SCRIPT = """
+redis.call('LREM', KEYS[1], 1, ARGV[1])
+redis.call('LPUSH', KEYS[2], ARGV[1])
+redis.call('RPUSH', KEYS[3], 1)
+if redis.call('EXISTS', KEYS[4]) == 1 then
+    redis.call('HSET', KEYS[4], 'status', 'queued')
+end
+return 1
+"""
+
+
+def claimed_key(worker_name: str) -> str:
+    """The in-progress list of worker `worker_name`."""
+    return CLAIMED_KEY.format(worker=worker_name)
+
+
+def doorbell_key(lane: str) -> str:
+    """The wake-up list of `lane`: one token per push, consumed by claims."""
+    return DOORBELL_KEY.format(lane=lane)
+
+
+def waiting_key(lane: str) -> str:
+    """The sorted set of `lane` jobs held back by a limit until their score (epoch seconds)."""
+    return WAITING_KEY.format(lane=lane)
+
+
+def parse_weights(text: str, lanes: Sequence[str]) -> dict[str, int]:
+    """Parse 'high=6,default=3,low=1' into weights for `lanes`; ValueError names a bad entry."""
+    weights = {lane: 1 for lane in lanes}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or name.strip() not in weights or not value.strip().isdigit() or int(value) < 1:
+            raise ValueError(f"{item!r}: expected <lane>=<whole number >= 1> for one of {', '.join(lanes)}")
+        weights[name.strip()] = int(value)
+    return weights
+
+
+class LaneOrder:
+    """The order to try the lanes in for each claim: strict priority, or smooth weighted round-robin.
+
+    Weighted: each claim prefers the lane picked by nginx's smooth weighted
+    round-robin (6:3:1 gives high, default, high, low, ...), then falls back
+    to the others in priority order, so an empty preferred lane costs nothing
+    and a flood of `high` still leaves `low` one claim in ten.
+    """
+
+    def __init__(self, lanes: Sequence[str], weights: dict[str, int] | None = None) -> None:
+        self.lanes = list(lanes)
+        self.weights = weights
+        self._current = {lane: 0 for lane in self.lanes}
+
+    def next(self) -> list[str]:
+        if not self.weights or len(self.lanes) == 1:
+            return self.lanes
+        total = 0
+        for lane in self.lanes:
+            self._current[lane] += self.weights[lane]
+            total += self.weights[lane]
+        preferred = max(self.lanes, key=lambda lane: self._current[lane])
+        self._current[preferred] -= total
+        return [preferred, *(lane for lane in self.lanes if lane != preferred)]
+
+
+@dataclass
+class Claim:
+    """A job id taken from `lane` into a claimed list, with its raw job hash (empty if it vanished)."""
+
+    job_id: str
+    lane: str
+    raw: dict[bytes, bytes]
+
+
+class Claimer:
+    """Claims jobs for one worker and puts them back; owns the claim and requeue scripts."""
+
+    def __init__(self, connection: Redis, worker_name: str) -> None:
+        self.connection = connection
+        self.worker_name = worker_name
+        self.key = claimed_key(worker_name)
+        self._claim = connection.register_script(CLAIM_SCRIPT)
+        self._requeue = connection.register_script(REQUEUE_SCRIPT)
+
+    def claim(self, lanes: Sequence[str], now: float) -> Claim | float | None:
+        """Claim the head of the first non-empty lane; else the earliest waiting time (or None)."""
+        reply = self._claim(keys=[self.key, CLAIMERS_KEY], args=[now, self.worker_name, *lanes])
+        if not reply[0]:
+            earliest = float(reply[1])
+            return earliest if earliest >= 0 else None
+        flat = reply[2]
+        return Claim(reply[0].decode(), reply[1].decode(), dict(zip(flat[::2], flat[1::2], strict=True)))
+
+    def wait(self, lanes: Sequence[str], timeout_seconds: float) -> None:
+        """Block until a lane's doorbell rings or the timeout passes (the token only wakes us)."""
+        self.connection.blpop([doorbell_key(lane) for lane in lanes], timeout=max(0.01, timeout_seconds))
+
+    def requeue(self, job_id: str, lane: str, key: str | None = None, client: Any = None) -> None:
+        """Move `job_id` from a claimed list (ours by default) back to the front of `lane`."""
+        self._requeue(
+            keys=[key or self.key, QUEUE_PREFIX + lane, doorbell_key(lane), JOB_PREFIX + job_id],
+            args=[job_id],
+            client=client,
+        )
+
+    def drop(self, job_id: str) -> None:
+        """Forget a claimed id whose job no longer exists or must not run."""
+        self.connection.lrem(self.key, 1, job_id)
+
+    def claimed(self, key: str | None = None) -> list[str]:
+        return [i.decode() for i in self.connection.lrange(key or self.key, 0, -1)]
