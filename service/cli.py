@@ -204,3 +204,7 @@ def workers_command(ctx: Context) -> None:
     from service.monitor import workers
 
     echo_json(workers(ctx.connection))
+
+
+# The schedules group registers itself on `cli` (kept in its own module).
+from service import cli_schedules  # noqa: E402, F401

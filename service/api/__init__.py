@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from service.api import auth, body, errors, jobs, monitor, openapi, system
+from service.api import auth, body, errors, jobs, monitor, openapi, schedules, system
 
 
 def init_app(app: Flask) -> None:
@@ -14,5 +14,6 @@ def init_app(app: Flask) -> None:
     auth.init_app(app)
     app.register_blueprint(system.bp)
     app.register_blueprint(jobs.bp)
+    app.register_blueprint(schedules.bp)
     app.register_blueprint(monitor.bp)
     openapi.init_app(app)
