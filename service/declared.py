@@ -41,9 +41,11 @@ def load_file(path: str | Path) -> dict[str, ScheduleSpec]:
         data = yaml.safe_load(text) if path.suffix.lower() in (".yaml", ".yml") else tomllib.loads(text)
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"SCHEDULES_FILE: cannot read {path.name}: {str(exc).splitlines()[0][:200]}") from None
-    entries = (data or {}).get("schedules", {}) if isinstance(data, dict) else None
+    entries = data.get("schedules") if isinstance(data, dict) and set(data) == {"schedules"} else None
+    if entries is None and isinstance(data, dict) and set(data) == {"schedules"}:
+        entries = {}  # YAML `schedules:` with nothing under it: declares none
     if not isinstance(entries, dict):
-        raise ConfigError("SCHEDULES_FILE: needs a 'schedules' table mapping ids to schedules")
+        raise ConfigError("SCHEDULES_FILE: needs one top-level 'schedules' table mapping ids to schedules")
     specs = {}
     for schedule_id, body in entries.items():
         try:
@@ -88,4 +90,3 @@ def sync(connection: Redis, path: str | Path) -> dict[str, list[str]]:
             changed["removed"].append(schedule_id)
         connection.srem(DECLARED_KEY, schedule_id)
     return changed
-
