@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 
 from rq import get_current_job
@@ -36,3 +38,9 @@ def sleep_once(key: str, seconds: float) -> str:
     if _connection().rpush(f"diag:{key}", 1) == 1:
         time.sleep(seconds)
     return "done"
+
+
+@task("workertest.suicide")
+def suicide() -> None:
+    """Kill the process running it (a poison job: it takes its worker down every time)."""
+    os.kill(os.getpid(), signal.SIGKILL)

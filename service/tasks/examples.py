@@ -87,7 +87,7 @@ def dispatch_scrapes(users: list[dict[str, str]]) -> list[str]:
     The run's job ids are derived from the dispatcher's own id, so a dispatcher
     that runs twice (a retry, a second scheduler) does not scrape anyone twice.
     """
-    from service.jobs import enqueue_many
+    from service.enqueue import enqueue_many
     from service.schemas import JobRequest
 
     job = get_current_job()
