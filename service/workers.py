@@ -488,14 +488,12 @@ class ServiceWorker(Worker):
             return
         super()._pubsub_exception_handler(exc, pubsub, pubsub_thread)
 
-    def request_stop_execution(self, execution_id: str) -> None:
-        """Stop a running job on request (API cancel); without fork, raise inside the job."""
-        if self.fork:
-            super().request_stop_execution(execution_id)
-            return
-        execution = self.executions.get(execution_id)
-        if execution and self._job_running:
-            self._stopped_job_id = execution.job_id
+    def kill_horse(self, sig: signal.Signals = signal.SIGKILL) -> None:
+        """Fork mode: kill the horse. Without fork there is no horse: a stop request (API cancel) is
+        raised inside the running job instead (RQ's Worker would signal its own process group)."""
+        if self._horse_pid:
+            super().kill_horse(sig)
+        elif not self._is_horse and self._job_running and self._stopped_job_id:
             signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR2)
 
 
