@@ -123,7 +123,14 @@ local function fire_due(h, sk, blobs)
     local runs = tonumber(redis.call('HGET', sk, 'runs') or '0')
     if h['repeat'] and runs >= h['repeat'] then finished = true; break end
     local last, st = active(sk)
-    if last and h.overlap == 'skip' then
+    if f.kind == 'buffered' then
+      -- A run buffered earlier goes first once its predecessor has ended.
+      if not last and redis.call('HGET', sk, 'buffered_due') == int(f.due) then
+        redis.call('HDEL', sk, 'buffered_due')
+        redis.call('SREM', buffered_key, h.id)
+        created = created + create(h.id, sk, f, blobs[n], false)
+      end
+    elseif last and h.overlap == 'skip' then
       skip(sk, f, 'skipped', 'skipped')
     elseif last and h.overlap == 'buffer_one' then
       if redis.call('HEXISTS', sk, 'buffered_due') == 1 then
@@ -197,6 +204,7 @@ class Entry:
     next_score: int | None = None
     buffered: int | None = None
     first_target: int | None = None
+    first_due: int | None = None
 
 
 def run_job_id(schedule_id: str, due_ms: int) -> str:
@@ -339,7 +347,9 @@ class Firing:
         fires, blobs = [], []
         for due_ms, kind in entry.fires:
             description, blob = self.templates.fire(entry.schedule_id, stored.spec_json, due_ms, kind, now_rq)
-            description["target"] = entry.first_target if entry.first_target and due_ms == entry.fires[0][0] else due_ms
+            # The first due time was aimed at its jittered score; lag is measured from there.
+            first = entry.first_target is not None and due_ms == entry.first_due
+            description["target"] = entry.first_target if first else due_ms
             fires.append(description)
             blobs.append(blob)
         header: dict[str, Any] = {
@@ -379,13 +389,16 @@ def plan_due(stored: StoredSchedule, score: int, now: datetime) -> Entry:
     grace_ms = None if spec.misfire_grace_time is None else spec.misfire_grace_time * 1000
     late = {d: now_ms - (score if d == first else d) for d in dues}
     runnable = [d for d in dues if grace_ms is None or late[d] <= grace_ms]
-    entry = Entry(stored.id, "due", score=score, first_target=score)
+    entry = Entry(stored.id, "due", score=score, first_target=score, first_due=first)
     entry.records = [(d, "missed") for d in dues if d not in runnable]
     if spec.coalesce and len(runnable) > 1:
         entry.records += [(d, "coalesced") for d in runnable[:-1]]
         runnable = runnable[-1:]
     entry.records.sort()
     entry.fires = [(d, "scheduled") for d in runnable]
+    buffered = stored.number("buffered_due")
+    if spec.overlap == "buffer_one" and buffered is not None:
+        entry.fires.insert(0, (buffered, "buffered"))
     following = spec.next_due_after(from_ms(dues[-1]), rule)
     entry.next_due = to_ms(following) if following else None
     entry.next_score = jittered(spec, entry.next_due)

@@ -77,7 +77,8 @@ class ServiceScheduler(Scheduler):
         was_leader = self.lease.held
         held = self.lease.acquire_or_renew()
         if held != was_leader:
-            log.info("scheduler %s: %s leadership", self.key, "took" if held else "lost")
+            verb = "took" if held else "lost"
+            log.info("scheduler %s: %s leadership (lease owner %s)", self.key, verb, self.lease.owner)
         return held
 
     def remove_lock(self) -> None:
@@ -89,8 +90,8 @@ class ServiceScheduler(Scheduler):
 
     def enqueue_jobs(self) -> int:
         """Fire every due schedule and buffered run, then stock rq-scheduler jobs; return runs created."""
-        fired = self.fire_due_schedules()
-        fired += self.fire_buffered_runs()
+        fired = self.fire_buffered_runs()  # buffered runs are older than anything due now
+        fired += self.fire_due_schedules()
         if self.connection.zcard(self.scheduled_jobs_key):
             super().enqueue_jobs()
         return fired
