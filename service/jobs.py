@@ -6,6 +6,7 @@ creates them). HTTP views and the CLI call these functions and nothing below.
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +30,8 @@ from service.queues import ServiceJob, ServiceQueue
 from service.schemas import STATUSES, JobRequest
 
 JOB_ID_MAX_LENGTH = 200
+# RQ's own rule for ids (it raises ValueError on anything else).
+JOB_ID = re.compile(rf"^[A-Za-z0-9_-]{{1,{JOB_ID_MAX_LENGTH}}}$")
 CANCELABLE = frozenset({"queued", "scheduled", "deferred"})
 REQUEUEABLE = frozenset({"failed", "stopped"})
 STOP_WAIT_SECONDS = 3.0
@@ -52,7 +55,7 @@ def enqueue(connection: Redis, request: JobRequest) -> ServiceJob:
 
 def fetch(connection: Redis, job_id: str) -> ServiceJob:
     """Return the stored job `job_id`; raise JobNotFound when there is none."""
-    if not job_id or len(job_id) > JOB_ID_MAX_LENGTH:
+    if not JOB_ID.match(job_id):
         raise JobNotFound(f"no job with id {job_id[:JOB_ID_MAX_LENGTH]!r}")
     try:
         return ServiceJob.fetch(job_id, connection=connection)

@@ -22,7 +22,7 @@ MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
 MAX_TTL_SECONDS = 366 * 24 * 3600
 MAX_RETRIES = 25
 KEY_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
-JOB_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,200}$"
+JOB_ID_PATTERN = r"^[A-Za-z0-9_-]{1,200}$"
 STATUSES = ("queued", "scheduled", "deferred", "started", "finished", "failed", "canceled", "stopped")
 
 
@@ -112,7 +112,7 @@ class ListJobsQuery(Strict):
     status: Literal[STATUSES] | None = None  # type: ignore[valid-type]
     queue: str | None = None
     limit: int = Field(default=50, ge=1, le=500)
-    cursor: str | None = Field(default=None, max_length=50)
+    cursor: str | None = Field(default=None, max_length=50, pattern=r"^[0-9]{1,6}\.[0-9]{1,12}$")
 
 
 class JobOut(BaseModel):
