@@ -11,29 +11,43 @@ with every push), never on the lane itself, so blocking cannot lose a job.
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
+from rq.executions import WORKER_EXECUTIONS_KEY_TEMPLATE
+from rq.utils import utcformat
 
 CLAIMED_KEY = "svc:claimed:{worker}"
 CLAIMERS_KEY = "svc:claimers"
 DOORBELL_KEY = "svc:doorbell:{lane}"
 WAITING_KEY = "svc:waiting:{lane}"
+WORKER_KEY = "rq:worker:{worker}"
 QUEUE_PREFIX = "rq:queue:"
 JOB_PREFIX = "rq:job:"
 
-# KEYS: claimed list, claimers set. ARGV: now, worker name, lane names in the order to try.
-# 1. Waiting (limited) jobs whose time has come, up to 100 a lane, go back to the front of their lane.
+# KEYS: claimed list, claimers set, worker hash, worker executions set.
+# ARGV: now (epoch s), worker name, execution id, now (ISO), execution ttl (s),
+#       then the lane names in the order to try.
+# 1. Waiting (limited) jobs whose time has come, up to 100 a lane, go back to
+#    the front of their lane.
 # 2. The first non-empty lane's head moves into the claimed list (LMOVE: atomic,
 #    so the id is never only in this script's hands); its doorbell token is
 #    consumed. Empty lanes' doorbells are cleared: their tokens are stale.
-# Returns {id, lane, job hash} or {false, earliest waiting time or -1}.
+# 3. A queued job is marked started in the same call, exactly as RQ's
+#    prepare_execution + prepare_job_execution would (status, started_at,
+#    worker_name, attempts, execution hash and registries, started registry,
+#    worker state): claim and start cost one round trip.
+# Returns {id, lane, job hash, started 0/1} or {false, earliest waiting time or -1}.
 CLAIM_SCRIPT = """
 local now = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[5])
 local earliest = -1
-for i = 3, #ARGV do
+for i = 6, #ARGV do
     local lane = ARGV[i]
     local waiting = 'svc:waiting:' .. lane
     local due = redis.call('ZRANGEBYSCORE', waiting, '-inf', now, 'LIMIT', 0, 100)
@@ -46,13 +60,33 @@ for i = 3, #ARGV do
         earliest = tonumber(next_due[2])
     end
 end
-for i = 3, #ARGV do
+for i = 6, #ARGV do
     local lane = ARGV[i]
     local id = redis.call('LMOVE', 'rq:queue:' .. lane, KEYS[1], 'LEFT', 'RIGHT')
     if id then
         redis.call('SADD', KEYS[2], ARGV[2])
         redis.call('LPOP', 'svc:doorbell:' .. lane)
-        return {id, lane, redis.call('HGETALL', 'rq:job:' .. id)}
+        local job_key = 'rq:job:' .. id
+        local started = 0
+        if redis.call('HGET', job_key, 'status') == 'queued' then
+            started = 1
+            local composite = id .. ':' .. ARGV[3]
+            redis.call('HSET', job_key, 'status', 'started', 'started_at', ARGV[4], 'worker_name', ARGV[2],
+                       'last_heartbeat', ARGV[4])
+            redis.call('HINCRBY', job_key, 'attempts', 1)
+            redis.call('PERSIST', job_key)
+            local exec_key = 'rq:execution:' .. composite
+            redis.call('HSET', exec_key, 'id', ARGV[3], 'job_id', id, 'created_at', ARGV[1],
+                       'last_heartbeat', ARGV[1], 'worker_name', ARGV[2])
+            redis.call('EXPIRE', exec_key, ttl)
+            redis.call('ZADD', 'rq:executions:' .. id, now + ttl + 60, ARGV[3])
+            redis.call('EXPIRE', 'rq:executions:' .. id, ttl + 60)
+            redis.call('ZADD', 'rq:wip:' .. lane, now + ttl, composite)
+            redis.call('SADD', KEYS[4], composite)
+            redis.call('EXPIRE', KEYS[4], ttl + 60)
+            redis.call('HSET', KEYS[3], 'state', 'busy')
+        end
+        return {id, lane, redis.call('HGETALL', job_key), started}
     end
     redis.call('DEL', 'svc:doorbell:' .. lane)
 end
@@ -70,6 +104,10 @@ if redis.call('EXISTS', KEYS[4]) == 1 then
 end
 return 1
 """
+
+
+def now_utc(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
 
 
 def claimed_key(worker_name: str) -> str:
@@ -126,11 +164,15 @@ class LaneOrder:
 
 @dataclass
 class Claim:
-    """A job id taken from `lane` into a claimed list, with its raw job hash (empty if it vanished)."""
+    """A job id taken from `lane` into a claimed list, with its job hash (empty if it vanished).
+
+    `execution_id` is set when the claim also started the job (it was queued).
+    """
 
     job_id: str
     lane: str
     raw: dict[bytes, bytes]
+    execution_id: str | None = None
 
 
 class Claimer:
@@ -140,17 +182,25 @@ class Claimer:
         self.connection = connection
         self.worker_name = worker_name
         self.key = claimed_key(worker_name)
+        self.worker_key = WORKER_KEY.format(worker=worker_name)
+        self.executions_key = WORKER_EXECUTIONS_KEY_TEMPLATE.format(worker_name)
         self._claim = connection.register_script(CLAIM_SCRIPT)
         self._requeue = connection.register_script(REQUEUE_SCRIPT)
 
-    def claim(self, lanes: Sequence[str], now: float) -> Claim | float | None:
-        """Claim the head of the first non-empty lane; else the earliest waiting time (or None)."""
-        reply = self._claim(keys=[self.key, CLAIMERS_KEY], args=[now, self.worker_name, *lanes])
+    def claim(self, lanes: Sequence[str], ttl_seconds: int) -> Claim | float | None:
+        """Claim and start the head of the first non-empty lane; else the earliest waiting time (or None)."""
+        now = time.time()
+        execution_id = uuid.uuid4().hex
+        reply = self._claim(
+            keys=[self.key, CLAIMERS_KEY, self.worker_key, self.executions_key],
+            args=[now, self.worker_name, execution_id, utcformat(now_utc(now)), ttl_seconds, *lanes],
+        )
         if not reply[0]:
             earliest = float(reply[1])
             return earliest if earliest >= 0 else None
         flat = reply[2]
-        return Claim(reply[0].decode(), reply[1].decode(), dict(zip(flat[::2], flat[1::2], strict=True)))
+        raw = dict(zip(flat[::2], flat[1::2], strict=True))
+        return Claim(reply[0].decode(), reply[1].decode(), raw, execution_id if reply[3] else None)
 
     def wait(self, lanes: Sequence[str], timeout_seconds: float) -> None:
         """Block until a lane's doorbell rings or the timeout passes (the token only wakes us)."""

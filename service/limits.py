@@ -3,7 +3,7 @@
 Enforced in Redis by one Lua call when a worker is about to start a job of a
 limited task, so the limits hold across every worker on every machine. A job
 over a limit is not run and does not block its worker: it goes into its
-lane's waiting set (service.dequeue) until the time a slot is likely free,
+lane's waiting set (service.dequeue, parked there by the worker) until the time a slot is likely free,
 then back to the front of its lane (Sidekiq Enterprise's approach).
 
 RQ 3.0's own `RateLimit` was evaluated and not used: it is a concurrency cap
@@ -19,7 +19,6 @@ import time
 
 from redis import Redis
 
-from service.dequeue import waiting_key
 from service.task_registry import TaskSpec
 
 RUNNING_KEY = "svc:limit:{task}:running"
@@ -101,13 +100,6 @@ class Limiter:
         if wait < 0:
             return CONCURRENCY_RETRY_SECONDS * random.uniform(0.5, 1.5)
         return wait
-
-    def hold_back(self, claimed_key: str, lane: str, job_id: str, wait_seconds: float) -> None:
-        """Move a claimed job into its lane's waiting set for `wait_seconds` (it stays `queued`)."""
-        with self.connection.pipeline() as pipe:
-            pipe.zadd(waiting_key(lane), {job_id: time.time() + max(wait_seconds, 0.01)})
-            pipe.lrem(claimed_key, 1, job_id)
-            pipe.execute()
 
 
 def release(pipeline: object, spec: TaskSpec | None, job_id: str) -> None:

@@ -31,14 +31,15 @@ from typing import Any
 from redis import Redis
 from rq.exceptions import StopRequested
 from rq.executions import Execution
-from rq.job import Job, JobStatus
+from rq.job import Job, JobStatus, Retry
 from rq.timeouts import JobTimeoutException
 from rq.utils import now
 from rq.worker import Worker, WorkerStatus
 
 from service import limits
 from service.connection import connect
-from service.dequeue import Claim, Claimer, LaneOrder
+from service.dequeue import Claim, Claimer, LaneOrder, waiting_key
+from service.finish import Finisher, is_plain
 from service.heartbeat import Heartbeat
 from service.limits import Limiter
 from service.outage import REDIS_DOWN, Outage
@@ -115,6 +116,7 @@ class ServiceWorker(Worker):
         self.order = LaneOrder(self.lane_names, options.weights)
         self.claimer = Claimer(self.connection, self.name)
         self.limiter = Limiter(self.connection)
+        self.finisher = Finisher(self.connection, self.name, self.key)
         self.reaper = Reaper(self.connection, crash_retries=options.crash_retries)
         self.outage = Outage(log, f"Worker {self.name}")
         self.grace = GraceTimer(options.grace_seconds, self._interrupt_job)
@@ -164,6 +166,11 @@ class ServiceWorker(Worker):
                     continue
                 except StopRequested:
                     break
+                except Exception:  # a bug must not take the worker down; its claims go back
+                    log.exception("Worker %s: unexpected error; carrying on", self.name)
+                    self._resync = True
+                    time.sleep(1.0)
+                    continue
                 if outcome == "empty":
                     break
                 if outcome == "ran":
@@ -181,7 +188,7 @@ class ServiceWorker(Worker):
             self._resync = False
         if self.should_run_maintenance_tasks:
             self.run_maintenance_tasks()
-        result = self.claimer.claim(self.order.next(), time.time())
+        result = self.claimer.claim(self.order.next(), self.get_heartbeat_ttl(None))
         if isinstance(result, Claim):
             return "ran" if self._run_claim(result) else "idle"
         if burst and result is None:
@@ -199,14 +206,18 @@ class ServiceWorker(Worker):
             return False
         job = self.job_class(claim.job_id, connection=self.connection, serializer=self.serializer)
         job.restore(claim.raw)
-        if job.get_status(refresh=False) in (JobStatus.CANCELED, JobStatus.FINISHED, JobStatus.STOPPED):
+        if claim.execution_id is None:
+            # Not queued: canceled, already ended, or a duplicate id of a job running elsewhere.
+            log.warning("Worker %s: job %s is %s, not queued; dropped", self.name, job.id, job.get_status(False))
             self.claimer.drop(claim.job_id)
             return False
+        execution = Execution(claim.execution_id, job.id, self.connection, worker_name=self.name)
+        self.executions[execution.id] = execution
         spec = spec_of(job)
         if spec is not None and limits.is_limited(spec):
             wait = self.limiter.acquire(spec, job.id, float(job.timeout or spec.timeout_seconds))
             if wait > 0:
-                self.limiter.hold_back(self.claimer.key, claim.lane, job.id, wait)
+                self._hold_back(job, claim.lane, execution, wait)
                 return False
         self.running_lane = claim.lane
         try:
@@ -214,6 +225,15 @@ class ServiceWorker(Worker):
         finally:
             self.running_lane = None
         return True
+
+    def _hold_back(self, job: Job, lane: str, execution: Execution, wait_seconds: float) -> None:
+        """Undo the start of a job over its task's limit and park it in the lane's waiting set."""
+        with self.connection.pipeline() as pipe:
+            self.cleanup_execution(job, pipe, execution)
+            pipe.hset(job.key, "status", JobStatus.QUEUED.value)
+            pipe.hincrby(job.key, "attempts", -1)
+            pipe.zadd(waiting_key(lane), {job.id: time.time() + max(wait_seconds, 0.01)})
+            pipe.execute()
 
     def _requeue_own_claims(self) -> None:
         """Put back whatever our claimed list holds that we are not running (after an outage, at exit)."""
@@ -283,30 +303,14 @@ class ServiceWorker(Worker):
         return int(self.heartbeat_ttl) + 60
 
     def prepare_execution(self, job: Job) -> Execution:
-        """Record the execution and, without fork, mark the job started: one round trip."""
-        with self.connection.pipeline() as pipe:
-            ttl = self.get_heartbeat_ttl(job)
-            execution = Execution.create(job, ttl, pipeline=pipe, worker_name=self.name)
-            self.executions[execution.id] = execution
-            self.set_state(WorkerStatus.BUSY, pipeline=pipe)
-            if not self.fork:
-                self._mark_started(job, pipe, ttl)
-            pipe.execute()
-        return execution
+        # The claim script already started the job and recorded its execution.
+        return next(e for e in self.executions.values() if e.job_id == job.id)
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
-        if self.fork:  # in the horse
-            with self.connection.pipeline() as pipe:
-                self._mark_started(job, pipe, self.get_heartbeat_ttl(job))
-                pipe.execute()
-
-    def _mark_started(self, job: Job, pipe: Any, ttl: int) -> None:
-        job.prepare_for_execution(self.name, pipeline=pipe)
-        pipe.persist(job.key)
+        """Nothing left to do: the claim started the job (one round trip for both)."""
 
     def perform_job(self, job: Job, queue: Any, execution: Execution) -> bool:
         """Run the job's function, then store its outcome, retrying the store through Redis outages."""
-        self._until_redis(lambda: self.prepare_job_execution(job))
         job.started_at = now()
         timeout = job.timeout or self.queue_class.DEFAULT_TIMEOUT
         try:
@@ -331,8 +335,25 @@ class ServiceWorker(Worker):
             exc_info = sys.exc_info()
             self._until_redis(lambda: self._finalize_failure(job, queue, execution, exc_info))
             return False
-        self._until_redis(lambda: self._finalize_success(job, queue, execution, return_value))
+        self._until_redis(lambda: self._store_success(job, queue, execution, return_value))
         return True
+
+    def _store_success(self, job: Job, queue: Any, execution: Execution, return_value: Any) -> None:
+        """Store the outcome: one Lua call for a plain job, RQ's own path otherwise."""
+        result_ttl = job.get_result_ttl(self.default_result_ttl)
+        if isinstance(return_value, Retry) or not is_plain(job, result_ttl):
+            self._finalize_success(job, queue, execution, return_value)
+            return
+        job.ended_at = now()
+        job._result = return_value
+        spec = spec_of(job)
+        slot_key = limits.running_key(spec.name if spec is not None and spec.concurrency else "-")
+        dependents = self.finisher.finish(job, execution, result_ttl, slot_key)
+        job._status = JobStatus.FINISHED
+        self.executions.pop(execution.id, None)
+        if dependents:
+            self._enqueue_dependents_safely(queue, job)
+        log.info("Worker %s: %s: job %s (%s) finished", self.name, job.origin, job.id, spec.name if spec else "?")
 
     def handle_execution_ended(self, job: Job, queue: Any, heartbeat_ttl: int) -> None:
         # RQ also writes a heartbeat here (one more round trip per job); the
