@@ -33,7 +33,8 @@ def bearer_token() -> str | None:
 
 def require_token() -> None:
     """Refuse a request to a protected path that lacks a valid bearer token."""
-    if request.path in PUBLIC_PATHS or request.blueprint == "rq_dashboard" or request.path.startswith("/dashboard"):
+    # The dashboard has its own Basic auth (service.dashboard); browsers cannot send bearer tokens.
+    if request.path in PUBLIC_PATHS or request.path == "/dashboard" or request.path.startswith("/dashboard/"):
         return
     token = bearer_token()
     if token is None:
