@@ -17,7 +17,9 @@ spec; one Lua script per batch then, per schedule and atomically:
 from __future__ import annotations
 
 import json
+import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -34,6 +36,8 @@ from service.schedule_spec import ScheduleSpec, from_ms, isoformat, to_ms
 from service.schedule_store import RUNS_KEPT, ScheduleKeys, StoredSchedule, cron_rule, load_spec
 from service.task_registry import REGISTRY, RetryPolicy, TaskSpec
 
+log = logging.getLogger(__name__)
+
 # Catch-up after downtime enumerates at most this many due times per
 # schedule per pass; the rest are handled by the next pass (nothing lost).
 MAX_CATCHUP = 1000
@@ -44,7 +48,8 @@ ACTIVE_STATUSES = frozenset({"queued", "started", "scheduled", "deferred"})
 PUSH_COMMANDS = frozenset({"rpush", "lpush", "sadd", "zadd"})
 
 FIRE_SCRIPT = """
-local lease, due_key, buffered_key, queues_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local lease, due_key, buffered_key, queues_key, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local LAG_BUCKETS = {10, 50, 100, 250, 500, 1000, 2500, 5000, 10000}
 local owner, now_ms, now_iso = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local prefix, job_prefix, rq_prefix, keep = ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])
 local count = tonumber(ARGV[8])
@@ -53,7 +58,8 @@ local function int(x) return string.format('%d', x) end
 local JOB_ID = '<job-id>'
 
 local function record(sk, rec)
-  redis.call('LPUSH', sk .. ':runs', cjson.encode(rec))
+  local key = sk .. ':runs'
+  if redis.call('LPUSH', key, cjson.encode(rec)) > keep then redis.call('LTRIM', key, 0, keep - 1) end
 end
 
 local function active(sk)
@@ -96,15 +102,22 @@ local function create(id, sk, f, blob, count_lag)
   redis.call('SADD', queues_key, f.queue_key)
   redis.call('HSET', sk, 'last_job_id', f.job_id, 'last_run_at', int(f.due))
   redis.call('HINCRBY', sk, 'runs', 1)
+  redis.call('HINCRBY', stats, 'runs', 1)
   local rec = {scheduled_for = f.iso, job_id = f.job_id, status = 'enqueued', enqueued_at = now_iso, kind = f.kind}
   if count_lag then
     local lag = math.max(0, now_ms - f.target)
     rec.lag_ms = lag
-    redis.call('HSET', sk, 'lag_last_ms', int(lag))
     redis.call('HINCRBY', sk, 'lag_sum_ms', int(lag))
     redis.call('HINCRBY', sk, 'lag_count', 1)
     local max = tonumber(redis.call('HGET', sk, 'lag_max_ms') or '0')
-    if lag > max then redis.call('HSET', sk, 'lag_max_ms', int(lag)) end
+    redis.call('HSET', sk, 'lag_last_ms', int(lag), 'lag_max_ms', int(math.max(lag, max)))
+    local bucket = 'lag_ms_bucket_inf'
+    for _, limit in ipairs(LAG_BUCKETS) do
+      if lag <= limit then bucket = 'lag_ms_bucket_' .. limit; break end
+    end
+    redis.call('HINCRBY', stats, bucket, 1)
+    redis.call('HINCRBY', stats, 'lag_ms_sum', int(lag))
+    redis.call('HINCRBY', stats, 'lag_count', 1)
   end
   record(sk, rec)
   return 1
@@ -112,16 +125,16 @@ end
 
 local function skip(sk, f, status, counter)
   redis.call('HINCRBY', sk, counter, 1)
+  redis.call('HINCRBY', stats, counter, 1)
   record(sk, {scheduled_for = f.iso, status = status, recorded_at = now_iso})
 end
 
 local function fire_due(h, sk, blobs)
-  local created = 0
+  local created, skipped, dropped = 0, 0, 0
   local finished = false
   for _, r in ipairs(h.records or {}) do skip(sk, r, r.status, r.status) end
   for n, f in ipairs(h.fires or {}) do
-    local runs = tonumber(redis.call('HGET', sk, 'runs') or '0')
-    if h['repeat'] and runs >= h['repeat'] then finished = true; break end
+    if h['repeat'] and tonumber(redis.call('HGET', sk, 'runs') or '0') >= h['repeat'] then finished = true; break end
     local last, st = active(sk)
     if f.kind == 'buffered' then
       -- A run buffered earlier goes first once its predecessor has ended.
@@ -132,9 +145,11 @@ local function fire_due(h, sk, blobs)
       end
     elseif last and h.overlap == 'skip' then
       skip(sk, f, 'skipped', 'skipped')
+      skipped = skipped + 1
     elseif last and h.overlap == 'buffer_one' then
       if redis.call('HEXISTS', sk, 'buffered_due') == 1 then
         skip(sk, f, 'dropped', 'dropped')
+        dropped = dropped + 1
       else
         redis.call('HSET', sk, 'buffered_due', int(f.due))
         redis.call('SADD', buffered_key, h.id)
@@ -145,8 +160,7 @@ local function fire_due(h, sk, blobs)
       created = created + create(h.id, sk, f, blobs[n], true)
     end
   end
-  local runs = tonumber(redis.call('HGET', sk, 'runs') or '0')
-  if h['repeat'] and runs >= h['repeat'] then finished = true end
+  if h['repeat'] and tonumber(redis.call('HGET', sk, 'runs') or '0') >= h['repeat'] then finished = true end
   if finished or not h.next_score then
     redis.call('ZREM', due_key, h.id)
     redis.call('HSET', sk, 'next_due', '')
@@ -154,7 +168,7 @@ local function fire_due(h, sk, blobs)
     redis.call('ZADD', due_key, int(h.next_score), h.id)
     redis.call('HSET', sk, 'next_due', int(h.next_due))
   end
-  return created
+  return {created, skipped, dropped}
 end
 
 local function fire_entry(h, blobs)
@@ -185,10 +199,50 @@ for e = 1, count do
   local blobs = {}
   for n = 1, #(h.fires or {}) do blobs[n] = ARGV[i]; i = i + 1 end
   results[e] = fire_entry(h, blobs)
-  redis.call('LTRIM', prefix .. h.id .. ':runs', 0, keep - 1)
 end
 return results
 """
+
+
+Listener = Callable[[str, str, int], None]
+LISTENERS: list[Listener] = []
+
+
+def on_schedule_event(listener: Listener) -> Listener:
+    """Subscribe `listener(event, schedule_id, count)` to what the scheduler does.
+
+    Events (in the scheduler process): fired, missed, coalesced, skipped, dropped.
+    Usable as a decorator; a listener that raises is logged and ignored.
+    """
+    LISTENERS.append(listener)
+    return listener
+
+
+def emit(event: str, schedule_id: str, count: int) -> None:
+    """Tell every listener about `count` runs of `schedule_id` that had `event`."""
+    if count <= 0:
+        return
+    if event == "missed":
+        log.warning("schedule %s: %d run(s) missed (later than misfire_grace_time)", schedule_id, count)
+    for listener in LISTENERS:
+        try:
+            listener(event, schedule_id, count)
+        except Exception:  # a user's hook must not stop the scheduler
+            log.exception("schedule event listener failed on %s %s", event, schedule_id)
+
+
+def report(entry: Entry, result: Any) -> int:
+    """Emit the events of an applied entry; return how many run jobs it created."""
+    if isinstance(result, list) and entry.mode == "due":
+        created, skipped, dropped = (int(n) for n in result)
+        for event in ("missed", "coalesced"):
+            emit(event, entry.schedule_id, sum(1 for _, status in entry.records if status == event))
+        emit("skipped", entry.schedule_id, skipped)
+        emit("dropped", entry.schedule_id, dropped)
+    else:
+        created = max(int(result), 0) if isinstance(result, int) else sum(result)
+    emit("fired", entry.schedule_id, created)
+    return created
 
 
 @dataclass
@@ -325,7 +379,8 @@ class Firing:
     def run(self, entries: list[Entry], stored: dict[str, StoredSchedule], now: datetime) -> list[Any] | None:
         """Apply `entries` atomically; return per entry the jobs created (<0: not applied), None if the lease is lost.
 
-        A manual entry's result is a list: 1 per run created, 0 per run that already existed.
+        A due entry's result is [created, skipped, dropped]; a buffer entry's 1 or 0; a manual entry's
+        a list with 1 per run created and 0 per run that already existed.
         """
         if not entries:
             return []
@@ -337,7 +392,13 @@ class Firing:
             header, blobs = self._header(entry, stored[entry.schedule_id], now_rq)
             args.append(json.dumps(header, separators=(",", ":")))
             args.extend(blobs)
-        keys = [self.lease_key, ScheduleKeys.due, ScheduleKeys.buffered, ServiceQueue.redis_queues_keys]
+        keys = [
+            self.lease_key,
+            ScheduleKeys.due,
+            ScheduleKeys.buffered,
+            ServiceQueue.redis_queues_keys,
+            ScheduleKeys.stats,
+        ]
         results = self._script(keys=keys, args=args)
         if results and results[0] == -1 and self.owner:
             return None

@@ -30,9 +30,9 @@ from rq_scheduler import Scheduler
 
 from service.lease import Lease
 from service.queues import ServiceJob, ServiceQueue
-from service.schedule_runs import ACTIVE_STATUSES, Entry, Firing, plan_due
+from service.schedule_runs import ACTIVE_STATUSES, Entry, Firing, plan_due, report
 from service.schedule_spec import to_ms
-from service.schedule_store import ScheduleKeys, StoredSchedule, read_many
+from service.schedule_store import ScheduleKeys, StoredSchedule, read_for_firing
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class ServiceScheduler(Scheduler):
             if not due:
                 break
             ids = [member.decode() for member, _ in due]
-            stored = dict(zip(ids, read_many(self.connection, ids), strict=True))
+            stored = dict(zip(ids, read_for_firing(self.connection, ids), strict=True))
             entries = self._plan(due, stored, now)
             applied = self._apply(entries, stored, now)
             if applied is None:
@@ -139,7 +139,8 @@ class ServiceScheduler(Scheduler):
                 log.warning("scheduler %s: lost the lease mid-pass; not firing", self.key)
                 self.lease.held = False
                 return None
-            fired += sum(r for r in results if isinstance(r, int) and r > 0)
+            chunk = entries[start : start + CHUNK]
+            fired += sum(report(entry, result) for entry, result in zip(chunk, results, strict=True))
         return fired
 
     def fire_buffered_runs(self) -> int:
@@ -147,7 +148,7 @@ class ServiceScheduler(Scheduler):
         ids = sorted(member.decode() for member in self.connection.smembers(ScheduleKeys.buffered))
         if not ids:
             return 0
-        stored = dict(zip(ids, read_many(self.connection, ids), strict=True))
+        stored = dict(zip(ids, read_for_firing(self.connection, ids), strict=True))
         pipe = self.connection.pipeline(transaction=False)
         for schedule_id in ids:
             last = stored[schedule_id].state.get("last_job_id", "") if stored[schedule_id] else ""

@@ -30,7 +30,7 @@ from service.schedule_spec import (
 )
 from service.schedule_store import COUNTERS, ScheduleKeys, StoredSchedule, dump_spec, from_raw, read, read_many
 
-__all__ = ["scheduled_for", "schedule", "upsert", "get", "list_schedules", "delete", "pause", "resume"]
+__all__ = ["scheduled_for", "schedule", "upsert", "upsert_many", "get", "list_schedules", "delete", "pause", "resume"]
 
 MAX_PREVIEW = 1000
 MAX_BACKFILL = 1000
@@ -94,6 +94,45 @@ def save(
     return describe(stored), created
 
 
+def upsert_many(
+    connection: Redis, items: dict[str, Any], *, origin: str = "api", now: datetime | None = None, chunk: int = 1000
+) -> dict[str, int]:
+    """Create or replace many schedules (e.g. one per user) with pipelined writes; return counts.
+
+    Every item is validated before anything is written (InvalidField names
+    the schedule id and the field). Each chunk is read in one round trip and
+    written in one MULTI; unchanged schedules are not written. Unlike
+    upsert(), a concurrent change to the same id between the read and the
+    write of its chunk is overwritten (last writer wins).
+    """
+    now = now or now_utc()
+    specs: dict[str, ScheduleSpec] = {}
+    for schedule_id, data in items.items():
+        try:
+            spec = parse_spec(data)
+            check_schedule_id(schedule_id)
+        except InvalidField as exc:
+            raise InvalidField(f"{str(schedule_id)[:100]}.{exc.field}", exc.message.split(": ", 1)[-1]) from None
+        specs[schedule_id] = spec if spec.queue else spec.model_copy(update={"queue": spec.lane})
+    counts = {"created": 0, "updated": 0, "unchanged": 0}
+    ids = list(specs)
+    for start in range(0, len(ids), chunk):
+        part = ids[start : start + chunk]
+        current = dict(zip(part, read_many(connection, part), strict=True))
+        pipe = connection.pipeline()
+        for schedule_id in part:
+            spec, existing = specs[schedule_id], current[schedule_id]
+            spec_json, paused = dump_spec(spec), _paused(spec, existing, None)
+            if existing is not None and existing.spec_json == spec_json and existing.paused == paused:
+                counts["unchanged"] += 1
+                continue
+            counts["created" if existing is None else "updated"] += 1
+            _write(pipe, schedule_id, spec, spec_json, existing, paused, origin, now, wake=False)
+        pipe.publish(ScheduleKeys.wakeup, "*")
+        pipe.execute()
+    return counts
+
+
 def _paused(spec: ScheduleSpec, current: StoredSchedule | None, paused: bool | None) -> bool:
     if paused is not None:
         return paused
@@ -111,6 +150,7 @@ def _write(
     paused: bool,
     origin: str,
     now: datetime,
+    wake: bool = True,
 ) -> None:
     key = ScheduleKeys.schedule(schedule_id)
     next_due = None if paused else _first_due(spec, current, now)
@@ -132,7 +172,8 @@ def _write(
         pipe.zrem(ScheduleKeys.due, schedule_id)
     else:
         pipe.zadd(ScheduleKeys.due, {schedule_id: jittered(spec, next_due)})
-    pipe.publish(ScheduleKeys.wakeup, schedule_id)
+    if wake:
+        pipe.publish(ScheduleKeys.wakeup, schedule_id)
 
 
 def _first_due(spec: ScheduleSpec, current: StoredSchedule | None, now: datetime) -> int | None:

@@ -8,7 +8,8 @@ import pytest
 from redis import Redis
 
 import service.tasks.diag  # noqa: F401 - registers diag.*
-from service import schedules
+from service import schedule_runs, schedules
+from service.errors import InvalidField
 from service.jobs import describe, fetch
 from service.queues import get_lanes
 from service.schedule_runs import Firing, plan_due, scheduled_for
@@ -218,7 +219,7 @@ def test_two_firers_with_the_same_plan_create_one_job(connection: Redis, clock: 
     results = [
         Firing(connection).run([plan_due(stored, score, clock.now)], {"race": stored}, clock.now) for _ in range(2)
     ]
-    assert results == [[1], [-2]]
+    assert results == [[[1, 0, 0]], [-2]]
     assert queued(connection) == ["race-1893456010"]
 
 
@@ -285,9 +286,11 @@ def test_a_burst_of_due_runs_is_fired_with_a_few_lua_calls(
     connection: Redis, clock: Clock, scheduler: ServiceScheduler
 ) -> None:
     count = 2000
-    pipe_spec = {"task": "diag.echo", "interval": 60}
-    for n in range(count):
-        schedules.upsert(connection, f"user-{n:05d}", pipe_spec, now=T0)
+    spec = {"task": "diag.echo", "interval": 60}
+    created = schedules.upsert_many(connection, {f"user-{n:05d}": spec for n in range(count)}, now=T0)
+    assert created == {"created": count, "updated": 0, "unchanged": 0}
+    again = schedules.upsert_many(connection, {f"user-{n:05d}": spec for n in range(count)}, now=T0)
+    assert again == {"created": 0, "updated": 0, "unchanged": count}
     clock.advance(60)
     connection.config_resetstat()
     assert scheduler.enqueue_jobs() == count
@@ -298,3 +301,28 @@ def test_a_burst_of_due_runs_is_fired_with_a_few_lua_calls(
     assert len(set(queued(connection))) == count
     page = schedules.list_schedules(connection, limit=1000)
     assert len(page["schedules"]) == 1000 and page["next_cursor"] == "user-00999"
+
+
+def test_bulk_upsert_validates_everything_before_writing(connection: Redis) -> None:
+    items = {"good": {"task": "diag.echo", "interval": 5}, "bad": {"task": "diag.echo", "interval": 0}}
+    with pytest.raises(InvalidField) as caught:
+        schedules.upsert_many(connection, items)
+    assert caught.value.message.startswith("bad.interval")
+    assert connection.keys("svc:*") == []
+
+
+def test_events_reach_listeners_and_totals_are_kept_for_metrics(
+    connection: Redis, clock: Clock, scheduler: ServiceScheduler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[tuple[str, str, int]] = []
+    monkeypatch.setattr(schedule_runs, "LISTENERS", [])
+    schedule_runs.on_schedule_event(lambda *event: events.append(event))
+    add(connection, "ev", interval=10, misfire_grace_time=15)
+    clock.advance(40)  # :10 and :20 are too late, :30 coalesces into :40
+    scheduler.enqueue_jobs()
+    clock.advance(10)  # :50 comes while :40 is still queued
+    scheduler.enqueue_jobs()
+    assert events == [("missed", "ev", 2), ("coalesced", "ev", 1), ("fired", "ev", 1), ("skipped", "ev", 1)]
+    totals = {k.decode(): int(v) for k, v in connection.hgetall(ScheduleKeys.stats).items()}
+    assert totals["runs"] == 1 and totals["missed"] == 2 and totals["coalesced"] == 1 and totals["skipped"] == 1
+    assert totals["lag_count"] == 1 and sum(v for k, v in totals.items() if k.startswith("lag_ms_bucket_")) == 1

