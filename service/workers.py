@@ -18,6 +18,8 @@ fails jobs:
 
 from __future__ import annotations
 
+import gc
+import json
 import logging
 import os
 import resource
@@ -26,6 +28,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
@@ -70,6 +73,8 @@ DEFAULT_HEARTBEAT_SECONDS = 5.0
 IDLE_WAKE_SECONDS = 1.0
 # How long a horse may take to unwind after the grace interrupt before SIGKILL.
 HORSE_UNWIND_SECONDS = 3.0
+# A pipe holds 64 KiB; a larger outcome is stored by the horse itself.
+OUTCOME_PIPE_BYTES = 60_000
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -126,6 +131,7 @@ class ServiceWorker(Worker):
         self._horse_died: int | None = None
         self._resync = True
         self._heartbeat: Heartbeat | None = None
+        self._outcome_fd: int | None = None
 
     # -- connection -------------------------------------------------------
 
@@ -290,11 +296,66 @@ class ServiceWorker(Worker):
         self.fork_work_horse(job, queue)
         try:
             self.monitor_work_horse(job, queue, execution)
+            outcome = self._read_outcome()
         finally:
             if self._horse_pid:
                 self.kill_horse(signal.SIGKILL)
                 self.wait_for_horse()
                 self._horse_pid = 0
+            self._close_outcome_pipe()
+        if outcome is not None:  # a plain success: the horse ran it, we store it
+            started_at, ended_at = (datetime.fromtimestamp(t, UTC) for t in (outcome["started"], outcome["ended"]))
+            job.started_at = started_at
+            self._until_redis(lambda: self._store_success(job, queue, execution, outcome["value"], ended_at))
+
+    def fork_work_horse(self, job: Job, queue: Any) -> None:
+        """RQ's fork, plus a pipe on which the horse reports a plain success instead of storing it.
+
+        The horse then needs no Redis connection of its own for most jobs (a new
+        connection per fork is most of a forked job's cost); the parent stores
+        the outcome in one Lua call, as in no-fork mode.
+        """
+        read_fd, write_fd = os.pipe()
+        child_pid = os.fork()
+        if child_pid == 0:
+            gc.disable()  # a short-lived horse: collecting would only copy the parent's pages
+            os.close(read_fd)
+            self._outcome_fd = write_fd
+            os.setpgrp()
+            os.environ["RQ_WORKER_ID"] = self.name
+            os.environ["RQ_JOB_ID"] = job.id
+            self.main_work_horse(job, queue)
+            os._exit(0)
+        os.close(write_fd)
+        self._outcome_fd = read_fd
+        self._horse_pid = child_pid
+
+    def _read_outcome(self) -> dict[str, Any] | None:
+        chunks = []
+        while self._outcome_fd is not None and (chunk := os.read(self._outcome_fd, 65536)):
+            chunks.append(chunk)
+        return json.loads(b"".join(chunks)) if chunks else None
+
+    def _close_outcome_pipe(self) -> None:
+        if self._outcome_fd is not None:
+            os.close(self._outcome_fd)
+            self._outcome_fd = None
+
+    def _ship_success(self, job: Job, return_value: Any) -> bool:
+        """In the horse: report a plain success to the parent; False if the horse must store it itself."""
+        if self._outcome_fd is None or isinstance(return_value, Retry):
+            return False
+        if not is_plain(job, job.get_result_ttl(self.default_result_ttl)):
+            return False
+        try:
+            started = job.started_at.timestamp() if job.started_at else time.time()
+            payload = json.dumps({"value": return_value, "started": started, "ended": time.time()}).encode()
+        except (TypeError, ValueError):
+            return False
+        if len(payload) > OUTCOME_PIPE_BYTES:  # the parent reads only after the horse exits
+            return False
+        os.write(self._outcome_fd, payload)
+        return True
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         # The heartbeat thread renews the started-registry entry; it outlives
@@ -335,16 +396,20 @@ class ServiceWorker(Worker):
             exc_info = sys.exc_info()
             self._until_redis(lambda: self._finalize_failure(job, queue, execution, exc_info))
             return False
+        if self._is_horse and self._ship_success(job, return_value):
+            return True
         self._until_redis(lambda: self._store_success(job, queue, execution, return_value))
         return True
 
-    def _store_success(self, job: Job, queue: Any, execution: Execution, return_value: Any) -> None:
+    def _store_success(
+        self, job: Job, queue: Any, execution: Execution, return_value: Any, ended_at: datetime | None = None
+    ) -> None:
         """Store the outcome: one Lua call for a plain job, RQ's own path otherwise."""
         result_ttl = job.get_result_ttl(self.default_result_ttl)
         if isinstance(return_value, Retry) or not is_plain(job, result_ttl):
             self._finalize_success(job, queue, execution, return_value)
             return
-        job.ended_at = now()
+        job.ended_at = ended_at or now()
         job._result = return_value
         spec = spec_of(job)
         slot_key = limits.running_key(spec.name if spec is not None and spec.concurrency else "-")

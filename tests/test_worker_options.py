@@ -35,3 +35,12 @@ def test_pool_runs_several_workers_and_stops_them_all_on_sigterm(connection: Red
     pool.signal(signal.SIGTERM, group=True)
     assert pool.wait(timeout=30) == 0
     wait_until(lambda: connection.keys("svc:alive:*") == [], timeout=10, what="the workers to leave")
+
+
+def test_fork_mode_stores_what_the_horse_returned(connection: Redis, processes: Processes) -> None:
+    jobs = enqueue_many(connection, "diag.echo", [("default", (i, "x")) for i in range(5)])
+    start_worker(processes, "--fork")
+    wait_until(lambda: all(j.get_status(refresh=True) == "finished" for j in jobs), timeout=60, what="every job")
+    assert [j.latest_result().return_value for j in jobs] == [{"args": [i, "x"], "kwargs": {}} for i in range(5)]
+    assert all(connection.hget(j.key, "attempts") == b"1" for j in jobs)
+    assert connection.zcard("rq:wip:default") == 0
