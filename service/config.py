@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from service.errors import ConfigError
 
 DEFAULT_TASK_MODULES = ("service.tasks.diag", "service.tasks.examples")
+ALWAYS_LOADED = ("service.tasks.diag", "service.hooks")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
@@ -29,7 +30,7 @@ class Settings:
     redis_url: str
     port: int = 8000
     api_tokens: tuple[str, ...] = ()
-    task_modules: tuple[str, ...] = DEFAULT_TASK_MODULES
+    task_modules: tuple[str, ...] = (*ALWAYS_LOADED, "service.tasks.examples")
     schedules_file: str | None = None
     log_level: str = "INFO"
     log_format: str = "text"
@@ -92,8 +93,8 @@ def _modules(value: str) -> tuple[str, ...]:
     bad = [m for m in modules if not MODULE_NAME.match(m)]
     if bad:
         raise ConfigError(f"TASK_MODULES: not a module name: {bad[0]!r}")
-    # The diagnostic tasks are always registered (SPEC §3).
-    return tuple(dict.fromkeys(("service.tasks.diag", *modules))) if modules else DEFAULT_TASK_MODULES
+    # The diagnostic tasks (SPEC §3) and the webhook delivery task are always registered.
+    return tuple(dict.fromkeys((*ALWAYS_LOADED, *(modules or DEFAULT_TASK_MODULES))))
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:

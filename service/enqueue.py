@@ -23,6 +23,7 @@ from redis import Redis
 from redis.client import Pipeline
 from rq.job import Job, JobStatus, Retry
 
+from service import metrics
 from service.errors import Conflict, InvalidField
 from service.lanes import check_lane, lane_for
 from service.queues import ServiceJob, ServiceQueue, get_queue
@@ -223,6 +224,7 @@ def unfinished_parents(pipe: Pipeline, parents: list[str]) -> set[str]:
 
 def write(p: Planned, pipe: Pipeline, *, deferred: bool) -> None:
     """Queue the commands that store `p`: deferred behind its parents, scheduled, or in its lane."""
+    metrics.count(pipe, "jobs_enqueued", p.job.func_name, p.queue.name)
     if deferred:
         p.job.origin = p.queue.name
         p.job.set_status(JobStatus.DEFERRED, pipeline=pipe)

@@ -52,6 +52,8 @@ class TaskSpec:
     concurrency: int | None = None
     # At most (starts, period_seconds) starts across all workers (None: no limit).
     rate_limit: tuple[int, float] | None = None
+    # Failure events of this task are POSTed here (service.hooks); None: no webhook.
+    webhook_url: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -67,6 +69,7 @@ class TaskSpec:
             "rate_limit": (
                 {"max_starts": self.rate_limit[0], "period_seconds": self.rate_limit[1]} if self.rate_limit else None
             ),
+            "webhook": self.webhook_url is not None,
         }
 
 
@@ -118,6 +121,7 @@ def task(
     unique: bool = False,
     concurrency: int | None = None,
     rate_limit: str | tuple[int, float] | None = None,
+    webhook_url: str | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register the decorated function as task `name` with its per-job defaults."""
 
@@ -136,6 +140,7 @@ def task(
                 description=doc[0] if doc else "",
                 concurrency=_concurrency(name, concurrency),
                 rate_limit=parse_rate_limit(name, rate_limit),
+                webhook_url=_webhook_url(name, webhook_url),
             )
         )
         return func
@@ -144,6 +149,12 @@ def task(
 
 
 RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _webhook_url(name: str, value: str | None) -> str | None:
+    if value is not None and not value.startswith(("http://", "https://")):
+        raise ValueError(f"task {name!r}: webhook_url must start with http:// or https://")
+    return value
 
 
 def _concurrency(name: str, value: int | None) -> int | None:

@@ -19,7 +19,7 @@ from service.embedded_redis import EmbeddedRedis
 from tests.processes import Processes
 
 TOKEN = "test-token-0123456789abcdef"
-TASK_MODULES = ("service.tasks.diag", "service.tasks.examples", "tests.fixture_tasks")
+TASK_MODULES = ("service.tasks.diag", "service.hooks", "service.tasks.examples", "tests.fixture_tasks")
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Response, jsonify
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 
-from service import monitor
+from service import metrics, monitor
 from service.api.context import redis
 from service.api.openapi import document
 from service.task_registry import REGISTRY
@@ -67,6 +68,12 @@ def queues() -> Response:
 def workers() -> Response:
     """Live workers: name, lanes, state, current job, counts, last heartbeat."""
     return jsonify({"workers": monitor.workers(redis()), "next_cursor": None})
+
+
+@bp.get("/metrics")
+def metrics_text() -> Response:
+    """Prometheus text format: job counters and durations, queue depth and age, workers, schedules."""
+    return Response(metrics.render(redis()), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 @bp.get("/tasks")

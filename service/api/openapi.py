@@ -25,6 +25,7 @@ spec = SpecTree(
     version="1.0",
     path="apidoc",
     annotations=False,
+    mode="strict",  # only the views decorated with document(): not the mounted dashboard
     security_schemes=[SecurityScheme(name="bearer", data=SecuritySchemeData(type=SecureType.HTTP, scheme="bearer"))],
     security={"bearer": []},
 )

@@ -1,0 +1,152 @@
+"""Metrics: counters and histograms kept in Redis, rendered in Prometheus text format.
+
+Counters live in one Redis hash, so they add up across any number of web,
+worker and scheduler processes on any number of hosts, survive restarts of
+those processes, and cost one HINCRBY inside a pipeline the caller already
+sends (no extra round trip). prometheus-client renders them at scrape time,
+together with gauges read from Redis then (queue depth, oldest job age,
+live workers).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from redis import Redis
+
+from service.lanes import LANES
+
+METRICS_KEY = "svc:metrics"
+SEP = "|"
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 15.0, 60.0)
+
+# name -> (help, label names)
+COUNTERS = {
+    "jobs_enqueued": ("Jobs enqueued, by task and lane.", ("task", "queue")),
+    "jobs_started": ("Job executions started, by task and lane.", ("task", "queue")),
+    "jobs_finished": ("Jobs that finished successfully, by task and lane.", ("task", "queue")),
+    "jobs_failed": ("Jobs that failed for good (no retry left), by task and lane.", ("task", "queue")),
+    "jobs_retried": ("Failed executions that were scheduled for a retry, by task and lane.", ("task", "queue")),
+    "jobs_redelivered": ("Jobs put back after their worker died or shut down, by task and lane.", ("task", "queue")),
+    # Totals only: per-schedule counts (tens of thousands of schedules) are in each schedule's JSON.
+    "schedule_runs": ("Runs enqueued by schedules.", ()),
+    "schedule_missed": ("Runs skipped because they were later than their misfire grace.", ()),
+    "schedule_skipped": ("Runs skipped or dropped by an overlap policy.", ()),
+}
+HISTOGRAMS = {
+    "job_duration_seconds": ("Job execution time, by task and lane.", ("task", "queue"), DURATION_BUCKETS),
+    "scheduler_lag_seconds": ("Delay between a run's due time and its enqueue.", (), LAG_BUCKETS),
+}
+
+
+def field(name: str, *labels: str) -> str:
+    return SEP.join((name, *labels))
+
+
+def count(pipe: Any, name: str, *labels: str, amount: int = 1) -> None:
+    """Add `amount` to counter `name` with `labels`, inside the caller's pipeline."""
+    pipe.hincrby(METRICS_KEY, field(name, *labels), amount)
+
+
+def observe(pipe: Any, name: str, value: float, *labels: str) -> None:
+    """Record `value` in histogram `name` (one HINCRBY per bucket it falls in, sum and count)."""
+    buckets = HISTOGRAMS[name][2]
+    for bound in buckets:
+        if value <= bound:
+            pipe.hincrby(METRICS_KEY, field(name, *labels, f"le={bound}"), 1)
+    pipe.hincrbyfloat(METRICS_KEY, field(name, *labels, "sum"), value)
+    pipe.hincrby(METRICS_KEY, field(name, *labels, "count"), 1)
+
+
+class RedisCollector:
+    """A prometheus-client collector that reads the service's metrics from Redis on each scrape."""
+
+    def __init__(self, connection: Redis) -> None:
+        self.connection = connection
+
+    def collect(self) -> Iterator[Any]:
+        raw = {k.decode(): v.decode() for k, v in self.connection.hgetall(METRICS_KEY).items()}
+        yield from counters(raw)
+        yield from histograms(raw)
+        yield from gauges(self.connection)
+
+
+def counters(raw: dict[str, str]) -> Iterable[CounterMetricFamily]:
+    for name, (help_text, labels) in COUNTERS.items():
+        family = CounterMetricFamily(name, help_text, labels=list(labels))
+        for key, value in raw.items():
+            parts = key.split(SEP)
+            if parts[0] == name and len(parts) == len(labels) + 1:
+                family.add_metric(parts[1:], float(value))
+        yield family
+
+
+def histograms(raw: dict[str, str]) -> Iterable[HistogramMetricFamily]:
+    for name, (help_text, labels, bounds) in HISTOGRAMS.items():
+        series: dict[tuple[str, ...], dict[str, float]] = defaultdict(dict)
+        for key, value in raw.items():
+            parts = key.split(SEP)
+            if parts[0] == name and len(parts) == len(labels) + 2:
+                series[tuple(parts[1:-1])][parts[-1]] = float(value)
+        family = HistogramMetricFamily(name, help_text, labels=list(labels))
+        for label_values, data in sorted(series.items()):
+            total = data.get("count", 0.0)
+            buckets = [(str(b), data.get(f"le={b}", 0.0)) for b in bounds] + [("+Inf", total)]
+            family.add_metric(list(label_values), buckets, data.get("sum", 0.0))
+        yield family
+
+
+def gauges(connection: Redis) -> Iterable[GaugeMetricFamily]:
+    """Queue depth and oldest job age per lane, and live workers, read now."""
+    with connection.pipeline(transaction=False) as pipe:
+        for lane in LANES:
+            pipe.llen(f"rq:queue:{lane}")
+            pipe.lindex(f"rq:queue:{lane}", 0)
+        pipe.scard("rq:workers")
+        found = pipe.execute()
+    depth = GaugeMetricFamily("queue_depth", "Jobs waiting in each lane.", labels=["queue"])
+    age = GaugeMetricFamily("queue_oldest_job_age_seconds", "Age of the oldest waiting job per lane.", labels=["queue"])
+    oldest_ids = {}
+    for i, lane in enumerate(LANES):
+        depth.add_metric([lane], float(found[2 * i]))
+        if found[2 * i + 1]:
+            oldest_ids[lane] = found[2 * i + 1].decode()
+    enqueued = oldest_enqueued_at(connection, oldest_ids)
+    now = time.time()
+    for lane in LANES:
+        age.add_metric([lane], max(0.0, now - enqueued[lane]) if lane in enqueued else 0.0)
+    workers = GaugeMetricFamily("workers_alive", "Workers registered with a live heartbeat.")
+    workers.add_metric([], float(found[-1]))
+    return [depth, age, workers]
+
+
+def oldest_enqueued_at(connection: Redis, job_ids: dict[str, str]) -> dict[str, float]:
+    """Return the enqueue time (epoch seconds) of each lane's oldest job."""
+    if not job_ids:
+        return {}
+    with connection.pipeline(transaction=False) as pipe:
+        for job_id in job_ids.values():
+            pipe.hget(f"rq:job:{job_id}", "enqueued_at")
+        stamps = pipe.execute()
+    found = {}
+    for lane, stamp in zip(job_ids, stamps, strict=True):
+        if stamp:
+            moment = datetime.fromisoformat(stamp.decode().replace("Z", "+00:00"))
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+            found[lane] = moment.timestamp()
+    return found
+
+
+def render(connection: Redis) -> bytes:
+    """Return every metric in Prometheus text format."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RedisCollector(connection))
+    return generate_latest(registry)
