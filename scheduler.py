@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 
 import click
+from redis import Redis
+from redis.exceptions import RedisError
 
 from service.declared import sync
 from service.errors import ConfigError
@@ -21,13 +24,25 @@ def main(burst: bool) -> None:
     """Run the scheduler loop; several may run, one leads. Syncs SCHEDULES_FILE first."""
     settings, connection = start("scheduler")
     if settings.schedules_file:
+        sync_declared(connection, settings.schedules_file)
+    ServiceScheduler(connection).run(burst=burst)
+
+
+def sync_declared(connection: Redis, path: str) -> None:
+    """Sync SCHEDULES_FILE; exit 2 on a bad file, wait for Redis if it is not there yet."""
+    delay = 0.5
+    while True:
         try:
-            changed = sync(connection, settings.schedules_file)
+            changed = sync(connection, path)
+            break
         except ConfigError as exc:
             print(f"scheduler: configuration error: {exc.message}", file=sys.stderr)
             raise SystemExit(2) from None
-        log.info("declared schedules synced: %s", {k: len(v) for k, v in changed.items()})
-    ServiceScheduler(connection).run(burst=burst)
+        except RedisError as exc:
+            log.warning("Redis unavailable (%s); syncing the declared schedules in %.1f s", type(exc).__name__, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    log.info("declared schedules synced: %s", {k: len(v) for k, v in changed.items()})
 
 
 if __name__ == "__main__":

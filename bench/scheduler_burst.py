@@ -61,6 +61,10 @@ def burst_ours(connection: Redis, size: int) -> dict[str, float]:
     schedules.upsert_many(connection, {f"user-{n:06d}": body for n in range(size)})
     created = time.perf_counter() - started
     memory = (used_memory(connection) - memory) / size
+    started = time.perf_counter()
+    page = schedules.list_schedules(connection, cursor=f"user-{size // 2:06d}", limit=100)
+    list_ms = (time.perf_counter() - started) * 1000
+    assert len(page["schedules"]) == 100
     scheduler = ServiceScheduler(connection, clock=lambda: due + timedelta(milliseconds=1))
     assert scheduler.acquire_lock()
     started = time.perf_counter()
@@ -68,7 +72,7 @@ def burst_ours(connection: Redis, size: int) -> dict[str, float]:
     elapsed = time.perf_counter() - started
     queued = connection.lrange("rq:queue:default", 0, -1)
     assert fired == size and len(queued) == size == len(set(queued)), (fired, len(queued))
-    return {"pass_s": elapsed, "create_s": created, "bytes_per_schedule": memory}
+    return {"pass_s": elapsed, "create_s": created, "bytes_per_schedule": memory, "list_page_ms": list_ms}
 
 
 def burst_stock(connection: Redis, size: int) -> dict[str, float]:
@@ -178,6 +182,7 @@ def burst_figures(connection: Redis, size: int, rounds: int) -> dict[str, Any]:
         "ours_create_per_s": round(size / median_of(ours, "create_s")),
         "stock_create_per_s": round(size / median_of(stock, "create_s")),
         "ours_bytes_per_schedule": round(median_of(ours, "bytes_per_schedule")),
+        "ours_list_page_of_100_ms": round(median_of(ours, "list_page_ms"), 1),
         "stock_bytes_per_schedule": round(median_of(stock, "bytes_per_schedule")),
     }
 

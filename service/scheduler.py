@@ -175,8 +175,8 @@ class ServiceScheduler(Scheduler):
 
     def run(self, burst: bool = False) -> None:
         """Fire due work while leader; sleep until the next due time or a wake-up; stop on SIGTERM/SIGINT."""
-        self.register_birth()
         self._install_signal_handlers()
+        self._until_redis(self.register_birth)
         try:
             while not self._stopping:
                 self._tick()
@@ -186,6 +186,20 @@ class ServiceScheduler(Scheduler):
         finally:
             self._stopping = True
             self._shutdown()
+
+    def _until_redis(self, step: Callable[[], Any]) -> None:
+        """Run `step`, retrying with backoff while Redis is unavailable (a scheduler never exits over it)."""
+        delay = 0.5
+        while not self._stopping:
+            try:
+                step()
+                return
+            except RedisError as exc:
+                log.warning(
+                    "scheduler %s: Redis unavailable (%s); retrying in %.1f s", self.key, type(exc).__name__, delay
+                )
+                self._wait(delay)
+                delay = min(delay * 2, 5.0)
 
     def _tick(self) -> None:
         try:

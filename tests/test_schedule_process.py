@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import time
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -169,3 +170,25 @@ def test_several_schedulers_fire_each_due_time_exactly_once_across_a_leader_kill
         seconds = sorted(due_seconds([j for j in queue if j.startswith(schedule_id + "-")]))
         assert seconds == list(range(seconds[0], seconds[0] + len(seconds)))  # none lost across the kill
         assert counters(connection, schedule_id)["runs"] == len(seconds)
+
+
+def test_scheduler_syncs_the_declared_file_at_start_and_refuses_a_bad_one(
+    connection: Redis, processes: Processes, tmp_path: Path
+) -> None:
+    good = tmp_path / "schedules.toml"
+    good.write_text('[schedules.declared]\ntask = "diag.echo"\ninterval = 1\n')
+    processes.scheduler(name="first", env={"SCHEDULES_FILE": str(good)})
+    fired = lambda: connection.exists("svc:schedule:declared") and counters(connection, "declared")["runs"] >= 1  # noqa: E731
+    wait_until(fired, timeout=20, what="the declared schedule to fire")
+    spec_before = connection.hget("svc:schedule:declared", "spec")
+    second = processes.scheduler(name="second", env={"SCHEDULES_FILE": str(good)})
+    wait_until(lambda: "declared schedules synced" in second.output(), timeout=20)
+    assert connection.hget("svc:schedule:declared", "spec") == spec_before
+    assert [s["id"] for s in schedules.list_schedules(connection)["schedules"]] == ["declared"]
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[schedules.broken]\ntask = "diag.echo"\ncron = "every minute"\n')
+    refused = processes.scheduler(name="bad", env={"SCHEDULES_FILE": str(bad)})
+    assert refused.wait(timeout=20) == 2
+    assert "broken" in refused.output() and "cron" in refused.output()
+    assert not connection.exists("svc:schedule:broken")
