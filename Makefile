@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install run test lint format clean
+.PHONY: install run test lint format clean browser
 
 $(INSTALLED): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,14 @@ install: $(INSTALLED)
 run: $(INSTALLED)  ## start web, worker and scheduler (and an embedded Redis when REDIS_URL is unset)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m service.devrun
 
-test: $(INSTALLED)  ## lint, then the whole test suite on real Redis and real processes
+# The browser test drives Debian's chromium; as root on Debian, install it once.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium is not installed and cannot be installed here: the browser test will be skipped"; fi; }
+
+test: $(INSTALLED) browser  ## lint, then the whole test suite on real Redis and real processes
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest

@@ -11,6 +11,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from flask import Blueprint, current_app, redirect, render_template, request, url_for
+from rq import __version__ as rq_version
+from rq_dashboard.version import VERSION as rq_dashboard_version
 from werkzeug.wrappers import Response
 
 from service import schedules
@@ -59,6 +61,8 @@ def schedules_page() -> str:
         current_instance=0,
         instance_list=[],
         rq_url_prefix=url_for("rq_dashboard.queues_overview"),
+        rq_dashboard_version=rq_dashboard_version,
+        rq_version=rq_version,
     )
 
 

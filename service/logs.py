@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
 from service.config import Settings
 
@@ -34,6 +35,28 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, default=str)
 
 
+class JobContext(logging.Filter):
+    """Add job_id, task and queue to every record logged while a job runs in this process."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "job_id"):
+            job = current_job()
+            if job is not None:
+                record.job_id = job.id
+                record.task = job.func_name
+                record.queue = job.origin
+        return True
+
+
+def current_job() -> Any:
+    try:
+        from rq import get_current_job
+
+        return get_current_job()
+    except Exception:  # outside a worker, or the job cannot be read: no context
+        return None
+
+
 def configure_logging(settings: Settings, *, role: str) -> None:
     """Send every log record to stdout in the configured format and level."""
     handler = logging.StreamHandler(sys.stdout)
@@ -41,6 +64,7 @@ def configure_logging(settings: Settings, *, role: str) -> None:
         handler.setFormatter(JsonFormatter(role))
     else:
         handler.setFormatter(logging.Formatter(f"%(asctime)s {role} %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(JobContext())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
