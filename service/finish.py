@@ -18,14 +18,28 @@ from rq.registry import FinishedJobRegistry, StartedJobRegistry
 from rq.results import Result
 from rq.utils import current_timestamp, utcformat
 
+from service import metrics
 from service.dequeue import claimed_key
+
+
+def outcome_metrics(counter: str, task: str, lane: str, seconds: float) -> list[Any]:
+    """Metric updates of one execution's outcome, flattened for FINISH_SCRIPT (float first)."""
+    histogram = "job_duration_seconds"
+    ints: list[Any] = [metrics.field("jobs_started", task, lane), 1, metrics.field(counter, task, lane), 1]
+    for bound in metrics.HISTOGRAMS[histogram][2]:
+        if seconds <= bound:
+            ints += [metrics.field(histogram, task, lane, f"le={bound}"), 1]
+    ints += [metrics.field(histogram, task, lane, "count"), 1]
+    return [metrics.field(histogram, task, lane, "sum"), seconds, *ints]
+
 
 # KEYS: job, started registry, execution, execution registry, worker, worker
 #       executions, claimed list, finished registry, results stream, dependents,
-#       concurrency slots of the task (or any unused key).
+#       concurrency slots of the task (or any unused key), metrics hash.
 # ARGV: job id, execution composite key, execution id, ended_at (ISO), result
-#       ttl (-1 = forever), finished-registry score, working seconds, then the
-#       result stream's field/value pairs.
+#       ttl (-1 = forever), finished-registry score, working seconds, the number
+#       N of result stream arguments, those N field/value arguments, then the
+#       metrics: a float field and its increment, then integer field/increment pairs.
 # Returns the number of dependents (the caller enqueues them through RQ).
 FINISH_SCRIPT = """
 local ttl = tonumber(ARGV[5])
@@ -37,9 +51,15 @@ else
     redis.call('PERSIST', KEYS[1])
 end
 redis.call('ZADD', KEYS[8], ARGV[6], ARGV[1])
+local n = tonumber(ARGV[8])
 local fields = {}
-for i = 8, #ARGV do
+for i = 9, 8 + n do
     fields[#fields + 1] = ARGV[i]
+end
+local m = 9 + n
+redis.call('HINCRBYFLOAT', KEYS[12], ARGV[m], ARGV[m + 1])
+for i = m + 2, #ARGV, 2 do
+    redis.call('HINCRBY', KEYS[12], ARGV[i], ARGV[i + 1])
 end
 redis.call('XADD', KEYS[9], 'MAXLEN', '10', '*', unpack(fields))
 if ttl > 0 then
@@ -78,7 +98,9 @@ class Finisher:
         self.worker_key = worker_key
         self._finish = connection.register_script(FINISH_SCRIPT)
 
-    def finish(self, job: Job, execution: Execution, result_ttl: int, slot_key: str, client: Any = None) -> int:
+    def finish(
+        self, job: Job, execution: Execution, result_ttl: int, slot_key: str, task: str, client: Any = None
+    ) -> int:
         """Mark `job` finished with its result; return how many dependents it has."""
         assert job.started_at and job.ended_at
         result = Result(
@@ -109,6 +131,7 @@ class Finisher:
                     Result.get_key(job.id),
                     job.dependents_key,
                     slot_key,
+                    metrics.METRICS_KEY,
                 ],
                 args=[
                     job.id,
@@ -119,7 +142,8 @@ class Finisher:
                     score,
                     working,
                 ]
-                + pairs,
+                + [len(pairs), *pairs]
+                + outcome_metrics("jobs_finished", task, job.origin, working),
                 client=client,
             )
         )

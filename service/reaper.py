@@ -28,7 +28,7 @@ from rq.job import JobStatus
 from rq.job_lifecycle import record_job_failure
 from rq.registry import StartedJobRegistry
 
-from service import limits
+from service import limits, metrics
 from service.dequeue import CLAIMERS_KEY, Claimer, claimed_key
 from service.queues import ServiceJob, ServiceQueue
 from service.task_registry import REGISTRY
@@ -111,19 +111,23 @@ class Reaper:
         with self.connection.pipeline() as pipe:
             _forget_execution(self.connection, job, pipe)
             limits.release(pipe, spec, job_id)
+            task = spec.name if spec else "?"
             if crashes <= self.crash_retries:
+                metrics.count(pipe, "jobs_redelivered", task, lane)
                 pipe.execute()
                 self._claimer.requeue(job_id, lane, key=key)
                 log.warning("Reaper: %s; redelivered (crash %d of %d allowed)", reason, crashes, self.crash_retries)
                 return "requeued"
             pipe.lrem(key, 1, job_id)
             if job.retries_left:
+                metrics.count(pipe, "jobs_retried", task, lane)
                 job.retry(ServiceQueue(lane, connection=self.connection), pipe)
                 pipe.execute()
                 log.warning("Reaper: %s; crash %d, retried by its retry policy", reason, crashes)
                 return "retried"
             message = f"WorkerDied: {reason}; {crashes} crashes, no attempts left (poison job?)"
             record_job_failure(job, message, pipe)
+            metrics.count(pipe, "jobs_failed", task, lane)
             pipe.hincrby(POISON_METRIC_KEY, job.func_name if isinstance(job.func_name, str) else "?", 1)
             pipe.execute()
         log.error("Reaper: job %s failed: %s", job_id, message)

@@ -39,7 +39,7 @@ from rq.timeouts import JobTimeoutException
 from rq.utils import now
 from rq.worker import Worker, WorkerStatus
 
-from service import limits
+from service import hooks, limits, metrics
 from service.connection import connect
 from service.dequeue import Claim, Claimer, LaneOrder, waiting_key
 from service.finish import Finisher, is_plain
@@ -408,16 +408,19 @@ class ServiceWorker(Worker):
         result_ttl = job.get_result_ttl(self.default_result_ttl)
         if isinstance(return_value, Retry) or not is_plain(job, result_ttl):
             self._finalize_success(job, queue, execution, return_value)
+            self._count_outcome(job, "jobs_retried" if isinstance(return_value, Retry) else "jobs_finished")
+            hooks.job_event("job.retried" if isinstance(return_value, Retry) else "job.succeeded", job)
             return
         job.ended_at = ended_at or now()
         job._result = return_value
         spec = spec_of(job)
         slot_key = limits.running_key(spec.name if spec is not None and spec.concurrency else "-")
-        dependents = self.finisher.finish(job, execution, result_ttl, slot_key)
+        dependents = self.finisher.finish(job, execution, result_ttl, slot_key, task_name(job))
         job._status = JobStatus.FINISHED
         self.executions.pop(execution.id, None)
         if dependents:
             self._enqueue_dependents_safely(queue, job)
+        hooks.job_event("job.succeeded", job)
         log.info("Worker %s: %s: job %s (%s) finished", self.name, job.origin, job.id, spec.name if spec else "?")
 
     def handle_execution_ended(self, job: Job, queue: Any, heartbeat_ttl: int) -> None:
@@ -425,10 +428,23 @@ class ServiceWorker(Worker):
         # heartbeat thread keeps the job's registry entry alive instead.
         job.ended_at = now()
 
+    def _count_outcome(self, job: Job, counter: str, pipe: Any = None) -> None:
+        """Count an execution's outcome and duration in the metrics (in `pipe`, or on its own)."""
+        target = pipe if pipe is not None else self.connection.pipeline()
+        task, lane = task_name(job), job.origin
+        seconds = (job.ended_at - job.started_at).total_seconds() if job.ended_at and job.started_at else 0.0
+        metrics.count(target, "jobs_started", task, lane)
+        metrics.count(target, counter, task, lane)
+        metrics.observe(target, "job_duration_seconds", seconds, task, lane)
+        if pipe is None:
+            target.execute()
+
     def requeue_interrupted(self, job: Job, queue: Any, execution: Execution | None) -> None:
         """Put a job stopped by the end of the grace period back at the front of its lane (no retry used)."""
+        job.ended_at = job.ended_at or now()
         with self.connection.pipeline() as pipe:
             self.cleanup_execution(job, pipe, execution)
+            self._count_outcome(job, "jobs_redelivered", pipe)
             pipe.execute()
         self.claimer.requeue(job.id, job.origin, key=None)
         log.warning("Worker %s: job %s interrupted by shutdown; back at the front of %s", self.name, job.id, job.origin)
@@ -482,7 +498,10 @@ class ServiceWorker(Worker):
             self.increment_failed_job_count(pipe)
             if retry:
                 job.retry(queue, pipe)
+            self._count_outcome(job, "jobs_retried" if retry else "jobs_failed", pipe)
             pipe.execute()
+        error = (exc_string.strip().splitlines() or [""])[-1]
+        hooks.job_event("job.retried" if retry else "job.failed", job, error=error)
         if job_is_stopped:
             self._stopped_job_id = None
         if not retry:
@@ -581,6 +600,17 @@ class ServiceWorker(Worker):
             super().kill_horse(sig)
         elif not self._is_horse and self._job_running and self._stopped_job_id:
             signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR2)
+
+
+def task_name(job: Job) -> str:
+    """The job's task name for metrics and logs ('?' when unreadable)."""
+    spec = spec_of(job)
+    if spec is not None:
+        return spec.name
+    try:
+        return str(job.func_name)[:100]
+    except Exception:
+        return "?"
 
 
 def spec_of(job: Job) -> TaskSpec | None:

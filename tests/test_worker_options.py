@@ -44,3 +44,15 @@ def test_fork_mode_stores_what_the_horse_returned(connection: Redis, processes: 
     assert [j.latest_result().return_value for j in jobs] == [{"args": [i, "x"], "kwargs": {}} for i in range(5)]
     assert all(connection.hget(j.key, "attempts") == b"1" for j in jobs)
     assert connection.zcard("rq:wip:default") == 0
+
+
+def test_outcomes_are_counted_in_the_metrics(connection: Redis, processes: Processes) -> None:
+    ok = enqueue_many(connection, "diag.echo", [("high", (i,)) for i in range(3)])
+    bad = enqueue_many(connection, "diag.fail", [("low", ())])
+    start_worker(processes)
+    wait_until(lambda: all(j.get_status(refresh=True) in ("finished", "failed") for j in ok + bad), timeout=30)
+    counts = {k.decode(): v.decode() for k, v in connection.hgetall("svc:metrics").items()}
+    assert counts["jobs_finished|diag.echo|high"] == "3"
+    assert counts["jobs_started|diag.echo|high"] == "3"
+    assert counts["job_duration_seconds|diag.echo|high|count"] == "3"
+    assert counts["jobs_failed|diag.fail|low"] == "1"
