@@ -141,6 +141,15 @@ class ServiceWorker(Worker):
         # blocking waits are short, so the client's own timeouts stay.
         return connection
 
+    def serialize(self) -> dict[str, Any]:
+        # RQ registers a worker's hash without its state and sets the state a
+        # moment later; a reader in between saw state '?'. Register it started.
+        data = super().serialize()
+        data["state"] = (
+            WorkerStatus.STARTED.value if self._state == "starting" else getattr(self._state, "value", self._state)
+        )
+        return data
+
     # -- the loop -----------------------------------------------------------
 
     def work(
