@@ -74,7 +74,25 @@ def job_event(event: str, job: Any, **extra: Any) -> dict[str, Any]:
         **{k: meta[k] for k in ("schedule_id", "scheduled_for") if k in meta},
         **extra,
     }
-    return emit(event, **fields)
+    payload = emit(event, **fields)
+    if event == "job.failed":
+        queue_webhook(job, payload)
+    return payload
+
+
+def queue_webhook(job: Any, payload: dict[str, Any]) -> None:
+    """Enqueue delivery of a failure event to the task's webhook_url, if it has one; never raises."""
+    from service.enqueue import enqueue
+    from service.schemas import JobRequest
+    from service.task_registry import REGISTRY
+
+    spec = REGISTRY.get(job.func_name) if job.func_name in REGISTRY else None
+    if spec is None or spec.webhook_url is None:
+        return
+    try:
+        enqueue(job.connection, JobRequest(task="hooks.webhook", args=[spec.webhook_url, payload]))
+    except Exception:
+        log.exception("could not queue the failure webhook of job %s", job.id)
 
 
 @task("hooks.webhook", queue="low", timeout=30, retry=RetryPolicy(max=3, backoff=(5, 30, 120)))

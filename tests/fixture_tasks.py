@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 import time
 
 from rq import get_current_job
 
+from service.hooks import on
 from service.task_registry import task
 
 
@@ -25,3 +28,18 @@ def unique_sleep(seconds: float) -> float:
     """Sleep; only one job per argument list may be queued or running at a time."""
     time.sleep(seconds)
     return seconds
+
+
+@task("testing.fail_with_webhook", webhook_url=os.environ.get("TEST_WEBHOOK_URL") or "http://127.0.0.1:9/unset")
+def fail_with_webhook(message: str) -> None:
+    """Fail; the task's webhook receives the failure event."""
+    raise RuntimeError(message)
+
+
+@on("job.failed")
+def record_failure(event: dict) -> None:
+    """Append each failure event to the file named by TEST_HOOK_LOG (when set)."""
+    path = os.environ.get("TEST_HOOK_LOG")
+    if path:
+        with open(path, "a") as log:
+            log.write(json.dumps(event) + "\n")

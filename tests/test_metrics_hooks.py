@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import http.server
+import json
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from service import hooks
 from tests.api import Api
 from tests.conftest import AUTH
+from tests.helpers import wait_until
+from tests.processes import Processes
 
 
 def samples(client: FlaskClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -78,3 +84,62 @@ def test_a_failing_subscriber_does_not_stop_the_others(received: list[dict[str, 
 def test_unknown_event_names_are_refused() -> None:
     with pytest.raises(ValueError, match="unknown event"):
         hooks.on("job.exploded")
+
+
+class Receiver(http.server.BaseHTTPRequestHandler):
+    """Collects POSTed JSON bodies into the server's `received` list."""
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.received.append(json.loads(body))  # type: ignore[attr-defined]
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        return
+
+
+@pytest.fixture
+def webhook_server() -> Iterator[http.server.HTTPServer]:
+    server = http.server.HTTPServer(("127.0.0.1", 0), Receiver)
+    server.received = []  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_failing_job_calls_the_hook_once_and_the_webhook_receives_it(
+    client: FlaskClient, processes: Processes, tmp_path: Path, webhook_server: http.server.HTTPServer
+) -> None:
+    hook_log = tmp_path / "hooks.jsonl"
+    url = f"http://127.0.0.1:{webhook_server.server_address[1]}/failures"
+    processes.worker(env={"TEST_HOOK_LOG": str(hook_log), "TEST_WEBHOOK_URL": url})
+    api = Api(client)
+    job = api.enqueue(task="testing.fail_with_webhook", args=["out of disk"])
+    received = wait_until(lambda: webhook_server.received, timeout=30, what="the webhook")  # type: ignore[attr-defined]
+    assert received[0]["event"] == "job.failed" and received[0]["job_id"] == job["id"]
+    assert received[0]["error"] == "RuntimeError: out of disk"
+    events = [json.loads(line) for line in hook_log.read_text().splitlines()]
+    assert [e["job_id"] for e in events if e["task"] == "testing.fail_with_webhook"] == [job["id"]]
+    assert api.job(job["id"])["status"] == "failed"
+
+
+def test_job_counters_move_by_exactly_the_jobs_run(client: FlaskClient, processes: Processes) -> None:
+    api = Api(client)
+    before = samples(client)
+    ids = [api.enqueue(task="diag.echo", args=[i], queue="low")["id"] for i in range(5)]
+    ids.append(api.enqueue(task="diag.fail", queue="low")["id"])
+    processes.worker()
+    wait_until(lambda: all(api.job(i)["status"] in ("finished", "failed") for i in ids), timeout=30)
+    after = samples(client)
+
+    def moved(name: str, task: str) -> float:
+        key = (name, (("queue", "low"), ("task", task)))
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert moved("jobs_started_total", "diag.echo") == 5
+    assert moved("jobs_finished_total", "diag.echo") == 5
+    assert moved("jobs_failed_total", "diag.fail") == 1
+    assert moved("job_duration_seconds_count", "diag.echo") == 5
