@@ -10,7 +10,7 @@ from service.config import Settings
 
 def create_app(settings: Settings | None = None, *, connection: Redis | None = None) -> Flask:
     """Build the web app: settings, one Redis client, tasks, auth, the API and the dashboard."""
-    from service import api, dashboard
+    from service import api, dashboard, replication
     from service.connection import connect
     from service.logs import configure_logging
     from service.task_registry import load_task_modules
@@ -22,5 +22,6 @@ def create_app(settings: Settings | None = None, *, connection: Redis | None = N
     app.extensions["settings"] = settings
     app.extensions["redis"] = connection or connect(settings.redis_url, role="web")
     api.init_app(app)
+    replication.init_app(app)
     dashboard.init_app(app, settings)
     return app

@@ -10,13 +10,24 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+from redis_sentinel_url import parse_sentinel_url
 
 from service.errors import ConfigError
 
 DEFAULT_TASK_MODULES = ("service.tasks.diag", "service.tasks.examples")
 ALWAYS_LOADED = ("service.tasks.diag", "service.hooks")
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
+# TLS files for rediss:// (a managed Redis, or our own with --tls-port), and
+# the redis-py URL parameter each one becomes.
+TLS_FILES = {
+    "REDIS_TLS_CA_FILE": "ssl_ca_certs",
+    "REDIS_TLS_CERT_FILE": "ssl_certfile",
+    "REDIS_TLS_KEY_FILE": "ssl_keyfile",
+}
+# WAIT for replicas after an API write: 1 s keeps a 503 within the 3 s budget (SPEC §8).
+DEFAULT_REPLICA_ACK_TIMEOUT_MS = 1000
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
 MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -34,6 +45,9 @@ class Settings:
     schedules_file: str | None = None
     log_level: str = "INFO"
     log_format: str = "text"
+    # WAIT for this many replicas after each API write before answering (0: do not wait).
+    min_replicas_ack: int = 0
+    replica_ack_timeout_ms: int = DEFAULT_REPLICA_ACK_TIMEOUT_MS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, role: str = "web") -> Settings:
@@ -43,13 +57,20 @@ class Settings:
         """
         env = os.environ if environ is None else environ
         settings = cls(
-            redis_url=_redis_url(env.get("REDIS_URL", "")),
+            redis_url=_with_tls_files(_redis_url(env.get("REDIS_URL", "")), env),
             port=_port(env.get("PORT", "8000")),
             api_tokens=_tokens(env.get("API_TOKENS", ""), required=role == "web"),
             task_modules=_modules(env.get("TASK_MODULES", "")),
             schedules_file=env.get("SCHEDULES_FILE") or None,
             log_level=_choice("LOG_LEVEL", env.get("LOG_LEVEL", "INFO").upper(), LOG_LEVELS),
             log_format=_choice("LOG_FORMAT", env.get("LOG_FORMAT", "text").lower(), LOG_FORMATS),
+            min_replicas_ack=_whole("REDIS_MIN_REPLICAS_ACK", env.get("REDIS_MIN_REPLICAS_ACK", "0"), 0, 10),
+            replica_ack_timeout_ms=_whole(
+                "REDIS_REPLICA_ACK_TIMEOUT_MS",
+                env.get("REDIS_REPLICA_ACK_TIMEOUT_MS", str(DEFAULT_REPLICA_ACK_TIMEOUT_MS)),
+                1,
+                60_000,
+            ),
         )
         if settings.schedules_file and not os.path.isfile(settings.schedules_file):
             raise ConfigError("SCHEDULES_FILE: no such file")
@@ -59,18 +80,63 @@ class Settings:
 def _redis_url(value: str) -> str:
     if not value:
         raise ConfigError("REDIS_URL: required (make run starts an embedded Redis when it is unset)")
+    if value.startswith("redis+sentinel://"):
+        return _sentinel_url(value)
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
         raise ConfigError("REDIS_URL: not a valid URL") from None
     if parts.scheme not in REDIS_SCHEMES:
-        raise ConfigError("REDIS_URL: must start with redis://, rediss:// or unix://")
+        raise ConfigError("REDIS_URL: must start with redis://, rediss://, unix:// or redis+sentinel://")
     if parts.scheme == "unix" and not parts.path:
         raise ConfigError("REDIS_URL: a unix:// URL needs a socket path")
     if parts.scheme != "unix" and not parts.hostname:
         raise ConfigError("REDIS_URL: needs a host name")
     return value
+
+
+def _sentinel_url(value: str) -> str:
+    """Check a redis+sentinel://host:port[,host:port...]/service[/db] URL with redis-sentinel-url's parser."""
+    try:
+        parsed = parse_sentinel_url(value)
+    except (ValueError, TypeError):
+        raise ConfigError(
+            "REDIS_URL: not a valid redis+sentinel:// URL (host:port[,host:port...]/service[/db])"
+        ) from None
+    if not parsed.default_client.service:
+        raise ConfigError("REDIS_URL: a redis+sentinel:// URL needs the service name (the sentinels' master name)")
+    if not all(host for host, _ in parsed.hosts) or not all(0 < port < 65536 for _, port in parsed.hosts):
+        raise ConfigError("REDIS_URL: every sentinel needs a host name and a port between 1 and 65535")
+    if parsed.default_client.type != "master":
+        raise ConfigError("REDIS_URL: the service writes: client_type must be master")
+    return value
+
+
+def _with_tls_files(url: str, env: Mapping[str, str]) -> str:
+    """Fold REDIS_TLS_*_FILE into the rediss:// URL as redis-py's ssl_* parameters (checked to exist)."""
+    given = {name: env[name] for name in TLS_FILES if env.get(name)}
+    if not given:
+        return url
+    if not url.startswith("rediss://"):
+        raise ConfigError(f"{next(iter(given))}: TLS files need a rediss:// REDIS_URL")
+    for name, path in given.items():
+        if not os.path.isfile(path):
+            raise ConfigError(f"{name}: no such file")
+    if ("REDIS_TLS_CERT_FILE" in given) != ("REDIS_TLS_KEY_FILE" in given):
+        raise ConfigError(
+            "REDIS_TLS_KEY_FILE: a client certificate needs both REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE"
+        )
+    parts = urlsplit(url)
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    query.update({TLS_FILES[name]: path for name, path in given.items()})
+    return parts._replace(query=urlencode(query)).geturl()
+
+
+def _whole(name: str, value: str, low: int, high: int) -> int:
+    if not value.strip().isdigit() or not low <= int(value) <= high:
+        raise ConfigError(f"{name}: must be a whole number between {low} and {high}")
+    return int(value)
 
 
 def _port(value: str) -> int:

@@ -3,36 +3,79 @@
 Each process makes one client and passes it to every queue, worker and
 scheduler. The timeouts are what keep a frozen Redis from hanging anything:
 a web request fails within about 3 s (SPEC §8) and answers 503.
+
+A `redis+sentinel://` URL gives a client whose connections ask the sentinels
+for the current primary each time they connect, and drop a connection whose
+server has been demoted (READONLY): after a failover every process finds the
+new primary by itself, without a restart. A `rediss://` URL may carry the CA
+and client-certificate files (Settings folds REDIS_TLS_*_FILE into it).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from redis import Redis
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelConnectionPool
+from redis_sentinel_url import parse_sentinel_url
 
 # Web: connect within 1 s, read within 1 s, one quick retry: 503 in under 3 s.
 WEB_TIMEOUT_SECONDS = 1.0
 # Workers and schedulers wait longer for a reply; RQ raises the read timeout
 # above its blocking dequeue timeout by itself.
 PROCESS_TIMEOUT_SECONDS = 5.0
+# Asking a sentinel is one short round trip on loopback or a LAN; a dead one
+# must not eat the web's 3 s budget before the next sentinel is asked.
+SENTINEL_TIMEOUT_SECONDS = 0.3
 
 
 def connect(url: str, *, role: str = "web") -> Redis:
-    """Return a Redis client for `url` (redis://, rediss:// or unix://) tuned for `role`."""
+    """Return a Redis client for `url` (redis://, rediss://, unix://, redis+sentinel://) tuned for `role`."""
     timeout = WEB_TIMEOUT_SECONDS if role == "web" else PROCESS_TIMEOUT_SECONDS
-    options: dict[str, object] = {} if url.startswith("unix://") else {"socket_keepalive": True}
-    return Redis.from_url(
-        url,
-        socket_connect_timeout=timeout,
-        socket_timeout=timeout,
-        health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=1),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        **options,
+    options: dict[str, Any] = {
+        "socket_connect_timeout": timeout,
+        "socket_timeout": timeout,
+        "health_check_interval": 30,
+        "retry": Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=1),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+    }
+    if not url.startswith("unix://"):
+        options["socket_keepalive"] = True
+    if url.startswith("redis+sentinel://"):
+        return _sentinel_client(url, options)
+    return Redis.from_url(url, **options)
+
+
+def _sentinel_client(url: str, options: dict[str, Any]) -> Redis:
+    """A client on the sentinels' current primary for the URL's service (redis-sentinel-url parses the URL)."""
+    parsed = parse_sentinel_url(url)
+    client_options = dict(parsed.client_options)
+    min_other_sentinels = int(client_options.pop("min_other_sentinels", 0))
+    sentinel_options = {
+        "socket_connect_timeout": SENTINEL_TIMEOUT_SECONDS,
+        "socket_timeout": SENTINEL_TIMEOUT_SECONDS,
+        **parsed.sentinel_options,
+    }
+    sentinel = Sentinel(
+        parsed.hosts,
+        min_other_sentinels=min_other_sentinels,
+        sentinel_kwargs=sentinel_options,
+        **{**options, **client_options},
     )
+    return sentinel.master_for(parsed.default_client.service)
+
+
+def connect_like(connection: Redis) -> Redis:
+    """A second client with the same settings and its own connections (for a thread of the same process)."""
+    pool = connection.connection_pool
+    if isinstance(pool, SentinelConnectionPool):
+        return pool.sentinel_manager.master_for(pool.service_name, redis_class=type(connection))
+    kwargs = dict(pool.connection_kwargs)
+    return Redis(connection_pool=pool.__class__(connection_class=pool.connection_class, **kwargs))
 
 
 def ping(connection: Redis) -> bool:

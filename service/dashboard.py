@@ -14,7 +14,7 @@ import binascii
 from urllib.parse import urlsplit
 
 import rq_dashboard
-from flask import Flask, Response, request
+from flask import Flask, Response, current_app, request
 from rq.serializers import JSONSerializer
 from rq_dashboard.web import setup_rq_connection
 
@@ -75,7 +75,12 @@ def init_app(app: Flask, settings: Settings) -> None:
     app.config["RQ_DASHBOARD_REDIS_URL"] = settings.redis_url
     # Jobs are JSON; rq-dashboard would otherwise unpickle job data.
     rq_dashboard.web.config.serializer = JSONSerializer
-    setup_rq_connection(app)
+    # rq-dashboard builds a client from the URL on every request, without
+    # timeouts or the TLS files; it gets the app's one client instead, which
+    # also follows a Sentinel failover.
+    rq_dashboard.web.from_url = lambda url, **_: (None, current_app.extensions["redis"])
+    with app.app_context():
+        setup_rq_connection(app)
     app.before_request(lambda: guard_dashboard(app.extensions["settings"].api_tokens))
     app.register_blueprint(dashboard_schedules.bp, url_prefix=PREFIX)
     app.register_blueprint(rq_dashboard.blueprint, url_prefix=PREFIX)

@@ -40,7 +40,7 @@ from rq.utils import now
 from rq.worker import Worker, WorkerStatus
 
 from service import hooks, limits, metrics
-from service.connection import connect
+from service.connection import connect, connect_like
 from service.dequeue import Claim, Claimer, LaneOrder, waiting_key
 from service.finish import Finisher, is_plain
 from service.heartbeat import Heartbeat
@@ -629,13 +629,6 @@ def spec_of(job: Job) -> TaskSpec | None:
     except Exception:
         return None
     return REGISTRY._tasks.get(name) if isinstance(name, str) else None
-
-
-def connect_like(connection: Redis) -> Redis:
-    """A second client with the same settings (for the heartbeat thread)."""
-    kwargs = dict(connection.connection_pool.connection_kwargs)
-    pool = connection.connection_pool.__class__(connection_class=connection.connection_pool.connection_class, **kwargs)
-    return Redis(connection_pool=pool)
 
 
 def rss_mb() -> float:
