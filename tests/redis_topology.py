@@ -28,16 +28,33 @@ SERVICE_NAME = "queue"
 class RedisProcess:
     """One redis-server (or sentinel) child process started from a command line."""
 
-    def __init__(self, name: str, args: list[str], workdir: Path, port: int, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        workdir: Path,
+        port: int,
+        host: str = "127.0.0.1",
+        socket_path: Path | None = None,
+    ) -> None:
         self.name, self.args, self.workdir, self.port, self.host = name, args, workdir, port, host
+        # A server in another network namespace is reached through its unix socket.
+        self.socket_path = socket_path
         self.process: subprocess.Popen[bytes] | None = None
+
+    def client(self, **options: object) -> Redis:
+        """A client on this server (its unix socket when it has one), with short timeouts."""
+        options = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5, **options}
+        if self.socket_path is not None:
+            return Redis(unix_socket_path=str(self.socket_path), **options)  # type: ignore[arg-type]
+        return Redis(self.host, self.port, **options)  # type: ignore[arg-type]
 
     def start(self, client_options: dict | None = None, timeout_seconds: float = 15.0) -> RedisProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.workdir / "stdout.log", "ab")  # noqa: SIM115 - the child keeps it
         self.process = subprocess.Popen(self.args, cwd=self.workdir, stdout=log, stderr=log, start_new_session=True)
         log.close()
-        client = Redis(self.host, self.port, socket_timeout=0.5, socket_connect_timeout=0.5, **(client_options or {}))
+        client = self.client(**(client_options or {}))
         deadline = time.monotonic() + timeout_seconds
         try:
             while time.monotonic() < deadline:
