@@ -13,7 +13,7 @@ from typing import Any
 
 from redis import Redis
 from rq.command import send_stop_job_command
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.registry import (
     BaseRegistry,
     CanceledJobRegistry,
@@ -159,13 +159,19 @@ def describe(job: ServiceJob) -> dict[str, Any]:
     """Return the JSON form of `job` (SPEC §5 job fields)."""
     status = status_of(job)
     result, error = _outcome(job, status)
+    try:
+        task, args, kwargs = job.func_name, list(job.args), dict(job.kwargs)
+    except DeserializationError:
+        # Not JSON (e.g. a pickle planted in Redis): shown, never unpickled or run.
+        task, args, kwargs = None, [], {}
+        error = error or "DeserializationError: the job's data is not JSON; it is never loaded or run"
     data: dict[str, Any] = {
         "id": job.id,
-        "task": job.func_name,
+        "task": task,
         "queue": job.origin,
         "status": status,
-        "args": list(job.args),
-        "kwargs": dict(job.kwargs),
+        "args": args,
+        "kwargs": kwargs,
         "result": result,
         "error": error,
         "attempts": job.attempts,
