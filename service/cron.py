@@ -44,6 +44,11 @@ def check_expression(expression: str) -> str:
         croniter(" ".join(fields))
     except (CroniterError, ValueError, KeyError) as exc:
         raise CronSyntaxError(f"{expression!r} is not a valid cron expression ({exc})") from None
+    try:
+        # A valid expression can still name no real day (February 30th).
+        croniter(" ".join(fields), datetime(2000, 1, 1)).get_next(datetime)
+    except CroniterError:
+        raise CronSyntaxError(f"{expression!r} never fires (no date matches it)") from None
     return " ".join(fields)
 
 
