@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install run test lint format clean browser
+.PHONY: install run test lint format clean browser soak bench
 
 $(INSTALLED): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ test: $(INSTALLED) browser  ## lint, then the whole test suite on real Redis and
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+
+soak: $(INSTALLED)  ## 10 minutes of mixed load, worker restarts and a Redis outage (SOAK_SECONDS to change)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python tests/soak.py
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
