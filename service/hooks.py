@@ -22,6 +22,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from service import schedule_runs
 from service.task_registry import RetryPolicy, task
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,17 @@ def queue_webhook(job: Any, payload: dict[str, Any]) -> None:
         enqueue(job.connection, JobRequest(task="hooks.webhook", args=[spec.webhook_url, payload]))
     except Exception:
         log.exception("could not queue the failure webhook of job %s", job.id)
+
+
+def forward_schedule_event(event: str, schedule_id: str, count: int) -> None:
+    """Turn the scheduler's missed/skipped/dropped notices into hook events."""
+    if event == "missed":
+        emit("schedule.missed", schedule_id=schedule_id, count=count)
+    elif event in ("skipped", "dropped"):
+        emit("schedule.skipped", schedule_id=schedule_id, count=count, reason=event)
+
+
+schedule_runs.on_schedule_event(forward_schedule_event)
 
 
 @task("hooks.webhook", queue="low", timeout=30, retry=RetryPolicy(max=3, backoff=(5, 30, 120)))

@@ -25,7 +25,10 @@ from service.lanes import LANES
 METRICS_KEY = "svc:metrics"
 SEP = "|"
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
-LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 15.0, 60.0)
+# The scheduler's firing script keeps its own totals (service.schedule_runs): one
+# observation per lag bucket in milliseconds, turned into a cumulative histogram here.
+SCHEDULE_STATS_KEY = "svc:schedules:stats"
+LAG_BUCKETS_MS = (10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
 # name -> (help, label names)
 COUNTERS = {
@@ -35,14 +38,9 @@ COUNTERS = {
     "jobs_failed": ("Jobs that failed for good (no retry left), by task and lane.", ("task", "queue")),
     "jobs_retried": ("Failed executions that were scheduled for a retry, by task and lane.", ("task", "queue")),
     "jobs_redelivered": ("Jobs put back after their worker died or shut down, by task and lane.", ("task", "queue")),
-    # Totals only: per-schedule counts (tens of thousands of schedules) are in each schedule's JSON.
-    "schedule_runs": ("Runs enqueued by schedules.", ()),
-    "schedule_missed": ("Runs skipped because they were later than their misfire grace.", ()),
-    "schedule_skipped": ("Runs skipped or dropped by an overlap policy.", ()),
 }
 HISTOGRAMS = {
     "job_duration_seconds": ("Job execution time, by task and lane.", ("task", "queue"), DURATION_BUCKETS),
-    "scheduler_lag_seconds": ("Delay between a run's due time and its enqueue.", (), LAG_BUCKETS),
 }
 
 
@@ -75,6 +73,7 @@ class RedisCollector:
         raw = {k.decode(): v.decode() for k, v in self.connection.hgetall(METRICS_KEY).items()}
         yield from counters(raw)
         yield from histograms(raw)
+        yield from schedule_families(self.connection.hgetall(SCHEDULE_STATS_KEY))
         yield from gauges(self.connection)
 
 
@@ -101,6 +100,28 @@ def histograms(raw: dict[str, str]) -> Iterable[HistogramMetricFamily]:
             buckets = [(str(b), data.get(f"le={b}", 0.0)) for b in bounds] + [("+Inf", total)]
             family.add_metric(list(label_values), buckets, data.get("sum", 0.0))
         yield family
+
+
+def schedule_families(raw_stats: dict[bytes, bytes]) -> Iterable[Any]:
+    """Totals over all schedules (per-schedule counts are in each schedule's JSON) and the lag histogram."""
+    stats = {k.decode(): float(v) for k, v in raw_stats.items()}
+    for name, help_text, fields in (
+        ("schedule_runs", "Runs enqueued by schedules.", ("runs",)),
+        ("schedule_missed", "Runs later than their misfire grace, not run.", ("missed",)),
+        ("schedule_coalesced", "Missed runs folded into one by coalesce.", ("coalesced",)),
+        ("schedule_skipped", "Runs skipped or dropped by an overlap policy.", ("skipped", "dropped")),
+    ):
+        family = CounterMetricFamily(name, help_text)
+        family.add_metric([], sum(stats.get(f, 0.0) for f in fields))
+        yield family
+    lag = HistogramMetricFamily("scheduler_lag_seconds", "Delay between a run's due time and its enqueue.")
+    cumulative, buckets = 0.0, []
+    for limit in LAG_BUCKETS_MS:
+        cumulative += stats.get(f"lag_ms_bucket_{limit}", 0.0)
+        buckets.append((str(limit / 1000), cumulative))
+    buckets.append(("+Inf", stats.get("lag_count", 0.0)))
+    lag.add_metric([], buckets, stats.get("lag_ms_sum", 0.0) / 1000)
+    yield lag
 
 
 def gauges(connection: Redis) -> Iterable[GaugeMetricFamily]:

@@ -143,3 +143,35 @@ def test_job_counters_move_by_exactly_the_jobs_run(client: FlaskClient, processe
     assert moved("jobs_finished_total", "diag.echo") == 5
     assert moved("jobs_failed_total", "diag.fail") == 1
     assert moved("job_duration_seconds_count", "diag.echo") == 5
+
+
+def test_schedule_runs_and_lag_reach_the_metrics(client: FlaskClient, processes: Processes, connection) -> None:  # type: ignore[no-untyped-def]
+    from service import schedules
+
+    schedules.upsert(connection, "every-second", {"task": "diag.echo", "interval": 1, "overlap": "allow"})
+    processes.scheduler()
+    wait_until(lambda: schedules.get(connection, "every-second")["counters"]["runs"] >= 3, timeout=30)
+    found = samples(client)  # one HGETALL: runs and lag observations are counted by the same script
+    assert found[("schedule_runs_total", ())] >= 3
+    assert found[("scheduler_lag_seconds_count", ())] == found[("schedule_runs_total", ())]
+    assert found[("scheduler_lag_seconds_sum", ())] >= 0
+    assert found[("scheduler_lag_seconds_bucket", (("le", "+Inf"),))] == found[("scheduler_lag_seconds_count", ())]
+
+
+def test_missed_and_skipped_schedule_notices_become_hook_events() -> None:
+    events: list[dict[str, Any]] = []
+    hooks.on("schedule.missed")(events.append)
+    hooks.on("schedule.skipped")(events.append)
+    try:
+        from service import schedule_runs
+
+        schedule_runs.emit("missed", "nightly", 2)
+        schedule_runs.emit("dropped", "nightly", 1)
+        schedule_runs.emit("fired", "nightly", 1)
+    finally:
+        hooks.unsubscribe("schedule.missed", events.append)
+        hooks.unsubscribe("schedule.skipped", events.append)
+    assert [(e["event"], e["schedule_id"], e["count"]) for e in events] == [
+        ("schedule.missed", "nightly", 2),
+        ("schedule.skipped", "nightly", 1),
+    ]
