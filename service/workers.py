@@ -71,6 +71,9 @@ DEFAULT_HEARTBEAT_SECONDS = 5.0
 # An idle worker wakes at least this often (doorbell timeout) to check stop
 # requests and promote held-back jobs.
 IDLE_WAKE_SECONDS = 1.0
+# RQ's scheduler child (delayed jobs, retries) exits on a Redis error and RQ
+# starts it again only at its 10-minute maintenance: we look this often.
+SCHEDULER_CHECK_SECONDS = 5.0
 # How long a horse may take to unwind after the grace interrupt before SIGKILL.
 HORSE_UNWIND_SECONDS = 3.0
 # A pipe holds 64 KiB; a larger outcome is stored by the horse itself.
@@ -132,6 +135,7 @@ class ServiceWorker(Worker):
         self._resync = True
         self._heartbeat: Heartbeat | None = None
         self._outcome_fd: int | None = None
+        self._next_scheduler_check = 0.0
 
     # -- connection -------------------------------------------------------
 
@@ -203,6 +207,8 @@ class ServiceWorker(Worker):
             self._resync = False
         if self.should_run_maintenance_tasks:
             self.run_maintenance_tasks()
+        elif not burst and self._scheduler_gone():
+            self.scheduler.acquire_locks(auto_start=True)  # type: ignore[union-attr]
         result = self.claimer.claim(self.order.next(), self.get_heartbeat_ttl(None))
         if isinstance(result, Claim):
             return "ran" if self._run_claim(result) else "idle"
@@ -213,6 +219,18 @@ class ServiceWorker(Worker):
         timeout = IDLE_WAKE_SECONDS if result is None else min(IDLE_WAKE_SECONDS, max(0.01, result - time.time()))
         self.claimer.wait(self.lane_names, timeout)
         return "idle"
+
+    def _scheduler_gone(self) -> bool:
+        """True (at most every SCHEDULER_CHECK_SECONDS) when no RQ scheduler child of ours is running.
+
+        After a Redis outage or a Sentinel failover it has exited; if another
+        worker's holds the lanes' locks, acquire_locks() starts nothing.
+        """
+        if self.scheduler is None or time.monotonic() < self._next_scheduler_check:
+            return False
+        self._next_scheduler_check = time.monotonic() + SCHEDULER_CHECK_SECONDS
+        process = self.scheduler._process
+        return process is None or not process.is_alive()
 
     def _run_claim(self, claim: Claim) -> bool:
         """Run a claimed job (or put it aside); True when it ran."""
@@ -419,6 +437,7 @@ class ServiceWorker(Worker):
             self._finalize_success(job, queue, execution, return_value)
             self._count_outcome(job, "jobs_retried" if isinstance(return_value, Retry) else "jobs_finished")
             hooks.job_event("job.retried" if isinstance(return_value, Retry) else "job.succeeded", job)
+            log_finished(self.name, job)
             return
         job.ended_at = ended_at or now()
         job._result = return_value
@@ -430,7 +449,7 @@ class ServiceWorker(Worker):
         if dependents:
             self._enqueue_dependents_safely(queue, job)
         hooks.job_event("job.succeeded", job)
-        log.info("Worker %s: %s: job %s (%s) finished", self.name, job.origin, job.id, spec.name if spec else "?")
+        log_finished(self.name, job)
 
     def handle_execution_ended(self, job: Job, queue: Any, heartbeat_ttl: int) -> None:
         # RQ also writes a heartbeat here (one more round trip per job); the
@@ -620,6 +639,15 @@ def task_name(job: Job) -> str:
         return str(job.func_name)[:100]
     except Exception:
         return "?"
+
+
+def log_finished(worker_name: str, job: Job) -> None:
+    """Log a finished job with its id, task, lane and duration as fields (LOG_FORMAT=json shows them)."""
+    started, ended = job.started_at, job.ended_at
+    duration_ms = round((ended - started).total_seconds() * 1000, 3) if started and ended else None
+    fields = {"job_id": job.id, "task": task_name(job), "queue": job.origin, "duration_ms": duration_ms}
+    log.info("Worker %s: %s: job %s (%s) finished in %s ms", worker_name, job.origin, job.id, fields["task"],
+             duration_ms, extra=fields)  # fmt: skip
 
 
 def spec_of(job: Job) -> TaskSpec | None:
