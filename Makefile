@@ -31,6 +31,18 @@ test: $(INSTALLED) browser  ## lint, then the whole test suite on real Redis and
 soak: $(INSTALLED)  ## 10 minutes of mixed load, worker restarts and a Redis outage (SOAK_SECONDS to change)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python tests/soak.py
 
+# Benchmark-only tools (Celery, py-spy) on top of the test tools; wrk comes from Debian when root.
+$(VENV)/.bench-installed: $(INSTALLED) requirements-bench.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
+	@command -v wrk >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
+	  else echo "wrk is not installed: bench/http_enqueue.py will stop"; fi; }
+	touch $@
+
+bench: $(VENV)/.bench-installed  ## ours vs stock RQ, rq-scheduler, RQ cron and Celery, side by side; a Markdown table (~8 min)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/run_all.py --out $(VENV)/bench-results.jsonl
+
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

