@@ -164,6 +164,10 @@ def test_service_follows_a_failover_and_loses_no_acknowledged_job(
             wait_until(lambda job_id=job_id: finished_job(client, job_id), timeout=30, what=f"job {job_id}")
         # The scheduler and the workers carry on; readiness and the dashboard answer.
         wait_until(lambda: observer.llen("diag:ticks") >= ticks_after_switch + 3, timeout=30, what="interval runs")
+        # Delayed jobs still move: RQ's scheduler inside the workers came back too.
+        delayed = client.post("/jobs", json={"task": "diag.echo", "args": ["later"], "delay": 1}, headers=AUTH)
+        assert delayed.status_code == 202, delayed.get_json()
+        wait_until(lambda: finished_job(client, delayed.get_json()["id"]), timeout=30, what="a delayed job")
         assert client.get("/readyz").status_code == 200
         assert client.get("/dashboard/0/data/queues.json", headers=basic_auth()).status_code == 200
         assert all(p.alive() for p in runner.started), "a service process exited"
