@@ -31,15 +31,15 @@ def queue_counts(connection: Redis) -> list[dict[str, Any]]:
 
 
 def workers(connection: Redis) -> list[dict[str, Any]]:
-    """Return every registered worker: name, lanes, state, current job, counts, last heartbeat."""
+    """Return every registered worker: name, lanes, state, current job id, counts, last heartbeat."""
     found = Worker.all(connection=connection)
     return sorted(
         (
             {
                 "name": w.name,
-                "queues": w.queue_names(),
+                "lanes": w.queue_names(),
                 "state": str(w.get_state()),
-                "current_job_id": w.get_current_job_id(),
+                "current_job": w.get_current_job_id(),
                 "successful_jobs": w.successful_job_count,
                 "failed_jobs": w.failed_job_count,
                 "total_working_seconds": round(w.total_working_time, 3),

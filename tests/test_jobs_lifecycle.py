@@ -119,7 +119,7 @@ def test_workers_endpoint_shows_a_live_worker(api: Api, processes: Processes) ->
     processes.worker("high", "low", name="w")
     workers = wait_until(lambda: api.get("/workers")[1]["workers"], timeout=20)
     worker = workers[0]
-    assert set(worker["queues"]) == {"high", "low"}
+    assert set(worker["lanes"]) == {"high", "low"}
     assert worker["state"] in ("idle", "busy", "started")
     assert worker["last_heartbeat"].endswith("Z")
 

@@ -34,9 +34,9 @@ class QueueList(BaseModel):
 
 class WorkerOut(BaseModel):
     name: str
-    queues: list[str]
+    lanes: list[str]
     state: str
-    current_job_id: str | None
+    current_job: str | None
     successful_jobs: int
     failed_jobs: int
     total_working_seconds: float
