@@ -39,6 +39,15 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
 
 
 @pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A Redis of this test's own (AOF on), free to be killed, frozen and restarted."""
+    server = EmbeddedRedis(tmp_path / "redis").start()
+    yield server
+    server.thaw()
+    server.stop()
+
+
+@pytest.fixture
 def redis_url(redis_server: EmbeddedRedis) -> str:
     return os.environ.get("TEST_REDIS_URL") or redis_server.url
 

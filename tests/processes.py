@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.helpers import http_ok, wait_until
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -81,6 +83,15 @@ class Processes:
 
     def scheduler(self, *args: str, name: str = "scheduler", env: dict[str, str] | None = None) -> ServiceProcess:
         return self.start(name, sys.executable, "scheduler.py", *args, env=env)
+
+    def web(self, port: int, name: str = "web", env: dict[str, str] | None = None) -> ServiceProcess:
+        """Start gunicorn (one worker) serving the app on `port`; wait until /healthz answers."""
+        process = self.start(
+            name, sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "service:create_app()",
+            env={"PORT": str(port), "WEB_CONCURRENCY": "1", **(env or {})},
+        )  # fmt: skip
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), timeout=30, what="gunicorn")
+        return process
 
     def stop_all(self) -> None:
         for process in self.started:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -14,7 +13,6 @@ from playwright.sync_api import expect, sync_playwright
 
 from service.embedded_redis import free_port
 from tests.conftest import TOKEN
-from tests.helpers import wait_until
 from tests.processes import Processes
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -43,12 +41,8 @@ def call(base: str, method: str, path: str, body: object = None) -> dict:
 
 def test_browser_sees_lanes_and_pauses_a_schedule(processes: Processes, tmp_path: Path) -> None:
     port = free_port()
-    processes.start(
-        "web", sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "service:create_app()",
-        env={"PORT": str(port), "WEB_CONCURRENCY": "1"},
-    )  # fmt: skip
+    processes.web(port)
     base = f"http://127.0.0.1:{port}"
-    wait_until(lambda: _up(base), timeout=30, what="gunicorn")
     for lane, count in (("high", 2), ("default", 1), ("low", 3)):
         for _ in range(count):
             call(base, "POST", "/jobs", {"task": "diag.echo", "queue": lane})
@@ -74,11 +68,3 @@ def test_browser_sees_lanes_and_pauses_a_schedule(processes: Processes, tmp_path
 
     assert call(base, "GET", "/schedules/nightly")["paused"] is True
     assert all((tmp_path / name).stat().st_size > 0 for name in ("queues.png", "schedules.png", "paused.png"))
-
-
-def _up(base: str) -> bool:
-    try:
-        with urllib.request.urlopen(base + "/healthz", timeout=1) as response:
-            return response.status == 200
-    except OSError:
-        return False

@@ -7,11 +7,9 @@ import pickle
 import signal
 import time
 import zlib
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
 from redis import Redis
 
 from service import create_app, schedules
@@ -28,15 +26,6 @@ from tests.processes import Processes
 
 OUTAGE_SECONDS = 30
 load_task_modules(TASK_MODULES)
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    """A Redis of this test's own (AOF on), free to be stopped and restarted."""
-    server = EmbeddedRedis(tmp_path / "redis").start()
-    yield server
-    server.thaw()
-    server.stop()
 
 
 def test_thirty_second_redis_outage_gives_fast_503s_and_everything_recovers(

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-import sys
-import urllib.request
 
 import pytest
 from flask.testing import FlaskClient
@@ -13,7 +11,6 @@ from redis import Redis
 
 from service.embedded_redis import free_port
 from tests.conftest import AUTH, TOKEN
-from tests.helpers import wait_until
 from tests.processes import Processes
 
 JSON = {**AUTH, "Content-Type": "application/json"}
@@ -107,11 +104,7 @@ def raw_request(port: int, request: bytes) -> tuple[int, bytes]:
 
 def test_raw_hostile_requests_to_real_gunicorn(processes: Processes, connection: Redis) -> None:
     port = free_port()
-    processes.start(
-        "web", sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "service:create_app()",
-        env={"PORT": str(port), "WEB_CONCURRENCY": "1"},
-    )  # fmt: skip
-    wait_until(lambda: _healthy(port), timeout=30, what="gunicorn")
+    processes.web(port)
     head = f"POST /jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n"
     non_utf8 = b'{"task": "diag.echo", "args": ["\xff\xfe"]}'
     status, body = raw_request(
@@ -126,11 +119,3 @@ def test_raw_hostile_requests_to_real_gunicorn(processes: Processes, connection:
     status, body = raw_request(port, newline_token.encode())
     assert status == 401 and json.loads(body)["error"]["code"] == "unauthorized"
     assert not connection.keys("rq:job:*")
-
-
-def _healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
-            return response.status == 200
-    except OSError:
-        return False

@@ -16,15 +16,6 @@ from tests.worker_fixtures import enqueue_many, lanes_and_claims_empty, recorded
 
 
 @pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    """A Redis of this test's own (AOF on), free to be killed, frozen and restarted."""
-    server = EmbeddedRedis(tmp_path / "redis").start()
-    yield server
-    server.thaw()
-    server.stop()
-
-
-@pytest.fixture
 def private(private_redis: EmbeddedRedis) -> Iterator[Redis]:
     client = connect(private_redis.url, role="worker")
     yield client
