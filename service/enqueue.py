@@ -58,11 +58,14 @@ def enqueue(connection: Redis, request: JobRequest) -> tuple[ServiceJob, bool]:
 
 def enqueue_many(connection: Redis, requests: list[JobRequest]) -> list[ServiceJob]:
     """Enqueue every request or none (a bad one raises before anything is written)."""
-    planned = [plan(connection, request, field=f"jobs.{i}") for i, request in enumerate(requests)]
+    queues: dict[str, ServiceQueue] = {}  # one Queue object per lane for the whole batch
+    planned = [plan(connection, request, field=f"jobs.{i}", queues=queues) for i, request in enumerate(requests)]
     return [job for job, _ in commit(connection, planned)]
 
 
-def plan(connection: Redis, request: JobRequest, field: str = "") -> Planned:
+def plan(
+    connection: Redis, request: JobRequest, field: str = "", queues: dict[str, ServiceQueue] | None = None
+) -> Planned:
     """Check `request` against the registry and build its job; raise InvalidField on any problem."""
     prefix = f"{field}." if field else ""
     try:
@@ -71,7 +74,8 @@ def plan(connection: Redis, request: JobRequest, field: str = "") -> Planned:
     except InvalidField as exc:
         raise type(exc)(request.task if exc.field == "task" else request.queue, prefix + exc.field) from None
     check_arguments(spec, request.args, request.kwargs, prefix)
-    queue = get_queue(lane, connection)
+    queues = {} if queues is None else queues
+    queue = queues.get(lane) or queues.setdefault(lane, get_queue(lane, connection))
     meta: dict[str, Any] = {}
     if request.ttl is not None:
         meta["expires_at"] = time.time() + request.ttl + (request.delay or 0)
@@ -159,7 +163,8 @@ def commit(connection: Redis, planned: list[Planned]) -> list[tuple[ServiceJob, 
         with connection.pipeline() as pipe:
             pipe.multi()
             for p in planned:
-                write(p, pipe, deferred=False)
+                write(p, pipe, deferred=False, shared=False)
+            write_shared(planned, pipe)
             pipe.execute()
         return [(p.job, True) for p in planned]
     # WATCH the claims and the parents: if another client takes a claim or a
@@ -179,6 +184,7 @@ def _claim_and_write(
     outcome: list[tuple[ServiceJob, bool]] = []
     pipe.multi()
     seen: dict[str, ServiceJob] = {}
+    written: list[Planned] = []
     for p in planned:
         holder = existing.get(p.claim_key or "") or seen.get(p.claim_key or "")
         if holder is not None:
@@ -190,8 +196,10 @@ def _claim_and_write(
         if p.claim_key:
             pipe.set(p.claim_key, p.job.id, ex=CLAIM_TTL_SECONDS)
             seen[p.claim_key] = p.job
-        write(p, pipe, deferred=bool(unfinished & set(p.job._dependency_ids)))
+        write(p, pipe, deferred=bool(unfinished & set(p.job._dependency_ids)), shared=False)
+        written.append(p)
         outcome.append((p.job, True))
+    write_shared(written, pipe)
     return outcome
 
 
@@ -222,17 +230,35 @@ def unfinished_parents(pipe: Pipeline, parents: list[str]) -> set[str]:
     return unfinished
 
 
-def write(p: Planned, pipe: Pipeline, *, deferred: bool) -> None:
-    """Queue the commands that store `p`: deferred behind its parents, scheduled, or in its lane."""
-    metrics.count(pipe, "jobs_enqueued", p.job.func_name, p.queue.name)
+def write(p: Planned, pipe: Pipeline, *, deferred: bool, shared: bool = True) -> None:
+    """Queue the commands that store `p`: deferred behind its parents, scheduled, or in its lane.
+
+    With `shared=False` the writes a batch shares (the enqueue counters, the
+    set of queues) are left to one write_shared() call for the whole batch.
+    """
+    if shared:
+        write_shared([p], pipe)
     if deferred:
         p.job.origin = p.queue.name
         p.job.set_status(JobStatus.DEFERRED, pipeline=pipe)
         p.job.register_dependency(pipeline=pipe)
         p.job.save(pipeline=pipe)
-        pipe.sadd(p.queue.redis_queues_keys, p.queue.key)
     elif p.run_at is not None:
         p.queue.schedule_job(p.job, p.run_at, pipeline=pipe)
     else:
-        pipe.sadd(p.queue.redis_queues_keys, p.queue.key)
         p.queue._enqueue_job(p.job, pipeline=pipe)
+
+
+def write_shared(written: list[Planned], pipe: Pipeline) -> None:
+    """Count the jobs written and register their queues: one command per (task, lane) and per queue, not per job."""
+    counts: dict[tuple[str, str], int] = {}
+    queues: dict[str, ServiceQueue] = {}
+    for p in written:
+        key = (p.job.func_name, p.queue.name)
+        counts[key] = counts.get(key, 0) + 1
+        if p.run_at is None:  # in its lane or deferred: RQ lists the queue (a scheduled job's queue is listed later)
+            queues.setdefault(p.queue.key, p.queue)
+    for (task, lane), amount in counts.items():
+        metrics.count(pipe, "jobs_enqueued", task, lane, amount=amount)
+    if queues:
+        pipe.sadd(ServiceQueue.redis_queues_keys, *queues)
