@@ -21,16 +21,20 @@ from rq.utils import current_timestamp, utcformat
 from service import metrics
 from service.dequeue import claimed_key
 
+HISTOGRAM = "job_duration_seconds"
+# The duration buckets as Python names them in the metrics hash ("le=0.005", "le=1.0", ...).
+BUCKET_NAMES = [f"{bound}" for bound in metrics.HISTOGRAMS[HISTOGRAM][2]]
+
 
 def outcome_metrics(counter: str, task: str, lane: str, seconds: float) -> list[Any]:
-    """Metric updates of one execution's outcome, flattened for FINISH_SCRIPT (float first)."""
-    histogram = "job_duration_seconds"
-    ints: list[Any] = [metrics.field("jobs_started", task, lane), 1, metrics.field(counter, task, lane), 1]
-    for bound in metrics.HISTOGRAMS[histogram][2]:
-        if seconds <= bound:
-            ints += [metrics.field(histogram, task, lane, f"le={bound}"), 1]
-    ints += [metrics.field(histogram, task, lane, "count"), 1]
-    return [metrics.field(histogram, task, lane, "sum"), seconds, *ints]
+    """The metric arguments of one execution's outcome for FINISH_SCRIPT, which fills in the buckets.
+
+    Passing the bucket field names per job (a dozen of them) cost more to
+    pack and send than the rest of the call; the script builds them from
+    BUCKET_NAMES, the same strings metrics.observe() uses.
+    """
+    prefix = metrics.field(HISTOGRAM, task, lane) + metrics.SEP
+    return [metrics.field("jobs_started", task, lane), metrics.field(counter, task, lane), prefix, seconds]
 
 
 # KEYS: job, started registry, execution, execution registry, worker, worker
@@ -39,9 +43,13 @@ def outcome_metrics(counter: str, task: str, lane: str, seconds: float) -> list[
 # ARGV: job id, execution composite key, execution id, ended_at (ISO), result
 #       ttl (-1 = forever), finished-registry score, working seconds, the number
 #       N of result stream arguments, those N field/value arguments, then the
-#       metrics: a float field and its increment, then integer field/increment pairs.
+#       metrics: the started and outcome counter fields, the duration histogram's
+#       field prefix and the duration in seconds (see outcome_metrics).
 # Returns the number of dependents (the caller enqueues them through RQ).
-FINISH_SCRIPT = """
+FINISH_SCRIPT = (
+    "local BUCKETS = {"
+    + ", ".join(f"'{name}'" for name in BUCKET_NAMES)
+    + """}
 local ttl = tonumber(ARGV[5])
 redis.call('HSET', KEYS[1], 'status', 'finished', 'ended_at', ARGV[4])
 if ttl > 0 then
@@ -57,10 +65,17 @@ for i = 9, 8 + n do
     fields[#fields + 1] = ARGV[i]
 end
 local m = 9 + n
-redis.call('HINCRBYFLOAT', KEYS[12], ARGV[m], ARGV[m + 1])
-for i = m + 2, #ARGV, 2 do
-    redis.call('HINCRBY', KEYS[12], ARGV[i], ARGV[i + 1])
+local histogram, seconds = ARGV[m + 2], ARGV[m + 3]
+redis.call('HINCRBYFLOAT', KEYS[12], histogram .. 'sum', seconds)
+redis.call('HINCRBY', KEYS[12], ARGV[m], 1)
+redis.call('HINCRBY', KEYS[12], ARGV[m + 1], 1)
+local s = tonumber(seconds)
+for _, bound in ipairs(BUCKETS) do
+    if s <= tonumber(bound) then
+        redis.call('HINCRBY', KEYS[12], histogram .. 'le=' .. bound, 1)
+    end
 end
+redis.call('HINCRBY', KEYS[12], histogram .. 'count', 1)
 redis.call('XADD', KEYS[9], 'MAXLEN', '10', '*', unpack(fields))
 if ttl > 0 then
     redis.call('EXPIRE', KEYS[9], ttl)
@@ -77,6 +92,7 @@ redis.call('HINCRBY', KEYS[5], 'successful_job_count', 1)
 redis.call('HINCRBYFLOAT', KEYS[5], 'total_working_time', ARGV[7])
 return redis.call('SCARD', KEYS[10])
 """
+)
 
 
 def is_plain(job: Job, result_ttl: int) -> bool:
