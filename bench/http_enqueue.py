@@ -134,8 +134,8 @@ def main() -> None:
                     result = wrk(apps[app][1], path, batch if "batch" in path else single, options.seconds, folder)
                     per_request = options.batch if "batch" in path else 1
                     queued = connection.llen("rq:queue:default")
-                    # wrk counts requests answered in time; ones cut off at the end may still have been queued.
-                    assert result["requests"] * per_request <= queued <= (result["requests"] + 4) * per_request, (
+                    # wrk counts the answers it read in time; requests in flight at the end were queued too.
+                    assert result["requests"] * per_request <= queued <= (result["requests"] + 8) * per_request, (
                         app,
                         path,
                         result["requests"],

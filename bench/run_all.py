@@ -25,10 +25,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = {
     "redis_costs": (["--jobs", "1000", "--fork-jobs", "200"], ["--jobs", "300", "--fork-jobs", "50"]),
     "worker_throughput": (
-        ["--rounds", "3", "--jobs", "3000", "--fork-jobs", "300", "--probes", "60"],
+        ["--rounds", "3", "--jobs", "2000", "--fork-jobs", "200", "--probes", "40"],
         ["--rounds", "1", "--jobs", "500", "--fork-jobs", "60", "--probes", "10"],
     ),
-    "http_enqueue": (["--rounds", "3", "--seconds", "5"], ["--rounds", "1", "--seconds", "2"]),
+    "http_enqueue": (["--rounds", "3", "--seconds", "4"], ["--rounds", "1", "--seconds", "2"]),
     "scheduler_burst": (
         ["--rounds", "3", "--sizes", "10000", "--big", "100000", "--probes", "10", "--stored", "50000"],
         ["--rounds", "1", "--sizes", "2000", "--big", "0", "--probes", "3", "--stored", "2000", "--lag-rounds", "1"],
