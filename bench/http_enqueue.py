@@ -102,6 +102,15 @@ def wrk(base: str, path: str, body: Any, seconds: int, folder: Path) -> dict[str
     return {"req_per_s": rps, "p50_ms": latency(out, "50%"), "p99_ms": latency(out, "99%"), "requests": requests}
 
 
+def settle(connection: Redis) -> int:
+    """Wait until the queue stops growing (gunicorn finishes requests wrk gave up on); return its length."""
+    length = -1
+    while (now := connection.llen("rq:queue:default")) != length:
+        length = now
+        time.sleep(0.5)
+    return length
+
+
 def latency(out: str, label: str) -> float:
     value, unit = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", out).groups()
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
@@ -130,10 +139,11 @@ def main() -> None:
                 apps[app] = start_app(app, server.url, folder)
             for _ in range(options.rounds):
                 for app, path in cases:
-                    connection.delete("rq:queue:default")
+                    settle(connection)  # the previous case's last requests may still be writing
+                    connection.flushdb()
                     result = wrk(apps[app][1], path, batch if "batch" in path else single, options.seconds, folder)
                     per_request = options.batch if "batch" in path else 1
-                    queued = connection.llen("rq:queue:default")
+                    queued = settle(connection)
                     # wrk counts the answers it read in time; requests in flight at the end were queued too.
                     assert result["requests"] * per_request <= queued <= (result["requests"] + 8) * per_request, (
                         app,
@@ -143,7 +153,6 @@ def main() -> None:
                     )
                     result["jobs_per_s"] = result["req_per_s"] * per_request
                     figures[f"{app} {path}"].append(result)
-                    connection.flushdb()
         finally:
             for process, _ in apps.values():
                 process.terminate()
