@@ -23,14 +23,27 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # script -> (full arguments, --quick arguments)
 SCRIPTS = {
-    "redis_costs": (["--jobs", "1000", "--fork-jobs", "200"], ["--jobs", "300", "--fork-jobs", "50"]),
+    "redis_costs": (["--jobs", "600", "--fork-jobs", "100"], ["--jobs", "300", "--fork-jobs", "50"]),
     "worker_throughput": (
-        ["--rounds", "3", "--jobs", "2000", "--fork-jobs", "200", "--probes", "40"],
+        ["--rounds", "2", "--jobs", "2000", "--fork-jobs", "200", "--probes", "40"],
         ["--rounds", "1", "--jobs", "500", "--fork-jobs", "60", "--probes", "10"],
     ),
     "http_enqueue": (["--rounds", "3", "--seconds", "4"], ["--rounds", "1", "--seconds", "2"]),
     "scheduler_burst": (
-        ["--rounds", "3", "--sizes", "10000", "--big", "100000", "--probes", "10", "--stored", "50000"],
+        [
+            "--rounds",
+            "2",
+            "--sizes",
+            "10000",
+            "--big",
+            "100000",
+            "--probes",
+            "10",
+            "--stored",
+            "50000",
+            "--lag-rounds",
+            "1",
+        ],
         ["--rounds", "1", "--sizes", "2000", "--big", "0", "--probes", "3", "--stored", "2000", "--lag-rounds", "1"],
     ),
 }
