@@ -23,9 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # script -> (full arguments, --quick arguments)
 SCRIPTS = {
-    "redis_costs": (["--jobs", "600", "--fork-jobs", "100"], ["--jobs", "300", "--fork-jobs", "50"]),
+    "redis_costs": (["--jobs", "300", "--fork-jobs", "50"], ["--jobs", "300", "--fork-jobs", "50"]),
     "worker_throughput": (
-        ["--rounds", "2", "--jobs", "2000", "--fork-jobs", "200", "--probes", "40"],
+        ["--rounds", "2", "--jobs", "1500", "--fork-jobs", "150", "--probes", "40"],
         ["--rounds", "1", "--jobs", "500", "--fork-jobs", "60", "--probes", "10"],
     ),
     "http_enqueue": (["--rounds", "3", "--seconds", "4"], ["--rounds", "1", "--seconds", "2"]),
