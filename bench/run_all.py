@@ -32,7 +32,7 @@ SCRIPTS = {
     "scheduler_burst": (
         [
             "--rounds",
-            "2",
+            "1",
             "--sizes",
             "10000",
             "--big",
