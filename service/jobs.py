@@ -23,6 +23,7 @@ from rq.registry import (
     ScheduledJobRegistry,
     StartedJobRegistry,
 )
+from rq.results import Result
 
 from service.errors import Conflict, InvalidField, JobNotFound
 from service.lanes import LANES, check_lane
@@ -155,10 +156,29 @@ def _job_ids(connection: Redis, status: str, lane: str, offset: int, count: int)
     return registry.get_job_ids(offset, offset + count - 1, desc=True, cleanup=False)
 
 
-def describe(job: ServiceJob) -> dict[str, Any]:
-    """Return the JSON form of `job` (SPEC §5 job fields)."""
+ENDED = frozenset({"finished", "failed", "stopped"})
+UNREAD: Any = object()  # describe(): the latest result is not read yet
+
+
+def describe_many(connection: Redis, jobs: list[ServiceJob]) -> list[dict[str, Any]]:
+    """Describe `jobs` as `describe` does, reading every ended job's latest result in one round trip."""
+    ended = [job for job in jobs if status_of(job) in ENDED]
+    with connection.pipeline(transaction=False) as pipe:
+        for job in ended:
+            pipe.xrevrange(Result.get_key(job.id), "+", "-", count=1)
+        replies = pipe.execute() if ended else []
+    latest: dict[str, Result | None] = {}
+    for job, reply in zip(ended, replies, strict=True):
+        latest[job.id] = (
+            Result.restore(job.id, reply[0][0].decode(), reply[0][1], connection, job.serializer) if reply else None
+        )
+    return [describe(job, latest.get(job.id)) for job in jobs]
+
+
+def describe(job: ServiceJob, latest: Result | None = UNREAD) -> dict[str, Any]:
+    """Return the JSON form of `job` (SPEC §5 job fields); `latest` is its latest result if already read."""
     status = status_of(job)
-    result, error = _outcome(job, status)
+    result, error = _outcome(job, status, latest)
     try:
         task, args, kwargs = job.func_name, list(job.args), dict(job.kwargs)
     except DeserializationError:
@@ -186,10 +206,11 @@ def describe(job: ServiceJob) -> dict[str, Any]:
     return data
 
 
-def _outcome(job: ServiceJob, status: str) -> tuple[Any, str | None]:
-    if status not in ("finished", "failed", "stopped"):
+def _outcome(job: ServiceJob, status: str, latest: Result | None) -> tuple[Any, str | None]:
+    if status not in ENDED:
         return None, None
-    latest = job.latest_result()
+    if latest is UNREAD:
+        latest = job.latest_result()
     if latest is None:
         return None, "stopped by request" if status == "stopped" else None
     if latest.type == latest.Type.SUCCESSFUL:
