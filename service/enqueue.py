@@ -1,32 +1,43 @@
-"""Enqueue: turn validated job requests into RQ jobs, all-or-nothing, in as few round trips as possible.
+"""Enqueue: turn validated job requests into RQ jobs, all-or-nothing, in one Lua call per request or batch.
 
 Every check that can refuse a request (task, lane, arguments, parents) runs
-before anything is written. Idempotency keys and unique tasks are claimed in
-the same WATCH/MULTI transaction that writes the jobs, so concurrent requests
-can never both create a job.
+before anything is written. The job hashes are RQ's own `Job.to_dict()`
+layout (JSON serializer): RQ builds one template per task and options, each
+job adds its id, payload and per-job fields, and one script writes them all
+with the lane pushes (and doorbells), registries, claims and counters.
+Idempotency keys and unique tasks are read while WATCHing them and the script
+runs inside MULTI, so concurrent requests can never both create a job.
 """
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import inspect
 import json
 import math
 import random
 import time
-from dataclasses import dataclass
+import uuid
+import zlib
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
 from redis import Redis
 from redis.client import Pipeline
+from redis.commands.core import Script
 from rq.job import Job, JobStatus, Retry
+from rq.registry import DeferredJobRegistry, ScheduledJobRegistry
+from rq.serializers import JSONSerializer
+from rq.utils import utcformat
 
 from service import metrics
 from service.errors import Conflict, InvalidField
+from service.jobs import describe, isotime
 from service.lanes import check_lane, lane_for
-from service.queues import ServiceJob, ServiceQueue, get_queue
+from service.queues import ServiceJob, ServiceQueue
 from service.schemas import JobRequest
 from service.task_registry import REGISTRY, TaskSpec
 
@@ -37,36 +48,158 @@ CLAIM_TTL_SECONDS = 30 * 24 * 3600
 ALIVE = frozenset({"queued", "scheduled", "deferred", "started"})
 EXPONENTIAL_BASE_SECONDS = 10
 EXPONENTIAL_CAP_SECONDS = 3600
+# A valid RQ job id that stands for each job's own id in templates and key shapes.
+PLACEHOLDER = "0job0id0placeholder0"
+# Fields that differ per job; everything else comes from the template.
+PER_JOB_FIELDS = frozenset({"created_at", "enqueued_at", "data", "meta", "retry_intervals"})
+# zlib.compress() sets up a 32 KB window and a 128 KB hash table for every
+# payload (~60 us each); a payload that fits a 4 KB window compresses the
+# same with a small one, and zlib.decompress (RQ) reads either.
+SMALL_PAYLOAD_BYTES = 3800
+
+# ARGV[1]: JSON header (batch time, templates, claims, counters, queues, key shapes).
+# Then per job: id, template index, data, score, n extra fields, the fields
+# (name, value)..., n parents, the parents...
+# A template's commands are RQ's own for its status: the lane push and doorbell
+# (ServiceQueue.push_job_id) for queued; the scheduled registry for scheduled;
+# the deferred registry and dependency sets (Job.register_dependency) for deferred.
+WRITE_SCRIPT = """
+local h = cjson.decode(ARGV[1])
+local now, templates, placeholder = h.now, h.templates, h.placeholder
+for _, claim in ipairs(h.claims) do
+    redis.call('SET', claim[1], claim[2], 'EX', h.claim_ttl)
+end
+local i, n = 2, #ARGV
+while i <= n do
+    local id, t, data, score = ARGV[i], templates[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3]
+    local fields = {unpack(t.fields)}
+    local f = #fields
+    fields[f + 1], fields[f + 2], fields[f + 3], fields[f + 4] = 'created_at', now, 'data', data
+    f = f + 4
+    if t.status == 'queued' then
+        fields[f + 1], fields[f + 2] = 'enqueued_at', now
+        f = f + 2
+    end
+    local extra = tonumber(ARGV[i + 4])
+    for j = i + 5, i + 4 + 2 * extra do
+        f = f + 1
+        fields[f] = ARGV[j]
+    end
+    i = i + 5 + 2 * extra
+    local parents = tonumber(ARGV[i])
+    redis.call('HSET', h.job_prefix .. id, unpack(fields))
+    if t.status == 'queued' then
+        for _, command in ipairs(t.push) do
+            local args = {}
+            for k, arg in ipairs(command) do args[k] = (arg == placeholder) and id or arg end
+            redis.call(unpack(args))
+        end
+    elseif t.status == 'scheduled' then
+        redis.call('ZADD', t.registry, score, id)
+    else
+        redis.call('ZADD', t.registry, h.deferred_score, id)
+        for j = i + 1, i + parents do
+            redis.call('SADD', h.dependents[1] .. ARGV[j] .. h.dependents[2], id)
+            redis.call('SADD', h.dependencies[1] .. id .. h.dependencies[2], ARGV[j])
+        end
+    end
+    i = i + 1 + parents
+end
+for _, c in ipairs(h.counts) do
+    redis.call('HINCRBY', h.metrics, c[1], c[2])
+end
+if #h.queues > 0 then
+    redis.call('SADD', h.queues_key, unpack(h.queues))
+end
+return 1
+"""
 
 
 @dataclass
 class Planned:
-    """A job built in memory, not yet written, with what it needs to be written."""
+    """A checked job request, not yet written: its id, payload and what its hash and claim need."""
 
-    job: ServiceJob
-    queue: ServiceQueue
-    run_at: datetime | None
+    id: str
+    spec: TaskSpec
+    lane: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    options: tuple[Any, ...]  # the template key, without the status
+    data: bytes
+    extra: dict[str, str] = field(default_factory=dict)
+    parents: tuple[str, ...] = ()
+    run_at: datetime | None = None
     claim_key: str | None = None
     claim_any_status: bool = False
     fingerprint: str = ""
 
 
+@dataclass
+class Submitted:
+    """One request's outcome: the job written for it, or the existing job that holds its claim."""
+
+    planned: Planned | None
+    created: bool
+    status: str = "queued"
+    at: datetime | None = None
+    holder: ServiceJob | None = None
+    fields: tuple[str, ...] = ()
+
+    @property
+    def id(self) -> str:
+        return self.holder.id if self.holder is not None else self.planned.id  # type: ignore[union-attr]
+
+    def describe(self) -> dict[str, Any]:
+        """Return the job's JSON form, exactly as GET /jobs/<id> would read it now."""
+        if self.holder is not None:
+            return describe(self.holder)
+        p = self.planned
+        assert p is not None and self.at is not None
+        return {
+            "id": p.id,
+            "task": p.spec.name,
+            "queue": p.lane,
+            "status": self.status,
+            "args": p.args,
+            "kwargs": p.kwargs,
+            "result": None,
+            "error": None,
+            "attempts": 0,
+            "enqueued_at": isotime(self.at) if self.status == "queued" else None,
+            "started_at": None,
+            "ended_at": None,
+        }
+
+    def job(self, connection: Redis) -> ServiceJob:
+        """Return the job as a ServiceJob, restored from the fields written (no round trip)."""
+        if self.holder is not None:
+            return self.holder
+        assert self.planned is not None
+        job = ServiceJob(self.planned.id, connection=connection)
+        raw = (v if isinstance(v, bytes) else str(v).encode() for v in self.fields)
+        job.restore(dict(zip(raw, raw, strict=False)))  # as HGETALL would return it
+        return job
+
+
 def enqueue(connection: Redis, request: JobRequest) -> tuple[ServiceJob, bool]:
     """Enqueue one job; return it and whether it was created (False: an existing job was returned)."""
-    return commit(connection, [plan(connection, request)])[0]
+    outcome = submit(connection, [request])[0]
+    return outcome.job(connection), outcome.created
 
 
 def enqueue_many(connection: Redis, requests: list[JobRequest]) -> list[ServiceJob]:
     """Enqueue every request or none (a bad one raises before anything is written)."""
-    queues: dict[str, ServiceQueue] = {}  # one Queue object per lane for the whole batch
-    planned = [plan(connection, request, field=f"jobs.{i}", queues=queues) for i, request in enumerate(requests)]
-    return [job for job, _ in commit(connection, planned)]
+    return [outcome.job(connection) for outcome in submit(connection, requests, batch=True)]
 
 
-def plan(
-    connection: Redis, request: JobRequest, field: str = "", queues: dict[str, ServiceQueue] | None = None
-) -> Planned:
-    """Check `request` against the registry and build its job; raise InvalidField on any problem."""
+def submit(connection: Redis, requests: list[JobRequest], batch: bool = False) -> list[Submitted]:
+    """Check every request, then write them all in one transaction; return each one's outcome in order."""
+    planned = [plan(request, field=f"jobs.{i}" if batch else "") for i, request in enumerate(requests)]
+    return commit(connection, planned)
+
+
+def plan(request: JobRequest, field: str = "") -> Planned:
+    """Check `request` against the registry and build its job's per-job parts; raise InvalidField on any problem."""
     prefix = f"{field}." if field else ""
     try:
         spec = REGISTRY.get(request.task)
@@ -74,35 +207,49 @@ def plan(
     except InvalidField as exc:
         raise type(exc)(request.task if exc.field == "task" else request.queue, prefix + exc.field) from None
     check_arguments(spec, request.args, request.kwargs, prefix)
-    queues = {} if queues is None else queues
-    queue = queues.get(lane) or queues.setdefault(lane, get_queue(lane, connection))
+    args, kwargs = list(request.args), dict(request.kwargs)
+    retry_max, backoff = retry_policy(request, spec)
+    timeout = request.timeout or spec.timeout_seconds
+    result_ttl = spec.result_ttl_seconds if request.result_ttl is None else request.result_ttl
+    p = Planned(
+        id=str(uuid.uuid4()),
+        spec=spec,
+        lane=lane,
+        args=args,
+        kwargs=kwargs,
+        options=(spec.name, spec.failure_ttl_seconds, lane, timeout, result_ttl, retry_max, backoff),
+        data=compress(JSONSerializer.dumps((spec.name, None, args, kwargs))),
+        run_at=run_at(request, prefix),
+    )
+    if retry_max and backoff == "exponential":
+        p.extra["retry_intervals"] = json.dumps(exponential_intervals(retry_max))
+    if request.depends_on:
+        if p.run_at is not None:
+            raise InvalidField(prefix + "depends_on", "cannot be combined with delay or at")
+        p.parents = tuple(dict.fromkeys(request.depends_on))
+        p.extra["dependency_id"] = p.parents[0]
+        p.extra["dependency_ids"] = json.dumps(list(p.parents))
     meta: dict[str, Any] = {}
     if request.ttl is not None:
         meta["expires_at"] = time.time() + request.ttl + (request.delay or 0)
-    job = queue.create_job(
-        spec.name,
-        args=list(request.args),
-        kwargs=dict(request.kwargs),
-        timeout=request.timeout or spec.timeout_seconds,
-        result_ttl=spec.result_ttl_seconds if request.result_ttl is None else request.result_ttl,
-        failure_ttl=spec.failure_ttl_seconds,
-        description=spec.name,
-        depends_on=list(request.depends_on) if request.depends_on else None,
-        meta=meta,
-        retry=retry_for(request, spec),
-    )
-    assert isinstance(job, ServiceJob)
-    planned = Planned(job=job, queue=queue, run_at=run_at(request))
-    if request.depends_on and planned.run_at is not None:
-        raise InvalidField(prefix + "depends_on", "cannot be combined with delay or at")
     if request.idempotency_key:
-        planned.claim_key = IDEMPOTENCY_PREFIX + request.idempotency_key
-        planned.claim_any_status = True
-        planned.fingerprint = fingerprint(request.model_dump(mode="json", exclude={"idempotency_key"}))
-        job.meta["request_fingerprint"] = planned.fingerprint
+        p.claim_key = IDEMPOTENCY_PREFIX + request.idempotency_key
+        p.claim_any_status = True
+        p.fingerprint = fingerprint(request.model_dump(mode="json", exclude={"idempotency_key"}))
+        meta["request_fingerprint"] = p.fingerprint
     elif spec.unique:
-        planned.claim_key = UNIQUE_PREFIX + spec.name + ":" + fingerprint([request.args, request.kwargs])
-    return planned
+        p.claim_key = UNIQUE_PREFIX + spec.name + ":" + fingerprint([request.args, request.kwargs])
+    if meta:
+        p.extra["meta"] = JSONSerializer.dumps(meta).decode()
+    return p
+
+
+def compress(payload: bytes) -> bytes:
+    """Return `payload` zlib-compressed as RQ stores a job's data (zlib.decompress reads it)."""
+    if len(payload) > SMALL_PAYLOAD_BYTES:
+        return zlib.compress(payload)
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 12, 4)
+    return compressor.compress(payload) + compressor.flush()
 
 
 def check_arguments(spec: TaskSpec, args: list[Any], kwargs: dict[str, Any], prefix: str = "") -> None:
@@ -118,25 +265,26 @@ def signature(func: Any) -> inspect.Signature:
     return inspect.signature(func)
 
 
-def retry_for(request: JobRequest, spec: TaskSpec) -> Retry | None:
-    """Return RQ's Retry for the request's policy, or the task's default one."""
+def retry_policy(request: JobRequest, spec: TaskSpec) -> tuple[int, tuple[int, ...] | str]:
+    """Return (max retries, backoff) for the request's policy, or the task's default one."""
     if request.retry is not None:
         max_retries, backoff = request.retry.max, request.retry.backoff
     else:
         max_retries, backoff = spec.retry.max, spec.retry.backoff
     if max_retries == 0:
-        return None
-    if backoff == "exponential":
-        intervals = [
-            round(min(EXPONENTIAL_BASE_SECONDS * 2**i, EXPONENTIAL_CAP_SECONDS) * random.uniform(0.75, 1.25))
-            for i in range(max_retries)
-        ]
-    else:
-        intervals = list(backoff)
-    return Retry(max=max_retries, interval=intervals)
+        return 0, ()
+    return max_retries, backoff if isinstance(backoff, str) else tuple(backoff)
 
 
-def run_at(request: JobRequest) -> datetime | None:
+def exponential_intervals(max_retries: int) -> list[int]:
+    """Return exponential retry intervals with +-25% jitter, so failed jobs do not retry in lockstep."""
+    return [
+        round(min(EXPONENTIAL_BASE_SECONDS * 2**i, EXPONENTIAL_CAP_SECONDS) * random.uniform(0.75, 1.25))
+        for i in range(max_retries)
+    ]
+
+
+def run_at(request: JobRequest, prefix: str = "") -> datetime | None:
     """Return when a delayed job may start, rounded up to RQ's whole seconds (never early)."""
     if request.delay:
         moment = datetime.now(UTC) + timedelta(seconds=request.delay)
@@ -147,7 +295,7 @@ def run_at(request: JobRequest) -> datetime | None:
     else:
         return None
     if moment - datetime.now(UTC) > timedelta(days=366):
-        raise InvalidField("at" if request.at else "delay", "must be within 366 days")
+        raise InvalidField(prefix + ("at" if request.at else "delay"), "must be within 366 days")
     return datetime.fromtimestamp(math.ceil(moment.timestamp()), UTC)
 
 
@@ -155,18 +303,70 @@ def fingerprint(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:32]
 
 
-def commit(connection: Redis, planned: list[Planned]) -> list[tuple[ServiceJob, bool]]:
-    """Write the planned jobs in one transaction; return each job and whether it is new."""
+@lru_cache(maxsize=4096)
+def template(options: tuple[Any, ...], status: str) -> tuple[str, ...]:
+    """Return the hash fields (name, value, ...) RQ's Job.to_dict() writes for every job with these options.
+
+    RQ itself builds them, from a job created the way Queue.create_job would;
+    the per-job fields (PER_JOB_FIELDS) are left out.
+    """
+    name, failure_ttl, lane, timeout, result_ttl, retry_max, backoff = options
+    intervals = [0] if backoff == "exponential" else list(backoff)
+    job = ServiceJob.create(
+        name,
+        args=[],
+        kwargs={},
+        connection=Redis(),  # never used to connect: only to_dict() is called
+        timeout=timeout,
+        result_ttl=result_ttl,
+        failure_ttl=failure_ttl,
+        description=name,
+        id=PLACEHOLDER,
+        origin=lane,
+        status=JobStatus(status),
+        retry=Retry(max=retry_max, interval=intervals) if retry_max else None,
+    )
+    fields: list[str] = []
+    for key, value in job.to_dict().items():
+        if key in PER_JOB_FIELDS and not (key == "retry_intervals" and backoff != "exponential"):
+            continue
+        fields += [key, value.value if isinstance(value, JobStatus) else str(value)]
+    return tuple(fields)
+
+
+_LANE_KEYS: dict[str, dict[str, Any]] = {}
+
+
+def lane_keys(lane: str) -> dict[str, Any]:
+    """Return the keys a job in `lane` is written to, as RQ and ServiceQueue name them."""
+    keys = _LANE_KEYS.get(lane)
+    if keys is None:
+        queue = ServiceQueue(lane, connection=Redis())  # never used to connect: only key names are read
+        keys = _LANE_KEYS[lane] = {
+            "queue": queue.key,
+            "push": queue.push_commands(PLACEHOLDER),
+            "scheduled": ScheduledJobRegistry(queue=queue).key,
+            "deferred": DeferredJobRegistry(queue=queue).key,
+        }
+    return keys
+
+
+@lru_cache(maxsize=1)
+def dependency_key_shapes() -> dict[str, list[str]]:
+    """Return RQ's dependents and dependencies keys split around the job id, for the script to join."""
+    job = ServiceJob(PLACEHOLDER, connection=Redis())  # never used to connect: only key names are read
+    return {
+        "dependents": ServiceJob.dependents_key_for(PLACEHOLDER).split(PLACEHOLDER),
+        "dependencies": job.dependencies_key.split(PLACEHOLDER),
+    }
+
+
+def commit(connection: Redis, planned: list[Planned]) -> list[Submitted]:
+    """Write the planned jobs in one transaction; return each one's outcome."""
     claims = [p.claim_key for p in planned if p.claim_key]
-    parents = sorted({d for p in planned for d in p.job._dependency_ids})
+    parents = sorted({d for p in planned for d in p.parents})
     if not claims and not parents:
-        with connection.pipeline() as pipe:
-            pipe.multi()
-            for p in planned:
-                write(p, pipe, deferred=False, shared=False)
-            write_shared(planned, pipe)
-            pipe.execute()
-        return [(p.job, True) for p in planned]
+        return write(connection, planned, {}, set())
     # WATCH the claims and the parents: if another client takes a claim or a
     # parent finishes before EXEC, the transaction runs again on fresh reads.
     watched = claims + [Job.key_for(d) for d in parents]
@@ -175,32 +375,116 @@ def commit(connection: Redis, planned: list[Planned]) -> list[tuple[ServiceJob, 
     )
 
 
-def _claim_and_write(
-    connection: Redis, pipe: Pipeline, planned: list[Planned], parents: list[str]
-) -> list[tuple[ServiceJob, bool]]:
+def _claim_and_write(connection: Redis, pipe: Pipeline, planned: list[Planned], parents: list[str]) -> list[Submitted]:
     """Inside WATCH: read claims and parents, then MULTI and write what is new."""
     existing = existing_claims(connection, pipe, planned)
     unfinished = unfinished_parents(pipe, parents)
-    outcome: list[tuple[ServiceJob, bool]] = []
     pipe.multi()
-    seen: dict[str, ServiceJob] = {}
-    written: list[Planned] = []
+    return write(pipe, planned, existing, unfinished)
+
+
+def write(
+    client: Redis | Pipeline, planned: list[Planned], existing: dict[str, ServiceJob], unfinished: set[str]
+) -> list[Submitted]:
+    """Queue (in a MULTI) or run the one script call that writes every new job; return the outcomes."""
+    now = datetime.now(UTC)
+    now_rq = utcformat(now.replace(tzinfo=None))
+    templates: dict[tuple[Any, ...], int] = {}
+    header: dict[str, Any] = {"now": now_rq, "templates": [], "claims": [], "counts": []}
+    counts: dict[tuple[str, str], int] = {}
+    queues: dict[str, None] = {}
+    seen: dict[str, Submitted] = {}
+    outcome: list[Submitted] = []
+    args: list[Any] = [""]
     for p in planned:
-        holder = existing.get(p.claim_key or "") or seen.get(p.claim_key or "")
-        if holder is not None:
-            if p.fingerprint and holder.meta.get("request_fingerprint") not in (None, p.fingerprint):
-                key = (p.claim_key or "").removeprefix(IDEMPOTENCY_PREFIX)
-                raise Conflict(f"idempotency key {key!r} was already used for a different request")
-            outcome.append((holder, False))
+        holder = existing.get(p.claim_key or "")
+        earlier = seen.get(p.claim_key or "")
+        if holder is not None or earlier is not None:
+            check_fingerprint(p, holder, earlier)
+            outcome.append(Submitted(earlier.planned if earlier else None, False, holder=holder, **_same(earlier)))
             continue
+        status = "deferred" if unfinished.intersection(p.parents) else "scheduled" if p.run_at else "queued"
+        index = templates.get((p.options, status))
+        if index is None:
+            index = templates[(p.options, status)] = len(templates) + 1
+            header["templates"].append(_template_header(p, status))
+        score = str(calendar.timegm(p.run_at.utctimetuple())) if p.run_at is not None else ""
+        args += [p.id, index, p.data, score, len(p.extra), *_pairs(p.extra), len(p.parents), *p.parents]
         if p.claim_key:
-            pipe.set(p.claim_key, p.job.id, ex=CLAIM_TTL_SECONDS)
-            seen[p.claim_key] = p.job
-        write(p, pipe, deferred=bool(unfinished & set(p.job._dependency_ids)), shared=False)
-        written.append(p)
-        outcome.append((p.job, True))
-    write_shared(written, pipe)
+            header["claims"].append([p.claim_key, p.id])
+        counted = (p.spec.name, p.lane)
+        counts[counted] = counts.get(counted, 0) + 1
+        queues[lane_keys(p.lane)["queue"]] = None
+        written = Submitted(p, True, status=status, at=now, fields=_fields(p, status, now_rq))
+        if p.claim_key:
+            seen[p.claim_key] = written
+        outcome.append(written)
+    if len(args) > 1:
+        header.update(
+            counts=[[metrics.field("jobs_enqueued", *key), amount] for key, amount in counts.items()],
+            queues=list(queues),
+            queues_key=ServiceQueue.redis_queues_keys,
+            metrics=metrics.METRICS_KEY,
+            job_prefix=ServiceJob.redis_job_namespace_prefix,
+            placeholder=PLACEHOLDER,
+            claim_ttl=CLAIM_TTL_SECONDS,
+            deferred_score=int(now.timestamp()),
+            **dependency_key_shapes(),
+        )
+        args[0] = json.dumps(header, separators=(",", ":"))
+        write_script(client)(args=args, client=client)
     return outcome
+
+
+def _same(earlier: Submitted | None) -> dict[str, Any]:
+    """The fields of an earlier outcome in this batch that a repeat of its claim shares."""
+    if earlier is None:
+        return {}
+    return {"status": earlier.status, "at": earlier.at, "fields": earlier.fields}
+
+
+def _pairs(extra: dict[str, str]) -> list[str]:
+    return [part for item in extra.items() for part in item]
+
+
+def _template_header(p: Planned, status: str) -> dict[str, Any]:
+    keys = lane_keys(p.lane)
+    return {
+        "fields": list(template(p.options, status)),
+        "status": status,
+        "push": keys["push"],
+        "registry": keys["scheduled"] if status == "scheduled" else keys["deferred"],
+    }
+
+
+def _fields(p: Planned, status: str, now_rq: str) -> tuple[Any, ...]:
+    """The hash fields written for `p` (template, then per-job), for restoring a ServiceJob without a read."""
+    times = ("created_at", now_rq, "enqueued_at", now_rq) if status == "queued" else ("created_at", now_rq)
+    return (*template(p.options, status), *times, "data", p.data, *_pairs(p.extra))
+
+
+def check_fingerprint(p: Planned, holder: ServiceJob | None, earlier: Submitted | None) -> None:
+    """Raise Conflict when an idempotency key is reused for a different request."""
+    if not p.fingerprint:
+        return
+    if holder is not None:
+        theirs = (holder.meta or {}).get("request_fingerprint")
+    else:
+        theirs = earlier.planned.fingerprint if earlier is not None and earlier.planned else None
+    if theirs not in (None, "", p.fingerprint):
+        key = (p.claim_key or "").removeprefix(IDEMPOTENCY_PREFIX)
+        raise Conflict(f"idempotency key {key!r} was already used for a different request")
+
+
+_SCRIPTS: dict[str, Script] = {}
+
+
+def write_script(client: Redis | Pipeline) -> Script:
+    """Return the write script (one Script object; every call names its client)."""
+    script = _SCRIPTS.get("write")
+    if script is None:
+        script = _SCRIPTS["write"] = Script(client, WRITE_SCRIPT)
+    return script
 
 
 def existing_claims(connection: Redis, pipe: Pipeline, planned: list[Planned]) -> dict[str, ServiceJob]:
@@ -228,37 +512,3 @@ def unfinished_parents(pipe: Pipeline, parents: list[str]) -> set[str]:
         if status != b"finished":
             unfinished.add(parent)
     return unfinished
-
-
-def write(p: Planned, pipe: Pipeline, *, deferred: bool, shared: bool = True) -> None:
-    """Queue the commands that store `p`: deferred behind its parents, scheduled, or in its lane.
-
-    With `shared=False` the writes a batch shares (the enqueue counters, the
-    set of queues) are left to one write_shared() call for the whole batch.
-    """
-    if shared:
-        write_shared([p], pipe)
-    if deferred:
-        p.job.origin = p.queue.name
-        p.job.set_status(JobStatus.DEFERRED, pipeline=pipe)
-        p.job.register_dependency(pipeline=pipe)
-        p.job.save(pipeline=pipe)
-    elif p.run_at is not None:
-        p.queue.schedule_job(p.job, p.run_at, pipeline=pipe)
-    else:
-        p.queue._enqueue_job(p.job, pipeline=pipe)
-
-
-def write_shared(written: list[Planned], pipe: Pipeline) -> None:
-    """Count the jobs written and register their queues: one command per (task, lane) and per queue, not per job."""
-    counts: dict[tuple[str, str], int] = {}
-    queues: dict[str, ServiceQueue] = {}
-    for p in written:
-        key = (p.job.func_name, p.queue.name)
-        counts[key] = counts.get(key, 0) + 1
-        if p.run_at is None:  # in its lane or deferred: RQ lists the queue (a scheduled job's queue is listed later)
-            queues.setdefault(p.queue.key, p.queue)
-    for (task, lane), amount in counts.items():
-        metrics.count(pipe, "jobs_enqueued", task, lane, amount=amount)
-    if queues:
-        pipe.sadd(ServiceQueue.redis_queues_keys, *queues)

@@ -136,6 +136,28 @@ class ServiceQueue(Queue):
         if pipeline is None:
             pipe.execute()
 
+    def push_commands(self, job_id: str) -> list[list[str]]:
+        """Return the Redis commands push_job_id sends for `job_id` (the lane, the doorbell), for a script to replay."""
+        recorder = _Recorder()
+        self.push_job_id(job_id, pipeline=recorder)
+        return recorder.commands
+
+
+class _Recorder:
+    """A stand-in pipeline that records the list commands push_job_id sends."""
+
+    def __init__(self) -> None:
+        self.commands: list[list[str]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in ("rpush", "lpush"):
+            raise AttributeError(f"push_job_id used {name!r}, which a recorded push cannot replay")
+
+        def record(*args: Any) -> None:
+            self.commands.append([name.upper(), *(str(a) for a in args)])
+
+        return record
+
 
 def get_queue(name: str, connection: Redis) -> ServiceQueue:
     """Return the lane `name`; raise UnknownQueue for any other name."""

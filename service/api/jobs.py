@@ -21,8 +21,8 @@ class BatchOut(JobList):
 @document(202, JobOut, json=JobRequest, tags=("jobs",), also={200: JobOut})
 def create_job() -> tuple[Response, int]:
     """Enqueue one job: 202 with the job; 200 with the existing job for a repeated idempotency key."""
-    job, created = enqueue.enqueue(redis(), parse(JobRequest))
-    return jsonify(jobs.describe(job)), 202 if created else 200
+    outcome = enqueue.submit(redis(), [parse(JobRequest)])[0]
+    return jsonify(outcome.describe()), 202 if outcome.created else 200
 
 
 @bp.post("/jobs/batch")
@@ -30,8 +30,8 @@ def create_job() -> tuple[Response, int]:
 def create_jobs() -> tuple[Response, int]:
     """Enqueue many jobs in one transaction; one invalid entry rejects the whole batch."""
     batch = parse(BatchRequest)
-    created = enqueue.enqueue_many(redis(), list(batch.jobs))
-    return jsonify({"jobs": [jobs.describe(job) for job in created], "next_cursor": None}), 202
+    outcomes = enqueue.submit(redis(), list(batch.jobs), batch=True)
+    return jsonify({"jobs": [outcome.describe() for outcome in outcomes], "next_cursor": None}), 202
 
 
 @bp.get("/jobs")
