@@ -16,24 +16,24 @@ spec; one Lua script per batch then, per schedule and atomically:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis import Redis
 from rq import Retry, get_current_job
 from rq.callbacks import Callback
 from rq.defaults import RQ_KEY_PREFIX
-from rq.serializers import JSONSerializer
 from rq.utils import utcformat
 
 from service.queues import ServiceJob, ServiceQueue
-from service.schedule_spec import ScheduleSpec, from_ms, isoformat, to_ms
-from service.schedule_store import RUNS_KEPT, ScheduleKeys, StoredSchedule, cron_rule, load_spec
+from service.schedule_spec import ScheduleSpec, from_ms, isoformat, to_ms, to_us
+from service.schedule_store import RUNS_KEPT, ScheduleKeys, StoredSchedule, due_times, load_spec
 from service.task_registry import REGISTRY, RetryPolicy, TaskSpec
 
 log = logging.getLogger(__name__)
@@ -46,24 +46,97 @@ JOB_ID_PLACEHOLDER = "<job-id>"
 # A run in one of these states is "still queued or running" for the overlap policy.
 ACTIVE_STATUSES = frozenset({"queued", "started", "scheduled", "deferred"})
 PUSH_COMMANDS = frozenset({"rpush", "lpush", "sadd", "zadd"})
+# Variadic commands whose calls for one key the fire script may merge into one (same result, same order).
+FOLDABLE_COMMANDS = frozenset({"RPUSH", "LPUSH", "SADD"})
+# Job hash fields the fire script sets per run (or per call) rather than copying from the template.
+PER_RUN_FIELDS = frozenset({"created_at", "enqueued_at", "meta", "data"})
 
 FIRE_SCRIPT = """
 local lease, due_key, buffered_key, queues_key, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local owner, now_ms, now_iso, now_rq = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local prefix, job_prefix, rq_prefix, keep = ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8])
+if owner ~= '' and redis.call('GET', lease) ~= owner then return '[-1]' end
 local LAG_BUCKETS = {10, 50, 100, 250, 500, 1000, 2500, 5000, 10000}
-local owner, now_ms, now_iso = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local prefix, job_prefix, rq_prefix, keep = ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])
-local count = tonumber(ARGV[8])
-if owner ~= '' and redis.call('GET', lease) ~= owner then return {-1} end
+-- A schedule's state is read with one HMGET, changed in a Lua table and
+-- written back with one HSET (and HDEL), instead of a command per change.
+local STATE = {'paused', 'last_job_id', 'buffered_due', 'runs', 'missed', 'skipped', 'dropped', 'coalesced',
+  'lag_sum_ms', 'lag_count', 'lag_max_ms'}
+local WRITTEN = {'last_job_id', 'buffered_due', 'runs', 'missed', 'skipped', 'dropped', 'coalesced',
+  'lag_sum_ms', 'lag_count', 'lag_max_ms', 'lag_last_ms', 'last_run_at', 'next_due'}
+local JOB_ID, null = '<job-id>', cjson.null
 local function int(x) return string.format('%d', x) end
-local JOB_ID = '<job-id>'
+local function opt(v) if v == null then return nil end return v end
 
-local function record(sk, rec)
-  local key = sk .. ':runs'
-  if redis.call('LPUSH', key, cjson.encode(rec)) > keep then redis.call('LTRIM', key, 0, keep - 1) end
+-- One job hash layout per distinct spec; only the meta value changes per run.
+local templates = {}
+for n, t in ipairs(cjson.decode(ARGV[9])) do
+  local hash = {}
+  for _, v in ipairs(t[1]) do hash[#hash + 1] = v end
+  for _, v in ipairs({'created_at', now_rq, 'enqueued_at', now_rq, 'data', ARGV[10 + n], 'meta', ''}) do
+    hash[#hash + 1] = v
+  end
+  templates[n] = {hash = hash, queue_key = t[2], push = t[3], fold = t[4]}
 end
 
-local function active(sk)
-  local last = redis.call('HGET', sk, 'last_job_id')
+-- Batch totals (stats hash) and lane pushes are sent once per call, not per run.
+local totals, pending, pending_keys, queued = {}, {}, {}, {}
+local function total(name, n) totals[name] = (totals[name] or 0) + n end
+
+local function flush()
+  for _, k in ipairs(pending_keys) do redis.call(unpack(pending[k])) end
+  pending, pending_keys = {}, {}
+end
+
+local function push(tpl, job_id)
+  if not queued[tpl.queue_key] then redis.call('SADD', queues_key, tpl.queue_key); queued[tpl.queue_key] = true end
+  for _, op in ipairs(tpl.push) do
+    local call = {}
+    for n, v in ipairs(op) do if v == JOB_ID then call[n] = job_id else call[n] = v end end
+    if tpl.fold then
+      -- RPUSH/LPUSH/SADD k a, then k b == one call with a b: same order, same result.
+      local k = call[1] .. ' ' .. call[2]
+      local acc = pending[k]
+      if not acc then acc = {call[1], call[2]}; pending[k] = acc; pending_keys[#pending_keys + 1] = k end
+      for n = 3, #call do acc[#acc + 1] = call[n] end
+      if #acc > 1000 then flush() end
+    else
+      flush()
+      redis.call(unpack(call))
+    end
+  end
+end
+
+local function load(sk)
+  local values = redis.call('HMGET', sk, unpack(STATE))
+  local s = {dirty = {}, log = {}}
+  for n, name in ipairs(STATE) do s[name] = values[n] end
+  return s
+end
+
+local function set(s, name, value) s[name] = value; s.dirty[name] = true end
+local function add(s, name, n) set(s, name, (tonumber(s[name]) or 0) + n) end
+
+local function save(sk, s)
+  local hset, hdel = {}, {}
+  for _, name in ipairs(WRITTEN) do
+    if s.dirty[name] then
+      local v = s[name]
+      if v == false then hdel[#hdel + 1] = name
+      else hset[#hset + 1] = name; hset[#hset + 1] = type(v) == 'number' and int(v) or v end
+    end
+  end
+  if #hset > 0 then redis.call('HSET', sk, unpack(hset)) end
+  if #hdel > 0 then redis.call('HDEL', sk, unpack(hdel)) end
+  if #s.log > 0 then
+    local key = sk .. ':runs'
+    if redis.call('LPUSH', key, unpack(s.log)) > keep then redis.call('LTRIM', key, 0, keep - 1) end
+  end
+end
+
+local function record(s, rec) s.log[#s.log + 1] = cjson.encode(rec) end
+
+local function active(s)
+  local last = s.last_job_id
   if not last then return nil end
   local st = redis.call('HGET', job_prefix .. last, 'status')
   if st == 'queued' or st == 'started' or st == 'scheduled' or st == 'deferred' then return last, st end
@@ -71,6 +144,7 @@ local function active(sk)
 end
 
 local function cancel(job_id, st)
+  flush()  -- the job may have been pushed earlier in this call
   local jk = job_prefix .. job_id
   local origin = redis.call('HGET', jk, 'origin') or 'default'
   if st == 'started' then
@@ -87,120 +161,126 @@ local function cancel(job_id, st)
   end
 end
 
-local function create(id, sk, f, blob, count_lag)
-  local jk = job_prefix .. f.job_id
+-- A fire is {due ms, kind, lag target ms, due ISO, job id}.
+local function create(id, s, f, tpl, count_lag)
+  local job_id = f[5]
+  local jk = job_prefix .. job_id
   if redis.call('EXISTS', jk) == 1 then return 0 end
-  local args = {}
-  for k, v in pairs(f.fields) do args[#args + 1] = k; args[#args + 1] = v end
-  args[#args + 1] = 'data'; args[#args + 1] = blob
-  redis.call('HSET', jk, unpack(args))
-  for _, op in ipairs(f.push) do
-    local call = {}
-    for n, v in ipairs(op) do if v == JOB_ID then call[n] = f.job_id else call[n] = v end end
-    redis.call(unpack(call))
-  end
-  redis.call('SADD', queues_key, f.queue_key)
-  redis.call('HSET', sk, 'last_job_id', f.job_id, 'last_run_at', int(f.due))
-  redis.call('HINCRBY', sk, 'runs', 1)
-  redis.call('HINCRBY', stats, 'runs', 1)
-  local rec = {scheduled_for = f.iso, job_id = f.job_id, status = 'enqueued', enqueued_at = now_iso, kind = f.kind}
+  local hash = tpl.hash
+  hash[#hash] = '{"schedule_id": "' .. id .. '", "scheduled_for": "' .. f[4] .. '"}'
+  redis.call('HSET', jk, unpack(hash))
+  push(tpl, job_id)
+  set(s, 'last_job_id', job_id)
+  set(s, 'last_run_at', f[1])
+  add(s, 'runs', 1)
+  total('runs', 1)
+  local rec = {scheduled_for = f[4], job_id = job_id, status = 'enqueued', enqueued_at = now_iso, kind = f[2]}
   if count_lag then
-    local lag = math.max(0, now_ms - f.target)
+    local lag = math.max(0, now_ms - f[3])
     rec.lag_ms = lag
-    redis.call('HINCRBY', sk, 'lag_sum_ms', int(lag))
-    redis.call('HINCRBY', sk, 'lag_count', 1)
-    local max = tonumber(redis.call('HGET', sk, 'lag_max_ms') or '0')
-    redis.call('HSET', sk, 'lag_last_ms', int(lag), 'lag_max_ms', int(math.max(lag, max)))
+    add(s, 'lag_sum_ms', lag)
+    add(s, 'lag_count', 1)
+    set(s, 'lag_last_ms', lag)
+    set(s, 'lag_max_ms', math.max(lag, tonumber(s.lag_max_ms) or 0))
     local bucket = 'lag_ms_bucket_inf'
     for _, limit in ipairs(LAG_BUCKETS) do
       if lag <= limit then bucket = 'lag_ms_bucket_' .. limit; break end
     end
-    redis.call('HINCRBY', stats, bucket, 1)
-    redis.call('HINCRBY', stats, 'lag_ms_sum', int(lag))
-    redis.call('HINCRBY', stats, 'lag_count', 1)
+    total(bucket, 1)
+    total('lag_ms_sum', lag)
+    total('lag_count', 1)
   end
-  record(sk, rec)
+  record(s, rec)
   return 1
 end
 
-local function skip(sk, f, status, counter)
-  redis.call('HINCRBY', sk, counter, 1)
-  redis.call('HINCRBY', stats, counter, 1)
-  record(sk, {scheduled_for = f.iso, status = status, recorded_at = now_iso})
+local function skip(s, iso, status)
+  add(s, status, 1)
+  total(status, 1)
+  record(s, {scheduled_for = iso, status = status, recorded_at = now_iso})
 end
 
-local function fire_due(h, sk, blobs)
+local function finished(s, limit) return limit and (tonumber(s.runs) or 0) >= limit end
+
+-- An entry is {id, mode, template, fires, records, overlap, score, next_due, next_score, buffered, repeat}.
+local function fire_due(e, s, tpl)
+  local id, overlap, limit = e[1], e[6], opt(e[11])
   local created, skipped, dropped = 0, 0, 0
-  local finished = false
-  for _, r in ipairs(h.records or {}) do skip(sk, r, r.status, r.status) end
-  for n, f in ipairs(h.fires or {}) do
-    if h['repeat'] and tonumber(redis.call('HGET', sk, 'runs') or '0') >= h['repeat'] then finished = true; break end
-    local last, st = active(sk)
-    if f.kind == 'buffered' then
+  local done = false
+  for _, r in ipairs(e[5]) do skip(s, r[1], r[2]) end
+  for _, f in ipairs(e[4]) do
+    if finished(s, limit) then done = true; break end
+    local last, st = active(s)
+    if f[2] == 'buffered' then
       -- A run buffered earlier goes first once its predecessor has ended.
-      if not last and redis.call('HGET', sk, 'buffered_due') == int(f.due) then
-        redis.call('HDEL', sk, 'buffered_due')
-        redis.call('SREM', buffered_key, h.id)
-        created = created + create(h.id, sk, f, blobs[n], false)
+      if not last and s.buffered_due and tonumber(s.buffered_due) == f[1] then
+        set(s, 'buffered_due', false)
+        redis.call('SREM', buffered_key, id)
+        created = created + create(id, s, f, tpl, false)
       end
-    elseif last and h.overlap == 'skip' then
-      skip(sk, f, 'skipped', 'skipped')
+    elseif last and overlap == 'skip' then
+      skip(s, f[4], 'skipped')
       skipped = skipped + 1
-    elseif last and h.overlap == 'buffer_one' then
-      if redis.call('HEXISTS', sk, 'buffered_due') == 1 then
-        skip(sk, f, 'dropped', 'dropped')
+    elseif last and overlap == 'buffer_one' then
+      if s.buffered_due then
+        skip(s, f[4], 'dropped')
         dropped = dropped + 1
       else
-        redis.call('HSET', sk, 'buffered_due', int(f.due))
-        redis.call('SADD', buffered_key, h.id)
-        record(sk, {scheduled_for = f.iso, status = 'buffered', recorded_at = now_iso})
+        set(s, 'buffered_due', f[1])
+        redis.call('SADD', buffered_key, id)
+        record(s, {scheduled_for = f[4], status = 'buffered', recorded_at = now_iso})
       end
     else
-      if last and h.overlap == 'cancel_other' then cancel(last, st) end
-      created = created + create(h.id, sk, f, blobs[n], true)
+      if last and overlap == 'cancel_other' then cancel(last, st) end
+      created = created + create(id, s, f, tpl, true)
     end
   end
-  if h['repeat'] and tonumber(redis.call('HGET', sk, 'runs') or '0') >= h['repeat'] then finished = true end
-  if finished or not h.next_score then
-    redis.call('ZREM', due_key, h.id)
-    redis.call('HSET', sk, 'next_due', '')
+  local next_score = opt(e[9])
+  if done or finished(s, limit) or not next_score then
+    redis.call('ZREM', due_key, id)
+    set(s, 'next_due', '')
   else
-    redis.call('ZADD', due_key, int(h.next_score), h.id)
-    redis.call('HSET', sk, 'next_due', int(h.next_due))
+    redis.call('ZADD', due_key, int(next_score), id)
+    set(s, 'next_due', opt(e[8]) or '')
   end
   return {created, skipped, dropped}
 end
 
-local function fire_entry(h, blobs)
-  local sk = prefix .. h.id
-  if h.mode == 'due' then
-    local score = redis.call('ZSCORE', due_key, h.id)
-    if not score or tonumber(score) ~= h.score then return -2 end
-    if redis.call('HGET', sk, 'paused') == '1' then redis.call('ZREM', due_key, h.id); return -2 end
-    return fire_due(h, sk, blobs)
+local function fire_entry(e)
+  local id, mode, tpl = e[1], e[2], templates[e[3]]
+  local sk = prefix .. id
+  if mode == 'due' then
+    local score = redis.call('ZSCORE', due_key, id)
+    if not score or tonumber(score) ~= e[7] then return -2 end
+    local s = load(sk)
+    if s.paused == '1' then redis.call('ZREM', due_key, id); return -2 end
+    local result = fire_due(e, s, tpl)
+    save(sk, s)
+    return result
   end
   if redis.call('EXISTS', sk) == 0 then return -3 end
-  if h.mode == 'buffer' then
-    if redis.call('HGET', sk, 'buffered_due') ~= int(h.buffered) or active(sk) then return -2 end
-    if redis.call('HGET', sk, 'paused') == '1' then return -2 end
-    redis.call('HDEL', sk, 'buffered_due')
-    redis.call('SREM', buffered_key, h.id)
-    return create(h.id, sk, h.fires[1], blobs[1], false)
+  local s = load(sk)
+  if mode == 'buffer' then
+    local buffered = opt(e[10])
+    if not s.buffered_due or tonumber(s.buffered_due) ~= buffered or active(s) then return -2 end
+    if s.paused == '1' then return -2 end
+    set(s, 'buffered_due', false)
+    redis.call('SREM', buffered_key, id)
+    local created = create(id, s, e[4][1], tpl, false)
+    save(sk, s)
+    return created
   end
   local created = {}
-  for n, f in ipairs(h.fires) do created[n] = create(h.id, sk, f, blobs[n], false) end
+  for n, f in ipairs(e[4]) do created[n] = create(id, s, f, tpl, false) end
+  save(sk, s)
   return created
 end
 
 local results = {}
-local i = 9
-for e = 1, count do
-  local h = cjson.decode(ARGV[i]); i = i + 1
-  local blobs = {}
-  for n = 1, #(h.fires or {}) do blobs[n] = ARGV[i]; i = i + 1 end
-  results[e] = fire_entry(h, blobs)
-end
-return results
+for n, e in ipairs(cjson.decode(ARGV[10])) do results[n] = fire_entry(e) end
+flush()
+for name, n in pairs(totals) do redis.call('HINCRBY', stats, name, int(n)) end
+return cjson.encode(results)
 """
 
 
@@ -245,7 +325,7 @@ def report(entry: Entry, result: Any) -> int:
     return created
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
     """One schedule's part of a firing batch: what to record, which runs to create, where to go next."""
 
@@ -306,14 +386,24 @@ def push_commands(queue: ServiceQueue) -> list[list[str]]:
     return recorder.commands
 
 
+class Template(NamedTuple):
+    """A spec's run job, minus what differs per run: flat hash fields, data blob, lane key, push commands."""
+
+    fields: list[str]
+    data: bytes
+    queue_key: str
+    push: list[list[str]]
+    fold: bool  # every push command may be folded with the same command of other runs
+
+
 class JobTemplates:
-    """RQ job hash fields per stored spec, built once with RQ's own Job.to_dict(), then copied per run."""
+    """RQ job hash fields per stored spec, built once with RQ's own Job.to_dict(); the script copies them per run."""
 
     def __init__(self, connection: Redis) -> None:
         self.connection = connection
-        self._cache: dict[str, tuple[dict[str, str], bytes, str, list[list[str]]]] = {}
+        self._cache: dict[str, Template] = {}
 
-    def get(self, spec_json: str) -> tuple[dict[str, str], bytes, str, list[list[str]]]:
+    def get(self, spec_json: str) -> Template:
         cached = self._cache.get(spec_json)
         if cached is None:
             if len(self._cache) > 200_000:
@@ -321,7 +411,7 @@ class JobTemplates:
             cached = self._cache[spec_json] = self._build(load_spec(spec_json))
         return cached
 
-    def _build(self, spec: ScheduleSpec) -> tuple[dict[str, str], bytes, str, list[list[str]]]:
+    def _build(self, spec: ScheduleSpec) -> Template:
         task = REGISTRY.get(spec.task) if spec.task in REGISTRY else TaskSpec(spec.task, func=print)
         queue = ServiceQueue(spec.lane, connection=self.connection)
         job = queue.create_job(
@@ -337,33 +427,19 @@ class JobTemplates:
             on_failure=Callback(FAILURE_CALLBACK) if spec.pause_on_failure else None,
         )
         job.origin = queue.name
-        fields = {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in job.to_dict().items() if k != "data"}
-        for name in ("created_at", "enqueued_at", "meta"):
-            fields.pop(name, None)
+        raw = job.to_dict()
+        fields = {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in raw.items() if k not in PER_RUN_FIELDS}
         fields["status"] = "queued"
         fields["origin"] = queue.name
-        return fields, job.to_dict()["data"], queue.key, push_commands(queue)
+        push = push_commands(queue)
+        fold = all(op[0] in FOLDABLE_COMMANDS and len(op) == 3 for op in push)
+        return Template([x for item in fields.items() for x in item], raw["data"], queue.key, push, fold)
 
-    def fire(
-        self, schedule_id: str, spec_json: str, due_ms: int, kind: str, now_rq: str
-    ) -> tuple[dict[str, Any], bytes]:
-        """Return the Lua description and the data blob of the run of `schedule_id` due at `due_ms`."""
-        template, data, queue_key, push = self.get(spec_json)
-        iso = isoformat(from_ms(due_ms))
-        fields = dict(template)
-        fields["created_at"] = fields["enqueued_at"] = now_rq
-        fields["meta"] = JSONSerializer.dumps({"schedule_id": schedule_id, "scheduled_for": iso}).decode()
-        job_id = run_job_id(schedule_id, due_ms)
-        description = {
-            "job_id": job_id,
-            "due": due_ms,
-            "iso": iso,
-            "kind": kind,
-            "queue_key": queue_key,
-            "push": push,
-            "fields": fields,
-        }
-        return description, data
+
+@functools.lru_cache(maxsize=65_536)
+def iso_ms(due_ms: int) -> str:
+    """Return `due_ms` as ISO 8601 UTC (cached: a burst formats the same few due times thousands of times)."""
+    return isoformat(from_ms(due_ms))
 
 
 class Firing:
@@ -384,14 +460,23 @@ class Firing:
         """
         if not entries:
             return []
-        now_ms = to_ms(now)
-        now_rq = utcformat(now.astimezone(UTC).replace(tzinfo=None))
-        args: list[Any] = [self.owner, now_ms, isoformat(now), ScheduleKeys.prefix]
-        args += [ServiceJob.redis_job_namespace_prefix, RQ_KEY_PREFIX, RUNS_KEPT, len(entries)]
+        numbers: dict[str, int] = {}
+        templates: list[list[Any]] = []
+        blobs: list[bytes] = []
+        rows = []
         for entry in entries:
-            header, blobs = self._header(entry, stored[entry.schedule_id], now_rq)
-            args.append(json.dumps(header, separators=(",", ":")))
-            args.extend(blobs)
+            schedule = stored[entry.schedule_id]
+            number = numbers.get(schedule.spec_json)
+            if number is None:
+                template = self.templates.get(schedule.spec_json)
+                number = numbers[schedule.spec_json] = len(templates) + 1
+                templates.append([template.fields, template.queue_key, template.push, template.fold])
+                blobs.append(template.data)
+            rows.append(_row(entry, schedule.spec, number))
+        now_rq = utcformat(now.astimezone(UTC).replace(tzinfo=None))
+        args: list[Any] = [self.owner, to_ms(now), isoformat(now), now_rq, ScheduleKeys.prefix]
+        args += [ServiceJob.redis_job_namespace_prefix, RQ_KEY_PREFIX, RUNS_KEPT]
+        args += [json.dumps(templates, separators=(",", ":")), json.dumps(rows, separators=(",", ":")), *blobs]
         keys = [
             self.lease_key,
             ScheduleKeys.due,
@@ -399,38 +484,40 @@ class Firing:
             ServiceQueue.redis_queues_keys,
             ScheduleKeys.stats,
         ]
-        results = self._script(keys=keys, args=args)
-        if results and results[0] == -1 and self.owner:
+        results = json.loads(self._script(keys=keys, args=args))
+        if results == [-1] and self.owner:
             return None
-        return results
+        return [[] if isinstance(result, dict) else result for result in results]  # cjson: {} is an empty list
 
-    def _header(self, entry: Entry, stored: StoredSchedule, now_rq: str) -> tuple[dict[str, Any], list[bytes]]:
-        fires, blobs = [], []
-        for due_ms, kind in entry.fires:
-            description, blob = self.templates.fire(entry.schedule_id, stored.spec_json, due_ms, kind, now_rq)
+
+def _row(entry: Entry, spec: ScheduleSpec, template: int) -> list[Any]:
+    """Return the script's description of `entry` (see the entry and fire layouts in FIRE_SCRIPT)."""
+    schedule_id, first_target, first_due = entry.schedule_id, entry.first_target, entry.first_due
+    fires = [
+        [
+            due,
+            kind,
             # The first due time was aimed at its jittered score; lag is measured from there.
-            first = entry.first_target is not None and due_ms == entry.first_due
-            description["target"] = entry.first_target if first else due_ms
-            fires.append(description)
-            blobs.append(blob)
-        header: dict[str, Any] = {
-            "id": entry.schedule_id,
-            "mode": entry.mode,
-            "fires": fires,
-            "overlap": stored.spec.overlap,
-        }
-        header["records"] = [{"iso": isoformat(from_ms(d)), "status": status} for d, status in entry.records]
-        optional = {
-            "score": entry.score,
-            "next_due": entry.next_due,
-            "next_score": entry.next_score,
-            "buffered": entry.buffered,
-            "repeat": stored.spec.repeat,
-        }
-        header.update({k: v for k, v in optional.items() if v is not None})
-        if not fires:
-            header.pop("fires")
-        return header, blobs
+            first_target if first_target is not None and due == first_due else due,
+            iso_ms(due),
+            run_job_id(schedule_id, due),
+        ]
+        for due, kind in entry.fires
+    ]
+    records = [[iso_ms(due), status] for due, status in entry.records]
+    return [
+        schedule_id,
+        entry.mode,
+        template,
+        fires,
+        records,
+        spec.overlap,
+        entry.score,
+        entry.next_due,
+        entry.next_score,
+        entry.buffered,
+        spec.repeat,
+    ]
 
 
 def jittered(spec: ScheduleSpec, due_ms: int | None) -> int | None:
@@ -440,29 +527,61 @@ def jittered(spec: ScheduleSpec, due_ms: int | None) -> int | None:
     return due_ms + (int(random.uniform(0, spec.jitter) * 1000) if spec.jitter else 0)
 
 
+class Planner:
+    """What planning needs of one stored spec, worked out once: due times in ms, grace, coalesce, overlap."""
+
+    def __init__(self, spec_json: str) -> None:
+        self.spec = spec = load_spec(spec_json)
+        self.times = due_times(spec_json)
+        self.one_shot = spec.at is not None
+        self.grace_ms = None if spec.misfire_grace_time is None else spec.misfire_grace_time * 1000
+        self.coalesce = spec.coalesce
+        self.buffer_one = spec.overlap == "buffer_one"
+
+
+@functools.lru_cache(maxsize=200_000)
+def planner(spec_json: str) -> Planner:
+    return Planner(spec_json)
+
+
 def plan_due(stored: StoredSchedule, score: int, now: datetime) -> Entry:
     """Return what firing `stored` (due at `score`) at `now` means: runs, missed, coalesced, next due time."""
-    spec, now_ms = stored.spec, to_ms(now)
+    return plan_due_ms(stored, score, to_ms(now), to_us(now))
+
+
+def plan_due_ms(stored: StoredSchedule, score: int, now_ms: int, now_us: int) -> Entry:
+    """plan_due with `now` given as epoch ms (rounded, for lateness) and exact epoch µs (for what is due)."""
+    plan = planner(stored.spec_json)
+    times = plan.times
     first = stored.number("next_due") or score
-    rule = cron_rule(stored.spec_json)
     dues = [first]
-    dues += [to_ms(d) for d in spec.due_times(from_ms(first), now, MAX_CATCHUP - 1)] if spec.at is None else []
-    grace_ms = None if spec.misfire_grace_time is None else spec.misfire_grace_time * 1000
-    late = {d: now_ms - (score if d == first else d) for d in dues}
-    runnable = [d for d in dues if grace_ms is None or late[d] <= grace_ms]
-    entry = Entry(stored.id, "due", score=score, first_target=score, first_due=first)
-    entry.records = [(d, "missed") for d in dues if d not in runnable]
-    if spec.coalesce and len(runnable) > 1:
-        entry.records += [(d, "coalesced") for d in runnable[:-1]]
+    if not plan.one_shot:
+        due = times.next_after(first)
+        while due is not None and due * 1000 <= now_us and len(dues) < MAX_CATCHUP:
+            dues.append(due)
+            due = times.next_after(due)
+    grace_ms = plan.grace_ms
+    records: list[tuple[int, str]] = []
+    if grace_ms is None:
+        runnable = dues
+    else:
+        runnable = []
+        for due in dues:
+            if now_ms - (score if due == first else due) <= grace_ms:
+                runnable.append(due)
+            else:
+                records.append((due, "missed"))
+    if plan.coalesce and len(runnable) > 1:
+        records += [(due, "coalesced") for due in runnable[:-1]]
         runnable = runnable[-1:]
-    entry.records.sort()
-    entry.fires = [(d, "scheduled") for d in runnable]
-    buffered = stored.number("buffered_due")
-    if spec.overlap == "buffer_one" and buffered is not None:
-        entry.fires.insert(0, (buffered, "buffered"))
-    following = spec.next_due_after(from_ms(dues[-1]), rule)
-    entry.next_due = to_ms(following) if following else None
-    entry.next_score = jittered(spec, entry.next_due)
+        records.sort()
+    fires = [(due, "scheduled") for due in runnable]
+    if plan.buffer_one:
+        buffered = stored.number("buffered_due")
+        if buffered is not None:
+            fires.insert(0, (buffered, "buffered"))
+    next_due = times.next_after(dues[-1])
+    entry = Entry(stored.id, "due", fires, records, score, next_due, jittered(plan.spec, next_due), None, score, first)
     return entry
 
 

@@ -61,6 +61,14 @@ def from_ms(ms: int | float) -> datetime:
     return EPOCH + timedelta(milliseconds=int(ms))
 
 
+def to_us(moment: datetime) -> int:
+    """Return an aware instant as whole microseconds since the epoch (exact, unlike to_ms)."""
+    return (moment - EPOCH) // timedelta(microseconds=1)
+
+
+LATEST_MS = to_ms(LATEST)
+
+
 class ScheduleSpec(Strict):
     """A schedule's definition: a registered task, exactly one trigger, and its options (SPEC §6)."""
 
@@ -160,6 +168,10 @@ class ScheduleSpec(Strict):
             return anchor + periods * step
         return (rule or self.cron_rule()).next_after(after)
 
+    def trigger(self) -> tuple[Any, ...]:
+        """Return the fields that decide the due times (schedules that share them share DueTimes)."""
+        return self.cron, self.timezone, self.interval, self.at, self.start_at, self.end_at, self.dst_gap, self.dst_fold
+
     def due_times(self, after: datetime, until: datetime, limit: int) -> list[datetime]:
         """Return up to `limit` due instants in (after, until], in order."""
         rule = self.cron_rule() if self.cron else None
@@ -169,6 +181,52 @@ class ScheduleSpec(Strict):
             found.append(due)
             due = self.next_due_after(due, rule)
         return found
+
+
+class DueTimes:
+    """A trigger's due instants in epoch milliseconds, answering exactly as ScheduleSpec.next_due_after.
+
+    The scheduler asks this for every schedule it fires, so it avoids
+    datetimes where it can: an interval is plain integer arithmetic, and a
+    cron or one-shot answer is memoized per `after` (a burst of schedules
+    sharing a trigger asks the same question thousands of times).
+    """
+
+    MEMO_SIZE = 256
+
+    def __init__(self, spec: ScheduleSpec) -> None:
+        self.spec = spec
+        self.interval_ms = spec.interval * 1000 if spec.interval is not None else None
+        self.start_ms = to_ms(spec.start) if spec.start_at else None
+        self.end_ms = to_ms(spec.end) if spec.end_at else None
+        self.rule = spec.cron_rule() if spec.cron else None
+        self._memo: dict[int, int | None] = {}
+
+    def next_after(self, after_ms: int) -> int | None:
+        """Return the first due time strictly after `after_ms` within start_at/end_at, or None."""
+        step = self.interval_ms
+        if step is None:
+            return self._next_memoized(after_ms)
+        start = self.start_ms
+        if start is not None and after_ms < start:
+            due = start  # start_at itself may be due
+        else:
+            anchor = start if start is not None else 0  # no start_at: aligned to the epoch
+            due = anchor + ((after_ms - anchor) // step + 1) * step if after_ms >= anchor else anchor
+        if (self.end_ms is not None and due > self.end_ms) or due >= LATEST_MS:
+            return None
+        return due
+
+    def _next_memoized(self, after_ms: int) -> int | None:
+        try:
+            return self._memo[after_ms]
+        except KeyError:
+            pass
+        if len(self._memo) >= self.MEMO_SIZE:
+            self._memo.clear()
+        following = self.spec.next_due_after(from_ms(after_ms), self.rule)
+        due = self._memo[after_ms] = to_ms(following) if following is not None else None
+        return due
 
 
 def check_schedule_id(schedule_id: object) -> str:

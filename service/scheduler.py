@@ -30,9 +30,9 @@ from rq_scheduler import Scheduler
 
 from service.lease import Lease
 from service.queues import ServiceJob, ServiceQueue
-from service.schedule_runs import ACTIVE_STATUSES, Entry, Firing, plan_due, report
-from service.schedule_spec import to_ms
-from service.schedule_store import ScheduleKeys, StoredSchedule, read_for_firing
+from service.schedule_runs import ACTIVE_STATUSES, Entry, Firing, plan_due_ms, report
+from service.schedule_spec import to_ms, to_us
+from service.schedule_store import ScheduleKeys, StoredSchedule, read_due, read_for_firing
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +101,10 @@ class ServiceScheduler(Scheduler):
         fired = 0
         for _ in range(MAX_BATCHES_PER_PASS):
             now = self.clock()
-            due = self.connection.zrangebyscore(ScheduleKeys.due, "-inf", to_ms(now), 0, BATCH, withscores=True)
+            due = read_due(self.connection, to_ms(now), BATCH)
             if not due:
                 break
-            ids = [member.decode() for member, _ in due]
-            stored = dict(zip(ids, read_for_firing(self.connection, ids), strict=True))
-            entries = self._plan(due, stored, now)
+            entries, stored = self._plan(due, now)
             applied = self._apply(entries, stored, now)
             if applied is None:
                 break
@@ -117,19 +115,22 @@ class ServiceScheduler(Scheduler):
                 break
         return fired
 
-    def _plan(self, due: list[tuple[bytes, float]], stored: dict[str, StoredSchedule | None], now: datetime) -> list:
-        entries = []
-        for member, score in due:
-            schedule_id = member.decode()
-            schedule = stored[schedule_id]
+    def _plan(
+        self, due: list[tuple[str, int, StoredSchedule | None]], now: datetime
+    ) -> tuple[list[Entry], dict[str, StoredSchedule]]:
+        now_ms, now_us = to_ms(now), to_us(now)
+        entries, stored = [], {}
+        for schedule_id, score, schedule in due:
             if schedule is None:  # deleted between the two reads, or a stray member
                 self.connection.zrem(ScheduleKeys.due, schedule_id)
                 continue
             try:
-                entries.append(plan_due(schedule, int(score), now))
+                entries.append(plan_due_ms(schedule, score, now_ms, now_us))
             except Exception:  # one broken schedule must not stop the others
                 log.exception("scheduler %s: cannot plan schedule %s", self.key, schedule_id)
-        return entries
+                continue
+            stored[schedule_id] = schedule
+        return entries, stored
 
     def _apply(self, entries: list[Entry], stored: dict[str, Any], now: datetime) -> int | None:
         fired = 0

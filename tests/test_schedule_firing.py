@@ -11,7 +11,7 @@ import service.tasks.diag  # noqa: F401 - registers diag.*
 from service import schedule_runs, schedules
 from service.errors import InvalidField
 from service.jobs import describe, fetch
-from service.queues import get_lanes
+from service.queues import doorbell_key, get_lanes
 from service.schedule_runs import Firing, plan_due, scheduled_for
 from service.schedule_spec import to_ms
 from service.schedule_store import ScheduleKeys, read
@@ -201,6 +201,16 @@ def test_overlap_cancel_other_cancels_the_queued_previous_run(
     assert describe(fetch(connection, "cx-1893456010"))["status"] == "canceled"
 
 
+def test_cancel_other_cancels_a_run_created_earlier_in_the_same_pass(
+    connection: Redis, clock: Clock, scheduler: ServiceScheduler
+) -> None:
+    add(connection, "cy", interval=10, overlap="cancel_other", coalesce=False)
+    clock.advance(30)  # :10, :20 and :30 all fire in one pass; each cancels the one before
+    assert scheduler.enqueue_jobs() == 3
+    assert queued(connection) == ["cy-1893456030"]
+    assert [describe(fetch(connection, f"cy-18934560{s}"))["status"] for s in (10, 20)] == ["canceled"] * 2
+
+
 def test_a_stale_leader_cannot_fire(connection: Redis, clock: Clock, scheduler: ServiceScheduler) -> None:
     add(connection, "fenced", interval=10)
     clock.advance(10)
@@ -297,8 +307,13 @@ def test_a_burst_of_due_runs_is_fired_with_a_few_lua_calls(
     stats = connection.info("commandstats")
     scripts = stats.get("cmdstat_evalsha", {}).get("calls", 0) + stats.get("cmdstat_eval", {}).get("calls", 0)
     assert scripts <= 2 * (count // 500 + 1)
-    assert connection.llen("rq:queue:default") == count
-    assert len(set(queued(connection))) == count
+    assert queued(connection) == [f"user-{n:05d}-1893456060" for n in range(count)]
+    assert connection.llen(doorbell_key("default")) == count  # one wake-up per run, as push_job_id rings
+    job = fetch(connection, "user-00007-1893456060")
+    assert job.meta == {"schedule_id": "user-00007", "scheduled_for": "2030-01-01T00:01:00Z"}
+    totals = {k.decode(): int(v) for k, v in connection.hgetall(ScheduleKeys.stats).items()}
+    assert totals["runs"] == totals["lag_count"] == count
+    assert schedules.get(connection, "user-01999")["counters"]["runs"] == 1
     page = schedules.list_schedules(connection, limit=1000)
     assert len(page["schedules"]) == 1000 and page["next_cursor"] == "user-00999"
 

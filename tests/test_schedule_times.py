@@ -10,7 +10,7 @@ import service.tasks.diag  # noqa: F401 - registers diag.*
 from service import schedules
 from service.cron import CronRule, CronSyntaxError, check_expression
 from service.errors import InvalidField
-from service.schedule_spec import parse_spec
+from service.schedule_spec import DueTimes, parse_spec, to_ms
 
 
 def fires(expression: str, zone: str, start: datetime, count: int, **policy: str) -> list[str]:
@@ -175,3 +175,28 @@ def test_invalid_specs_name_the_field(body: dict, field: str) -> None:
     with pytest.raises(InvalidField) as caught:
         parse_spec(body)
     assert field in caught.value.message
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"interval": 7},
+        {"interval": 3600, "start_at": "2026-03-01T00:00:00.250Z", "end_at": "2026-03-02T00:00:00Z"},
+        {"interval": 90, "end_at": "2026-03-01T00:30:00Z"},
+        {"cron": "30 2 * * *", "timezone": "Europe/Vienna"},
+        {"cron": "*/30 1-2 * * *", "timezone": "America/New_York", "dst_fold": "both", "dst_gap": "skip"},
+        {"cron": "0 9 * * 1-5", "start_at": "2026-03-05T00:00:00Z", "end_at": "2026-04-01T00:00:00Z"},
+        {"at": "2026-03-01T12:00:00.500Z"},
+    ],
+)
+def test_millisecond_due_times_agree_with_the_datetime_ones(body: dict) -> None:
+    spec = parse_spec({"task": "diag.echo", **body})
+    times = DueTimes(spec)
+    moment = utc(2026, 2, 28, 23, 59, 59)
+    for step in range(200):
+        after = moment + timedelta(seconds=997 * step + 0.25 * (step % 4))
+        expected = spec.next_due_after(after)
+        assert times.next_after(to_ms(after)) == (to_ms(expected) if expected else None), after
+        if expected is not None:  # and straight from a due time, as the scheduler asks
+            following = spec.next_due_after(expected)
+            assert times.next_after(to_ms(expected)) == (to_ms(following) if following else None), expected
