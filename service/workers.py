@@ -7,8 +7,8 @@ fails jobs:
 
 - dequeue: an atomic Lua claim into a per-worker list (service.dequeue),
   strict or weighted lane order, doorbell wake-ups instead of BLPOP on lanes;
-- execution: in the worker process (`fork=False`, fast) or in a forked work
-  horse per job (`fork=True`, isolated);
+- execution: in the worker process (`fork=False`, fast) or in a work horse
+  per job (`fork=True`, isolated), forked by a fork server (service.forkserver);
 - warm shutdown with a grace period, then requeue at the front (service.shutdown);
 - crash recovery through a heartbeat thread and a reaper (service.reaper);
 - Redis outages: every Redis step backs off and retries; a job's outcome is
@@ -18,7 +18,7 @@ fails jobs:
 
 from __future__ import annotations
 
-import gc
+import contextlib
 import json
 import logging
 import os
@@ -43,6 +43,7 @@ from service import hooks, limits, metrics
 from service.connection import connect, connect_like
 from service.dequeue import Claim, Claimer, LaneOrder, waiting_key
 from service.finish import Finisher, is_plain
+from service.forkserver import ForkServer, ForkServerGone
 from service.heartbeat import Heartbeat
 from service.limits import Limiter
 from service.outage import REDIS_DOWN, Outage
@@ -134,7 +135,10 @@ class ServiceWorker(Worker):
         self._horse_died: int | None = None
         self._resync = True
         self._heartbeat: Heartbeat | None = None
-        self._outcome_fd: int | None = None
+        self._outcome_fd: int | None = None  # in a horse: where a plain success goes
+        self._forkserver: ForkServer | None = None
+        self._claim: Claim | None = None
+        self._horse_outcome = b""
         self._next_scheduler_check = 0.0
 
     # -- connection -------------------------------------------------------
@@ -160,6 +164,9 @@ class ServiceWorker(Worker):
         self, burst: bool = False, logging_level: str | None = None, max_jobs: int | None = None, **_: Any
     ) -> bool:
         """Claim and run jobs until stopped (or, in burst mode, until the lanes are empty)."""
+        if self.fork:  # before any thread starts: the server forks every horse from this image
+            self._forkserver = ForkServer(self._prepare_horse, self._run_horse)
+            self._forkserver.start()
         self._until_redis(lambda: self.bootstrap(logging_level or self.options.log_level))
         if self.options.with_scheduler:
             self._until_redis(lambda: self._start_scheduler(burst, logging_level or self.options.log_level))
@@ -252,11 +259,11 @@ class ServiceWorker(Worker):
             if wait > 0:
                 self._hold_back(job, claim.lane, execution, wait)
                 return False
-        self.running_lane = claim.lane
+        self.running_lane, self._claim = claim.lane, claim
         try:
             self.execute_job(job, self._queues_by_name[claim.lane])
         finally:
-            self.running_lane = None
+            self.running_lane, self._claim = None, None
         return True
 
     def _hold_back(self, job: Job, lane: str, execution: Execution, wait_seconds: float) -> None:
@@ -290,6 +297,8 @@ class ServiceWorker(Worker):
     def _teardown(self) -> None:
         if self._heartbeat is not None:
             self._heartbeat.stop()
+        if self._forkserver is not None:
+            self._forkserver.stop()
         for _ in range(3):
             try:
                 self._requeue_own_claims()
@@ -323,50 +332,83 @@ class ServiceWorker(Worker):
         self.fork_work_horse(job, queue)
         try:
             self.monitor_work_horse(job, queue, execution)
-            outcome = self._read_outcome()
+            outcome = json.loads(self._horse_outcome) if self._horse_outcome else None
         finally:
             if self._horse_pid:
                 self.kill_horse(signal.SIGKILL)
                 self.wait_for_horse()
                 self._horse_pid = 0
-            self._close_outcome_pipe()
         if outcome is not None:  # a plain success: the horse ran it, we store it
             started_at, ended_at = (datetime.fromtimestamp(t, UTC) for t in (outcome["started"], outcome["ended"]))
             job.started_at = started_at
             self._until_redis(lambda: self._store_success(job, queue, execution, outcome["value"], ended_at))
 
     def fork_work_horse(self, job: Job, queue: Any) -> None:
-        """RQ's fork, plus a pipe on which the horse reports a plain success instead of storing it.
+        """Have the fork server fork a horse for the claimed job (RQ forks the worker itself).
 
-        The horse then needs no Redis connection of its own for most jobs (a new
-        connection per fork is most of a forked job's cost); the parent stores
+        The horse reports a plain success on a pipe instead of storing it: it
+        then needs no Redis connection of its own for most jobs (a new
+        connection per fork is most of a forked job's cost); the worker stores
         the outcome in one Lua call, as in no-fork mode.
         """
-        read_fd, write_fd = os.pipe()
-        child_pid = os.fork()
-        if child_pid == 0:
-            gc.disable()  # a short-lived horse: collecting would only copy the parent's pages
-            os.close(read_fd)
-            self._outcome_fd = write_fd
-            os.setpgrp()
-            os.environ["RQ_WORKER_ID"] = self.name
-            os.environ["RQ_JOB_ID"] = job.id
-            self.main_work_horse(job, queue)
-            os._exit(0)
-        os.close(write_fd)
-        self._outcome_fd = read_fd
-        self._horse_pid = child_pid
+        claim, execution = self._claim, self.prepare_execution(job)
+        assert claim is not None and self._forkserver is not None
+        request = (job.id, claim.lane, execution.id, execution.created_at.timestamp(), claim.raw)
+        self._horse_outcome = b""
+        try:
+            self._horse_pid = self._forkserver.submit(request)
+        except ForkServerGone:  # no horse was forked: start a new server and ask again
+            self._restart_forkserver()
+            self._horse_pid = self._forkserver.submit(request)
+        if self._stopped_job_id == job.id:  # stopped (API cancel) before we knew the pid
+            self.kill_horse()
 
-    def _read_outcome(self) -> dict[str, Any] | None:
-        chunks = []
-        while self._outcome_fd is not None and (chunk := os.read(self._outcome_fd, 65536)):
-            chunks.append(chunk)
-        return json.loads(b"".join(chunks)) if chunks else None
+    def wait_for_horse(self) -> tuple[int | None, int | None, Any]:
+        """Wait for the fork server's report that the horse ended; keep what the horse shipped.
 
-    def _close_outcome_pipe(self) -> None:
-        if self._outcome_fd is not None:
-            os.close(self._outcome_fd)
-            self._outcome_fd = None
+        If the server itself died, the horse (its orphan) is killed and counts
+        as a horse killed by SIGKILL; a new server is started for the next job.
+        """
+        pid = self._horse_pid
+        assert self._forkserver is not None
+        try:
+            status, self._horse_outcome = self._forkserver.wait()
+        except ForkServerGone:
+            log.error("Worker %s: fork server exited while horse %s ran; killing the horse", self.name, pid)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+            self._restart_forkserver()
+            status, self._horse_outcome = signal.SIGKILL.value, b""
+        return pid, status, None
+
+    def _restart_forkserver(self) -> None:
+        assert self._forkserver is not None
+        self._forkserver.stop()
+        self._forkserver.start()
+
+    def _prepare_horse(self, request: tuple[str, str, str, float, dict[bytes, bytes]]) -> tuple[Job, Execution]:
+        """In the fork server: rebuild the claimed job and its execution for the next horse.
+
+        Done here rather than in each horse: the server's copy of this code
+        stays warm (Python specialises code as it runs it, writing to it).
+        """
+        job_id, lane, execution_id, created_at, raw = request
+        job = self.job_class(job_id, connection=self.connection, serializer=self.serializer)
+        job.restore(raw)
+        execution = Execution(execution_id, job_id, self.connection, worker_name=self.name)
+        execution.created_at = datetime.fromtimestamp(created_at, UTC)
+        return job, execution
+
+    def _run_horse(self, prepared: tuple[Job, Execution], outcome_fd: int) -> None:
+        """In a horse (forked by the fork server): run the claimed job; never returns."""
+        job, execution = prepared
+        self._outcome_fd = outcome_fd
+        os.environ["RQ_WORKER_ID"] = self.name
+        os.environ["RQ_JOB_ID"] = job.id
+        self.executions = {execution.id: execution}
+        self.running_lane = job.origin
+        self.main_work_horse(job, self._queues_by_name[job.origin])
+        os._exit(0)
 
     def _ship_success(self, job: Job, return_value: Any) -> bool:
         """In the horse: report a plain success to the parent; False if the horse must store it itself."""
