@@ -75,7 +75,9 @@ for n, t in ipairs(cjson.decode(ARGV[9])) do
   for _, v in ipairs({'created_at', now_rq, 'enqueued_at', now_rq, 'data', ARGV[10 + n], 'meta', ''}) do
     hash[#hash + 1] = v
   end
-  templates[n] = {hash = hash, queue_key = t[2], push = t[3], fold = t[4]}
+  local folds = {}
+  for i, op in ipairs(t[3]) do folds[i] = op[1] .. ' ' .. op[2] end
+  templates[n] = {hash = hash, queue_key = t[2], push = t[3], fold = t[4], folds = folds}
 end
 
 -- Batch totals (stats hash) and lane pushes are sent once per call, not per run.
@@ -89,17 +91,17 @@ end
 
 local function push(tpl, job_id)
   if not queued[tpl.queue_key] then redis.call('SADD', queues_key, tpl.queue_key); queued[tpl.queue_key] = true end
-  for _, op in ipairs(tpl.push) do
-    local call = {}
-    for n, v in ipairs(op) do if v == JOB_ID then call[n] = job_id else call[n] = v end end
+  for i, op in ipairs(tpl.push) do
     if tpl.fold then
       -- RPUSH/LPUSH/SADD k a, then k b == one call with a b: same order, same result.
-      local k = call[1] .. ' ' .. call[2]
+      local k = tpl.folds[i]
       local acc = pending[k]
-      if not acc then acc = {call[1], call[2]}; pending[k] = acc; pending_keys[#pending_keys + 1] = k end
-      for n = 3, #call do acc[#acc + 1] = call[n] end
+      if not acc then acc = {op[1], op[2]}; pending[k] = acc; pending_keys[#pending_keys + 1] = k end
+      if op[3] == JOB_ID then acc[#acc + 1] = job_id else acc[#acc + 1] = op[3] end
       if #acc > 1000 then flush() end
     else
+      local call = {}
+      for n, v in ipairs(op) do if v == JOB_ID then call[n] = job_id else call[n] = v end end
       flush()
       redis.call(unpack(call))
     end
@@ -107,10 +109,9 @@ local function push(tpl, job_id)
 end
 
 local function load(sk)
-  local values = redis.call('HMGET', sk, unpack(STATE))
-  local s = {dirty = {}, log = {}}
-  for n, name in ipairs(STATE) do s[name] = values[n] end
-  return s
+  local v = redis.call('HMGET', sk, unpack(STATE))
+  return {paused = v[1], last_job_id = v[2], buffered_due = v[3], runs = v[4], missed = v[5], skipped = v[6],
+    dropped = v[7], coalesced = v[8], lag_sum_ms = v[9], lag_count = v[10], lag_max_ms = v[11], dirty = {}, log = {}}
 end
 
 local function set(s, name, value) s[name] = value; s.dirty[name] = true end
@@ -314,11 +315,14 @@ def emit(event: str, schedule_id: str, count: int) -> None:
 def report(entry: Entry, result: Any) -> int:
     """Emit the events of an applied entry; return how many run jobs it created."""
     if isinstance(result, list) and entry.mode == "due":
-        created, skipped, dropped = (int(n) for n in result)
-        for event in ("missed", "coalesced"):
-            emit(event, entry.schedule_id, sum(1 for _, status in entry.records if status == event))
-        emit("skipped", entry.schedule_id, skipped)
-        emit("dropped", entry.schedule_id, dropped)
+        created, skipped, dropped = result
+        if entry.records:
+            missed = sum(1 for _, status in entry.records if status == "missed")
+            emit("missed", entry.schedule_id, missed)
+            emit("coalesced", entry.schedule_id, len(entry.records) - missed)
+        if skipped or dropped:
+            emit("skipped", entry.schedule_id, skipped)
+            emit("dropped", entry.schedule_id, dropped)
     else:
         created = max(int(result), 0) if isinstance(result, int) else sum(result)
     emit("fired", entry.schedule_id, created)
@@ -450,6 +454,8 @@ class Firing:
         self.owner = owner
         self.lease_key = lease_key or "svc:no-lease"
         self.templates = JobTemplates(connection)
+        self.keys = [self.lease_key, ScheduleKeys.due, ScheduleKeys.buffered, ServiceQueue.redis_queues_keys]
+        self.keys.append(ScheduleKeys.stats)
         self._script = connection.register_script(FIRE_SCRIPT)
 
     def run(self, entries: list[Entry], stored: dict[str, StoredSchedule], now: datetime) -> list[Any] | None:
@@ -460,6 +466,9 @@ class Firing:
         """
         if not entries:
             return []
+        return self._results(self._script(keys=self.keys, args=self._args(entries, stored, now)))
+
+    def _args(self, entries: list[Entry], stored: dict[str, StoredSchedule], now: datetime) -> list[Any]:
         numbers: dict[str, int] = {}
         templates: list[list[Any]] = []
         blobs: list[bytes] = []
@@ -477,14 +486,10 @@ class Firing:
         args: list[Any] = [self.owner, to_ms(now), isoformat(now), now_rq, ScheduleKeys.prefix]
         args += [ServiceJob.redis_job_namespace_prefix, RQ_KEY_PREFIX, RUNS_KEPT]
         args += [json.dumps(templates, separators=(",", ":")), json.dumps(rows, separators=(",", ":")), *blobs]
-        keys = [
-            self.lease_key,
-            ScheduleKeys.due,
-            ScheduleKeys.buffered,
-            ServiceQueue.redis_queues_keys,
-            ScheduleKeys.stats,
-        ]
-        results = json.loads(self._script(keys=keys, args=args))
+        return args
+
+    def _results(self, reply: Any) -> list[Any] | None:
+        results = json.loads(reply)
         if results == [-1] and self.owner:
             return None
         return [[] if isinstance(result, dict) else result for result in results]  # cjson: {} is an empty list
