@@ -56,54 +56,68 @@ PER_JOB_FIELDS = frozenset({"created_at", "enqueued_at", "data", "meta", "retry_
 # payload (~60 us each); a payload that fits a 4 KB window compresses the
 # same with a small one, and zlib.decompress (RQ) reads either.
 SMALL_PAYLOAD_BYTES = 3800
+# Calls with at most this many positional and keyword arguments have their fit checked once per shape.
+SMALL_CALL_ARGS = 8
 
-# ARGV[1]: JSON header (batch time, templates, claims, counters, queues, key shapes).
-# Then per job: id, template index, data, score, n extra fields, the fields
-# (name, value)..., n parents, the parents...
+# ARGV[1]: JSON header: batch time, templates, claims, counters, queues, key
+# shapes, and per job [id, template index, score, data size, [extra field,
+# value, ...], [parent, ...]]. ARGV[2]: every job's data, one after another.
 # A template's commands are RQ's own for its status: the lane push and doorbell
 # (ServiceQueue.push_job_id) for queued; the scheduled registry for scheduled;
 # the deferred registry and dependency sets (Job.register_dependency) for deferred.
+# The script is atomic, so the order of the writes within it is invisible.
 WRITE_SCRIPT = """
 local h = cjson.decode(ARGV[1])
+local blobs = ARGV[2]
 local now, templates, placeholder = h.now, h.templates, h.placeholder
 for _, claim in ipairs(h.claims) do
     redis.call('SET', claim[1], claim[2], 'EX', h.claim_ttl)
 end
-local i, n = 2, #ARGV
-while i <= n do
-    local id, t, data, score = ARGV[i], templates[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3]
-    local fields = {unpack(t.fields)}
-    local f = #fields
-    fields[f + 1], fields[f + 2], fields[f + 3], fields[f + 4] = 'created_at', now, 'data', data
-    f = f + 4
+-- One field list per template, reused: each job's values overwrite its last slots.
+for _, t in ipairs(templates) do
+    local fields = t.fields
+    fields[#fields + 1], fields[#fields + 2] = 'created_at', now
     if t.status == 'queued' then
-        fields[f + 1], fields[f + 2] = 'enqueued_at', now
-        f = f + 2
+        fields[#fields + 1], fields[#fields + 2] = 'enqueued_at', now
     end
-    local extra = tonumber(ARGV[i + 4])
-    for j = i + 5, i + 4 + 2 * extra do
-        f = f + 1
-        fields[f] = ARGV[j]
+    fields[#fields + 1] = 'data'
+    t.data_slot = #fields + 1
+end
+-- Pushes to one list are collected and sent as one command: RPUSH k a b is RPUSH k a; RPUSH k b.
+local pushes, push_order = {}, {}
+local offset = 1
+for _, job in ipairs(h.jobs) do
+    local id, t, score, size, extra, parents = job[1], templates[job[2]], job[3], job[4], job[5], job[6]
+    local fields, slot = t.fields, t.data_slot
+    fields[slot] = string.sub(blobs, offset, offset + size - 1)
+    offset = offset + size
+    for j = 1, #extra do
+        fields[slot + j] = extra[j]
     end
-    i = i + 5 + 2 * extra
-    local parents = tonumber(ARGV[i])
-    redis.call('HSET', h.job_prefix .. id, unpack(fields))
+    redis.call('HSET', h.job_prefix .. id, unpack(fields, 1, slot + #extra))
     if t.status == 'queued' then
         for _, command in ipairs(t.push) do
-            local args = {}
-            for k, arg in ipairs(command) do args[k] = (arg == placeholder) and id or arg end
-            redis.call(unpack(args))
+            local list = command[1] .. ' ' .. command[2]
+            local values = pushes[list]
+            if not values then
+                values = {command[1], command[2]}
+                pushes[list] = values
+                push_order[#push_order + 1] = list
+            end
+            values[#values + 1] = (command[3] == placeholder) and id or command[3]
         end
     elseif t.status == 'scheduled' then
         redis.call('ZADD', t.registry, score, id)
     else
         redis.call('ZADD', t.registry, h.deferred_score, id)
-        for j = i + 1, i + parents do
-            redis.call('SADD', h.dependents[1] .. ARGV[j] .. h.dependents[2], id)
-            redis.call('SADD', h.dependencies[1] .. id .. h.dependencies[2], ARGV[j])
+        for _, parent in ipairs(parents) do
+            redis.call('SADD', h.dependents[1] .. parent .. h.dependents[2], id)
+            redis.call('SADD', h.dependencies[1] .. id .. h.dependencies[2], parent)
         end
     end
-    i = i + 1 + parents
+end
+for _, list in ipairs(push_order) do
+    redis.call(unpack(pushes[list]))
 end
 for _, c in ipairs(h.counts) do
     redis.call('HINCRBY', h.metrics, c[1], c[2])
@@ -143,7 +157,7 @@ class Submitted:
     status: str = "queued"
     at: datetime | None = None
     holder: ServiceJob | None = None
-    fields: tuple[str, ...] = ()
+    now_rq: str = ""
 
     @property
     def id(self) -> str:
@@ -165,7 +179,7 @@ class Submitted:
             "result": None,
             "error": None,
             "attempts": 0,
-            "enqueued_at": isotime(self.at) if self.status == "queued" else None,
+            "enqueued_at": batch_isotime(self.at) if self.status == "queued" else None,
             "started_at": None,
             "ended_at": None,
         }
@@ -176,9 +190,16 @@ class Submitted:
             return self.holder
         assert self.planned is not None
         job = ServiceJob(self.planned.id, connection=connection)
-        raw = (v if isinstance(v, bytes) else str(v).encode() for v in self.fields)
+        fields = _fields(self.planned, self.status, self.now_rq)
+        raw = (v if isinstance(v, bytes) else str(v).encode() for v in fields)
         job.restore(dict(zip(raw, raw, strict=False)))  # as HGETALL would return it
         return job
+
+
+@lru_cache(maxsize=16)
+def batch_isotime(moment: datetime) -> str | None:
+    """isotime(), worked out once for all the jobs a batch writes at one moment."""
+    return isotime(moment)
 
 
 def enqueue(connection: Redis, request: JobRequest) -> tuple[ServiceJob, bool]:
@@ -254,10 +275,27 @@ def compress(payload: bytes) -> bytes:
 
 def check_arguments(spec: TaskSpec, args: list[Any], kwargs: dict[str, Any], prefix: str = "") -> None:
     """Raise InvalidField when the arguments do not fit the task's signature."""
+    names = tuple(kwargs)
+    if len(args) <= SMALL_CALL_ARGS and len(names) <= SMALL_CALL_ARGS:
+        problem = call_problem(spec.func, len(args), names)  # the usual shapes, remembered
+    else:
+        problem = call_problem.__wrapped__(spec.func, len(args), names)
+    if problem is not None:
+        raise InvalidField(prefix + problem[0], problem[1])
+
+
+@lru_cache(maxsize=4096)
+def call_problem(func: Any, positional: int, names: tuple[str, ...]) -> tuple[str, str] | None:
+    """Return (field, message) when `positional` arguments and keyword `names` do not fit `func`, else None.
+
+    Binding looks only at how many arguments there are and at the keywords'
+    names, never at values, so the answer holds for every call of that shape.
+    """
     try:
-        signature(spec.func).bind(*args, **kwargs)
+        signature(func).bind(*range(positional), **dict.fromkeys(names))
     except TypeError as exc:
-        raise InvalidField(prefix + ("kwargs" if "keyword" in str(exc) else "args"), str(exc)) from None
+        return ("kwargs" if "keyword" in str(exc) else "args"), str(exc)
+    return None
 
 
 @lru_cache(maxsize=1024)
@@ -344,11 +382,19 @@ def lane_keys(lane: str) -> dict[str, Any]:
         queue = ServiceQueue(lane, connection=Redis())  # never used to connect: only key names are read
         keys = _LANE_KEYS[lane] = {
             "queue": queue.key,
-            "push": queue.push_commands(PLACEHOLDER),
+            "push": push_commands(queue),
             "scheduled": ScheduledJobRegistry(queue=queue).key,
             "deferred": DeferredJobRegistry(queue=queue).key,
         }
     return keys
+
+
+def push_commands(queue: ServiceQueue) -> list[list[str]]:
+    """Return ServiceQueue's push commands for PLACEHOLDER, checked to be (list command, key, value)."""
+    commands = queue.push_commands(PLACEHOLDER)
+    if any(len(c) != 3 or c[0] not in ("RPUSH", "LPUSH") for c in commands):
+        raise RuntimeError(f"the write script cannot replay {commands!r}")
+    return commands
 
 
 @lru_cache(maxsize=1)
@@ -395,7 +441,8 @@ def write(
     queues: dict[str, None] = {}
     seen: dict[str, Submitted] = {}
     outcome: list[Submitted] = []
-    args: list[Any] = [""]
+    jobs: list[list[Any]] = []
+    blobs: list[bytes] = []
     for p in planned:
         holder = existing.get(p.claim_key or "")
         earlier = seen.get(p.claim_key or "")
@@ -409,18 +456,20 @@ def write(
             index = templates[(p.options, status)] = len(templates) + 1
             header["templates"].append(_template_header(p, status))
         score = str(calendar.timegm(p.run_at.utctimetuple())) if p.run_at is not None else ""
-        args += [p.id, index, p.data, score, len(p.extra), *_pairs(p.extra), len(p.parents), *p.parents]
+        jobs.append([p.id, index, score, len(p.data), _pairs(p.extra), p.parents])
+        blobs.append(p.data)
         if p.claim_key:
             header["claims"].append([p.claim_key, p.id])
         counted = (p.spec.name, p.lane)
         counts[counted] = counts.get(counted, 0) + 1
         queues[lane_keys(p.lane)["queue"]] = None
-        written = Submitted(p, True, status=status, at=now, fields=_fields(p, status, now_rq))
+        written = Submitted(p, True, status=status, at=now, now_rq=now_rq)
         if p.claim_key:
             seen[p.claim_key] = written
         outcome.append(written)
-    if len(args) > 1:
+    if jobs:
         header.update(
+            jobs=jobs,
             counts=[[metrics.field("jobs_enqueued", *key), amount] for key, amount in counts.items()],
             queues=list(queues),
             queues_key=ServiceQueue.redis_queues_keys,
@@ -428,10 +477,11 @@ def write(
             job_prefix=ServiceJob.redis_job_namespace_prefix,
             placeholder=PLACEHOLDER,
             claim_ttl=CLAIM_TTL_SECONDS,
-            deferred_score=int(now.timestamp()),
+            deferred_score=str(int(now.timestamp())),
             **dependency_key_shapes(),
         )
-        args[0] = json.dumps(header, separators=(",", ":"))
+        # Two arguments, not several per job: redis-py packs each argument in Python.
+        args = [json.dumps(header, separators=(",", ":")), b"".join(blobs)]
         write_script(client)(args=args, client=client)
     return outcome
 
@@ -440,7 +490,7 @@ def _same(earlier: Submitted | None) -> dict[str, Any]:
     """The fields of an earlier outcome in this batch that a repeat of its claim shares."""
     if earlier is None:
         return {}
-    return {"status": earlier.status, "at": earlier.at, "fields": earlier.fields}
+    return {"status": earlier.status, "at": earlier.at, "now_rq": earlier.now_rq}
 
 
 def _pairs(extra: dict[str, str]) -> list[str]:
