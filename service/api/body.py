@@ -26,18 +26,17 @@ def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _depth(value: Any, limit: int) -> int:
-    """Return the nesting depth of `value`, stopping once it passes `limit`."""
+    """Return the nesting depth of `value` (a scalar inside a container counts), stopping once it passes `limit`."""
     stack = [(value, 1)]
-    deepest = 0
+    deepest = 1
     while stack:
         item, level = stack.pop()
-        deepest = max(deepest, level)
-        if deepest > limit:
-            return deepest
-        if isinstance(item, dict):
-            stack.extend((v, level + 1) for v in item.values())
-        elif isinstance(item, list):
-            stack.extend((v, level + 1) for v in item)
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        if children:
+            deepest = max(deepest, level + 1)
+            if deepest > limit:
+                return deepest
+            stack.extend((c, level + 1) for c in children if isinstance(c, (dict, list)))
     return deepest
 
 
