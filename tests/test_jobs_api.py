@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import threading
+import zlib
 from datetime import UTC, datetime, timedelta, timezone
+from enum import Enum
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from redis import Redis
+from rq.job import Job
+from rq.serializers import JSONSerializer
 
-from service.queues import ServiceQueue
+from service.jobs import describe
+from service.queues import ServiceJob, ServiceQueue
 from tests.api import Api
 
 
@@ -169,6 +174,60 @@ def test_one_bad_entry_rejects_the_whole_batch(api: Api, connection: Redis) -> N
     assert status == 422
     assert error["error"]["message"].startswith("jobs.3.task")
     assert connection.dbsize() == 0
+
+
+def test_batch_written_jobs_read_the_same_through_rq_and_the_api(api: Api, connection: Redis) -> None:
+    parent = api.enqueue(task="diag.sleep", args=[1])
+    bodies = [
+        {"task": "diag.echo", "args": [1, "two", {"three": [3]}], "kwargs": {"four": None}},
+        {"task": "diag.echo", "queue": "high", "timeout": 5, "result_ttl": 0, "ttl": 60},
+        {"task": "diag.echo", "retry": {"max": 2, "backoff": [1, 5]}},
+        {"task": "diag.echo", "retry": {"max": 3}, "idempotency_key": "batch-read-1"},
+        {"task": "diag.echo", "delay": 30},
+        {"task": "diag.echo", "depends_on": [parent["id"]]},
+        {"task": "reports.generate", "args": ["r1"]},
+    ]
+    status, answer = api.post("/jobs/batch", {"jobs": bodies})
+    assert status == 202
+    assert [j["status"] for j in answer["jobs"]] == ["queued"] * 4 + ["scheduled", "deferred", "queued"]
+    for written in answer["jobs"]:
+        assert api.job(written["id"]) == written
+        stored = connection.hgetall(f"rq:job:{written['id']}")
+        job = Job.fetch(written["id"], connection=connection, serializer=JSONSerializer)
+        assert (job.func_name, list(job.args), job.kwargs) == (written["task"], written["args"], written["kwargs"])
+        assert (job.origin, job.get_status(refresh=False).value) == (written["queue"], written["status"])
+        # RQ writes back exactly what was stored (the data's zlib stream may differ in window size only).
+        rewritten = {k.encode(): _redis_bytes(v) for k, v in job.to_dict().items()}
+        assert zlib.decompress(rewritten.pop(b"data")) == zlib.decompress(stored.pop(b"data"))
+        assert rewritten == stored
+    assert Job.fetch(answer["jobs"][3]["id"], connection=connection).retries_left == 3
+    assert connection.sismember(f"rq:job:{parent['id']}:dependents", answer["jobs"][5]["id"])
+
+
+def _redis_bytes(value: object) -> bytes:
+    """`value` as redis-py sends it."""
+    if isinstance(value, bytes):
+        return value
+    return str(value.value if isinstance(value, Enum) else value).encode()
+
+
+def test_batch_repeating_an_idempotency_key_gets_one_job(api: Api, connection: Redis) -> None:
+    body = {"task": "diag.echo", "args": [1], "idempotency_key": "twice-in-one-batch"}
+    status, answer = api.post("/jobs/batch", {"jobs": [body, {"task": "diag.echo"}, body]})
+    assert status == 202
+    assert answer["jobs"][0] == answer["jobs"][2]
+    assert ServiceQueue("default", connection=connection).count == 2
+
+
+def test_enqueue_many_returns_the_jobs_as_stored(connection: Redis, app: Flask) -> None:
+    from service.enqueue import enqueue_many
+    from service.schemas import JobRequest
+
+    jobs = enqueue_many(connection, [JobRequest(task="diag.echo", args=[i], ttl=30) for i in range(3)])
+    for job in jobs:
+        stored = ServiceJob.fetch(job.id, connection=connection)
+        assert job.to_dict() == stored.to_dict()
+        assert describe(job) == describe(stored)
 
 
 @pytest.mark.parametrize("body", [{"jobs": []}, {"jobs": [{"task": "diag.echo"}] * 1001}, {"jobs": {}}, {}])

@@ -132,3 +132,23 @@ def test_dispatcher_fans_out_one_scrape_per_user_in_the_tier_lane(api: Api, proc
     assert [api.job(c)["queue"] for c in children] == ["high", "low", "default"]
     for child in children:
         wait_status(api, child, "finished")
+
+
+def test_batch_written_jobs_run_on_a_real_worker(api: Api, processes: Processes) -> None:
+    parent = api.enqueue(task="diag.sleep", args=[0.3])
+    bodies = [
+        {"task": "diag.echo", "args": [1, {"two": 2}], "kwargs": {"three": [3]}},
+        {"task": "diag.record", "args": ["batch", "high"], "queue": "high"},
+        {"task": "diag.record", "args": ["batch", "low"], "queue": "low", "retry": {"max": 2}},
+        {"task": "diag.echo", "args": ["later"], "delay": 1},
+        {"task": "diag.echo", "args": ["child"], "depends_on": [parent["id"]]},
+    ]
+    status, answer = api.post("/jobs/batch", {"jobs": bodies})
+    assert status == 202
+    processes.worker("high", "default", "low")
+    done = [wait_status(api, job["id"], "finished") for job in answer["jobs"]]
+    assert done[0]["result"] == {"args": [1, {"two": 2}], "kwargs": {"three": [3]}}
+    assert sorted(job["result"] for job in done[1:3]) == [1, 2]
+    assert done[3]["result"] == {"args": ["later"], "kwargs": {}}
+    assert done[4]["started_at"] >= api.job(parent["id"])["ended_at"]
+    assert all(job["attempts"] == 1 and job["enqueued_at"] for job in done)
