@@ -165,7 +165,7 @@ class ServiceWorker(Worker):
     ) -> bool:
         """Claim and run jobs until stopped (or, in burst mode, until the lanes are empty)."""
         if self.fork:  # before any thread starts: the server forks every horse from this image
-            self._forkserver = ForkServer(self._prepare_horse, self._run_horse)
+            self._forkserver = ForkServer(self._run_horse)
             self._forkserver.start()
         self._until_redis(lambda: self.bootstrap(logging_level or self.options.log_level))
         if self.options.with_scheduler:
@@ -386,28 +386,19 @@ class ServiceWorker(Worker):
         self._forkserver.stop()
         self._forkserver.start()
 
-    def _prepare_horse(self, request: tuple[str, str, str, float, dict[bytes, bytes]]) -> tuple[Job, Execution]:
-        """In the fork server: rebuild the claimed job and its execution for the next horse.
-
-        Done here rather than in each horse: the server's copy of this code
-        stays warm (Python specialises code as it runs it, writing to it).
-        """
+    def _run_horse(self, request: tuple[str, str, str, float, dict[bytes, bytes]], outcome_fd: int) -> None:
+        """In a horse (forked by the fork server): rebuild the claimed job and run it; never returns."""
         job_id, lane, execution_id, created_at, raw = request
+        self._outcome_fd = outcome_fd
+        os.environ["RQ_WORKER_ID"] = self.name
+        os.environ["RQ_JOB_ID"] = job_id
         job = self.job_class(job_id, connection=self.connection, serializer=self.serializer)
         job.restore(raw)
         execution = Execution(execution_id, job_id, self.connection, worker_name=self.name)
         execution.created_at = datetime.fromtimestamp(created_at, UTC)
-        return job, execution
-
-    def _run_horse(self, prepared: tuple[Job, Execution], outcome_fd: int) -> None:
-        """In a horse (forked by the fork server): run the claimed job; never returns."""
-        job, execution = prepared
-        self._outcome_fd = outcome_fd
-        os.environ["RQ_WORKER_ID"] = self.name
-        os.environ["RQ_JOB_ID"] = job.id
         self.executions = {execution.id: execution}
-        self.running_lane = job.origin
-        self.main_work_horse(job, self._queues_by_name[job.origin])
+        self.running_lane = lane
+        self.main_work_horse(job, self._queues_by_name[lane])
         os._exit(0)
 
     def _ship_success(self, job: Job, return_value: Any) -> bool:
@@ -421,9 +412,13 @@ class ServiceWorker(Worker):
             payload = json.dumps({"value": return_value, "started": started, "ended": time.time()}).encode()
         except (TypeError, ValueError):
             return False
-        if len(payload) > OUTCOME_PIPE_BYTES:  # the parent reads only after the horse exits
+        if len(payload) > OUTCOME_PIPE_BYTES:  # fits the pipe: the write never waits for the reader
             return False
-        os.write(self._outcome_fd, payload)
+        view = memoryview(payload)
+        while view:  # a signal may cut a write short
+            view = view[os.write(self._outcome_fd, view) :]
+        os.close(self._outcome_fd)  # the fork server reports the outcome now, while we exit
+        self._outcome_fd = None
         return True
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
