@@ -159,10 +159,6 @@ class Submitted:
     holder: ServiceJob | None = None
     now_rq: str = ""
 
-    @property
-    def id(self) -> str:
-        return self.holder.id if self.holder is not None else self.planned.id  # type: ignore[union-attr]
-
     def describe(self) -> dict[str, Any]:
         """Return the job's JSON form, exactly as GET /jobs/<id> would read it now."""
         if self.holder is not None:
