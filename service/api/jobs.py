@@ -40,7 +40,7 @@ def list_jobs() -> Response:
     """List jobs by status and lane, newest first within a registry, with a cursor."""
     query = validate(ListJobsQuery, request.args.to_dict())
     found, cursor = jobs.list_jobs(redis(), query.status, query.queue, query.limit, query.cursor)
-    return jsonify({"jobs": [jobs.describe(job) for job in found], "next_cursor": cursor})
+    return jsonify({"jobs": jobs.describe_many(redis(), found), "next_cursor": cursor})
 
 
 @bp.get("/jobs/<job_id>")
