@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from flask import Flask
-from redis import Redis
+from typing import TYPE_CHECKING
 
-from service.config import Settings
+if TYPE_CHECKING:  # workers and the scheduler import this package too, and never need Flask
+    from flask import Flask
+    from redis import Redis
+
+    from service.config import Settings
 
 
 def create_app(settings: Settings | None = None, *, connection: Redis | None = None) -> Flask:
     """Build the web app: settings, one Redis client, tasks, auth, the API and the dashboard."""
+    from flask import Flask
+
     from service import api, dashboard, replication
+    from service.config import Settings
     from service.connection import connect
     from service.logs import configure_logging
     from service.task_registry import load_task_modules
