@@ -134,7 +134,7 @@ def read_for_firing(connection: Redis, schedule_ids: list[str]) -> list[StoredSc
 _READ_DUE = """
 local members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[3]))
 if #members == 0 then return '[[],[]]' end
-local specs, numbers, rows = {}, {}, {}
+local specs, numbers, rows = {}, {}, {}  -- rows: id, score, spec number, next_due, buffered_due, id, ...
 for i = 1, #members, 2 do
   local values = redis.call('HMGET', ARGV[1] .. members[i], 'spec', 'next_due', 'buffered_due')
   local spec, n = values[1], 0
@@ -146,7 +146,7 @@ for i = 1, #members, 2 do
       numbers[spec] = n
     end
   end
-  rows[#rows + 1] = {members[i], members[i + 1], n, values[2] or '', values[3] or ''}
+  for _, v in ipairs({members[i], members[i + 1], n, values[2] or '', values[3] or ''}) do rows[#rows + 1] = v end
 end
 return cjson.encode({specs, rows})
 """
@@ -161,7 +161,8 @@ def read_due(connection: Redis, max_score_ms: int, limit: int) -> list[tuple[str
     script = connection.register_script(_READ_DUE)
     specs, rows = json.loads(script(keys=[ScheduleKeys.due], args=[ScheduleKeys.prefix, max_score_ms, limit]))
     found: list[tuple[str, int, StoredSchedule | None]] = []
-    for schedule_id, score, number, next_due, buffered_due in rows:
+    for start in range(0, len(rows), 5):  # flat: one list for the batch, not one per schedule
+        schedule_id, score, number, next_due, buffered_due = rows[start : start + 5]
         if not number:
             found.append((schedule_id, int(float(score)), None))
             continue

@@ -17,10 +17,12 @@ batches, then buffered runs, then any stock rq-scheduler jobs
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -48,6 +50,24 @@ BUFFERED_POLL_SECONDS = 0.25
 BATCH = 2000
 CHUNK = 500
 MAX_BATCHES_PER_PASS = 100
+
+
+@contextmanager
+def cyclic_gc_paused() -> Iterator[None]:
+    """Pause Python's cycle collector for a firing pass, restoring its state after.
+
+    A pass allocates about a dozen containers per run and no reference cycles
+    (reference counting frees all of it), while the collector's full sweeps of
+    the process heap took ~7% of a 100,000-run pass. A cycle made meanwhile
+    (an exception's traceback) waits for the next collection after the pass.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class ServiceScheduler(Scheduler):
@@ -98,6 +118,10 @@ class ServiceScheduler(Scheduler):
 
     def fire_due_schedules(self) -> int:
         """Fire the schedules whose due score has passed, in batches; stop if the lease is lost."""
+        with cyclic_gc_paused():
+            return self._fire_due_batches()
+
+    def _fire_due_batches(self) -> int:
         fired = 0
         for _ in range(MAX_BATCHES_PER_PASS):
             now = self.clock()
