@@ -12,6 +12,11 @@ spec; one Lua script per batch then, per schedule and atomically:
 - creates the job hash only if absent and pushes it to its lane, so one
   due time can never become two jobs;
 - moves the schedule to its next due time and records runs and counters.
+
+Per run the script does what it must and little else: the schedule's state
+is read with one HMGET and written back with one HSET, its run records go
+in one LPUSH, and the stats totals, lane pushes and doorbells of the whole
+batch are sent once per call. Job layouts travel once per distinct spec.
 """
 
 from __future__ import annotations

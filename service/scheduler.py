@@ -145,7 +145,7 @@ class ServiceScheduler(Scheduler):
         now_ms, now_us = to_ms(now), to_us(now)
         entries, stored = [], {}
         for schedule_id, score, schedule in due:
-            if schedule is None:  # deleted between the two reads, or a stray member
+            if schedule is None:  # a due member without a schedule hash (a stray member)
                 self.connection.zrem(ScheduleKeys.due, schedule_id)
                 continue
             try:
