@@ -60,7 +60,8 @@ def test_a_killed_fork_server_costs_one_redelivery_and_the_worker_carries_on(
     job = enqueue(connection, "workertest.sleep_once", "forkserver", 30)
     after = enqueue(connection, "diag.echo", "next")
     worker = start_worker(processes, "--fork", "--no-scheduler")
-    wait_until(lambda: status(job) == "started", timeout=20, what="the job to start")
+    # The task itself has begun (not only the job's status): its first run is on record.
+    wait_until(lambda: connection.llen("diag:forkserver") == 1, timeout=20, what="the task to start")
     server = wait_until(lambda: fork_server_of(worker.pid), timeout=10, what="the fork server and its horse")
     os.kill(server, signal.SIGKILL)
     wait_until(lambda: status(job) == "finished", timeout=30, what="the job to run again and finish")
