@@ -50,7 +50,6 @@ FAILURE_CALLBACK = "service.schedule_runs.on_run_failed"
 JOB_ID_PLACEHOLDER = "<job-id>"
 # A run in one of these states is "still queued or running" for the overlap policy.
 ACTIVE_STATUSES = frozenset({"queued", "started", "scheduled", "deferred"})
-PUSH_COMMANDS = frozenset({"rpush", "lpush", "sadd", "zadd"})
 # Variadic commands whose calls for one key the fire script may merge into one (same result, same order).
 FOLDABLE_COMMANDS = frozenset({"RPUSH", "LPUSH", "SADD"})
 # Job hash fields the fire script sets per run (or per call) rather than copying from the template.
@@ -372,29 +371,6 @@ def retry_for(policy: RetryPolicy) -> Retry | None:
     return Retry(max=policy.max, interval=intervals)
 
 
-class _Recorder:
-    """A stand-in pipeline that records the commands ServiceQueue.push_job_id sends, for Lua to replay."""
-
-    def __init__(self) -> None:
-        self.commands: list[list[str]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        if name not in PUSH_COMMANDS:
-            raise AttributeError(f"push_job_id used {name!r}, which the fire script does not replay")
-
-        def record(*args: Any) -> None:
-            self.commands.append([name.upper(), *(str(a) for a in args)])
-
-        return record
-
-
-def push_commands(queue: ServiceQueue) -> list[list[str]]:
-    """Return the Redis commands `queue` uses to push a job id (the lane, any wake-up), id as a placeholder."""
-    recorder = _Recorder()
-    queue.push_job_id(JOB_ID_PLACEHOLDER, pipeline=recorder)
-    return recorder.commands
-
-
 class Template(NamedTuple):
     """A spec's run job, minus what differs per run: flat hash fields, data blob, lane key, push commands."""
 
@@ -440,7 +416,7 @@ class JobTemplates:
         fields = {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in raw.items() if k not in PER_RUN_FIELDS}
         fields["status"] = "queued"
         fields["origin"] = queue.name
-        push = push_commands(queue)
+        push = queue.push_commands(JOB_ID_PLACEHOLDER)  # the lane and any wake-up, id as a placeholder
         fold = all(op[0] in FOLDABLE_COMMANDS and len(op) == 3 for op in push)
         return Template([x for item in fields.items() for x in item], raw["data"], queue.key, push, fold)
 
