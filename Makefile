@@ -46,7 +46,7 @@ $(VENV)/.bench-installed: $(INSTALLED) requirements-bench.txt
 	  else echo "wrk is not installed: bench/http_enqueue.py will stop"; fi; }
 	touch $@
 
-bench: $(VENV)/.bench-installed  ## ours vs stock RQ, rq-scheduler, RQ cron and Celery, side by side; a Markdown table (~10 min; stock rq-scheduler's 100,000-run pass is 2-3 of them)
+bench: $(VENV)/.bench-installed  ## ours vs stock RQ, rq-scheduler, RQ cron and Celery, side by side; a Markdown table (~8 min; stock rq-scheduler's 100,000-run pass is 1.5 of them)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/run_all.py --out $(VENV)/bench-results.jsonl
 
 lint: $(INSTALLED)
