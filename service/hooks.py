@@ -22,7 +22,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from service import schedule_runs
 from service.task_registry import RetryPolicy, task
 
 log = logging.getLogger(__name__)
@@ -97,14 +96,11 @@ def queue_webhook(job: Any, payload: dict[str, Any]) -> None:
 
 
 def forward_schedule_event(event: str, schedule_id: str, count: int) -> None:
-    """Turn the scheduler's missed/skipped/dropped notices into hook events."""
+    """Turn the scheduler's missed/skipped/dropped notices into hook events (service.schedule_runs.emit calls it)."""
     if event == "missed":
         emit("schedule.missed", schedule_id=schedule_id, count=count)
     elif event in ("skipped", "dropped"):
         emit("schedule.skipped", schedule_id=schedule_id, count=count, reason=event)
-
-
-schedule_runs.on_schedule_event(forward_schedule_event)
 
 
 @task("hooks.webhook", queue="low", timeout=30, retry=RetryPolicy(max=3, backoff=(5, 30, 120)))

@@ -314,6 +314,10 @@ def emit(event: str, schedule_id: str, count: int) -> None:
             listener(event, schedule_id, count)
         except Exception:  # a user's hook must not stop the scheduler
             log.exception("schedule event listener failed on %s %s", event, schedule_id)
+    # Imported here, not at the top: hooks is imported by every worker, which needs nothing of this module.
+    from service import hooks
+
+    hooks.forward_schedule_event(event, schedule_id, count)
 
 
 def report(entry: Entry, result: Any) -> int:
