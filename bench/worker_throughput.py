@@ -8,8 +8,11 @@ figures are medians over rounds, the ratios medians of per-round ratios.
 - throughput: N jobs already queued, the worker started in burst mode;
   jobs/s = N / (last ended_at - first started_at), read from the job hashes,
   so process start-up is not counted;
-- latency: an idle worker, probes enqueued one at a time 20 ms apart;
+- latency: an idle worker, probes enqueued one at a time 20 ms apart, each
+  with its own tool's Python enqueue (ours: service.jobs.enqueue, the path
+  of the API and CLI; stock RQ: Queue.enqueue_call; Celery: apply_async);
   latency = job started_at - the client's clock just before the enqueue.
+  The enqueue call itself is most of it: a cold client spends ~1 ms on it.
 
 Two-process variants: our `--pool 2` and two separate worker processes,
 stock `rq worker-pool -n 2 -w rq.SimpleWorker`, and Celery 5 prefork `-c 2`
@@ -42,7 +45,12 @@ from rq import Queue  # noqa: E402
 from rq.serializers import JSONSerializer  # noqa: E402
 
 from service.embedded_redis import EmbeddedRedis  # noqa: E402
+from service.jobs import enqueue as service_enqueue  # noqa: E402
 from service.queues import ServiceQueue  # noqa: E402
+from service.schemas import JobRequest  # noqa: E402
+from service.task_registry import load_task_modules  # noqa: E402
+
+load_task_modules(["service.tasks.diag"])  # diag.echo, our no-op
 
 BIN = Path(sys.executable).parent
 OURS = "ours"
@@ -210,10 +218,14 @@ def latency(connection: Redis, url: str, name: str, probes: int) -> tuple[float,
         warm = enqueue_noops(connection, name, 1)
         wait(lambda: len(times_of(connection, warm)) == 1, timeout=60)
         queue = make_queue(connection, name)
+        request = JobRequest(task=noop_name(name), queue="low")
         samples = []
         for _ in range(probes):
             sent = time.time()
-            job_id = queue.enqueue_call(noop_name(name)).id
+            if VARIANTS[name][0] == OURS:
+                job_id = service_enqueue(connection, request).id
+            else:
+                job_id = queue.enqueue_call(noop_name(name)).id
             wait(lambda j=job_id: len(times_of(connection, [j])) == 1, timeout=30)
             samples.append((times_of(connection, [job_id])[0][0] - sent) * 1000)
             time.sleep(0.02)  # let the worker go idle again
