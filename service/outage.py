@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -18,9 +19,10 @@ MAX_DELAY_SECONDS = 5.0
 class Outage:
     """Tracks whether Redis is reachable for one loop of one process, with exponential backoff."""
 
-    def __init__(self, log: logging.Logger, what: str) -> None:
+    def __init__(self, log: logging.Logger, what: str, sleep: Callable[[float], None] = time.sleep) -> None:
         self.log = log
         self.what = what
+        self.sleep = sleep  # how to wait out a backoff (a scheduler's wait returns early on a stop signal)
         self.down_since: float | None = None
         self.delay = FIRST_DELAY_SECONDS
 
@@ -29,7 +31,7 @@ class Outage:
         if self.down_since is None:
             self.down_since = time.monotonic()
             self.log.error("%s: Redis unavailable (%s: %s); retrying with backoff", self.what, type(exc).__name__, exc)
-        time.sleep(self.delay)
+        self.sleep(self.delay)
         self.delay = min(self.delay * 2, MAX_DELAY_SECONDS)
 
     def up(self) -> None:

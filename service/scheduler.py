@@ -31,6 +31,7 @@ from redis.exceptions import RedisError
 from rq_scheduler import Scheduler
 
 from service.lease import Lease
+from service.outage import Outage
 from service.queues import ServiceJob, ServiceQueue
 from service.schedule_runs import ACTIVE_STATUSES, Entry, Firing, plan_due_ms, report
 from service.schedule_spec import to_ms, to_us
@@ -214,17 +215,14 @@ class ServiceScheduler(Scheduler):
 
     def _until_redis(self, step: Callable[[], Any]) -> None:
         """Run `step`, retrying with backoff while Redis is unavailable (a scheduler never exits over it)."""
-        delay = 0.5
+        outage = Outage(log, f"scheduler {self.key}", sleep=self._wait)
         while not self._stopping:
             try:
                 step()
+                outage.up()
                 return
             except RedisError as exc:
-                log.warning(
-                    "scheduler %s: Redis unavailable (%s); retrying in %.1f s", self.key, type(exc).__name__, delay
-                )
-                self._wait(delay)
-                delay = min(delay * 2, 5.0)
+                outage.down(exc)
 
     def _tick(self) -> None:
         try:
