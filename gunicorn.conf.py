@@ -3,8 +3,8 @@
 import os
 import sys
 
-from service.config import Settings
-from service.errors import ConfigError
+from service.core.config import Settings
+from service.core.errors import ConfigError
 
 try:
     _settings = Settings.from_env(role="web")

@@ -10,10 +10,10 @@ import click
 from redis import Redis
 from redis.exceptions import RedisError
 
-from service.declared import sync
-from service.errors import ConfigError
-from service.process import start
-from service.scheduler import ServiceScheduler
+from service.core.errors import ConfigError
+from service.ops.process import start
+from service.schedules.declared import sync
+from service.schedules.scheduler import ServiceScheduler
 
 log = logging.getLogger("scheduler")
 

@@ -8,12 +8,12 @@ import sys
 
 import click
 
-from service.dequeue import parse_weights
-from service.lanes import LANES
-from service.process import start
-from service.reaper import DEFAULT_CRASH_RETRIES
-from service.shutdown import DEFAULT_GRACE_SECONDS
-from service.workers import DEFAULT_HEARTBEAT_SECONDS, WorkerOptions, run_worker
+from service.core.lanes import LANES
+from service.ops.process import start
+from service.workers.claim import parse_weights
+from service.workers.reaper import DEFAULT_CRASH_RETRIES
+from service.workers.shutdown import DEFAULT_GRACE_SECONDS
+from service.workers.worker import DEFAULT_HEARTBEAT_SECONDS, WorkerOptions, run_worker
 
 log = logging.getLogger("service.worker")
 
@@ -118,7 +118,7 @@ def main(
         log_level=settings.log_level,
     )
     if pool_size > 1:
-        from service.pool import ServiceWorkerPool
+        from service.workers.pool import ServiceWorkerPool
 
         ServiceWorkerPool(connection, settings.redis_url, options, pool_size).start(
             burst=burst, logging_level=settings.log_level

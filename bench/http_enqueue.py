@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from redis import Redis  # noqa: E402
 
-from service.embedded_redis import EmbeddedRedis  # noqa: E402
+from service.dev.embedded_redis import EmbeddedRedis  # noqa: E402
 
 TOKEN = "bench-token-0123456789abcdef"
 APPS = {"ours": "service:create_app()", "bare": "bench.bare_app:app"}

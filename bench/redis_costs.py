@@ -39,12 +39,13 @@ from rq_scheduler import Scheduler  # noqa: E402
 
 import service.tasks.diag  # noqa: E402, F401 - registers diag.*
 from bench import rt_count  # noqa: E402
-from service import enqueue, schedules  # noqa: E402
-from service.embedded_redis import EmbeddedRedis  # noqa: E402
-from service.queues import ServiceQueue  # noqa: E402
-from service.schedule_spec import isoformat  # noqa: E402
-from service.scheduler import ServiceScheduler  # noqa: E402
-from service.schemas import JobRequest  # noqa: E402
+from service.dev.embedded_redis import EmbeddedRedis  # noqa: E402
+from service.jobs import enqueue  # noqa: E402
+from service.jobs.model import ServiceQueue  # noqa: E402
+from service.jobs.schemas import JobRequest  # noqa: E402
+from service.schedules import operations as schedules  # noqa: E402
+from service.schedules.scheduler import ServiceScheduler  # noqa: E402
+from service.schedules.spec import isoformat  # noqa: E402
 
 NOOP = "bench.worker_jobs.noop"
 LANES = ["high", "default", "low"]

@@ -44,10 +44,10 @@ from rq.job import Job  # noqa: E402
 from rq_scheduler import Scheduler  # noqa: E402
 
 import service.tasks.diag  # noqa: E402, F401 - registers diag.*
-from service import schedules  # noqa: E402
-from service.embedded_redis import EmbeddedRedis  # noqa: E402
-from service.schedule_spec import isoformat  # noqa: E402
-from service.scheduler import ServiceScheduler  # noqa: E402
+from service.dev.embedded_redis import EmbeddedRedis  # noqa: E402
+from service.schedules import operations as schedules  # noqa: E402
+from service.schedules.scheduler import ServiceScheduler  # noqa: E402
+from service.schedules.spec import isoformat  # noqa: E402
 
 BIN = Path(sys.executable).parent
 

@@ -9,7 +9,7 @@ figures are medians over rounds, the ratios medians of per-round ratios.
   jobs/s = N / (last ended_at - first started_at), read from the job hashes,
   so process start-up is not counted;
 - latency: an idle worker, probes enqueued one at a time 20 ms apart, each
-  with its own tool's Python enqueue (ours: service.jobs.enqueue, the path
+  with its own tool's Python enqueue (ours: service.jobs.enqueue.enqueue, the path
   of the API and CLI; stock RQ: Queue.enqueue_call; Celery: apply_async);
   latency = job started_at - the client's clock just before the enqueue.
   The enqueue call itself is most of it: a cold client spends ~1 ms on it.
@@ -44,11 +44,11 @@ from redis import Redis  # noqa: E402
 from rq import Queue  # noqa: E402
 from rq.serializers import JSONSerializer  # noqa: E402
 
-from service.embedded_redis import EmbeddedRedis  # noqa: E402
-from service.jobs import enqueue as service_enqueue  # noqa: E402
-from service.queues import ServiceQueue  # noqa: E402
-from service.schemas import JobRequest  # noqa: E402
-from service.task_registry import load_task_modules  # noqa: E402
+from service.dev.embedded_redis import EmbeddedRedis  # noqa: E402
+from service.jobs.enqueue import enqueue as service_enqueue  # noqa: E402
+from service.jobs.model import ServiceQueue  # noqa: E402
+from service.jobs.schemas import JobRequest  # noqa: E402
+from service.tasks.registry import load_task_modules  # noqa: E402
 
 load_task_modules(["service.tasks.diag"])  # diag.echo, our no-op
 

@@ -1,25 +1,49 @@
-"""The service's Flask application factory."""
+"""A lightweight Redis queue service: the Flask app factory and the names task code uses.
+
+Task modules import what they need from here (`from service import task,
+RetryPolicy, route, on, scheduled_for`); each name is loaded on first use, so
+a worker or the scheduler that imports this package never loads Flask.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # workers and the scheduler import this package too, and never need Flask
+if TYPE_CHECKING:
     from flask import Flask
     from redis import Redis
 
-    from service.config import Settings
+    from service.core.config import Settings
+
+# The public names for task code, and the module each one lives in.
+PUBLIC = {
+    "task": "service.tasks.registry",
+    "RetryPolicy": "service.tasks.registry",
+    "route": "service.core.lanes",
+    "on": "service.ops.hooks",
+    "scheduled_for": "service.jobs.context",
+}
+__all__ = ["create_app", *PUBLIC]
+
+
+def __getattr__(name: str) -> Any:
+    if name in PUBLIC:
+        return getattr(import_module(PUBLIC[name]), name)
+    raise AttributeError(f"module 'service' has no attribute {name!r}")
 
 
 def create_app(settings: Settings | None = None, *, connection: Redis | None = None) -> Flask:
     """Build the web app: settings, one Redis client, tasks, auth, the API and the dashboard."""
     from flask import Flask
 
-    from service import api, dashboard, replication
-    from service.config import Settings
-    from service.connection import connect
-    from service.logs import configure_logging
-    from service.task_registry import load_task_modules
+    from service import api
+    from service.api import replication
+    from service.core.config import Settings
+    from service.core.connection import connect
+    from service.core.logs import configure_logging
+    from service.dashboard import mount as dashboard
+    from service.tasks.registry import load_task_modules
 
     settings = settings or Settings.from_env(role="web")
     configure_logging(settings, role="web")

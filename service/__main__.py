@@ -1,5 +1,5 @@
 """`python -m service ...`: the command-line interface."""
 
-from service.cli import cli
+from service.cli.main import cli
 
 cli(prog_name="python -m service")

@@ -1,33 +1,14 @@
-"""Lanes: the priority queues a job can go to, in priority order, and routing by task name."""
+"""Deprecated: `service.lanes` moved to `service.core.lanes`.
 
-from __future__ import annotations
+Kept so that task modules and settings written for the flat layout keep working.
+"""
 
-from fnmatch import fnmatchcase
+import warnings
 
-from service.errors import UnknownQueue
+from service.core.lanes import LANES, check_lane, lane_for, route  # noqa: F401
 
-LANES = ("high", "default", "low")
-
-# (pattern, lane) pairs, first match wins; added by task modules with route().
-ROUTES: list[tuple[str, str]] = []
-
-
-def check_lane(name: object, field: str = "queue") -> str:
-    """Return `name` if it is a lane; raise UnknownQueue (naming `field`) otherwise."""
-    if not isinstance(name, str) or name not in LANES:
-        raise UnknownQueue(name, field)
-    return name
-
-
-def route(pattern: str, lane: str) -> None:
-    """Send tasks whose name matches `pattern` (e.g. 'reports.*') to `lane` unless a job names its own."""
-    check_lane(lane, "lane")
-    ROUTES[:] = [(p, q) for p, q in ROUTES if p != pattern] + [(pattern, lane)]
-
-
-def lane_for(task_name: str, task_default: str) -> str:
-    """Return the lane of the first routing rule matching `task_name`, else the task's default."""
-    for pattern, lane in ROUTES:
-        if fnmatchcase(task_name, pattern):
-            return lane
-    return task_default
+warnings.warn(
+    "service.lanes is deprecated: import from service.core.lanes (or the service package)",
+    DeprecationWarning,
+    stacklevel=2,
+)

@@ -13,13 +13,13 @@ from flask.testing import FlaskClient
 from redis import Redis
 
 from service import create_app
-from service.config import Settings
-from service.connection import connect
-from service.embedded_redis import EmbeddedRedis
+from service.core.config import Settings
+from service.core.connection import connect
+from service.dev.embedded_redis import EmbeddedRedis
 from tests.processes import Processes
 
 TOKEN = "test-token-0123456789abcdef"
-TASK_MODULES = ("service.tasks.diag", "service.hooks", "service.tasks.examples", "tests.fixture_tasks")
+TASK_MODULES = ("service.tasks.diag", "service.tasks.webhook", "service.tasks.examples", "tests.fixture_tasks")
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 

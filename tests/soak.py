@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.connection import connect  # noqa: E402
-from service.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
+from service.core.connection import connect  # noqa: E402
+from service.dev.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
 from tests.helpers import wait_until  # noqa: E402
 from tests.ledger import ledger  # noqa: E402
 from tests.processes import Processes  # noqa: E402

@@ -7,9 +7,9 @@ from flask.testing import FlaskClient
 from redis import Redis
 
 from service import create_app
-from service.config import Settings
-from service.connection import connect
-from service.embedded_redis import free_port
+from service.core.config import Settings
+from service.core.connection import connect
+from service.dev.embedded_redis import free_port
 from tests.conftest import AUTH, TOKEN
 from tests.test_api_auth import assert_error
 

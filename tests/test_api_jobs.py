@@ -8,7 +8,7 @@ from datetime import datetime
 from flask.testing import FlaskClient
 from redis import Redis
 
-from service.queues import ServiceQueue
+from service.jobs.model import ServiceQueue
 from tests.conftest import AUTH
 
 JSON = {**AUTH, "Content-Type": "application/json"}

@@ -11,9 +11,9 @@ from click.testing import CliRunner
 from redis import Redis
 from rq.registry import FailedJobRegistry
 
-from service.cli import cli
-from service.embedded_redis import free_port
-from service.queues import ServiceJob, ServiceQueue
+from service.cli.main import cli
+from service.dev.embedded_redis import free_port
+from service.jobs.model import ServiceJob, ServiceQueue
 from tests.processes import ROOT
 
 

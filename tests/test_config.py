@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from service.config import Settings
-from service.errors import ConfigError
+from service.core.config import Settings
+from service.core.errors import ConfigError
 from tests.processes import ROOT
 
 GOOD = {"REDIS_URL": "redis://localhost:6399/0", "API_TOKENS": "a" * 20}
@@ -21,7 +21,7 @@ def settings(**overrides: str) -> Settings:
 def test_defaults_match_the_spec_table() -> None:
     s = settings()
     assert (s.port, s.log_level, s.log_format, s.schedules_file) == (8000, "INFO", "text", None)
-    assert s.task_modules == ("service.tasks.diag", "service.hooks", "service.tasks.examples")
+    assert s.task_modules == ("service.tasks.diag", "service.tasks.webhook", "service.tasks.examples")
 
 
 @pytest.mark.parametrize("url", ["redis://h:1/0", "rediss://user:pw@h:6380/2", "unix:///tmp/redis.sock"])
@@ -64,7 +64,11 @@ def test_workers_need_no_api_tokens() -> None:
 
 
 def test_task_modules_always_keep_the_diagnostic_tasks() -> None:
-    assert settings(TASK_MODULES="myapp.tasks").task_modules == ("service.tasks.diag", "service.hooks", "myapp.tasks")
+    assert settings(TASK_MODULES="myapp.tasks").task_modules == (
+        "service.tasks.diag",
+        "service.tasks.webhook",
+        "myapp.tasks",
+    )
 
 
 @pytest.mark.parametrize("script", ["worker.py", "scheduler.py"])

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from service.embedded_redis import free_port
+from service.dev.embedded_redis import free_port
 from tests.conftest import TOKEN
 from tests.processes import Processes
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 
-from service.embedded_redis import free_port
+from service.dev.embedded_redis import free_port
 from tests.helpers import wait_until
 from tests.processes import Processes
 
@@ -38,7 +38,7 @@ def test_run_serves_the_whole_service_and_stops_it_all(
     env = {k: v for k, v in process_env.items() if k not in ("REDIS_URL", "API_TOKENS")}
     env.update(PORT=str(port), DATA_DIR=str(tmp_path / "data"))
     processes.env = env
-    runner = processes.start("devrun", sys.executable, "-m", "service.devrun")
+    runner = processes.start("devrun", sys.executable, "-m", "service.dev.run")
     base = f"http://127.0.0.1:{port}"
     wait_until(lambda: request(f"{base}/healthz")[0] == 200, timeout=60, what="the web process")
     token = re.search(r"Token:\s+(\S+)", runner.output()).group(1)  # type: ignore[union-attr]

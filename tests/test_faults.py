@@ -12,12 +12,13 @@ from pathlib import Path
 
 from redis import Redis
 
-from service import create_app, schedules
-from service.config import Settings
-from service.connection import connect
-from service.embedded_redis import EmbeddedRedis
-from service.queues import ServiceQueue
-from service.task_registry import load_task_modules
+from service import create_app
+from service.core.config import Settings
+from service.core.connection import connect
+from service.dev.embedded_redis import EmbeddedRedis
+from service.jobs.model import ServiceQueue
+from service.schedules import operations as schedules
+from service.tasks.registry import load_task_modules
 from tests.api import Api
 from tests.conftest import TASK_MODULES, TOKEN
 from tests.helpers import wait_until

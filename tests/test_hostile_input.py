@@ -9,7 +9,7 @@ import pytest
 from flask.testing import FlaskClient
 from redis import Redis
 
-from service.embedded_redis import free_port
+from service.dev.embedded_redis import free_port
 from tests.conftest import AUTH, TOKEN
 from tests.processes import Processes
 

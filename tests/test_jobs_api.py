@@ -14,8 +14,8 @@ from redis import Redis
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from service.jobs import describe
-from service.queues import ServiceJob, ServiceQueue
+from service.jobs.describe import describe
+from service.jobs.model import ServiceJob, ServiceQueue
 from tests.api import Api
 
 
@@ -220,8 +220,8 @@ def test_batch_repeating_an_idempotency_key_gets_one_job(api: Api, connection: R
 
 
 def test_enqueue_many_returns_the_jobs_as_stored(connection: Redis, app: Flask) -> None:
-    from service.enqueue import enqueue_many
-    from service.schemas import JobRequest
+    from service.jobs.enqueue import enqueue_many
+    from service.jobs.schemas import JobRequest
 
     jobs = enqueue_many(connection, [JobRequest(task="diag.echo", args=[i], ttl=30) for i in range(3)])
     for job in jobs:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from flask.testing import FlaskClient
 from redis import Redis
 
-from service import jobs
+from service.jobs import describe as view
+from service.jobs import operations as jobs
 from tests.api import Api
 from tests.helpers import wait_until
 from tests.processes import Processes
@@ -32,4 +33,4 @@ def test_listed_jobs_carry_their_results_and_errors(
     assert [(j["id"], j["error"]) for j in failed["jobs"]] == [(failing, "RuntimeError: failure 1 of 5")]
 
     every = [jobs.fetch(connection, i) for i in [*echoed, failing, waiting]]
-    assert jobs.describe_many(connection, every) == [jobs.describe(job) for job in every]
+    assert view.describe_many(connection, every) == [view.describe(job) for job in every]

@@ -13,7 +13,7 @@ import pytest
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from service import hooks
+from service.ops import hooks
 from tests.api import Api
 from tests.conftest import AUTH
 from tests.helpers import wait_until
@@ -146,7 +146,7 @@ def test_job_counters_move_by_exactly_the_jobs_run(client: FlaskClient, processe
 
 
 def test_schedule_runs_and_lag_reach_the_metrics(client: FlaskClient, processes: Processes, connection) -> None:  # type: ignore[no-untyped-def]
-    from service import schedules
+    from service.schedules import operations as schedules
 
     schedules.upsert(connection, "every-second", {"task": "diag.echo", "interval": 1, "overlap": "allow"})
     processes.scheduler()
@@ -163,7 +163,7 @@ def test_missed_and_skipped_schedule_notices_become_hook_events() -> None:
     hooks.on("schedule.missed")(events.append)
     hooks.on("schedule.skipped")(events.append)
     try:
-        from service import schedule_runs
+        from service.schedules import runs as schedule_runs
 
         schedule_runs.emit("missed", "nightly", 2)
         schedule_runs.emit("dropped", "nightly", 1)

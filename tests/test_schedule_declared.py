@@ -9,11 +9,11 @@ from click.testing import CliRunner
 from redis import Redis
 
 import service.tasks.diag  # noqa: F401 - registers diag.*
-from service import schedules
-from service.cli import cli
-from service.declared import sync
-from service.errors import ConfigError
-from service.schedule_store import ScheduleKeys
+from service.cli.main import cli
+from service.core.errors import ConfigError
+from service.core.keys import ScheduleKeys
+from service.schedules import operations as schedules
+from service.schedules.declared import sync
 
 TOML = """
 [schedules.nightly]

@@ -8,16 +8,20 @@ import pytest
 from redis import Redis
 
 import service.tasks.diag  # noqa: F401 - registers diag.*
-from service import schedule_runs, schedules
-from service.errors import InvalidField
-from service.jobs import describe, fetch
-from service.queues import doorbell_key, get_lanes
-from service.schedule_runs import Firing, plan_due, scheduled_for
-from service.schedule_spec import to_ms
-from service.schedule_store import ScheduleKeys, read
-from service.scheduler import LEASE_KEY, ServiceScheduler
-from service.task_registry import task
-from service.workers import ServiceWorker
+from service.core.errors import InvalidField
+from service.core.keys import ScheduleKeys, doorbell_key
+from service.jobs.context import scheduled_for
+from service.jobs.describe import describe
+from service.jobs.model import get_lanes
+from service.jobs.operations import fetch
+from service.schedules import operations as schedules
+from service.schedules import runs as schedule_runs
+from service.schedules.runs import Firing, plan_due
+from service.schedules.scheduler import LEASE_KEY, ServiceScheduler
+from service.schedules.spec import to_ms
+from service.schedules.store import read
+from service.tasks.registry import task
+from service.workers.worker import ServiceWorker
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 

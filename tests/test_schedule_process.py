@@ -12,9 +12,10 @@ import pytest
 from redis import Redis
 
 import service.tasks.diag  # noqa: F401 - registers diag.*
-from service import schedules
-from service.jobs import describe, fetch
-from service.scheduler import LEASE_KEY
+from service.jobs.describe import describe
+from service.jobs.operations import fetch
+from service.schedules import operations as schedules
+from service.schedules.scheduler import LEASE_KEY
 from tests.helpers import wait_until
 from tests.processes import Processes, ServiceProcess
 

@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 import service.tasks.diag  # noqa: F401 - registers diag.*
-from service import schedules
-from service.cron import CronRule, CronSyntaxError, check_expression
-from service.errors import InvalidField
-from service.schedule_spec import DueTimes, parse_spec, to_ms
+from service.core.errors import InvalidField
+from service.schedules import operations as schedules
+from service.schedules.cron import CronRule, CronSyntaxError, check_expression
+from service.schedules.spec import DueTimes, parse_spec, to_ms
 
 
 def fires(expression: str, zone: str, start: datetime, count: int, **policy: str) -> list[str]:

@@ -21,9 +21,9 @@ from flask.testing import FlaskClient
 from redis import Redis
 
 from service import create_app
-from service.config import Settings
-from service.connection import connect
-from service.errors import ConfigError
+from service.core.config import Settings
+from service.core.connection import connect
+from service.core.errors import ConfigError
 from tests.conftest import AUTH, TOKEN
 from tests.helpers import wait_until
 from tests.processes import Processes

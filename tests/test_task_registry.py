@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.errors import ConfigError, UnknownTask
-from service.task_registry import REGISTRY, TaskRegistry, TaskSpec, load_task_modules
+from service.core.errors import ConfigError, UnknownTask
+from service.tasks.registry import REGISTRY, TaskRegistry, TaskSpec, load_task_modules
 
 
 def noop() -> None:

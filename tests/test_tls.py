@@ -15,10 +15,10 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from service import create_app
-from service.config import Settings
-from service.connection import connect
-from service.embedded_redis import free_port
-from service.errors import ConfigError
+from service.core.config import Settings
+from service.core.connection import connect
+from service.core.errors import ConfigError
+from service.dev.embedded_redis import free_port
 from tests.conftest import AUTH, TASK_MODULES, TOKEN
 from tests.helpers import wait_until
 from tests.processes import Processes

@@ -1,4 +1,4 @@
-"""Fork mode: each job in its own work horse, forked by the worker's fork server (service.forkserver)."""
+"""Fork mode: each job in its own work horse, forked by the worker's fork server (service.workers.forkserver)."""
 
 from __future__ import annotations
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
-from service.connection import connect
-from service.embedded_redis import EmbeddedRedis
+from service.core.connection import connect
+from service.dev.embedded_redis import EmbeddedRedis
 from tests.helpers import wait_until
 from tests.processes import Processes
 from tests.worker_fixtures import enqueue_many, lanes_and_claims_empty, recorded, start_worker

@@ -11,8 +11,8 @@ from redis import Redis
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
 
-from service import jobs
-from service.schemas import JobRequest
+from service.jobs.enqueue import enqueue
+from service.jobs.schemas import JobRequest
 from tests.conftest import AUTH
 from tests.helpers import wait_until
 from tests.processes import Processes
@@ -43,19 +43,19 @@ def test_failed_job_reads_failed_with_its_error(client: FlaskClient, processes: 
 
 
 def test_high_job_enqueued_after_twenty_low_ones_runs_first(connection: Redis, processes: Processes) -> None:
-    blocker = jobs.enqueue(connection, JobRequest(task="diag.sleep", args=[1.5], queue="default"))
+    blocker = enqueue(connection, JobRequest(task="diag.sleep", args=[1.5], queue="default"))
     processes.worker("high", "default", "low")
     wait_until(lambda: blocker.get_status(refresh=True) == "started", timeout=20, what="the worker to be busy")
     for i in range(20):
-        jobs.enqueue(connection, JobRequest(task="diag.record", args=["order", f"low-{i}"], queue="low"))
-    jobs.enqueue(connection, JobRequest(task="diag.record", args=["order", "high"], queue="high"))
+        enqueue(connection, JobRequest(task="diag.record", args=["order", f"low-{i}"], queue="low"))
+    enqueue(connection, JobRequest(task="diag.record", args=["order", "high"], queue="high"))
     wait_until(lambda: connection.llen("diag:order") == 21, timeout=30)
     order = [v.decode() for v in connection.lrange("diag:order", 0, -1)]
     assert order == ["high"] + [f"low-{i}" for i in range(20)]
 
 
 def test_sigterm_lets_the_running_job_finish_then_exits(connection: Redis, processes: Processes) -> None:
-    job = jobs.enqueue(connection, JobRequest(task="diag.sleep", args=[2]))
+    job = enqueue(connection, JobRequest(task="diag.sleep", args=[2]))
     worker = processes.worker()
     wait_until(lambda: job.get_status(refresh=True) == "started", timeout=20)
     worker.signal(signal.SIGTERM)

@@ -9,7 +9,7 @@ from typing import Any
 
 from redis import Redis
 
-from service.queues import ServiceJob, ServiceQueue
+from service.jobs.model import ServiceJob, ServiceQueue
 from tests.processes import Processes, ServiceProcess
 
 # Test timings: heartbeat every 0.25 s, dead after 1 s, reaper every 0.5 s.

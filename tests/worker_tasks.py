@@ -9,7 +9,7 @@ import time
 
 from rq import get_current_job
 
-from service.task_registry import task
+from service.tasks.registry import task
 
 
 def _connection():  # type: ignore[no-untyped-def]

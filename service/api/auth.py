@@ -7,7 +7,7 @@ import hmac
 from flask import Flask, request
 
 from service.api.context import settings
-from service.errors import Unauthorized
+from service.core.errors import Unauthorized
 
 # Paths that answer without a token: probes from load balancers and platforms.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
@@ -33,7 +33,7 @@ def bearer_token() -> str | None:
 
 def require_token() -> None:
     """Refuse a request to a protected path that lacks a valid bearer token."""
-    # The dashboard has its own Basic auth (service.dashboard); browsers cannot send bearer tokens.
+    # The dashboard has its own Basic auth (service.dashboard.mount); browsers cannot send bearer tokens.
     if request.path in PUBLIC_PATHS or request.path == "/dashboard" or request.path.startswith("/dashboard/"):
         return
     token = bearer_token()

@@ -7,8 +7,8 @@ from typing import Any
 
 from flask import Flask, request
 
-from service.errors import MalformedRequest, PayloadTooLarge, UnsupportedMediaType
-from service.schemas import Model, validate
+from service.core.errors import MalformedRequest, PayloadTooLarge, UnsupportedMediaType
+from service.jobs.schemas import Model, validate
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_NESTING = 32

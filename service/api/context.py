@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import current_app
 from redis import Redis
 
-from service.config import Settings
+from service.core.config import Settings
 
 
 def redis() -> Redis:

@@ -8,7 +8,7 @@ from flask import Flask, Response, jsonify
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
-from service.errors import ServiceError
+from service.core.errors import ServiceError
 
 log = logging.getLogger(__name__)
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from service import enqueue, jobs
 from service.api.body import parse
 from service.api.context import redis
 from service.api.openapi import document
-from service.schemas import BatchRequest, JobList, JobOut, JobRequest, ListJobsQuery, validate
+from service.jobs import describe as view
+from service.jobs import enqueue
+from service.jobs import operations as jobs
+from service.jobs.schemas import BatchRequest, JobList, JobOut, JobRequest, ListJobsQuery, validate
 
 bp = Blueprint("jobs", __name__)
 
@@ -40,25 +42,25 @@ def list_jobs() -> Response:
     """List jobs by status and lane, newest first within a registry, with a cursor."""
     query = validate(ListJobsQuery, request.args.to_dict())
     found, cursor = jobs.list_jobs(redis(), query.status, query.queue, query.limit, query.cursor)
-    return jsonify({"jobs": jobs.describe_many(redis(), found), "next_cursor": cursor})
+    return jsonify({"jobs": view.describe_many(redis(), found), "next_cursor": cursor})
 
 
 @bp.get("/jobs/<job_id>")
 @document(200, JobOut, tags=("jobs",))
 def get_job(job_id: str) -> Response:
     """Return one job."""
-    return jsonify(jobs.describe(jobs.fetch(redis(), job_id)))
+    return jsonify(view.describe(jobs.fetch(redis(), job_id)))
 
 
 @bp.post("/jobs/<job_id>/cancel")
 @document(200, JobOut, tags=("jobs",))
 def cancel_job(job_id: str) -> Response:
     """Cancel a queued, scheduled or deferred job; stop a running one (409 if it has ended)."""
-    return jsonify(jobs.describe(jobs.cancel(redis(), job_id)))
+    return jsonify(view.describe(jobs.cancel(redis(), job_id)))
 
 
 @bp.post("/jobs/<job_id>/requeue")
 @document(200, JobOut, tags=("jobs",))
 def requeue_job(job_id: str) -> Response:
     """Requeue a failed job (409 if it has not failed)."""
-    return jsonify(jobs.describe(jobs.requeue(redis(), job_id)))
+    return jsonify(view.describe(jobs.requeue(redis(), job_id)))

@@ -8,10 +8,10 @@ from flask import Blueprint, Response, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 
-from service import metrics, monitor
 from service.api.context import redis
 from service.api.openapi import document
-from service.task_registry import REGISTRY
+from service.ops import metrics, monitor
+from service.tasks.registry import REGISTRY
 
 bp = Blueprint("monitor", __name__)
 

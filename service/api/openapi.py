@@ -17,7 +17,7 @@ from spectree import Response as Responses
 from spectree import SecurityScheme, SpecTree
 from spectree.models import SecureType, SecuritySchemeData
 
-from service.schemas import ErrorOut
+from service.jobs.schemas import ErrorOut
 
 spec = SpecTree(
     "flask",

@@ -6,12 +6,12 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from service import schedules
 from service.api.body import json_body
 from service.api.context import redis
 from service.api.openapi import document
-from service.errors import InvalidField, MalformedRequest
-from service.schedule_spec import ScheduleSpec
+from service.core.errors import InvalidField, MalformedRequest
+from service.schedules import operations as schedules
+from service.schedules.spec import ScheduleSpec
 
 bp = Blueprint("schedules", __name__)
 TAGS = ("schedules",)

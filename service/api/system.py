@@ -8,7 +8,7 @@ from pydantic import BaseModel
 from service.api.context import redis
 from service.api.errors import error_response
 from service.api.openapi import document
-from service.connection import ping
+from service.core.connection import ping
 
 bp = Blueprint("system", __name__)
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from rq import get_current_job
 
-from service.task_registry import task
+from service.tasks.registry import task
 
 
 @task("diag.echo")

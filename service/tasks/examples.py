@@ -15,7 +15,7 @@ from typing import Any
 
 from rq import get_current_job
 
-from service.task_registry import RetryPolicy, task
+from service.tasks.registry import RetryPolicy, task
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,8 @@ def dispatch_scrapes(users: list[dict[str, str]]) -> list[str]:
     The run's job ids are derived from the dispatcher's own id, so a dispatcher
     that runs twice (a retry, a second scheduler) does not scrape anyone twice.
     """
-    from service.enqueue import enqueue_many
-    from service.schemas import JobRequest
+    from service.jobs.enqueue import enqueue_many
+    from service.jobs.schemas import JobRequest
 
     job = get_current_job()
     assert job is not None

@@ -1,0 +1,99 @@
+"""CLI base: the click group, its context (settings, one Redis client) and how errors become exit codes.
+
+Commands call the same domain functions as the HTTP views and print JSON
+(or a short table). Exit codes: 0 done, 1 the service said no (unknown id,
+conflict), 2 bad usage or configuration, 3 Redis unavailable.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+from redis import Redis
+from redis.exceptions import RedisError
+
+from service.core.config import Settings
+from service.core.connection import connect
+from service.core.errors import ConfigError, InvalidField, ServiceError
+from service.tasks.registry import load_task_modules
+
+
+class Context:
+    """Settings and a lazily made Redis client for one CLI invocation."""
+
+    def __init__(self) -> None:
+        self._connection: Redis | None = None
+        self.settings: Settings | None = None
+
+    def load(self) -> None:
+        if self.settings is None:
+            self.settings = Settings.from_env(role="cli")
+            load_task_modules(self.settings.task_modules)
+
+    @property
+    def connection(self) -> Redis:
+        self.load()
+        assert self.settings is not None
+        if self._connection is None:
+            self._connection = connect(self.settings.redis_url, role="web")
+        return self._connection
+
+
+pass_context = click.make_pass_decorator(Context, ensure=True)
+
+
+@contextmanager
+def service_errors() -> Iterator[None]:
+    """Turn service and Redis errors into a one-line message and the exit codes above."""
+    try:
+        yield
+    except ConfigError as exc:
+        fail(f"configuration error: {exc.message}", 2)
+    except InvalidField as exc:
+        fail(exc.message, 2)
+    except ServiceError as exc:
+        fail(exc.message, 1)
+    except RedisError as exc:
+        fail(f"Redis unavailable ({type(exc).__name__})", 3)
+
+
+def fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def command(group: click.Group, name: str) -> Callable[[Callable[..., Any]], click.Command]:
+    """Register a command on `group` whose service errors become exit codes."""
+
+    def decorate(func: Callable[..., Any]) -> click.Command:
+        @functools.wraps(func)  # keeps click's parameters attached to func
+        def run(*args: Any, **kwargs: Any) -> Any:
+            with service_errors():
+                return func(*args, **kwargs)
+
+        return group.command(name)(run)
+
+    return decorate
+
+
+@click.group()
+def cli() -> None:
+    """Operate the queue service: jobs, queues, workers, tasks and schedules."""
+
+
+def parse_value(text: str) -> Any:
+    """Read a command-line argument as JSON when it is JSON (1, true, [1]), else as a string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text

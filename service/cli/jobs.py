@@ -1,0 +1,121 @@
+"""Job, lane, worker and task commands: enqueue, job, cancel, requeue, queues, workers, tasks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from service.cli.base import Context, cli, command, echo_json, parse_value, pass_context
+from service.core.errors import InvalidField
+from service.tasks.registry import REGISTRY
+
+
+@command(cli, "tasks")
+@pass_context
+def tasks(ctx: Context) -> None:
+    """List the registered tasks with their defaults."""
+    ctx.load()
+    echo_json([spec.to_dict() for spec in REGISTRY.all()])
+
+
+@command(cli, "enqueue")
+@click.argument("task")
+@click.argument("args", nargs=-1)
+@click.option("--kwarg", "kwargs", multiple=True, metavar="NAME=VALUE", help="A keyword argument (repeatable).")
+@click.option("--queue", default=None, help="Lane: high, default or low (default: the task's).")
+@click.option("--delay", type=float, default=None, help="Seconds to wait before the job may start.")
+@click.option("--retry", "retries", type=int, default=None, help="Retries after a failure (exponential backoff).")
+@click.option("--idempotency-key", default=None, help="Return the existing job for a repeated key.")
+@pass_context
+def enqueue_command(
+    ctx: Context,
+    task: str,
+    args: tuple[str, ...],
+    kwargs: tuple[str, ...],
+    queue: str | None,
+    delay: float | None,
+    retries: int | None,
+    idempotency_key: str | None,
+) -> None:
+    """Enqueue TASK with ARGS (each read as JSON when it is JSON) and print the job."""
+    from service.jobs.describe import describe
+    from service.jobs.enqueue import enqueue
+    from service.jobs.schemas import JobRequest, validate
+
+    pairs = [k.split("=", 1) for k in kwargs]
+    if any(len(p) != 2 for p in pairs):
+        raise InvalidField("kwarg", "write keyword arguments as NAME=VALUE")
+    body: dict[str, Any] = {
+        "task": task,
+        "args": [parse_value(a) for a in args],
+        "kwargs": {k: parse_value(v) for k, v in pairs},
+        "queue": queue,
+        "delay": delay,
+        "idempotency_key": idempotency_key,
+    }
+    if retries is not None:
+        body["retry"] = {"max": retries}
+    job = enqueue(ctx.connection, validate(JobRequest, {k: v for k, v in body.items() if v is not None}))
+    echo_json(describe(job))
+
+
+@command(cli, "job")
+@click.argument("job_id")
+@pass_context
+def job_command(ctx: Context, job_id: str) -> None:
+    """Print one job."""
+    from service.jobs.describe import describe
+    from service.jobs.operations import fetch
+
+    echo_json(describe(fetch(ctx.connection, job_id)))
+
+
+@command(cli, "cancel")
+@click.argument("job_id")
+@pass_context
+def cancel_command(ctx: Context, job_id: str) -> None:
+    """Cancel a queued, scheduled or deferred job, or stop a running one."""
+    from service.jobs.describe import describe
+    from service.jobs.operations import cancel
+
+    echo_json(describe(cancel(ctx.connection, job_id)))
+
+
+@command(cli, "requeue")
+@click.argument("job_id", required=False)
+@click.option("--all-failed", is_flag=True, help="Requeue every failed job of every lane.")
+@pass_context
+def requeue_command(ctx: Context, job_id: str | None, all_failed: bool) -> None:
+    """Requeue a failed job (or --all-failed)."""
+    from service.jobs.describe import describe
+    from service.jobs.operations import requeue, requeue_all_failed
+
+    if all_failed == bool(job_id):
+        raise InvalidField("job_id", "give a job id or --all-failed, not both")
+    if all_failed:
+        echo_json({"requeued": requeue_all_failed(ctx.connection)})
+    else:
+        echo_json(describe(requeue(ctx.connection, job_id or "")))
+
+
+@command(cli, "queues")
+@pass_context
+def queues_command(ctx: Context) -> None:
+    """Show per lane how many jobs are queued, started, scheduled, deferred, failed, finished."""
+    from service.ops.monitor import queue_counts
+
+    rows = queue_counts(ctx.connection)
+    columns = ["name", "queued", "started", "scheduled", "deferred", "failed", "finished", "canceled"]
+    click.echo("  ".join(f"{c:>9}" for c in columns))
+    for row in rows:
+        click.echo("  ".join(f"{row[c]!s:>9}" for c in columns))
+
+
+@command(cli, "workers")
+@pass_context
+def workers_command(ctx: Context) -> None:
+    """List the live workers."""
+    from service.ops.monitor import workers
+
+    echo_json(workers(ctx.connection))

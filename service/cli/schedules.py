@@ -1,0 +1,162 @@
+"""`python -m service schedules ...`: list, add, rm, pause, resume, run, runs, preview and backfill schedules.
+
+Each command calls the same domain functions as the HTTP views
+(service.schedules.operations) and prints JSON, or a short table for `list`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from service.cli.base import Context, cli, command, echo_json, parse_value, pass_context
+from service.core.errors import InvalidField
+from service.schedules import operations as domain
+
+
+@cli.group("schedules")
+def schedules() -> None:
+    """Recurring work: cron (with a time zone), interval and one-shot schedules."""
+
+
+def spec_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The options that describe a schedule body (shared by add and preview)."""
+    options = [
+        click.option("--task", default=None, help="A registered task name, e.g. diag.echo."),
+        click.option("--cron", default=None, help="Five cron fields, e.g. '0 3 * * *'."),
+        click.option("--timezone", default=None, help="IANA zone of the cron times (default UTC)."),
+        click.option("--interval", type=int, default=None, help="Seconds between runs (no drift)."),
+        click.option("--at", default=None, help="One-shot time, ISO 8601 with offset."),
+        click.option("--queue", default=None, help="Lane: high, default or low (default: the task's)."),
+        click.option("--arg", "args", multiple=True, help="A positional argument, read as JSON when it is JSON."),
+        click.option("--kwarg", "kwargs", multiple=True, metavar="NAME=VALUE", help="A keyword argument."),
+        click.option("--json", "extra", default=None, help='Other fields as JSON, e.g. {"jitter": 5}.'),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def body_from(options: dict[str, Any]) -> dict[str, Any]:
+    """Return the schedule body the spec options describe."""
+    pairs = [k.split("=", 1) for k in options.pop("kwargs")]
+    if any(len(p) != 2 for p in pairs):
+        raise InvalidField("kwarg", "write keyword arguments as NAME=VALUE")
+    body: dict[str, Any] = {k: v for k, v in options.items() if v is not None and k not in ("args", "extra")}
+    if options["args"]:
+        body["args"] = [parse_value(a) for a in options["args"]]
+    if pairs:
+        body["kwargs"] = {k: parse_value(v) for k, v in pairs}
+    if options["extra"]:
+        try:
+            extra = json.loads(options["extra"])
+        except ValueError:
+            raise InvalidField("json", "is not valid JSON") from None
+        if not isinstance(extra, dict):
+            raise InvalidField("json", "must be a JSON object")
+        body.update(extra)
+    return body
+
+
+@command(schedules, "list")
+@click.option("--cursor", default=None, help="Start after this id (from a previous page).")
+@click.option("--limit", type=int, default=100, help="At most this many schedules.")
+@click.option("--json", "as_json", is_flag=True, help="Print the page as JSON.")
+@pass_context
+def list_command(ctx: Context, cursor: str | None, limit: int, as_json: bool) -> None:
+    """List schedules with their trigger, next run and state."""
+    page = domain.list_schedules(ctx.connection, cursor, limit)
+    if as_json:
+        echo_json(page)
+        return
+    click.echo(f"{'id':<30} {'trigger':<24} {'next_run_at':<22} {'state':<7} task")
+    for item in page["schedules"]:
+        trigger = f"cron {item['cron']}" if item["cron"] else f"every {item['interval']}s" if item["interval"] else "at"
+        state = "paused" if item["paused"] else "active"
+        click.echo(f"{item['id']:<30} {trigger:<24} {item['next_run_at'] or '-':<22} {state:<7} {item['task']}")
+    if page["next_cursor"]:
+        click.echo(f"(more: --cursor {page['next_cursor']})")
+
+
+@command(schedules, "add")
+@click.argument("schedule_id")
+@spec_options
+@pass_context
+def add_command(ctx: Context, schedule_id: str, **options: Any) -> None:
+    """Create or replace schedule SCHEDULE_ID and print it."""
+    data, created = domain.upsert(ctx.connection, schedule_id, body_from(options), origin="api")
+    click.echo("created" if created else "saved", err=True)
+    echo_json(data)
+
+
+@command(schedules, "rm")
+@click.argument("schedule_id")
+@pass_context
+def rm_command(ctx: Context, schedule_id: str) -> None:
+    """Remove schedule SCHEDULE_ID."""
+    domain.delete(ctx.connection, schedule_id)
+    click.echo(f"removed {schedule_id}")
+
+
+@command(schedules, "pause")
+@click.argument("schedule_id")
+@click.option("--note", default="", help="Why it is paused (shown with the schedule).")
+@pass_context
+def pause_command(ctx: Context, schedule_id: str, note: str) -> None:
+    """Pause schedule SCHEDULE_ID."""
+    echo_json(domain.pause(ctx.connection, schedule_id, note=note))
+
+
+@command(schedules, "resume")
+@click.argument("schedule_id")
+@pass_context
+def resume_command(ctx: Context, schedule_id: str) -> None:
+    """Resume schedule SCHEDULE_ID from its next due time."""
+    echo_json(domain.resume(ctx.connection, schedule_id))
+
+
+@command(schedules, "run")
+@click.argument("schedule_id")
+@pass_context
+def run_command(ctx: Context, schedule_id: str) -> None:
+    """Enqueue one run of SCHEDULE_ID now and print its job."""
+    echo_json(domain.run_now(ctx.connection, schedule_id))
+
+
+@command(schedules, "runs")
+@click.argument("schedule_id")
+@click.option("--limit", type=int, default=20, help="At most this many runs.")
+@pass_context
+def runs_command(ctx: Context, schedule_id: str, limit: int) -> None:
+    """Show the recent runs of SCHEDULE_ID."""
+    echo_json(domain.runs(ctx.connection, schedule_id, limit))
+
+
+@command(schedules, "preview")
+@click.argument("schedule_id", required=False)
+@click.option("--count", type=int, default=10, help="How many due times.")
+@spec_options
+@pass_context
+def preview_command(ctx: Context, schedule_id: str | None, count: int, **options: Any) -> None:
+    """Show the next due times of SCHEDULE_ID, or of the schedule the options describe, in UTC and its zone."""
+    if schedule_id:
+        result = domain.preview_saved(ctx.connection, schedule_id, count)
+    else:
+        ctx.load()
+        result = domain.preview_body(body_from(options), count)
+    click.echo(f"time zone {result['timezone']}")
+    for item in result["times"]:
+        click.echo(f"{item['utc']:<22} {item['local']}")
+
+
+@command(schedules, "backfill")
+@click.argument("schedule_id")
+@click.option("--from", "begin", required=True, help="Start of the past range, ISO 8601 with offset.")
+@click.option("--to", "end", required=True, help="End of the past range, ISO 8601 with offset.")
+@pass_context
+def backfill_command(ctx: Context, schedule_id: str, begin: str, end: str) -> None:
+    """Enqueue one run per due time of SCHEDULE_ID in a past range."""
+    echo_json(domain.backfill(ctx.connection, schedule_id, {"from": begin, "to": end}))

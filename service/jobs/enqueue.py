@@ -1,0 +1,244 @@
+"""Enqueue: turn validated job requests into RQ jobs, all-or-nothing, in one Lua call per request or batch.
+
+Every check that can refuse a request (task, lane, arguments, parents) runs
+before anything is written; service.jobs.writer then writes every new job in
+one script call. Idempotency keys and unique tasks are read while WATCHing
+them and the script runs inside MULTI, so concurrent requests can never both
+create a job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import math
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from redis import Redis
+from redis.client import Pipeline
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from service.core.errors import InvalidField
+from service.core.lanes import check_lane, lane_for
+from service.jobs.model import ServiceJob
+from service.jobs.writer import IDEMPOTENCY_PREFIX, Planned, Submitted, compress, write
+from service.tasks.registry import REGISTRY, TaskSpec
+
+if TYPE_CHECKING:  # requests are validated by the caller: workers enqueue without loading pydantic
+    from service.jobs.schemas import JobRequest
+
+UNIQUE_PREFIX = "svc:unique:"
+ALIVE = frozenset({"queued", "scheduled", "deferred", "started"})
+EXPONENTIAL_BASE_SECONDS = 10
+EXPONENTIAL_CAP_SECONDS = 3600
+# Calls with at most this many positional and keyword arguments have their fit checked once per shape.
+SMALL_CALL_ARGS = 8
+
+
+@dataclass(frozen=True)
+class InternalRequest:
+    """A job the service enqueues for itself (hook deliveries): valid by construction, so no schema is loaded."""
+
+    task: str
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    queue: str | None = None
+    delay: float | None = None
+    at: datetime | None = None
+    timeout: int | None = None
+    ttl: int | None = None
+    result_ttl: int | None = None
+    retry: Any = None
+    idempotency_key: None = None
+    depends_on: list[str] | None = None
+
+
+if TYPE_CHECKING:
+    Request = JobRequest | InternalRequest
+
+
+def enqueue(connection: Redis, request: Request) -> ServiceJob:
+    """Enqueue one job and return it (the existing one for a repeated idempotency key or a unique task)."""
+    return submit(connection, [request])[0].job(connection)
+
+
+def enqueue_many(connection: Redis, requests: list[Request]) -> list[ServiceJob]:
+    """Enqueue every request or none (a bad one raises before anything is written)."""
+    return [outcome.job(connection) for outcome in submit(connection, requests, batch=True)]
+
+
+def submit(connection: Redis, requests: list[Request], batch: bool = False) -> list[Submitted]:
+    """Check every request, then write them all in one transaction; return each one's outcome in order."""
+    planned = [plan(request, field=f"jobs.{i}" if batch else "") for i, request in enumerate(requests)]
+    return commit(connection, planned)
+
+
+def plan(request: Request, field: str = "") -> Planned:
+    """Check `request` against the registry and build its job's per-job parts; raise InvalidField on any problem."""
+    prefix = f"{field}." if field else ""
+    try:
+        spec = REGISTRY.get(request.task)
+        lane = check_lane(request.queue) if request.queue is not None else lane_for(spec.name, spec.queue)
+    except InvalidField as exc:
+        raise type(exc)(request.task if exc.field == "task" else request.queue, prefix + exc.field) from None
+    check_arguments(spec, request.args, request.kwargs, prefix)
+    args, kwargs = list(request.args), dict(request.kwargs)
+    retry_max, backoff = retry_policy(request, spec)
+    timeout = request.timeout or spec.timeout_seconds
+    result_ttl = spec.result_ttl_seconds if request.result_ttl is None else request.result_ttl
+    p = Planned(
+        id=str(uuid.uuid4()),
+        spec=spec,
+        lane=lane,
+        args=args,
+        kwargs=kwargs,
+        options=(spec.name, spec.failure_ttl_seconds, lane, timeout, result_ttl, retry_max, backoff),
+        data=compress(JSONSerializer.dumps((spec.name, None, args, kwargs))),
+        run_at=run_at(request, prefix),
+    )
+    if retry_max and backoff == "exponential":
+        p.extra["retry_intervals"] = json.dumps(exponential_intervals(retry_max))
+    if request.depends_on:
+        if p.run_at is not None:
+            raise InvalidField(prefix + "depends_on", "cannot be combined with delay or at")
+        p.parents = tuple(dict.fromkeys(request.depends_on))
+        p.extra["dependency_id"] = p.parents[0]
+        p.extra["dependency_ids"] = json.dumps(list(p.parents))
+    meta: dict[str, Any] = {}
+    if request.ttl is not None:
+        meta["expires_at"] = time.time() + request.ttl + (request.delay or 0)
+    if request.idempotency_key:
+        p.claim_key = IDEMPOTENCY_PREFIX + request.idempotency_key
+        p.claim_any_status = True
+        p.fingerprint = fingerprint(request.model_dump(mode="json", exclude={"idempotency_key"}))
+        meta["request_fingerprint"] = p.fingerprint
+    elif spec.unique:
+        p.claim_key = UNIQUE_PREFIX + spec.name + ":" + fingerprint([request.args, request.kwargs])
+    if meta:
+        p.extra["meta"] = JSONSerializer.dumps(meta).decode()
+    return p
+
+
+def check_arguments(spec: TaskSpec, args: list[Any], kwargs: dict[str, Any], prefix: str = "") -> None:
+    """Raise InvalidField when the arguments do not fit the task's signature."""
+    names = tuple(kwargs)
+    if len(args) <= SMALL_CALL_ARGS and len(names) <= SMALL_CALL_ARGS:
+        problem = call_problem(spec.func, len(args), names)  # the usual shapes, remembered
+    else:
+        problem = call_problem.__wrapped__(spec.func, len(args), names)
+    if problem is not None:
+        raise InvalidField(prefix + problem[0], problem[1])
+
+
+@lru_cache(maxsize=4096)
+def call_problem(func: Any, positional: int, names: tuple[str, ...]) -> tuple[str, str] | None:
+    """Return (field, message) when `positional` arguments and keyword `names` do not fit `func`, else None.
+
+    Binding looks only at how many arguments there are and at the keywords'
+    names, never at values, so the answer holds for every call of that shape.
+    """
+    try:
+        signature(func).bind(*range(positional), **dict.fromkeys(names))
+    except TypeError as exc:
+        return ("kwargs" if "keyword" in str(exc) else "args"), str(exc)
+    return None
+
+
+@lru_cache(maxsize=1024)
+def signature(func: Any) -> inspect.Signature:
+    return inspect.signature(func)
+
+
+def retry_policy(request: Request, spec: TaskSpec) -> tuple[int, tuple[int, ...] | str]:
+    """Return (max retries, backoff) for the request's policy, or the task's default one."""
+    if request.retry is not None:
+        max_retries, backoff = request.retry.max, request.retry.backoff
+    else:
+        max_retries, backoff = spec.retry.max, spec.retry.backoff
+    if max_retries == 0:
+        return 0, ()
+    return max_retries, backoff if isinstance(backoff, str) else tuple(backoff)
+
+
+def exponential_intervals(max_retries: int) -> list[int]:
+    """Return exponential retry intervals with +-25% jitter, so failed jobs do not retry in lockstep."""
+    return [
+        round(min(EXPONENTIAL_BASE_SECONDS * 2**i, EXPONENTIAL_CAP_SECONDS) * random.uniform(0.75, 1.25))
+        for i in range(max_retries)
+    ]
+
+
+def run_at(request: Request, prefix: str = "") -> datetime | None:
+    """Return when a delayed job may start, rounded up to RQ's whole seconds (never early)."""
+    if request.delay:
+        moment = datetime.now(UTC) + timedelta(seconds=request.delay)
+    elif request.at is not None:
+        moment = request.at.astimezone(UTC)
+        if moment <= datetime.now(UTC):
+            return None  # a time already past means now
+    else:
+        return None
+    if moment - datetime.now(UTC) > timedelta(days=366):
+        raise InvalidField(prefix + ("at" if request.at else "delay"), "must be within 366 days")
+    return datetime.fromtimestamp(math.ceil(moment.timestamp()), UTC)
+
+
+def fingerprint(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:32]
+
+
+def commit(connection: Redis, planned: list[Planned]) -> list[Submitted]:
+    """Write the planned jobs in one transaction; return each one's outcome."""
+    claims = [p.claim_key for p in planned if p.claim_key]
+    parents = sorted({d for p in planned for d in p.parents})
+    if not claims and not parents:
+        return write(connection, planned, {}, set())
+    # WATCH the claims and the parents: if another client takes a claim or a
+    # parent finishes before EXEC, the transaction runs again on fresh reads.
+    watched = claims + [Job.key_for(d) for d in parents]
+    return connection.transaction(
+        lambda pipe: _claim_and_write(connection, pipe, planned, parents), *watched, value_from_callable=True
+    )
+
+
+def _claim_and_write(connection: Redis, pipe: Pipeline, planned: list[Planned], parents: list[str]) -> list[Submitted]:
+    """Inside WATCH: read claims and parents, then MULTI and write what is new."""
+    existing = existing_claims(connection, pipe, planned)
+    unfinished = unfinished_parents(pipe, parents)
+    pipe.multi()
+    return write(pipe, planned, existing, unfinished)
+
+
+def existing_claims(connection: Redis, pipe: Pipeline, planned: list[Planned]) -> dict[str, ServiceJob]:
+    """Return the jobs that still hold the planned claims (read while WATCHing the claim keys)."""
+    keys = [p.claim_key for p in planned if p.claim_key]
+    if not keys:
+        return {}
+    any_status = {p.claim_key for p in planned if p.claim_any_status}
+    holders = {k: i.decode() for k, i in zip(keys, pipe.mget(keys), strict=True) if i}
+    jobs = ServiceJob.fetch_many(list(holders.values()), connection=connection) if holders else []
+    found: dict[str, ServiceJob] = {}
+    for key, job in zip(holders, jobs, strict=True):
+        if job is not None and (key in any_status or job.get_status(refresh=False) in ALIVE):
+            found[key] = job
+    return found
+
+
+def unfinished_parents(pipe: Pipeline, parents: list[str]) -> set[str]:
+    """Return the parents that have not finished; InvalidField when one does not exist."""
+    unfinished = set()
+    for parent in parents:
+        status = pipe.hget(Job.key_for(parent), "status")
+        if status is None:
+            raise InvalidField("depends_on", f"no job with id {parent!r}")
+        if status != b"finished":
+            unfinished.add(parent)
+    return unfinished

@@ -1,0 +1,161 @@
+"""Schemas: the request and response bodies of the jobs API, as pydantic models.
+
+Requests are validated with these models and the OpenAPI document is
+generated from the same models. `validate()` turns pydantic's errors into
+InvalidField, whose message names the field (SPEC §5).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeVar
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from service.core.errors import InvalidField
+from service.jobs.describe import STATUSES
+
+Model = TypeVar("Model", bound=BaseModel)
+
+MAX_ARGS = 1000
+MAX_BATCH = 1000
+MAX_DELAY_SECONDS = 366 * 24 * 3600
+MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
+MAX_TTL_SECONDS = 366 * 24 * 3600
+MAX_RETRIES = 25
+KEY_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+JOB_ID_PATTERN = r"^[A-Za-z0-9_-]{1,200}$"
+
+
+class Strict(BaseModel):
+    """Base for request bodies: unknown fields are refused, no type coercion."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class RetryRequest(Strict):
+    """How often to retry a failed job and how long to wait before each retry."""
+
+    max: int = Field(ge=0, le=MAX_RETRIES, description="retries after the first execution")
+    backoff: list[int] | Literal["exponential"] = Field(
+        default="exponential",
+        description="seconds before each retry (the last repeats), or exponential with jitter",
+    )
+
+    @field_validator("backoff")
+    @classmethod
+    def _backoff_range(cls, value: list[int] | str) -> list[int] | str:
+        if isinstance(value, list):
+            if not 1 <= len(value) <= MAX_RETRIES:
+                raise ValueError(f"give 1 to {MAX_RETRIES} intervals")
+            if any(not 0 <= v <= MAX_DELAY_SECONDS for v in value):
+                raise ValueError(f"each interval must be 0 to {MAX_DELAY_SECONDS} seconds")
+        return value
+
+
+class JobRequest(Strict):
+    """POST /jobs: one job to enqueue."""
+
+    task: str = Field(min_length=1, max_length=200, description="a registered task name, e.g. diag.echo")
+    args: list[Any] = Field(default_factory=list, max_length=MAX_ARGS)
+    kwargs: dict[str, Any] = Field(default_factory=dict, max_length=MAX_ARGS)
+    queue: str | None = Field(default=None, description="high, default or low; the task's lane if omitted")
+    delay: float | None = Field(default=None, ge=0, le=MAX_DELAY_SECONDS, description="seconds from now")
+    at: AwareDatetime | None = Field(default=None, strict=False, description="ISO 8601 with offset")
+    timeout: int | None = Field(default=None, ge=1, le=MAX_TIMEOUT_SECONDS, description="seconds a run may take")
+    ttl: int | None = Field(default=None, ge=1, le=MAX_TTL_SECONDS, description="discard if not started in time")
+    result_ttl: int | None = Field(default=None, ge=0, le=MAX_TTL_SECONDS, description="seconds to keep the result")
+    retry: RetryRequest | None = None
+    idempotency_key: str | None = Field(default=None, pattern=KEY_PATTERN)
+    depends_on: list[str] | None = Field(default=None, max_length=100, description="ids of jobs to wait for")
+
+    @field_validator("kwargs")
+    @classmethod
+    def _identifiers(cls, value: dict[str, Any]) -> dict[str, Any]:
+        bad = next((k for k in value if not k.isidentifier()), None)
+        if bad is not None:
+            raise ValueError(f"{bad[:50]!r} is not a valid argument name")
+        return value
+
+    @field_validator("depends_on")
+    @classmethod
+    def _job_ids(cls, value: list[str] | None) -> list[str] | None:
+        import re
+
+        if value is not None and any(not re.match(JOB_ID_PATTERN, v) for v in value):
+            raise ValueError("each entry must be a job id")
+        return value
+
+    def model_post_init(self, context: Any) -> None:
+        if self.delay is not None and self.at is not None:
+            raise InvalidField("at", "give either delay or at, not both")
+
+
+class BatchRequest(Strict):
+    """POST /jobs/batch: many jobs, validated all-or-nothing."""
+
+    jobs: list[JobRequest] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class CancelRequest(Strict):
+    """POST /jobs/<id>/cancel takes no fields."""
+
+
+class RequeueRequest(Strict):
+    """POST /jobs/<id>/requeue takes no fields."""
+
+
+class ListJobsQuery(Strict):
+    """GET /jobs query string."""
+
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+    status: Literal[STATUSES] | None = None  # type: ignore[valid-type]
+    queue: str | None = None
+    limit: int = Field(default=50, ge=1, le=500)
+    cursor: str | None = Field(default=None, max_length=50, pattern=r"^[0-9]{1,6}\.[0-9]{1,12}$")
+
+
+class JobOut(BaseModel):
+    """A job as the API returns it."""
+
+    id: str
+    task: str | None
+    queue: str | None
+    status: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    result: Any = None
+    error: str | None = None
+    attempts: int
+    enqueued_at: str | None
+    started_at: str | None
+    ended_at: str | None
+    schedule_id: str | None = None
+    scheduled_for: str | None = None
+
+
+class JobList(BaseModel):
+    jobs: list[JobOut]
+    next_cursor: str | None
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    """Every error: {"error": {"code": ..., "message": ...}}."""
+
+    error: ErrorBody
+
+
+def validate(model: type[Model], data: Any) -> Model:
+    """Return `data` validated as `model`; raise InvalidField naming the first bad field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False, include_input=False)[0]
+        field = ".".join(str(part) for part in error["loc"]) or "body"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        raise InvalidField(field, message) from None

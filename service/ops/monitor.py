@@ -1,0 +1,55 @@
+"""Monitor: counts per lane and the live workers, as the API and the CLI show them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis import Redis
+from rq.worker import Worker
+
+from service.core.lanes import LANES
+from service.jobs.describe import isotime
+from service.jobs.model import ServiceJob, ServiceQueue
+from service.jobs.operations import REGISTRIES
+
+COUNTED = ("started", "scheduled", "deferred", "failed", "finished", "canceled")
+
+
+def queue_counts(connection: Redis) -> list[dict[str, Any]]:
+    """Return per lane the number of queued, started, scheduled, deferred, failed, finished, canceled jobs."""
+    with connection.pipeline(transaction=False) as pipe:
+        for lane in LANES:
+            pipe.llen(ServiceQueue(lane, connection=connection).key)
+            for status in COUNTED:
+                pipe.zcard(REGISTRIES[status](lane, connection=connection, job_class=ServiceJob).key)
+        counts = pipe.execute()
+    width = 1 + len(COUNTED)
+    rows = [counts[i * width : (i + 1) * width] for i in range(len(LANES))]
+    return [
+        {"name": lane, "queued": row[0], **dict(zip(COUNTED, row[1:], strict=True))}
+        for lane, row in zip(LANES, rows, strict=True)
+    ]
+
+
+def workers(connection: Redis) -> list[dict[str, Any]]:
+    """Return every registered worker: name, lanes, state, current job id, counts, last heartbeat."""
+    found = Worker.all(connection=connection)
+    return sorted(
+        (
+            {
+                "name": w.name,
+                "lanes": w.queue_names(),
+                "state": str(w.get_state()),
+                "current_job": w.get_current_job_id(),
+                "successful_jobs": w.successful_job_count,
+                "failed_jobs": w.failed_job_count,
+                "total_working_seconds": round(w.total_working_time, 3),
+                "birth": isotime(w.birth_date),
+                "last_heartbeat": isotime(w.last_heartbeat),
+                "pid": w.pid,
+                "hostname": w.hostname,
+            }
+            for w in found
+        ),
+        key=lambda w: w["name"],
+    )

@@ -1,0 +1,108 @@
+"""Limits: per-task concurrency (at most K running) and start rate (at most N starts per period).
+
+Enforced in Redis by one Lua call when a worker is about to start a job of a
+limited task, so the limits hold across every worker on every machine. A job
+over a limit is not run and does not block its worker: it goes into its
+lane's waiting set (service.workers.claim, parked there by the worker) until the time a slot is likely free,
+then back to the front of its lane (Sidekiq Enterprise's approach).
+
+RQ 3.0's own `RateLimit` was evaluated and not used: it is a concurrency cap
+applied at enqueue time (so every producer must pass it, and jobs written by
+the scheduler or by hand escape it), it refuses `unique` jobs, counts queued
+jobs as holding a slot, and has no starts-per-period limit.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+from redis import Redis
+
+from service.tasks.registry import TaskSpec
+
+RUNNING_KEY = "svc:limit:{task}:running"
+STARTS_KEY = "svc:limit:{task}:starts"
+# A slot is held at most this long past the job's timeout if its worker
+# vanished without the reaper noticing (a backstop; the reaper frees it first).
+SLOT_GRACE_SECONDS = 120
+# How long a job over its concurrency limit waits before it is tried again.
+CONCURRENCY_RETRY_SECONDS = 0.5
+
+# KEYS: running zset, starts zset. ARGV: now, job id, concurrency (0 = none),
+# slot expiry, max starts (0 = none), period seconds.
+# Returns 0 when the job may start (its slot and start are recorded), else the
+# seconds to wait: until the oldest start leaves the window, or -1 when
+# concurrency is the limit (the caller picks a short retry).
+ACQUIRE_SCRIPT = """
+local now = tonumber(ARGV[1])
+local concurrency = tonumber(ARGV[3])
+local max_starts = tonumber(ARGV[5])
+local period = tonumber(ARGV[6])
+if concurrency > 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+    if redis.call('ZSCORE', KEYS[1], ARGV[2]) == false and redis.call('ZCARD', KEYS[1]) >= concurrency then
+        return '-1'
+    end
+end
+if max_starts > 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - period)
+    if redis.call('ZCARD', KEYS[2]) >= max_starts then
+        local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+        return tostring(tonumber(oldest[2]) + period - now)
+    end
+    redis.call('ZADD', KEYS[2], now, ARGV[2] .. ':' .. ARGV[1])
+    redis.call('PEXPIRE', KEYS[2], math.ceil(period * 1000) + 1000)
+end
+if concurrency > 0 then
+    redis.call('ZADD', KEYS[1], tonumber(ARGV[4]), ARGV[2])
+end
+return '0'
+"""
+
+
+def running_key(task: str) -> str:
+    return RUNNING_KEY.format(task=task)
+
+
+def starts_key(task: str) -> str:
+    return STARTS_KEY.format(task=task)
+
+
+def is_limited(spec: TaskSpec) -> bool:
+    return bool(spec.concurrency or spec.rate_limit)
+
+
+class Limiter:
+    """Acquires and releases per-task slots for one worker process."""
+
+    def __init__(self, connection: Redis) -> None:
+        self.connection = connection
+        self._acquire = connection.register_script(ACQUIRE_SCRIPT)
+
+    def acquire(self, spec: TaskSpec, job_id: str, timeout_seconds: float) -> float:
+        """Return 0 if job `job_id` may start now (slot taken), else seconds to wait before trying again."""
+        now = time.time()
+        max_starts, period = spec.rate_limit or (0, 0.0)
+        wait = float(
+            self._acquire(
+                keys=[running_key(spec.name), starts_key(spec.name)],
+                args=[
+                    now,
+                    job_id,
+                    spec.concurrency or 0,
+                    now + timeout_seconds + SLOT_GRACE_SECONDS,
+                    max_starts,
+                    period,
+                ],
+            )
+        )
+        if wait < 0:
+            return CONCURRENCY_RETRY_SECONDS * random.uniform(0.5, 1.5)
+        return wait
+
+
+def release(pipeline: object, spec: TaskSpec | None, job_id: str) -> None:
+    """Queue the release of `job_id`'s concurrency slot on `pipeline` (no-op for unlimited tasks)."""
+    if spec is not None and spec.concurrency:
+        pipeline.zrem(running_key(spec.name), job_id)  # type: ignore[attr-defined]

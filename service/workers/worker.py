@@ -1,0 +1,729 @@
+"""Workers: RQ's worker as the service runs it: no loss window, warm shutdown, crash and outage safe.
+
+ServiceWorker extends rq.worker.Worker and keeps RQ's job model (statuses,
+registries, executions, results, retries, dependents, callbacks), so RQ's
+tools and the dashboard see ordinary RQ state. It replaces what loses or
+fails jobs:
+
+- dequeue: an atomic Lua claim into a per-worker list (service.workers.claim),
+  strict or weighted lane order, doorbell wake-ups instead of BLPOP on lanes;
+- execution: in the worker process (`fork=False`, fast) or in a work horse
+  per job (`fork=True`, isolated), forked by a fork server (service.workers.forkserver);
+- warm shutdown with a grace period, then requeue at the front (service.workers.shutdown);
+- crash recovery through a heartbeat thread and a reaper (service.workers.reaper);
+- Redis outages: every Redis step backs off and retries; a job's outcome is
+  stored once Redis is back; nothing exits (service.core.outage);
+- per-task concurrency and rate limits (service.workers.limits).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import resource
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from redis import Redis
+from rq.exceptions import StopRequested
+from rq.executions import Execution
+from rq.job import Job, JobStatus, Retry
+from rq.timeouts import JobTimeoutException
+from rq.utils import now
+from rq.worker import Worker, WorkerStatus
+
+from service.core import metrics
+from service.core.connection import connect, connect_like
+from service.core.keys import waiting_key
+from service.core.outage import REDIS_DOWN, Outage
+from service.jobs.model import ServiceJob, ServiceQueue
+from service.ops import hooks
+from service.tasks.registry import REGISTRY, TaskSpec
+from service.workers import limits
+from service.workers.claim import Claim, Claimer, LaneOrder
+from service.workers.finish import Finisher, is_plain
+from service.workers.forkserver import ForkServer, ForkServerGone
+from service.workers.heartbeat import Heartbeat
+from service.workers.limits import Limiter
+from service.workers.reaper import CRASHES_FIELD, DEFAULT_CRASH_RETRIES, Reaper
+from service.workers.shutdown import (
+    DEFAULT_GRACE_SECONDS,
+    INTERRUPT_SIGNAL,
+    GraceTimer,
+    ShutdownImminent,
+    interrupt_main_thread,
+    interrupt_process,
+)
+
+log = logging.getLogger("service.worker")
+
+
+class JobStopped(BaseException):
+    """Raised inside a running job (no-fork mode) when a stop was requested for it (API cancel)."""
+
+
+# Production timings: heartbeat every 5 s, dead after 20 s without one, reaper
+# every 10 s: a killed worker's job is back in its lane within 30 s.
+DEFAULT_HEARTBEAT_SECONDS = 5.0
+# An idle worker wakes at least this often (doorbell timeout) to check stop
+# requests and promote held-back jobs.
+IDLE_WAKE_SECONDS = 1.0
+# RQ's scheduler child (delayed jobs, retries) exits on a Redis error and RQ
+# starts it again only at its 10-minute maintenance: we look this often.
+SCHEDULER_CHECK_SECONDS = 5.0
+# How long a horse may take to unwind after the grace interrupt before SIGKILL.
+HORSE_UNWIND_SECONDS = 3.0
+# A pipe holds 64 KiB; a larger outcome is stored by the horse itself.
+OUTCOME_PIPE_BYTES = 60_000
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+@dataclass
+class WorkerOptions:
+    """Everything worker.py's options decide, passed whole to each (pooled) worker."""
+
+    lanes: tuple[str, ...]
+    weights: dict[str, int] | None = None
+    fork: bool = False
+    burst: bool = False
+    max_jobs: int | None = None
+    max_memory_mb: int | None = None
+    grace_seconds: float = DEFAULT_GRACE_SECONDS
+    heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
+    crash_retries: int = DEFAULT_CRASH_RETRIES
+    with_scheduler: bool = True
+    name: str | None = None
+    log_level: str = "INFO"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ServiceWorker(Worker):
+    """An RQ worker that runs ServiceJobs from ServiceQueues and never loses one."""
+
+    job_class = ServiceJob
+    queue_class = ServiceQueue
+
+    def __init__(self, queues: Any, *, options: WorkerOptions | None = None, **kwargs: Any) -> None:
+        options = options or WorkerOptions(lanes=())
+        kwargs.setdefault("job_class", ServiceJob)
+        kwargs.setdefault("queue_class", ServiceQueue)
+        from rq.serializers import JSONSerializer
+
+        kwargs.setdefault("serializer", JSONSerializer)
+        kwargs.setdefault("name", options.name)
+        super().__init__(queues, **kwargs)
+        self.options = options
+        self.fork = options.fork
+        self.crash_retries = options.crash_retries
+        self.heartbeat_ttl = options.heartbeat_seconds * 4
+        self.lane_names = [q.name for q in self.queues]
+        self._queues_by_name = {q.name: q for q in self.queues}
+        self.order = LaneOrder(self.lane_names, options.weights)
+        self.claimer = Claimer(self.connection, self.name)
+        self.limiter = Limiter(self.connection)
+        self.finisher = Finisher(self.connection, self.name, self.key)
+        self.reaper = Reaper(self.connection, crash_retries=options.crash_retries)
+        self.outage = Outage(log, f"Worker {self.name}")
+        self.grace = GraceTimer(options.grace_seconds, self._interrupt_job)
+        self.running_lane: str | None = None
+        self.restart_reason: str | None = None
+        self._job_running = False
+        self._horse_died: int | None = None
+        self._resync = True
+        self._heartbeat: Heartbeat | None = None
+        self._outcome_fd: int | None = None  # in a horse: where a plain success goes
+        self._forkserver: ForkServer | None = None
+        self._claim: Claim | None = None
+        self._horse_outcome = b""
+        self._next_scheduler_check = 0.0
+
+    # -- connection -------------------------------------------------------
+
+    def _set_connection(self, connection: Redis) -> Redis:
+        # RQ raises the socket timeout above its long blocking dequeue (415 s
+        # by default: a frozen Redis then hangs the worker that long). Our
+        # blocking waits are short, so the client's own timeouts stay.
+        return connection
+
+    def serialize(self) -> dict[str, Any]:
+        # RQ registers a worker's hash without its state and sets the state a
+        # moment later; a reader in between saw state '?'. Register it started.
+        data = super().serialize()
+        data["state"] = (
+            WorkerStatus.STARTED.value if self._state == "starting" else getattr(self._state, "value", self._state)
+        )
+        return data
+
+    # -- the loop -----------------------------------------------------------
+
+    def work(
+        self, burst: bool = False, logging_level: str | None = None, max_jobs: int | None = None, **_: Any
+    ) -> bool:
+        """Claim and run jobs until stopped (or, in burst mode, until the lanes are empty)."""
+        if self.fork:  # before any thread starts: the server forks every horse from this image
+            self._forkserver = ForkServer(self._run_horse)
+            self._forkserver.start()
+        self._until_redis(lambda: self.bootstrap(logging_level or self.options.log_level))
+        if self.options.with_scheduler:
+            self._until_redis(lambda: self._start_scheduler(burst, logging_level or self.options.log_level))
+        self._install_signal_handlers()
+        self._heartbeat = Heartbeat(
+            self,
+            connect_like(self.connection),
+            interval=self.options.heartbeat_seconds,
+            ttl=self.heartbeat_ttl,
+            reap_every=self.options.heartbeat_seconds * 2,
+        )
+        self._until_redis(self._heartbeat.beat)  # alive before the first claim
+        self._heartbeat.start()
+        completed = 0
+        try:
+            while not self._stop_requested:
+                try:
+                    outcome = self._step(burst)
+                    self.outage.up()
+                except REDIS_DOWN as exc:
+                    self._resync = True
+                    self.outage.down(exc)
+                    continue
+                except StopRequested:
+                    break
+                except Exception:  # a bug must not take the worker down; its claims go back
+                    log.exception("Worker %s: unexpected error; carrying on", self.name)
+                    self._resync = True
+                    time.sleep(1.0)
+                    continue
+                if outcome == "empty":
+                    break
+                if outcome == "ran":
+                    completed += 1
+                    if self._should_restart(completed, max_jobs or self.options.max_jobs):
+                        break
+        finally:
+            self._teardown()
+        return bool(completed)
+
+    def _step(self, burst: bool) -> str:
+        """One turn of the loop: claim and run one job, or wait; return 'ran', 'idle' or 'empty'."""
+        if self._resync:
+            self._requeue_own_claims()
+            self._resync = False
+        if self.should_run_maintenance_tasks:
+            self.run_maintenance_tasks()
+        elif not burst and self._scheduler_gone():
+            self.scheduler.acquire_locks(auto_start=True)  # type: ignore[union-attr]
+        result = self.claimer.claim(self.order.next(), self.get_heartbeat_ttl(None))
+        if isinstance(result, Claim):
+            return "ran" if self._run_claim(result) else "idle"
+        if burst and result is None:
+            return "empty"
+        if self.get_state() != WorkerStatus.IDLE:
+            self.set_state(WorkerStatus.IDLE)
+        timeout = IDLE_WAKE_SECONDS if result is None else min(IDLE_WAKE_SECONDS, max(0.01, result - time.time()))
+        self.claimer.wait(self.lane_names, timeout)
+        return "idle"
+
+    def _scheduler_gone(self) -> bool:
+        """True (at most every SCHEDULER_CHECK_SECONDS) when no RQ scheduler child of ours is running.
+
+        After a Redis outage or a Sentinel failover it has exited; if another
+        worker's holds the lanes' locks, acquire_locks() starts nothing.
+        """
+        if self.scheduler is None or time.monotonic() < self._next_scheduler_check:
+            return False
+        self._next_scheduler_check = time.monotonic() + SCHEDULER_CHECK_SECONDS
+        process = self.scheduler._process
+        return process is None or not process.is_alive()
+
+    def _run_claim(self, claim: Claim) -> bool:
+        """Run a claimed job (or put it aside); True when it ran."""
+        if not claim.raw:
+            self.claimer.drop(claim.job_id)  # deleted while queued
+            return False
+        job = self.job_class(claim.job_id, connection=self.connection, serializer=self.serializer)
+        job.restore(claim.raw)
+        if claim.execution_id is None:
+            # Not queued: canceled, already ended, or a duplicate id of a job running elsewhere.
+            log.warning("Worker %s: job %s is %s, not queued; dropped", self.name, job.id, job.get_status(False))
+            self.claimer.drop(claim.job_id)
+            return False
+        execution = Execution(claim.execution_id, job.id, self.connection, worker_name=self.name)
+        self.executions[execution.id] = execution
+        spec = spec_of(job)
+        if spec is not None and limits.is_limited(spec):
+            wait = self.limiter.acquire(spec, job.id, float(job.timeout or spec.timeout_seconds))
+            if wait > 0:
+                self._hold_back(job, claim.lane, execution, wait)
+                return False
+        self.running_lane, self._claim = claim.lane, claim
+        try:
+            self.execute_job(job, self._queues_by_name[claim.lane])
+        finally:
+            self.running_lane, self._claim = None, None
+        return True
+
+    def _hold_back(self, job: Job, lane: str, execution: Execution, wait_seconds: float) -> None:
+        """Undo the start of a job over its task's limit and park it in the lane's waiting set."""
+        with self.connection.pipeline() as pipe:
+            self.cleanup_execution(job, pipe, execution)
+            pipe.hset(job.key, "status", JobStatus.QUEUED.value)
+            pipe.hincrby(job.key, "attempts", -1)
+            pipe.zadd(waiting_key(lane), {job.id: time.time() + max(wait_seconds, 0.01)})
+            pipe.execute()
+
+    def _requeue_own_claims(self) -> None:
+        """Put back whatever our claimed list holds that we are not running (after an outage, at exit)."""
+        for job_id in self.claimer.claimed():
+            job = ServiceJob.fetch_many([job_id], connection=self.connection)[0]
+            if job is None or job.get_status(refresh=False) in (JobStatus.FINISHED, JobStatus.FAILED):
+                self.claimer.drop(job_id)
+                continue
+            self.claimer.requeue(job_id, job.origin)
+            log.warning("Worker %s: job %s put back at the front of %s", self.name, job_id, job.origin)
+
+    def _should_restart(self, completed: int, max_jobs: int | None) -> bool:
+        if max_jobs and completed >= max_jobs:
+            self.restart_reason = f"ran {completed} jobs (--max-jobs)"
+        elif self.options.max_memory_mb and rss_mb() > self.options.max_memory_mb:
+            self.restart_reason = f"memory {rss_mb():.0f} MB over --max-memory-mb {self.options.max_memory_mb}"
+        if self.restart_reason:
+            log.warning("Worker %s: %s; stopping cleanly to restart", self.name, self.restart_reason)
+        return self.restart_reason is not None
+
+    def _teardown(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+        if self._forkserver is not None:
+            self._forkserver.stop()
+        for _ in range(3):
+            try:
+                self._requeue_own_claims()
+                if not self.claimer.claimed():
+                    self.reaper.forget(self.name)
+                self.teardown()
+                return
+            except REDIS_DOWN as exc:
+                self.outage.down(exc)
+        log.error("Worker %s: Redis unreachable at exit; the reaper will recover our claimed jobs", self.name)
+
+    def _until_redis(self, step: Any) -> Any:
+        """Run `step` until it gets through to Redis (or a stop is requested)."""
+        while True:
+            try:
+                result = step()
+                self.outage.up()
+                return result
+            except REDIS_DOWN as exc:
+                if self._stop_requested:
+                    raise
+                self.outage.down(exc)
+
+    # -- execution ------------------------------------------------------------
+
+    def execute_job(self, job: Job, queue: Any) -> None:
+        execution = self.prepare_execution(job)
+        if not self.fork:
+            self.perform_job(job, queue, execution)
+            return
+        self.fork_work_horse(job, queue)
+        try:
+            self.monitor_work_horse(job, queue, execution)
+            outcome = json.loads(self._horse_outcome) if self._horse_outcome else None
+        finally:
+            if self._horse_pid:
+                self.kill_horse(signal.SIGKILL)
+                self.wait_for_horse()
+                self._horse_pid = 0
+        if outcome is not None:  # a plain success: the horse ran it, we store it
+            started_at, ended_at = (datetime.fromtimestamp(t, UTC) for t in (outcome["started"], outcome["ended"]))
+            job.started_at = started_at
+            self._until_redis(lambda: self._store_success(job, queue, execution, outcome["value"], ended_at))
+
+    def fork_work_horse(self, job: Job, queue: Any) -> None:
+        """Have the fork server fork a horse for the claimed job (RQ forks the worker itself).
+
+        The horse reports a plain success on a pipe instead of storing it: it
+        then needs no Redis connection of its own for most jobs (a new
+        connection per fork is most of a forked job's cost); the worker stores
+        the outcome in one Lua call, as in no-fork mode.
+        """
+        claim, execution = self._claim, self.prepare_execution(job)
+        assert claim is not None and self._forkserver is not None
+        request = (job.id, claim.lane, execution.id, execution.created_at.timestamp(), claim.raw)
+        self._horse_outcome = b""
+        try:
+            self._horse_pid = self._forkserver.submit(request)
+        except ForkServerGone:  # no horse was forked: start a new server and ask again
+            self._restart_forkserver()
+            self._horse_pid = self._forkserver.submit(request)
+        if self._stopped_job_id == job.id:  # stopped (API cancel) before we knew the pid
+            self.kill_horse()
+
+    def wait_for_horse(self) -> tuple[int | None, int | None, Any]:
+        """Wait for the fork server's report that the horse ended; keep what the horse shipped.
+
+        If the server itself died, the horse (its orphan) is killed and counts
+        as a horse killed by SIGKILL; a new server is started for the next job.
+        """
+        pid = self._horse_pid
+        assert self._forkserver is not None
+        try:
+            status, self._horse_outcome = self._forkserver.wait()
+        except ForkServerGone:
+            log.error("Worker %s: fork server exited while horse %s ran; killing the horse", self.name, pid)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+            self._restart_forkserver()
+            status, self._horse_outcome = signal.SIGKILL.value, b""
+        return pid, status, None
+
+    def _restart_forkserver(self) -> None:
+        assert self._forkserver is not None
+        self._forkserver.stop()
+        self._forkserver.start()
+
+    def _run_horse(self, request: tuple[str, str, str, float, dict[bytes, bytes]], outcome_fd: int) -> None:
+        """In a horse (forked by the fork server): rebuild the claimed job and run it; never returns."""
+        job_id, lane, execution_id, created_at, raw = request
+        self._outcome_fd = outcome_fd
+        os.environ["RQ_WORKER_ID"] = self.name
+        os.environ["RQ_JOB_ID"] = job_id
+        job = self.job_class(job_id, connection=self.connection, serializer=self.serializer)
+        job.restore(raw)
+        execution = Execution(execution_id, job_id, self.connection, worker_name=self.name)
+        execution.created_at = datetime.fromtimestamp(created_at, UTC)
+        self.executions = {execution.id: execution}
+        self.running_lane = lane
+        self.main_work_horse(job, self._queues_by_name[lane])
+        os._exit(0)
+
+    def _ship_success(self, job: Job, return_value: Any) -> bool:
+        """In the horse: report a plain success to the parent; False if the horse must store it itself."""
+        if self._outcome_fd is None or isinstance(return_value, Retry):
+            return False
+        if not is_plain(job, job.get_result_ttl(self.default_result_ttl)):
+            return False
+        try:
+            started = job.started_at.timestamp() if job.started_at else time.time()
+            payload = json.dumps({"value": return_value, "started": started, "ended": time.time()}).encode()
+        except (TypeError, ValueError):
+            return False
+        if len(payload) > OUTCOME_PIPE_BYTES:  # fits the pipe: the write never waits for the reader
+            return False
+        view = memoryview(payload)
+        while view:  # a signal may cut a write short
+            view = view[os.write(self._outcome_fd, view) :]
+        os.close(self._outcome_fd)  # the fork server reports the outcome now, while we exit
+        self._outcome_fd = None
+        return True
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        # The heartbeat thread renews the started-registry entry; it outlives
+        # our liveness key by 60 s so that our reaper, not RQ's abandoned-job
+        # cleanup, handles a dead worker's job.
+        return int(self.heartbeat_ttl) + 60
+
+    def prepare_execution(self, job: Job) -> Execution:
+        # The claim script already started the job and recorded its execution.
+        return next(e for e in self.executions.values() if e.job_id == job.id)
+
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        """Nothing left to do: the claim started the job (one round trip for both)."""
+
+    def perform_job(self, job: Job, queue: Any, execution: Execution) -> bool:
+        """Run the job's function, then store its outcome, retrying the store through Redis outages."""
+        job.started_at = now()
+        timeout = job.timeout or self.queue_class.DEFAULT_TIMEOUT
+        try:
+            self._job_running = True
+            try:
+                with self.death_penalty_class(timeout, JobTimeoutException, job_id=job.id):
+                    return_value = job.perform()
+            finally:
+                self._job_running = False
+        except ShutdownImminent:
+            self._until_redis(lambda: self.requeue_interrupted(job, queue, execution))
+            return False
+        except JobStopped:
+            exc_info = sys.exc_info()
+            self._until_redis(lambda: self._finalize_failure(job, queue, execution, exc_info))
+            return False
+        except REDIS_DOWN:
+            exc_info = sys.exc_info()
+            self._until_redis(lambda: self._redeliver_or_fail(job, queue, execution, exc_info))
+            return False
+        except Exception:
+            exc_info = sys.exc_info()
+            self._until_redis(lambda: self._finalize_failure(job, queue, execution, exc_info))
+            return False
+        if self._is_horse and self._ship_success(job, return_value):
+            return True
+        self._until_redis(lambda: self._store_success(job, queue, execution, return_value))
+        return True
+
+    def _store_success(
+        self, job: Job, queue: Any, execution: Execution, return_value: Any, ended_at: datetime | None = None
+    ) -> None:
+        """Store the outcome: one Lua call for a plain job, RQ's own path otherwise."""
+        result_ttl = job.get_result_ttl(self.default_result_ttl)
+        if isinstance(return_value, Retry) or not is_plain(job, result_ttl):
+            self._finalize_success(job, queue, execution, return_value)
+            self._count_outcome(job, "jobs_retried" if isinstance(return_value, Retry) else "jobs_finished")
+            hooks.job_event("job.retried" if isinstance(return_value, Retry) else "job.succeeded", job)
+            log_finished(self.name, job)
+            return
+        job.ended_at = ended_at or now()
+        job._result = return_value
+        spec = spec_of(job)
+        slot_key = limits.running_key(spec.name if spec is not None and spec.concurrency else "-")
+        dependents = self.finisher.finish(job, execution, result_ttl, slot_key, task_name(job))
+        job._status = JobStatus.FINISHED
+        self.executions.pop(execution.id, None)
+        if dependents:
+            self._enqueue_dependents_safely(queue, job)
+        hooks.job_event("job.succeeded", job)
+        log_finished(self.name, job)
+
+    def handle_execution_ended(self, job: Job, queue: Any, heartbeat_ttl: int) -> None:
+        # RQ also writes a heartbeat here (one more round trip per job); the
+        # heartbeat thread keeps the job's registry entry alive instead.
+        job.ended_at = now()
+
+    def _count_outcome(self, job: Job, counter: str, pipe: Any = None) -> None:
+        """Count an execution's outcome and duration in the metrics (in `pipe`, or on its own)."""
+        target = pipe if pipe is not None else self.connection.pipeline()
+        task, lane = task_name(job), job.origin
+        seconds = (job.ended_at - job.started_at).total_seconds() if job.ended_at and job.started_at else 0.0
+        metrics.count(target, "jobs_started", task, lane)
+        metrics.count(target, counter, task, lane)
+        metrics.observe(target, "job_duration_seconds", seconds, task, lane)
+        if pipe is None:
+            target.execute()
+
+    def requeue_interrupted(self, job: Job, queue: Any, execution: Execution | None) -> None:
+        """Put a job stopped by the end of the grace period back at the front of its lane (no retry used)."""
+        job.ended_at = job.ended_at or now()
+        with self.connection.pipeline() as pipe:
+            self.cleanup_execution(job, pipe, execution)
+            self._count_outcome(job, "jobs_redelivered", pipe)
+            pipe.execute()
+        self.claimer.requeue(job.id, job.origin, key=None)
+        log.warning("Worker %s: job %s interrupted by shutdown; back at the front of %s", self.name, job.id, job.origin)
+
+    def _redeliver_or_fail(self, job: Job, queue: Any, execution: Execution, exc_info: Any) -> None:
+        """A job that failed because Redis went away is redelivered, within the crash allowance."""
+        crashes = int(self.connection.hincrby(job.key, CRASHES_FIELD, 1))
+        if crashes <= self.crash_retries:
+            self.requeue_interrupted(job, queue, execution)
+            return
+        self._finalize_failure(job, queue, execution, exc_info)
+
+    def cleanup_execution(self, job: Job, pipeline: Any, execution: Execution | None = None) -> None:
+        """RQ's cleanup, plus: leave our claimed list and free the task's concurrency slot, atomically."""
+        super().cleanup_execution(job, pipeline, execution)
+        pipeline.lrem(self.claimer.key, 1, job.id)
+        limits.release(pipeline, spec_of(job), job.id)
+
+    def handle_job_failure(
+        self, job: Job, queue: Any, started_job_registry: Any = None, exc_string: str = "", execution: Any = None
+    ) -> None:
+        """RQ's failure handling, except that a dead horse is a crash and a store that fails raises (to retry)."""
+        if self._horse_died is not None:
+            self._handle_horse_death(job, queue, execution)
+            return
+        retries_left = job.retries_left
+        try:
+            self._store_failure(job, queue, exc_string, execution)
+        except REDIS_DOWN:
+            job.retries_left = retries_left
+            raise
+
+    def _store_failure(self, job: Job, queue: Any, exc_string: str, execution: Any) -> None:
+        job_is_stopped = self._stopped_job_id == job.id
+        retry = bool(job.should_retry) and not job_is_stopped
+        with self.connection.pipeline() as pipe:
+            if job_is_stopped:
+                job.set_status(JobStatus.STOPPED, pipeline=pipe)
+            elif not retry:
+                job.set_status(JobStatus.FAILED, pipeline=pipe)
+            self.cleanup_execution(job, pipeline=pipe, execution=execution)
+            if not retry:
+                job._handle_failure(
+                    exc_string,
+                    pipeline=pipe,
+                    worker_name=self.name,
+                    execution_id=execution.id if execution else None,
+                    execution_started_at=execution.created_at if execution else None,
+                    execution_ended_at=job.ended_at,
+                )
+            self.increment_failed_job_count(pipe)
+            if retry:
+                job.retry(queue, pipe)
+            self._count_outcome(job, "jobs_retried" if retry else "jobs_failed", pipe)
+            pipe.execute()
+        error = (exc_string.strip().splitlines() or [""])[-1]
+        hooks.job_event("job.retried" if retry else "job.failed", job, error=error)
+        if job_is_stopped:
+            self._stopped_job_id = None
+        if not retry:
+            if not job_is_stopped:
+                job.send_webhooks(JobStatus.FAILED, exc_string=exc_string)
+            self._enqueue_dependents_safely(queue, job)
+
+    # -- fork mode ---------------------------------------------------------------
+
+    def setup_work_horse_signals(self) -> None:
+        # The horse ignores SIGTERM/SIGINT (Heroku signals the whole group):
+        # only the parent decides when the grace period is over.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(INTERRUPT_SIGNAL, self._on_interrupt)
+
+    def handle_work_horse_killed(self, job: Job, retpid: int, ret_val: int, rusage: Any) -> None:
+        super().handle_work_horse_killed(job, retpid, ret_val, rusage)
+        self._horse_died = ret_val or -1
+
+    def _handle_horse_death(self, job: Job, queue: Any, execution: Any) -> None:
+        status, self._horse_died = self._horse_died, None
+        if self.grace.fired:
+            self.requeue_interrupted(job, queue, execution)
+            return
+        how = (
+            f"signal {os.WTERMSIG(status)}" if status and status > 0 and os.WIFSIGNALED(status) else f"status {status}"
+        )
+        self._until_redis(lambda: self.reaper.recover(job.id, self.claimer.key, f"work horse died ({how})"))
+
+    def maintain_heartbeats(self, job: Job, execution: Execution) -> None:
+        try:
+            super().maintain_heartbeats(job, execution)
+        except REDIS_DOWN as exc:
+            self.outage.down(exc)
+
+    # -- signals and shutdown -----------------------------------------------------
+
+    def _install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(INTERRUPT_SIGNAL, self._on_interrupt)
+        signal.signal(signal.SIGUSR2, self._on_stop_job)
+
+    def _on_stop_job(self, signum: int, frame: Any) -> None:
+        if self._job_running and self._stopped_job_id:
+            raise JobStopped("Job stopped by user")
+
+    def request_stop(self, signum: int, frame: Any) -> None:
+        """SIGTERM/SIGINT: stop taking jobs; the running one has the grace period. A second signal: now."""
+        if self._shutdown_requested_date and (now() - self._shutdown_requested_date).total_seconds() < 1:
+            return  # the same shutdown, signalled twice (pool and process group)
+        if self._stop_requested:
+            log.warning("Worker %s: second stop signal; interrupting the running job now", self.name)
+            self.grace.fire()
+            return
+        self._shutdown_requested_date = now()
+        self._stop_requested = True
+        busy = self._job_running or self._horse_pid
+        log.info(
+            "Worker %s: warm shutdown requested (%s)%s",
+            self.name,
+            signal.Signals(signum).name,
+            f"; the running job has {self.grace.grace_seconds:.0f} s to finish" if busy else "",
+        )
+        self.grace.start()
+
+    def _on_interrupt(self, signum: int, frame: Any) -> None:
+        if self._job_running:
+            raise ShutdownImminent(f"warm shutdown grace period of {self.grace.grace_seconds:.0f} s is over")
+
+    def _interrupt_job(self) -> None:
+        if self.fork and self._horse_pid:
+            horse = self._horse_pid
+            interrupt_process(horse)
+            timer = threading.Timer(HORSE_UNWIND_SECONDS, self._kill_stuck_horse, args=(horse,))
+            timer.daemon = True
+            timer.start()
+        elif self._job_running:
+            interrupt_main_thread()
+
+    def _kill_stuck_horse(self, pid: int) -> None:
+        if self._horse_pid == pid:
+            self.kill_horse(signal.SIGKILL)
+
+    def _pubsub_exception_handler(self, exc: Exception, pubsub: Any, pubsub_thread: Any) -> None:
+        if isinstance(exc, REDIS_DOWN):
+            time.sleep(2.0)  # redis-py resubscribes once Redis is back
+            return
+        super()._pubsub_exception_handler(exc, pubsub, pubsub_thread)
+
+    def kill_horse(self, sig: signal.Signals = signal.SIGKILL) -> None:
+        """Fork mode: kill the horse. Without fork there is no horse: a stop request (API cancel) is
+        raised inside the running job instead (RQ's Worker would signal its own process group)."""
+        if self._horse_pid:
+            super().kill_horse(sig)
+        elif not self._is_horse and self._job_running and self._stopped_job_id:
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR2)
+
+
+def task_name(job: Job) -> str:
+    """The job's task name for metrics and logs ('?' when unreadable)."""
+    spec = spec_of(job)
+    if spec is not None:
+        return spec.name
+    try:
+        return str(job.func_name)[:100]
+    except Exception:
+        return "?"
+
+
+def log_finished(worker_name: str, job: Job) -> None:
+    """Log a finished job with its id, task, lane and duration as fields (LOG_FORMAT=json shows them)."""
+    started, ended = job.started_at, job.ended_at
+    duration_ms = round((ended - started).total_seconds() * 1000, 3) if started and ended else None
+    fields = {"job_id": job.id, "task": task_name(job), "queue": job.origin, "duration_ms": duration_ms}
+    log.info("Worker %s: %s: job %s (%s) finished in %s ms", worker_name, job.origin, job.id, fields["task"],
+             duration_ms, extra=fields)  # fmt: skip
+
+
+def spec_of(job: Job) -> TaskSpec | None:
+    """The registered task of `job`, or None (unregistered or unreadable: it fails when run)."""
+    try:
+        name = job.func_name
+    except Exception:
+        return None
+    return REGISTRY._tasks.get(name) if isinstance(name, str) else None
+
+
+def rss_mb() -> float:
+    """This process's resident memory in MB (Linux /proc; peak RSS elsewhere)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * PAGE_SIZE / 1e6
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+
+
+def make_worker(connection: Redis, options: WorkerOptions) -> ServiceWorker:
+    """Build a ServiceWorker for `options`, waiting for Redis if it is down at start."""
+    queues = [ServiceQueue(lane, connection=connection) for lane in options.lanes]
+    outage = Outage(log, "Worker start")
+    while True:
+        try:
+            worker = ServiceWorker(queues, connection=connection, options=options)
+            outage.up()
+            return worker
+        except REDIS_DOWN as exc:
+            outage.down(exc)
+
+
+def run_worker(redis_url: str, options: WorkerOptions) -> str | None:
+    """Run one worker until it stops; return why it wants a restart (None: it just stopped)."""
+    connection = connect(redis_url, role="worker")
+    worker = make_worker(connection, options)
+    worker.work(burst=options.burst, logging_level=options.log_level, max_jobs=options.max_jobs)
+    return worker.restart_reason
