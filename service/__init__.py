@@ -39,6 +39,7 @@ def create_app(settings: Settings | None = None, *, connection: Redis | None = N
 
     from service import api
     from service.api import replication
+    from service.core import compat
     from service.core.config import Settings
     from service.core.connection import connect
     from service.core.logs import configure_logging
@@ -47,6 +48,7 @@ def create_app(settings: Settings | None = None, *, connection: Redis | None = N
 
     settings = settings or Settings.from_env(role="web")
     configure_logging(settings, role="web")
+    compat.check_versions()
     load_task_modules(settings.task_modules)
     app = Flask(__name__)
     app.extensions["settings"] = settings
