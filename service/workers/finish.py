@@ -39,22 +39,27 @@ def outcome_metrics(counter: str, task: str, lane: str, seconds: float) -> list[
 
 # KEYS: job, started registry, execution, execution registry, worker, worker
 #       executions, claimed list, finished registry, results stream, dependents,
-#       concurrency slots of the task (or any unused key), metrics hash.
+#       concurrency slots of the task (or any unused key), metrics hash,
+#       dependencies.
 # ARGV: job id, execution composite key, execution id, ended_at (ISO), result
 #       ttl (-1 = forever), finished-registry score, working seconds, the number
 #       N of result stream arguments, those N field/value arguments, then the
 #       metrics: the started and outcome counter fields, the duration histogram's
-#       field prefix and the duration in seconds (see outcome_metrics).
+#       field prefix and the duration in seconds (see outcome_metrics); last,
+#       started_at (ISO).
+# The worker's state goes back to idle, as RQ's SimpleWorker sets it after a job.
 # Returns the number of dependents (the caller enqueues them through RQ).
 FINISH_SCRIPT = (
     "local BUCKETS = {"
     + ", ".join(f"'{name}'" for name in BUCKET_NAMES)
     + """}
 local ttl = tonumber(ARGV[5])
-redis.call('HSET', KEYS[1], 'status', 'finished', 'ended_at', ARGV[4])
+redis.call('HSET', KEYS[1], 'status', 'finished', 'started_at', ARGV[#ARGV], 'ended_at', ARGV[4],
+           'last_heartbeat', ARGV[4])
 if ttl > 0 then
     redis.call('EXPIRE', KEYS[1], ttl)
     redis.call('EXPIRE', KEYS[10], ttl)
+    redis.call('EXPIRE', KEYS[13], ttl)
 else
     redis.call('PERSIST', KEYS[1])
 end
@@ -76,7 +81,7 @@ for _, bound in ipairs(BUCKETS) do
     end
 end
 redis.call('HINCRBY', KEYS[12], histogram .. 'count', 1)
-redis.call('XADD', KEYS[9], 'MAXLEN', '10', '*', unpack(fields))
+redis.call('XADD', KEYS[9], 'MAXLEN', '~', '10', '*', unpack(fields))
 if ttl > 0 then
     redis.call('EXPIRE', KEYS[9], ttl)
 else
@@ -90,6 +95,7 @@ redis.call('LREM', KEYS[7], 1, ARGV[1])
 redis.call('ZREM', KEYS[11], ARGV[1])
 redis.call('HINCRBY', KEYS[5], 'successful_job_count', 1)
 redis.call('HINCRBYFLOAT', KEYS[5], 'total_working_time', ARGV[7])
+redis.call('HSET', KEYS[5], 'state', 'idle')
 return redis.call('SCARD', KEYS[10])
 """
 )
@@ -148,6 +154,7 @@ class Finisher:
                     job.dependents_key,
                     slot_key,
                     metrics.METRICS_KEY,
+                    job.dependencies_key,
                 ],
                 args=[
                     job.id,
@@ -159,7 +166,8 @@ class Finisher:
                     working,
                 ]
                 + [len(pairs), *pairs]
-                + outcome_metrics("jobs_finished", task, job.origin, working),
+                + outcome_metrics("jobs_finished", task, job.origin, working)
+                + [utcformat(job.started_at)],
                 client=client,
             )
         )
