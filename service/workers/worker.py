@@ -143,6 +143,7 @@ class ServiceWorker(Worker):
         self._claim: Claim | None = None
         self._horse_outcome = b""
         self._next_scheduler_check = 0.0
+        self.suspended = False  # `rq suspend` is in force (read by the heartbeat thread)
 
     # -- connection -------------------------------------------------------
 
@@ -215,6 +216,9 @@ class ServiceWorker(Worker):
         if self._resync:
             self._requeue_own_claims()
             self._resync = False
+        if self.suspended:  # seen by the heartbeat: wait for `rq resume` as RQ's worker does
+            self.check_for_suspension(burst)
+            self.suspended = False
         if self.should_run_maintenance_tasks:
             self.run_maintenance_tasks()
         elif not burst and self._scheduler_gone():
