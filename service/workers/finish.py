@@ -45,8 +45,7 @@ def outcome_metrics(counter: str, task: str, lane: str, seconds: float) -> list[
 #       ttl (-1 = forever), finished-registry score, working seconds, the number
 #       N of result stream arguments, those N field/value arguments, then the
 #       metrics: the started and outcome counter fields, the duration histogram's
-#       field prefix and the duration in seconds (see outcome_metrics); last,
-#       started_at (ISO).
+#       field prefix and the duration in seconds (see outcome_metrics).
 # The worker's state goes back to idle, as RQ's SimpleWorker sets it after a job.
 # Returns the number of dependents (the caller enqueues them through RQ).
 FINISH_SCRIPT = (
@@ -54,8 +53,7 @@ FINISH_SCRIPT = (
     + ", ".join(f"'{name}'" for name in BUCKET_NAMES)
     + """}
 local ttl = tonumber(ARGV[5])
-redis.call('HSET', KEYS[1], 'status', 'finished', 'started_at', ARGV[#ARGV], 'ended_at', ARGV[4],
-           'last_heartbeat', ARGV[4])
+redis.call('HSET', KEYS[1], 'status', 'finished', 'ended_at', ARGV[4], 'last_heartbeat', ARGV[4])
 if ttl > 0 then
     redis.call('EXPIRE', KEYS[1], ttl)
     redis.call('EXPIRE', KEYS[10], ttl)
@@ -166,8 +164,7 @@ class Finisher:
                     working,
                 ]
                 + [len(pairs), *pairs]
-                + outcome_metrics("jobs_finished", task, job.origin, working)
-                + [utcformat(job.started_at)],
+                + outcome_metrics("jobs_finished", task, job.origin, working),
                 client=client,
             )
         )
