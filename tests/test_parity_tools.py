@@ -11,6 +11,7 @@ RQ's.
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -181,6 +182,54 @@ def test_stopping_a_running_job_leaves_what_stock_rqs_forking_worker_leaves(
     assert unexpected(differences(stock, ours), STOPPED) == {}
 
 
+# A running job: what the service keeps differently from rq.SimpleWorker, and why.
+RUNNING: dict[tuple[str, str], str] = {
+    **ALWAYS,
+    # RQ gives these keys the job's timeout + 60 s once; the service's heartbeat
+    # thread renews them every few seconds for 4 heartbeats + 60 s.
+    ("rq:worker:<worker>", "ttl"): "renewed by the heartbeat thread, not set once for the job's timeout",
+    ("rq:worker:<worker>:executions", "ttl"): "renewed by the heartbeat thread, not set once for the job's timeout",
+    ("rq:execution:<job>:<exec>", "ttl"): "renewed by the heartbeat thread, not set once for the job's timeout",
+    ("rq:executions:<job>", "*"): "renewed by the heartbeat thread, not set once for the job's timeout",
+    ("rq:wip:default", "<job>:<exec>"): "renewed by the heartbeat thread, not set once for the job's timeout",
+    # The service's own keys: a worker's claimed jobs, the workers that hold
+    # claims, and each worker's liveness (the reaper's inputs).
+    ("svc:claimed:<worker>", "*"): "the worker's claimed list: a killed worker's job is found and redelivered",
+    ("svc:claimers", "*"): "the workers holding claims, for the reaper",
+    ("svc:alive:<worker>", "*"): "the worker's liveness key, for the reaper",
+}
+
+
+def test_a_running_job_is_stored_as_rqs_simple_worker_stores_it(
+    connection: Redis, processes: Processes, api: Api, client: FlaskClient, redis_url: str
+) -> None:
+    queue = Queue("default", connection=connection, serializer=JSONSerializer)
+    stock_job = queue.enqueue_call(parity_tasks.hold, args=["release"], result_ttl=500, failure_ttl=7 * 24 * 3600)
+    worker = stock_worker(processes, redis_url, WORKER, "default", "--burst", "-w", "rq.SimpleWorker")
+    stock = observe_running(connection, client, stock_job.id, worker)
+
+    connection.flushdb()
+    job_id = api.enqueue(task="parity.hold", args=["release"], queue="default")["id"]
+    worker = processes.worker("default", "--burst", "--no-fork", "--no-scheduler", "--name", WORKER, *FAST, env=TASKS)
+    ours = observe_running(connection, client, job_id, worker)
+
+    assert ours[("rq:worker:<worker>", "state")] == "busy"
+    assert ours[("rq:worker:<worker>:executions", "members")] == ["<job>:<exec>"]
+    assert unexpected(differences(stock, ours), RUNNING) == {}
+
+
+def observe_running(
+    connection: Redis, client: FlaskClient, job_id: str, worker: ServiceProcess
+) -> dict[tuple[str, str], Any]:
+    """The state while `job_id` runs; then the job is released and its burst worker exits."""
+    wait_until(lambda: status(connection, job_id) == "started", timeout=30, what="the job to start")
+    seen = observe(connection, client, job_id)
+    connection.rpush("release", 1)
+    assert worker.wait(timeout=30) == 0  # gone before the next side's jobs arrive
+    assert status(connection, job_id) == "finished"
+    return seen
+
+
 def observe(connection: Redis, client: FlaskClient, job_id: str) -> dict[tuple[str, str], Any]:
     labels = Labels({job_id: "<job>"})
     return {**snapshot(connection, labels, WORKER), **readback(connection, client, labels, {"<job>": job_id})}
@@ -212,6 +261,18 @@ def test_rq_suspend_holds_the_service_worker_and_rq_resume_releases_it(
     subprocess.run([RQ, "resume", "-u", redis_url], check=True, capture_output=True)
     wait_until(lambda: status(connection, job_id) == "finished", timeout=30, what="the job to run after resume")
     wait_until(lambda: rq_info(redis_url)[OURS]["state"] == "idle", timeout=30, what="the worker to be idle")
+
+
+def test_a_suspended_worker_stops_on_sigterm_without_taking_a_job(
+    connection: Redis, processes: Processes, api: Api, redis_url: str
+) -> None:
+    worker = processes.worker("default", "--name", OURS, *FAST, env=TASKS)
+    subprocess.run([RQ, "suspend", "-u", redis_url], check=True, capture_output=True)
+    wait_until(lambda: rq_info(redis_url).get(OURS, {}).get("state") == "suspended", timeout=30, what="suspended")
+    job_id = api.enqueue(task="parity.ok", args=[1], queue="default")["id"]
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    assert status(connection, job_id) == "queued"
 
 
 def test_a_long_job_keeps_its_worker_current_job_visible(

@@ -216,9 +216,11 @@ class ServiceWorker(Worker):
         if self._resync:
             self._requeue_own_claims()
             self._resync = False
-        if self.suspended:  # seen by the heartbeat: wait for `rq resume` as RQ's worker does
+        if self.suspended:  # seen by the heartbeat: wait for `rq resume` (or a stop) as RQ's worker does
             self.check_for_suspension(burst)
             self.suspended = False
+            if self._stop_requested:
+                return "idle"
         if self.should_run_maintenance_tasks:
             self.run_maintenance_tasks()
         elif not burst and self._scheduler_gone():
