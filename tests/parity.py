@@ -44,6 +44,18 @@ DASHBOARD_AUTH = {"Authorization": "Basic " + base64.b64encode(f"ops:{TOKEN}".en
 ISO_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)?$")
 
 
+# Differences on purpose, in every scenario where the item exists: (key, item) as shell patterns -> why.
+ALWAYS: dict[Item, str] = {
+    ("svc:metrics", "*"): "the service's job counters and durations (GET /metrics)",
+    ("svc:doorbell:default", "*"): "wake-up tokens for idle workers, one per push into the lane",
+    ("rq:job:*", "attempts"): "the service counts a job's starts in its hash (GET /jobs shows them)",
+    ("rq:job:*", "data.function"): "a job names its registered task, never an import path",
+    ("Job.fetch *", "function"): "a job names its registered task, never an import path",
+    ("*", "description"): "a job is described by its task name, not by a call string with its arguments",
+    ("dashboard * jobs", "jobs.*.description"): "a job is described by its task name, not by a call string",
+}
+
+
 class Labels:
     """Replaces ids in key names and values by stable labels ('<job>', '<worker>', '<exec>')."""
 

@@ -2,7 +2,7 @@
 
 Each scenario runs twice on a real, emptied Redis: stock RQ (a plain Queue
 with the JSON serializer, rq.SimpleWorker in burst mode) and the service
-(POST /jobs, ServiceWorker without fork in burst mode). What lands in Redis
+(POST /jobs, ServiceWorker in burst mode, without and with fork). What lands in Redis
 (job hashes, registries, executions, results streams, the worker hash) and
 what RQ's readers report (Job.fetch, latest_result(), rq-dashboard's JSON
 routes) is compared item by item. Every difference must be listed below
@@ -23,25 +23,14 @@ from redis import Redis
 from rq import Queue, Retry, SimpleWorker
 from rq.serializers import JSONSerializer
 
-from service.tasks.registry import DEFAULT_FAILURE_TTL_SECONDS, DEFAULT_RESULT_TTL_SECONDS, REGISTRY
+from service.tasks.registry import REGISTRY
 from service.workers.worker import WorkerOptions, make_worker
-from tests import parity_tasks
+from tests import parity_tasks  # noqa: F401 - registers the parity.* tasks
 from tests.api import Api
-from tests.parity import Item, Labels, differences, readback, snapshot, unexpected
+from tests.parity import ALWAYS, Item, Labels, differences, readback, snapshot, unexpected
 
 WORKER = "parity-worker"
 LANE = "default"
-
-# Differences on purpose, in every scenario where the item exists: (key, item) as shell patterns -> why.
-ALWAYS: dict[Item, str] = {
-    ("svc:metrics", "*"): "the service's job counters and durations (GET /metrics)",
-    ("svc:doorbell:default", "*"): "wake-up tokens for idle workers, one per push into the lane",
-    ("rq:job:*", "attempts"): "the service counts a job's starts in its hash (GET /jobs shows them)",
-    ("rq:job:*", "data.function"): "a job names its registered task, never an import path",
-    ("Job.fetch *", "function"): "a job names its registered task, never an import path",
-    ("*", "description"): "a job is described by its task name, not by a call string with its arguments",
-    ("dashboard * jobs", "jobs.*.description"): "a job is described by its task name, not by a call string",
-}
 
 
 @dataclass
@@ -155,10 +144,3 @@ def test_the_service_stores_what_stock_rq_stores(
     connection.flushdb()
     ours = observe(connection, client, run_ours(connection, api, scenario, fork))
     assert unexpected(differences(stock, ours), ALWAYS) == {}
-
-
-def test_the_scenarios_use_the_task_defaults_the_stock_side_is_given() -> None:
-    # The stock side passes the task's result and failure TTLs explicitly: RQ's own defaults differ.
-    assert (DEFAULT_RESULT_TTL_SECONDS, DEFAULT_FAILURE_TTL_SECONDS) == (500, 7 * 24 * 3600)
-    assert REGISTRY.get("parity.forever").result_ttl_seconds == -1
-    assert parity_tasks.HOLD_SECONDS > 0

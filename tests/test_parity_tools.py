@@ -28,9 +28,8 @@ from service.jobs.model import ServiceJob
 from tests import parity_tasks
 from tests.api import Api
 from tests.helpers import wait_until
-from tests.parity import DASHBOARD_AUTH, Labels, differences, readback, snapshot, unexpected
+from tests.parity import ALWAYS, DASHBOARD_AUTH, Labels, differences, readback, snapshot, unexpected
 from tests.processes import ROOT, Processes, ServiceProcess
-from tests.test_parity_storage import ALWAYS
 from tests.worker_fixtures import FAST
 
 RQ = str(Path(sys.executable).parent / "rq")
