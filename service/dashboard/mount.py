@@ -3,8 +3,9 @@
 rq-dashboard leaves authentication to its host (its docstring says so).
 Every /dashboard path, static files included, needs a valid API token as the
 Basic password. Around that: state changes need same-origin proof
-(service.dashboard.origin), and rq-dashboard reads through the service's
-JSON readers (service.dashboard.seam).
+(service.dashboard.origin), every response carries the security headers
+(service.dashboard.headers), and rq-dashboard reads through the service's
+JSON readers (service.dashboard.seam). docs/dashboard.md lists every route.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from rq_dashboard.web import setup_rq_connection
 from service.api.auth import token_is_valid
 from service.api.errors import error_response
 from service.core.config import Settings
-from service.dashboard import origin, seam
+from service.dashboard import headers, origin, seam
 
 PREFIX = origin.PREFIX
 
@@ -55,6 +56,7 @@ def init_app(app: Flask, settings: Settings) -> None:
 
     app.config.from_object(rq_dashboard.default_settings)
     app.config["RQ_DASHBOARD_REDIS_URL"] = settings.redis_url
+    headers.init_app(app)
     app.before_request(lambda: guard_dashboard(app.extensions["settings"].api_tokens))
     app.before_request(origin.refuse_unsafe_request)
     app.register_blueprint(dashboard_schedules.bp, url_prefix=PREFIX)
