@@ -130,6 +130,7 @@ def test_every_dashboard_route_is_known_and_changes_state_only_by_post(app: Flas
             response = client.open(path, method=method, headers=SAME_ORIGIN)
             allowed = {m.strip() for m in response.headers["Allow"].split(",")}
             assert response.status_code == 405 and "POST" in allowed and "GET" not in allowed, (method, path)
+        assert client.options(path, headers=GOOD).status_code == 200  # what a preflight asks; nothing runs
 
 
 @pytest.mark.parametrize(

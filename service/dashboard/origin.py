@@ -38,6 +38,8 @@ def in_dashboard() -> bool:
 
 def changes_state() -> bool:
     """True for a dashboard request that would change state: an unsafe method, or a state-changing route."""
+    if request.method == "OPTIONS":  # answered by Flask with the allowed methods; no view runs
+        return False
     return request.method not in SAFE_METHODS or request.endpoint in STATE_CHANGING_ENDPOINTS
 
 
