@@ -30,6 +30,13 @@ def unique_sleep(seconds: float) -> float:
     return seconds
 
 
+@task("testing.hold")
+def hold(label: str, seconds: float) -> str:
+    """Sleep `seconds` while `label` shows in the worker's current call (the dashboard tests' running job)."""
+    time.sleep(seconds)
+    return label
+
+
 @task("testing.fail_with_webhook", webhook_url=os.environ.get("TEST_WEBHOOK_URL") or "http://127.0.0.1:9/unset")
 def fail_with_webhook(message: str) -> None:
     """Fail; the task's webhook receives the failure event."""

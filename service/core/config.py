@@ -30,6 +30,7 @@ TLS_FILES = {
 # 1 s read timeout (service.core.connection), which also keeps a 503 within 3 s.
 DEFAULT_REPLICA_ACK_TIMEOUT_MS = 500
 MAX_REPLICA_ACK_TIMEOUT_MS = 800
+MAX_PROXY_HOPS = 5
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
 MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -50,6 +51,9 @@ class Settings:
     # WAIT for this many replicas after each API write before answering (0: do not wait).
     min_replicas_ack: int = 0
     replica_ack_timeout_ms: int = DEFAULT_REPLICA_ACK_TIMEOUT_MS
+    # Reverse proxies in front of the web process whose X-Forwarded-* headers
+    # are believed (werkzeug ProxyFix); 0 believes none.
+    trusted_proxy_hops: int = 0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, role: str = "web") -> Settings:
@@ -73,6 +77,7 @@ class Settings:
                 1,
                 MAX_REPLICA_ACK_TIMEOUT_MS,
             ),
+            trusted_proxy_hops=_whole("TRUSTED_PROXY_HOPS", env.get("TRUSTED_PROXY_HOPS", "0"), 0, MAX_PROXY_HOPS),
         )
         if settings.schedules_file and not os.path.isfile(settings.schedules_file):
             raise ConfigError("SCHEDULES_FILE: no such file")
@@ -136,7 +141,7 @@ def _with_tls_files(url: str, env: Mapping[str, str]) -> str:
 
 
 def _whole(name: str, value: str, low: int, high: int) -> int:
-    if not value.strip().isdigit() or not low <= int(value) <= high:
+    if not (value.strip().isascii() and value.strip().isdigit()) or not low <= int(value) <= high:
         raise ConfigError(f"{name}: must be a whole number between {low} and {high}")
     return int(value)
 
