@@ -16,7 +16,6 @@ from typing import Any, TypeVar
 
 from redis import Redis
 from redis.exceptions import RedisError
-from rq import Worker
 from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.results import Result
 from rq.serializers import DefaultSerializer, JSONSerializer
@@ -26,6 +25,7 @@ from service.core.lanes import LANES
 from service.jobs.describe import status_of
 from service.jobs.model import ServiceJob, ServiceQueue
 from service.jobs.operations import REGISTRIES
+from service.ops.monitor import WorkerRecord
 
 T = TypeVar("T")
 UNREADABLE = "unreadable: not stored in the form this service writes (never loaded)"
@@ -115,17 +115,12 @@ def _rank(name: str) -> tuple[int, str]:
     return (LANES.index(name) if name in LANES else len(LANES), name)
 
 
-class DashboardWorker(Worker):
+class DashboardWorker(WorkerRecord):
     """A registered worker read for display: JSON jobs, the web client's timeouts kept, unreadable hashes shown."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.update(serializer=JSONSerializer, job_class=DashboardJob, queue_class=DashboardQueue)
         super().__init__(*args, **kwargs)
-
-    def _set_connection(self, connection: Redis) -> Redis:
-        # RQ raises the client's socket timeout to outlast its blocking dequeue
-        # (415 s); this worker object only reads, on the web process's client.
-        return connection
 
     def refresh(self) -> None:
         try:
