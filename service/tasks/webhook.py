@@ -15,7 +15,7 @@ from service.tasks.registry import RetryPolicy, task
 WEBHOOK_TIMEOUT_SECONDS = 5.0
 
 
-@task("hooks.webhook", queue="low", timeout=30, retry=RetryPolicy(max=3, backoff=(5, 30, 120)))
+@task("hooks.webhook", queue="low", timeout=30, retry=RetryPolicy(max=3, backoff=(5, 30, 120)), internal=True)
 def deliver_webhook(url: str, payload: dict[str, Any]) -> int:
     """POST `payload` as JSON to `url`; raise on a network error or a non-2xx answer (so it is retried)."""
     if not url.startswith(("http://", "https://")):
