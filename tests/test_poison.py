@@ -131,6 +131,19 @@ def test_ids_no_job_can_have_are_removed_counted_and_the_worker_goes_on(
     assert not connection.keys("rq:execution:*") and not connection.zcard("rq:wip:default")
 
 
+def test_a_key_under_a_job_id_that_is_not_a_hash_is_left_alone_and_the_worker_goes_on(
+    connection: Redis, client: FlaskClient, worker: ServiceProcess
+) -> None:
+    string_id, list_id = str(uuid.uuid4()), str(uuid.uuid4())
+    connection.set(f"rq:job:{string_id}", "not a job")
+    connection.rpush(f"rq:job:{list_id}", "not", "a", "job")
+    connection.set(b"rq:job:bad\nid", "not a job either")
+    for job_id in (string_id, list_id, "bad\nid"):
+        plant(connection, job_id, None)
+    echo_still_runs(connection, worker)
+    assert connection.get(f"rq:job:{string_id}") == b"not a job" and connection.llen(f"rq:job:{list_id}") == 3
+
+
 # -- damaged job hashes ------------------------------------------------------------------------------------------
 
 DAMAGED_FIELDS = [

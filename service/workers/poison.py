@@ -49,10 +49,10 @@ def discard(
 ) -> None:
     """Remove a claimed id that no job can have, and what its claim started; count and log it."""
     job_key = raw(Job.key_for(job_id))
-    exists = connection.exists(job_key)
+    is_hash = connection.type(job_key) == b"hash"
     with connection.pipeline() as pipe:
         _forget_claim(connection, pipe, claimed_key, job_id, execution_id, worker_name)
-        if exists:
+        if is_hash:
             pipe.hset(job_key, "status", JobStatus.FAILED.value)
             pipe.expire(job_key, DEFAULT_FAILURE_TTL_SECONDS)
         metrics.count(pipe, "jobs_discarded", lane or "?")
@@ -74,7 +74,8 @@ def fail(
     Its outcome goes to `lane`, or (None) to the lane its hash names, or the default lane.
     """
     job_key = raw(Job.key_for(job_id))
-    status, origin = connection.hmget(job_key, ["status", "origin"])
+    is_hash = connection.type(job_key) == b"hash"  # another type there is no job: only the claim goes
+    status, origin = connection.hmget(job_key, ["status", "origin"]) if is_hash else (None, None)
     lane = lane or (origin.decode() if origin in LANE_NAMES else LANES[1])
     with connection.pipeline() as pipe:
         _forget_claim(connection, pipe, claimed_key, job_id, execution_id, worker_name)

@@ -332,20 +332,29 @@ class ServiceWorker(Worker):
     def _requeue_own_claims(self) -> None:
         """Put back whatever our claimed list holds that we are not running (after an outage, at exit)."""
         for job_id in self.claimer.claimed():
-            if not is_job_id(job_id):
-                poison.discard(self.connection, self.claimer.key, job_id, "?", None, self.name)
-                continue
-            job = ServiceJob.fetch_many([job_id], connection=self.connection)[0]
-            if job is None or job.get_status(refresh=False) in (JobStatus.FINISHED, JobStatus.FAILED):
-                self.claimer.drop(job_id)
-                continue
-            if job.damage:  # it can never run (its claim may even have failed on it): no loop, it fails
-                lane = job.origin if job.origin in LANES else self.lane_names[0]
-                reason = f"JobDamaged: the stored job is damaged ({job.damage}); not run"
-                poison.fail(self.connection, self.claimer.key, job_id, lane, reason, None, self.name)
-                continue
-            self.claimer.requeue(job_id, job.origin)
-            log.warning("Worker %s: job %s put back at the front of %s", self.name, job_id, job.origin)
+            try:
+                self._requeue_claim(job_id)
+            except (*REDIS_DOWN, StopRequested):
+                raise
+            except Exception as exc:  # e.g. a key under the id that is not a job hash: it fails alone
+                reason = f"{type(exc).__name__}: {exc}"
+                poison.fail(self.connection, self.claimer.key, job_id, self.lane_names[0], reason, None, self.name)
+
+    def _requeue_claim(self, job_id: str) -> None:
+        if not is_job_id(job_id):
+            poison.discard(self.connection, self.claimer.key, job_id, None, None, self.name)
+            return
+        job = ServiceJob.fetch_many([job_id], connection=self.connection)[0]
+        if job is None or job.get_status(refresh=False) in (JobStatus.FINISHED, JobStatus.FAILED):
+            self.claimer.drop(job_id)
+            return
+        if job.damage:  # it can never run (its claim may even have failed on it): no loop, it fails
+            lane = job.origin if job.origin in LANES else self.lane_names[0]
+            reason = f"JobDamaged: the stored job is damaged ({job.damage}); not run"
+            poison.fail(self.connection, self.claimer.key, job_id, lane, reason, None, self.name)
+            return
+        self.claimer.requeue(job_id, job.origin)
+        log.warning("Worker %s: job %s put back at the front of %s", self.name, job_id, job.origin)
 
     def _should_restart(self, completed: int, max_jobs: int | None) -> bool:
         if max_jobs and completed >= max_jobs:
