@@ -275,10 +275,12 @@ def test_webhooks_stored_in_a_job_hash_are_never_called(
     hits: list[str] = []
 
     class Hook(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
+        def do_GET(self) -> None:
             hits.append(self.path)
             self.send_response(204)
             self.end_headers()
+
+        do_POST = do_GET
 
         def log_message(self, *args: Any) -> None:
             pass
@@ -287,7 +289,8 @@ def test_webhooks_stored_in_a_job_hash_are_never_called(
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/"
-        hooks = json.dumps([{"url": url, "job_status": status} for status in ("finished", "failed")]).encode()
+        hooks = json.dumps([{"url": url, "job_status": status, "method": method}
+                            for status in ("finished", "failed") for method in ("GET", "POST")]).encode()  # fmt: skip
         job_id = str(uuid.uuid4())
         plant(connection, job_id, job_fields(connection, webhooks=hooks))
         wait_until(lambda: read(client, job_id)["status"] == "finished", timeout=30)
