@@ -442,3 +442,16 @@ def test_fuzz_damaged_jobs_each_fail_alone_and_a_normal_job_still_runs(
             assert job["status"] in ("finished", "failed"), (job, changes)
             assert job["status"] == "finished" or job["error"], job
     assert not marker.exists()
+
+
+def test_the_scheduler_never_imports_a_queue_class_named_in_a_job(
+    connection: Redis, processes: Processes, marker: Path
+) -> None:
+    job = ServiceQueue("default", connection=connection).create_job("diag.echo", args=["later"])
+    job.origin = "default"
+    job.meta = {"queue_class_name": "tests.poison_marker.touch"}
+    job.save()
+    connection.zadd("rq:scheduler:scheduled_jobs", {job.id: 1})  # a stock rq-scheduler job, long due
+    processes.scheduler(env={"POISON_MARKER": str(marker)})
+    wait_until(lambda: connection.lrange("rq:queue:default", 0, -1) == [job.id.encode()], timeout=30)
+    assert not marker.exists()
