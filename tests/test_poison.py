@@ -187,10 +187,10 @@ def test_each_damaged_field_fails_its_job_naming_the_field(
 
 @pytest.mark.parametrize(
     ("status", "expected"),
-    [(b"bogus", "failed"), (b"\xff", "failed"), (b"finished", "finished"), (b"canceled", "canceled")],
+    [(b"bogus", "failed"), (b"\xff", "failed"), (None, "failed"), (b"finished", "finished"), (b"canceled", "canceled")],
 )
 def test_a_job_in_a_lane_that_is_not_queued_is_failed_if_damaged_and_left_alone_otherwise(
-    connection: Redis, client: FlaskClient, worker: ServiceProcess, status: bytes, expected: str
+    connection: Redis, client: FlaskClient, worker: ServiceProcess, status: bytes | None, expected: str
 ) -> None:
     job_id = str(uuid.uuid4())
     plant(connection, job_id, job_fields(connection, status=status))

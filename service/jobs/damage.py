@@ -121,4 +121,6 @@ def inspect(raw: dict[Any, Any]) -> tuple[dict[str, bytes], list[str]]:
     if "data" not in fields:
         problems.append("no data")
         fields["data"] = b""
+    if "status" not in fields and not raw.get(b"status", raw.get("status")):
+        problems.append("no status")  # every job the service or RQ writes has one
     return fields, problems
