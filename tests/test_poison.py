@@ -237,6 +237,19 @@ def test_job_data_that_is_not_a_registered_json_call_fails_without_running_anyth
     assert not marker.exists()
 
 
+def test_dependents_that_name_code_or_are_no_job_never_run_code_and_the_parent_finishes(
+    connection: Redis, client: FlaskClient, worker: ServiceProcess, marker: Path
+) -> None:
+    parent_id, child_id = str(uuid.uuid4()), str(uuid.uuid4())
+    code = stored_data("json", ["os.system", None, ["touch {marker}"], {}], marker)
+    connection.hset(f"rq:job:{child_id}", mapping=job_fields(connection, status=b"deferred", data=code))
+    connection.sadd(f"rq:job:{parent_id}:dependents", "bad\nid", child_id, "no-such-job")
+    plant(connection, parent_id, job_fields(connection))
+    wait_until(lambda: read(client, parent_id)["status"] == "finished", timeout=30)
+    echo_still_runs(connection, worker)
+    assert read(client, child_id)["status"] in ("deferred", "failed") and not marker.exists()
+
+
 # -- a finish step that raises ----------------------------------------------------------------------------------
 
 
