@@ -320,6 +320,7 @@ def test_a_forking_worker_fails_damaged_jobs_alone_too(
     forking = processes.worker("--fork", *FAST, env={"POISON_MARKER": str(marker)})
     damaged = {str(uuid.uuid4()): job_fields(connection, **change) for change in (
         {"timeout": b"soon"}, {"data": stored_data("pickle", None, marker)}, {"failure_callback_name": b"os.system"},
+        {"origin": b"high"},
     )}  # fmt: skip
     for job_id, fields in damaged.items():
         plant(connection, job_id, fields)

@@ -282,11 +282,7 @@ class ServiceWorker(Worker):
         if not claim.raw:
             self.claimer.drop(claim.job_id)  # deleted while queued
             return False
-        job = self.job_class(claim.job_id, connection=self.connection, serializer=self.serializer)
-        job.restore(claim.raw)
-        if job.origin != claim.lane:  # the lane it was in is where its outcome goes
-            job.damage = "; ".join(filter(None, (job.damage, f"origin is not {claim.lane!r}, the lane it was in")))
-            job.origin = claim.lane
+        job = self.load(claim.job_id, claim.lane, claim.raw)
         if claim.execution_id is None:
             if job.damage:
                 self._fail_unstarted(job, claim)
@@ -308,6 +304,15 @@ class ServiceWorker(Worker):
         finally:
             self.running_lane, self._claim = None, None
         return True
+
+    def load(self, job_id: str, lane: str, raw: dict[bytes, bytes]) -> ServiceJob:
+        """The job claimed from `lane` (damaged, not raising, whatever its hash holds)."""
+        job = self.job_class(job_id, connection=self.connection, serializer=self.serializer)
+        job.restore(raw)
+        if job.origin != lane:  # the lane it was in is where its outcome goes
+            job.damage = "; ".join(filter(None, (job.damage, f"origin is not {lane!r}, the lane it was in")))
+            job.origin = lane
+        return job
 
     def _fail_unstarted(self, job: ServiceJob, claim: Claim) -> None:
         """Fail a damaged job that the claim did not start (its status is not queued) with the damage as reason."""
@@ -463,8 +468,7 @@ class ServiceWorker(Worker):
         self._outcome_fd = outcome_fd
         os.environ["RQ_WORKER_ID"] = self.name
         os.environ["RQ_JOB_ID"] = job_id
-        job = self.job_class(job_id, connection=self.connection, serializer=self.serializer)
-        job.restore(raw)
+        job = self.load(job_id, lane, raw)
         execution = Execution(execution_id, job_id, self.connection, worker_name=self.name)
         execution.created_at = datetime.fromtimestamp(created_at, UTC)
         self.executions = {execution.id: execution}
