@@ -62,7 +62,10 @@ FLAG = ("0 or 1", _whole(0, 1))
 TIME = ("a time", re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z?").fullmatch)
 TEXT = ("UTF-8 text", lambda raw: isinstance(raw.decode(), str))
 CALLBACK = ("one of the service's callbacks", lambda raw: raw.decode() in CALLBACKS)
-INTERVALS = ("a JSON list of seconds", _json(lambda v: isinstance(v, list) and all(type(i) is int for i in v)))
+INTERVALS = (
+    "a JSON list of seconds",
+    _json(lambda v: isinstance(v, list) and all(type(i) is int and i >= 0 for i in v)),
+)
 
 # Every field RQ's restore parses (and the service's own), with what it must hold.
 FIELDS: dict[str, tuple[str, Callable[[bytes], bool]]] = {
