@@ -104,6 +104,11 @@ return 1
 """
 
 
+def raw_id(job_id: str) -> bytes:
+    """`job_id` as the bytes Redis holds (an id read from Redis keeps bytes that are not UTF-8 as surrogates)."""
+    return job_id.encode("utf-8", "surrogateescape")
+
+
 def now_utc(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
@@ -201,7 +206,7 @@ class Claimer:
 
     def drop(self, job_id: str) -> None:
         """Forget a claimed id whose job no longer exists or must not run."""
-        self.connection.lrem(self.key, 1, job_id.encode("utf-8", "surrogateescape"))
+        self.connection.lrem(self.key, 1, raw_id(job_id))
 
     def claimed(self, key: str | None = None) -> list[str]:
         return [i.decode("utf-8", "surrogateescape") for i in self.connection.lrange(key or self.key, 0, -1)]

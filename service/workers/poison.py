@@ -32,6 +32,7 @@ from rq.utils import now, utcformat
 from service.core import metrics
 from service.core.lanes import LANES
 from service.tasks.registry import DEFAULT_FAILURE_TTL_SECONDS
+from service.workers.claim import raw_id
 
 log = logging.getLogger("service.worker")
 
@@ -39,16 +40,11 @@ ENDED = frozenset({b"finished", b"failed", b"stopped", b"canceled"})
 LANE_NAMES = frozenset(lane.encode() for lane in LANES)
 
 
-def raw(text: str) -> bytes:
-    """`text` as the bytes Redis holds (ids read from Redis keep undecodable bytes as surrogates)."""
-    return text.encode("utf-8", "surrogateescape")
-
-
 def discard(
     connection: Redis, claimed_key: str, job_id: str, lane: str | None, execution_id: str | None, worker_name: str
 ) -> None:
     """Remove a claimed id that no job can have, and what its claim started; count and log it."""
-    job_key = raw(Job.key_for(job_id))
+    job_key = raw_id(Job.key_for(job_id))
     is_hash = connection.type(job_key) == b"hash"
     with connection.pipeline() as pipe:
         _forget_claim(connection, pipe, claimed_key, job_id, execution_id, worker_name)
@@ -73,7 +69,7 @@ def fail(
 
     Its outcome goes to `lane`, or (None) to the lane its hash names, or the default lane.
     """
-    job_key = raw(Job.key_for(job_id))
+    job_key = raw_id(Job.key_for(job_id))
     is_hash = connection.type(job_key) == b"hash"  # another type there is no job: only the claim goes
     status, origin = connection.hmget(job_key, ["status", "origin"]) if is_hash else (None, None)
     lane = lane or (origin.decode() if origin in LANE_NAMES else LANES[1])
@@ -83,11 +79,11 @@ def fail(
             ttl = DEFAULT_FAILURE_TTL_SECONDS
             pipe.hset(job_key, mapping={"status": JobStatus.FAILED.value, "ended_at": utcformat(now())})
             pipe.expire(job_key, ttl)
-            pipe.zadd(FailedJobRegistry.key_template.format(lane), {raw(job_id): time.time() + ttl})
+            pipe.zadd(FailedJobRegistry.key_template.format(lane), {raw_id(job_id): time.time() + ttl})
             result = Result(job_id, Result.Type.FAILED, connection, exc_string=reason, worker_name=worker_name,
                             serializer=JSONSerializer, execution_id=execution_id)  # fmt: skip
-            pipe.xadd(raw(Result.get_key(job_id)), result.serialize(), maxlen=10)
-            pipe.expire(raw(Result.get_key(job_id)), ttl)
+            pipe.xadd(raw_id(Result.get_key(job_id)), result.serialize(), maxlen=10)
+            pipe.expire(raw_id(Result.get_key(job_id)), ttl)
             metrics.count(pipe, "jobs_failed", "?", lane)
         pipe.execute()
     log.error("%s: %s: job %r failed alone: %s", worker_name, lane, job_id[:200], reason[:500])
@@ -101,14 +97,14 @@ def _forget_claim(
     With no execution id (an id found in a list later), every started-registry
     entry of the id goes: RQ's registry clean-up cannot load an id that is not one.
     """
-    pipe.lrem(claimed_key, 1, raw(job_id))
-    prefix = raw(f"{job_id}:")
+    pipe.lrem(claimed_key, 1, raw_id(job_id))
+    prefix = raw_id(f"{job_id}:")
     if execution_id is not None:
         execution = Execution(execution_id, job_id, connection, worker_name=worker_name)
-        pipe.delete(raw(execution.key))
-        pipe.zrem(raw(ExecutionRegistry.key_template.format(job_id)), execution_id)
-        pipe.srem(WORKER_EXECUTIONS_KEY_TEMPLATE.format(worker_name), raw(execution.composite_key))
-        prefix = raw(execution.composite_key)
+        pipe.delete(raw_id(execution.key))
+        pipe.zrem(raw_id(ExecutionRegistry.key_template.format(job_id)), execution_id)
+        pipe.srem(WORKER_EXECUTIONS_KEY_TEMPLATE.format(worker_name), raw_id(execution.composite_key))
+        prefix = raw_id(execution.composite_key)
     for lane in LANES:
         key = StartedJobRegistry.key_template.format(lane)
         stale = [member for member in connection.zrange(key, 0, -1) if member.startswith(prefix)]
