@@ -50,3 +50,18 @@ def record_failure(event: dict) -> None:
     if path:
         with open(path, "a") as log:
             log.write(json.dumps(event) + "\n")
+
+
+@task("testing.returns_set")
+def returns_set() -> set[int]:
+    """Return a value that is not JSON (a worker cannot store it)."""
+    return {1, 2}
+
+
+@task("testing.bad_meta")
+def bad_meta() -> None:
+    """Put a value that is not JSON in the job's meta, then fail (the retry would have to save that meta)."""
+    job = get_current_job()
+    assert job is not None
+    job.meta["seen"] = {1, 2}
+    raise RuntimeError("failed with meta that is not JSON")

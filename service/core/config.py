@@ -6,6 +6,7 @@ never its value: a Redis URL carries a password.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -37,6 +38,39 @@ MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 TOKEN_MIN_LENGTH = 16
 
 
+# -- OUTBOUND_ALLOW ---------------------------------------------------------
+# Tasks that call a URL they were given (service.tasks.outbound) refuse
+# loopback, private and other non-public addresses unless listed here.
+HOST_NAME = re.compile(r"(?=.{1,253}\Z)[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class OutboundAllow:
+    """OUTBOUND_ALLOW: host names and networks that outbound calls may reach although they are not public."""
+
+    hosts: frozenset[str] = frozenset()
+    networks: tuple[Network, ...] = ()
+
+    @classmethod
+    def parse(cls, value: str) -> OutboundAllow:
+        """Parse 'hooks.internal,10.0.0.0/8,127.0.0.1'; ConfigError names an entry that is neither."""
+        hosts, networks = set(), []
+        for entry in filter(None, (part.strip() for part in value.split(","))):
+            try:
+                networks.append(ipaddress.ip_network(entry.strip("[]")))
+                continue
+            except ValueError:
+                pass
+            name = entry.lower().removesuffix(".")
+            if "/" in entry or not HOST_NAME.fullmatch(name):
+                raise ConfigError(
+                    f"OUTBOUND_ALLOW: {entry[:100]!r} is neither a host name nor a network like 10.0.0.0/8"
+                )
+            hosts.add(name)
+        return cls(frozenset(hosts), tuple(networks))
+
+
 @dataclass(frozen=True)
 class Settings:
     """What every process of the service is configured with."""
@@ -54,6 +88,7 @@ class Settings:
     # Reverse proxies in front of the web process whose X-Forwarded-* headers
     # are believed (werkzeug ProxyFix); 0 believes none.
     trusted_proxy_hops: int = 0
+    outbound_allow: OutboundAllow = OutboundAllow()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, role: str = "web") -> Settings:
@@ -78,6 +113,7 @@ class Settings:
                 MAX_REPLICA_ACK_TIMEOUT_MS,
             ),
             trusted_proxy_hops=_whole("TRUSTED_PROXY_HOPS", env.get("TRUSTED_PROXY_HOPS", "0"), 0, MAX_PROXY_HOPS),
+            outbound_allow=OutboundAllow.parse(env.get("OUTBOUND_ALLOW", "")),
         )
         if settings.schedules_file and not os.path.isfile(settings.schedules_file):
             raise ConfigError("SCHEDULES_FILE: no such file")

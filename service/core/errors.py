@@ -99,6 +99,13 @@ class UnknownTask(InvalidField):
         super().__init__(field, f"{name!r} is not a registered task")
 
 
+class InternalTask(UnknownTask):
+    """Raised when a client names a task that only the service itself enqueues (e.g. hooks.webhook)."""
+
+    def __init__(self, name: str, field: str = "task") -> None:
+        InvalidField.__init__(self, field, f"{name!r} is an internal task: only the service enqueues it")
+
+
 class UnknownQueue(InvalidField):
     """Raised when a queue name is not one of the lanes."""
 

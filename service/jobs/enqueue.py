@@ -85,7 +85,8 @@ def plan(request: Request, field: str = "") -> Planned:
     """Check `request` against the registry and build its job's per-job parts; raise InvalidField on any problem."""
     prefix = f"{field}." if field else ""
     try:
-        spec = REGISTRY.get(request.task)
+        # Internal tasks (hooks.*) are the service's own: a client's request cannot name them.
+        spec = REGISTRY.get(request.task) if isinstance(request, InternalRequest) else REGISTRY.public(request.task)
         lane = check_lane(request.queue) if request.queue is not None else lane_for(spec.name, spec.queue)
     except InvalidField as exc:
         raise type(exc)(request.task if exc.field == "task" else request.queue, prefix + exc.field) from None

@@ -241,7 +241,7 @@ def parse_spec(data: Any) -> ScheduleSpec:
     if not isinstance(data, dict):
         raise InvalidField("body", "a schedule must be a JSON object")
     spec = validate(ScheduleSpec, {k: v for k, v in data.items() if k not in ("id",)} if "id" in data else data)
-    REGISTRY.get(spec.task)
+    REGISTRY.public(spec.task)
     if spec.queue is not None:
         check_lane(spec.queue)
     start, end = spec.start, spec.end

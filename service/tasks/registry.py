@@ -13,10 +13,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.core.errors import ConfigError, UnknownTask
+from service.core.errors import ConfigError, InternalTask, UnknownTask
 from service.core.lanes import LANES
 
 TASK_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+# Tasks under this prefix are internal whatever their registration says (the service's own deliveries).
+INTERNAL_PREFIX = "hooks."
 DEFAULT_TIMEOUT_SECONDS = 180
 DEFAULT_RESULT_TTL_SECONDS = 500
 # RQ keeps failed jobs a year by default; a week is enough to look and requeue.
@@ -54,6 +56,8 @@ class TaskSpec:
     rate_limit: tuple[int, float] | None = None
     # Failure events of this task are POSTed here (service.ops.hooks); None: no webhook.
     webhook_url: str | None = None
+    # Only the service enqueues it (hooks.webhook): the API, the CLI and schedules cannot name it.
+    internal: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -70,6 +74,7 @@ class TaskSpec:
                 {"max_starts": self.rate_limit[0], "period_seconds": self.rate_limit[1]} if self.rate_limit else None
             ),
             "webhook": self.webhook_url is not None,
+            "internal": self.internal,
         }
 
 
@@ -94,6 +99,13 @@ class TaskRegistry:
         spec = self._tasks.get(name) if isinstance(name, str) else None
         if spec is None:
             raise UnknownTask(name)
+        return spec
+
+    def public(self, name: object, field: str = "task") -> TaskSpec:
+        """Return the spec of a task clients may name (API, CLI, schedules); UnknownTask or InternalTask otherwise."""
+        spec = self.get(name)
+        if spec.internal:
+            raise InternalTask(spec.name, field)
         return spec
 
     def __contains__(self, name: object) -> bool:
@@ -122,8 +134,13 @@ def task(
     concurrency: int | None = None,
     rate_limit: str | tuple[int, float] | None = None,
     webhook_url: str | None = None,
+    internal: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register the decorated function as task `name` with its per-job defaults."""
+    """Register the decorated function as task `name` with its per-job defaults.
+
+    An `internal` task is enqueued only by the service itself: the API, the
+    CLI and schedules refuse its name (422) as they refuse an unknown one.
+    """
 
     def register(func: Callable[..., Any]) -> Callable[..., Any]:
         doc = (func.__doc__ or "").strip().splitlines()
@@ -141,6 +158,7 @@ def task(
                 concurrency=_concurrency(name, concurrency),
                 rate_limit=parse_rate_limit(name, rate_limit),
                 webhook_url=_webhook_url(name, webhook_url),
+                internal=internal or name.startswith(INTERNAL_PREFIX),
             )
         )
         return func
