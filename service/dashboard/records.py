@@ -57,13 +57,16 @@ class DashboardJob(ServiceJob):
 
     def restore(self, raw_data: Any) -> Any:
         try:
-            return super().restore(raw_data)
+            result = super().restore(raw_data)
         except (NoSuchJobError, RedisError):
             raise
         except Exception:
+            result = None
+            self.damage = self.damage or "unparsable"
+        if self.damage:  # the fields the service would not have written are left out: show it as unreadable
             self.unreadable = True
             self.description = UNREADABLE
-            return None
+        return result
 
     def delete(self, pipeline: Any = None, remove_from_queue: bool = True, delete_dependents: bool = False) -> None:
         if not self.unreadable:
