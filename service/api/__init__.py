@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from flask import Flask
 
-from service.api import auth, body, errors, jobs, monitor, openapi, schedules, system
+from service.api import auth, body, errors, jobs, monitor, openapi, paths, schedules, system
 
 
 def init_app(app: Flask) -> None:
     """Install limits, error handlers, auth and every blueprint on `app`."""
+    paths.use_ascii_integers(app)
     body.init_app(app)
     errors.init_app(app)
     auth.init_app(app)

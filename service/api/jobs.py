@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 
 from service.api.body import parse
 from service.api.context import redis
 from service.api.openapi import document
+from service.api.query import query
 from service.jobs import describe as view
 from service.jobs import enqueue
 from service.jobs import operations as jobs
-from service.jobs.schemas import BatchRequest, JobList, JobOut, JobRequest, ListJobsQuery, validate
+from service.jobs.schemas import BatchRequest, JobList, JobOut, JobRequest, ListJobsQuery
 
 bp = Blueprint("jobs", __name__)
 
@@ -40,8 +41,8 @@ def create_jobs() -> tuple[Response, int]:
 @document(200, JobList, query=ListJobsQuery, tags=("jobs",))
 def list_jobs() -> Response:
     """List jobs by status and lane, newest first within a registry, with a cursor."""
-    query = validate(ListJobsQuery, request.args.to_dict())
-    found, cursor = jobs.list_jobs(redis(), query.status, query.queue, query.limit, query.cursor)
+    args = query(ListJobsQuery)
+    found, cursor = jobs.list_jobs(redis(), args.status, args.queue, args.limit, args.cursor)
     return jsonify({"jobs": view.describe_many(redis(), found), "next_cursor": cursor})
 
 

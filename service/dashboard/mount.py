@@ -18,9 +18,9 @@ from flask import Flask, Response, current_app, request
 from rq.serializers import JSONSerializer
 from rq_dashboard.web import setup_rq_connection
 
-from service.api.auth import token_is_valid
+from service.api.auth import authenticate, authorize
 from service.api.errors import error_response
-from service.core.config import Settings
+from service.core.config import ApiToken, Settings
 
 PREFIX = "/dashboard"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -52,15 +52,17 @@ def cross_site() -> bool:
     return False
 
 
-def guard_dashboard(tokens: tuple[str, ...]) -> Response | None:
-    """Before every request: 401 without a token as Basic password, 403 for a cross-site state change."""
+def guard_dashboard(tokens: tuple[ApiToken, ...]) -> Response | None:
+    """Before every request: 401 without a token as Basic password, 403 without the route's scope (pages
+    need read, actions operate) or for a cross-site state change."""
     if not (request.path == PREFIX or request.path.startswith(PREFIX + "/")):
         return None
-    password = basic_password()
-    if password is None or not token_is_valid(password, tokens):
+    principal = authenticate(basic_password(), tokens)
+    if principal is None:
         response = error_response(401, "unauthorized", "the dashboard needs an API token as the Basic password")
         response.headers["WWW-Authenticate"] = 'Basic realm="dashboard", charset="UTF-8"'
         return response
+    authorize(principal)
     changes_state = request.method not in SAFE_METHODS or request.path.startswith(STATE_CHANGING_GETS)
     if changes_state and cross_site():
         return error_response(403, "forbidden", "cross-site requests may not change the dashboard's state")

@@ -38,6 +38,7 @@ __all__ = ["scheduled_for", "schedule", "upsert", "upsert_many", "get", "list_sc
 MAX_PREVIEW = 1000
 MAX_BACKFILL = 1000
 MAX_PAGE = 1000
+RUNS_PAGE = 100
 ORIGINS = ("api", "file", "code")
 
 
@@ -246,10 +247,14 @@ def describe(stored: StoredSchedule) -> dict[str, Any]:
     return data
 
 
-def list_schedules(connection: Redis, cursor: str | None = None, limit: int = 100) -> dict[str, Any]:
+def list_schedules(
+    connection: Redis, cursor: str | None = None, limit: int = 100, *, max_page: int = MAX_PAGE
+) -> dict[str, Any]:
     """Return one page of schedules in id order and the cursor of the next page (None at the end)."""
-    if not 1 <= limit <= MAX_PAGE:
-        raise InvalidField("limit", f"must be 1 to {MAX_PAGE}")
+    if not 1 <= limit <= max_page:
+        raise InvalidField("limit", f"must be 1 to {max_page}")
+    if cursor and not _valid_id(cursor):
+        raise InvalidField("cursor", "not a cursor this API returned")
     start = f"({cursor}" if cursor else "-"
     ids = [i.decode() for i in connection.zrangebylex(ScheduleKeys.index, start, "+", start=0, num=limit + 1)]
     page, more = ids[:limit], len(ids) > limit
@@ -330,8 +335,8 @@ def _instant_field(data: dict, name: str) -> datetime:
 def runs(connection: Redis, schedule_id: str, limit: int = 50) -> dict[str, Any]:
     """Return the schedule's recent runs, newest first, with each run job's current status."""
     load(connection, schedule_id)
-    if not 1 <= limit <= 100:
-        raise InvalidField("limit", "must be 1 to 100")
+    if not 1 <= limit <= RUNS_PAGE:
+        raise InvalidField("limit", f"must be 1 to {RUNS_PAGE}")
     records = [json.loads(r) for r in connection.lrange(ScheduleKeys.runs(schedule_id), 0, limit - 1)]
     pipe = connection.pipeline(transaction=False)
     for record in records:

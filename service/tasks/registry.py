@@ -16,7 +16,7 @@ from typing import Any
 from service.core.errors import ConfigError, UnknownTask
 from service.core.lanes import LANES
 
-TASK_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+TASK_NAME = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
 DEFAULT_TIMEOUT_SECONDS = 180
 DEFAULT_RESULT_TTL_SECONDS = 500
 # RQ keeps failed jobs a year by default; a week is enough to look and requeue.
@@ -80,7 +80,7 @@ class TaskRegistry:
         self._tasks: dict[str, TaskSpec] = {}
 
     def add(self, spec: TaskSpec) -> None:
-        if not TASK_NAME.match(spec.name):
+        if not TASK_NAME.fullmatch(spec.name):
             raise ValueError(f"task name {spec.name!r} must be dotted lower-case words, e.g. 'reports.generate'")
         if spec.queue not in LANES:
             raise ValueError(f"task {spec.name!r}: queue {spec.queue!r} is not one of {LANES}")

@@ -1,0 +1,19 @@
+"""Query strings: parsed with a schema model (numbers are ASCII digits only) and page sizes capped by MAX_PAGE_SIZE."""
+
+from __future__ import annotations
+
+from flask import request
+
+from service.api.context import settings
+from service.core.errors import InvalidField
+from service.jobs.schemas import Model, validate
+
+
+def query(model: type[Model]) -> Model:
+    """Return the request's query string validated as `model`; InvalidField (422) names a bad parameter."""
+    parsed = validate(model, request.args.to_dict())
+    limit = getattr(parsed, "limit", None)
+    cap = settings().limits.page_size
+    if limit is not None and limit > cap:
+        raise InvalidField("limit", f"must be at most {cap} (MAX_PAGE_SIZE)")
+    return parsed
