@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from service.api import auth, body, errors, jobs, monitor, openapi, paths, schedules, system
+from service.api import audit, auth, body, errors, jobs, monitor, openapi, paths, schedules, system
 
 
 def init_app(app: Flask) -> None:
@@ -12,6 +12,7 @@ def init_app(app: Flask) -> None:
     paths.use_ascii_integers(app)
     body.init_app(app)
     errors.init_app(app)
+    audit.init_app(app)  # before auth: a refused request has a request id too
     auth.init_app(app)
     app.register_blueprint(system.bp)
     app.register_blueprint(jobs.bp)
