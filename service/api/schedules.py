@@ -56,7 +56,7 @@ def list_schedules() -> Response:
 @document(200, None, json=ScheduleSpec, tags=TAGS, also={201: None})
 def put_schedule(schedule_id: str) -> tuple[Response, int]:
     """Create (201) or replace (200) the schedule `schedule_id`; an identical body changes nothing."""
-    data, created = schedules.upsert(redis(), schedule_id, _object_body())
+    data, created = schedules.upsert(redis(), schedule_id, _object_body(), limits=settings().limits)
     return jsonify(data), 201 if created else 200
 
 

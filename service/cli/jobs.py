@@ -56,7 +56,8 @@ def enqueue_command(
     }
     if retries is not None:
         body["retry"] = {"max": retries}
-    job = enqueue(ctx.connection, validate(JobRequest, {k: v for k, v in body.items() if v is not None}))
+    request = validate(JobRequest, {k: v for k, v in body.items() if v is not None})
+    job = enqueue(ctx.connection, request, limits=ctx.limits)
     echo_json(describe(job))
 
 

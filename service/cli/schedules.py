@@ -87,7 +87,7 @@ def list_command(ctx: Context, cursor: str | None, limit: int, as_json: bool) ->
 @pass_context
 def add_command(ctx: Context, schedule_id: str, **options: Any) -> None:
     """Create or replace schedule SCHEDULE_ID and print it."""
-    data, created = domain.upsert(ctx.connection, schedule_id, body_from(options), origin="api")
+    data, created = domain.upsert(ctx.connection, schedule_id, body_from(options), origin="api", limits=ctx.limits)
     ctx.audit("schedule.put", schedule_id)
     click.echo("created" if created else "saved", err=True)
     echo_json(data)

@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.core.errors import ConfigError, UnknownTask
+from service.core.config import Limits
+from service.core.errors import ConfigError, InvalidField, UnknownTask
 from service.core.lanes import LANES
 
 TASK_NAME = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
@@ -54,6 +55,17 @@ class TaskSpec:
     rate_limit: tuple[int, float] | None = None
     # Failure events of this task are POSTed here (service.ops.hooks); None: no webhook.
     webhook_url: str | None = None
+    # Checks a client's arguments against the Limits (enqueue, schedule save); raises ValueError to refuse.
+    check: Callable[[list[Any], dict[str, Any], Limits], None] | None = None
+
+    def check_request(self, args: list[Any], kwargs: dict[str, Any], limits: Limits, prefix: str = "") -> None:
+        """Run the task's own argument check; InvalidField (on `<prefix>args`) when it refuses."""
+        if self.check is None:
+            return
+        try:
+            self.check(list(args), dict(kwargs), limits)
+        except ValueError as exc:
+            raise InvalidField(prefix + "args", str(exc)) from None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -122,8 +134,13 @@ def task(
     concurrency: int | None = None,
     rate_limit: str | tuple[int, float] | None = None,
     webhook_url: str | None = None,
+    check: Callable[[list[Any], dict[str, Any], Limits], None] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register the decorated function as task `name` with its per-job defaults."""
+    """Register the decorated function as task `name` with its per-job defaults.
+
+    `check(args, kwargs, limits)` may refuse a client's arguments (raise ValueError), e.g. a fan-out
+    larger than MAX_FANOUT; it runs at enqueue and when a schedule is saved, not in the worker.
+    """
 
     def register(func: Callable[..., Any]) -> Callable[..., Any]:
         doc = (func.__doc__ or "").strip().splitlines()
@@ -141,6 +158,7 @@ def task(
                 concurrency=_concurrency(name, concurrency),
                 rate_limit=parse_rate_limit(name, rate_limit),
                 webhook_url=_webhook_url(name, webhook_url),
+                check=check,
             )
         )
         return func
