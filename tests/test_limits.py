@@ -151,3 +151,15 @@ def test_the_cli_is_held_to_the_same_limits(process_env: dict[str, str], connect
     full = runner.invoke(cli, ["enqueue", "diag.echo"], env=env)
     assert full.exit_code == 1 and "MAX_QUEUE_LENGTH" in full.stderr
     assert connection.llen("rq:queue:default") == 1
+
+
+def test_a_default_page_size_above_the_cap_is_lowered_not_refused(settings: Settings, connection: Redis) -> None:
+    small = create_app(
+        replace(settings, limits=Limits(page_size=2)), connection=connect(settings.redis_url, role="web")
+    )
+    client = small.test_client()
+    for n in range(3):
+        assert client.put(f"/schedules/s{n}", json=SCHEDULE, headers=AUTH).status_code == 201
+    page = client.get("/schedules", headers=AUTH)
+    assert page.status_code == 200 and len(page.get_json()["schedules"]) == 2 and page.get_json()["next_cursor"]
+    assert client.get("/schedules?limit=3", headers=AUTH).status_code == 422

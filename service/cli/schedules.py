@@ -63,12 +63,13 @@ def body_from(options: dict[str, Any]) -> dict[str, Any]:
 
 @command(schedules, "list")
 @click.option("--cursor", default=None, help="Start after this id (from a previous page).")
-@click.option("--limit", type=int, default=100, help="At most this many schedules.")
+@click.option("--limit", type=int, default=None, help="At most this many schedules (default 100).")
 @click.option("--json", "as_json", is_flag=True, help="Print the page as JSON.")
 @pass_context
-def list_command(ctx: Context, cursor: str | None, limit: int, as_json: bool) -> None:
+def list_command(ctx: Context, cursor: str | None, limit: int | None, as_json: bool) -> None:
     """List schedules with their trigger, next run and state."""
-    page = domain.list_schedules(ctx.connection, cursor, limit, max_page=ctx.limits.page_size)
+    cap = ctx.limits.page_size
+    page = domain.list_schedules(ctx.connection, cursor, min(100, cap) if limit is None else limit, max_page=cap)
     if as_json:
         echo_json(page)
         return
