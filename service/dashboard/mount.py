@@ -17,9 +17,9 @@ import rq_dashboard
 from flask import Flask, Response, request
 from rq_dashboard.web import setup_rq_connection
 
-from service.api.auth import token_is_valid
+from service.api.auth import authenticate, authorize
 from service.api.errors import error_response
-from service.core.config import Settings
+from service.core.config import ApiToken, Settings
 from service.dashboard import headers, origin, seam
 
 PREFIX = origin.PREFIX
@@ -38,15 +38,17 @@ def basic_password() -> str | None:
     return password if sep else None
 
 
-def guard_dashboard(tokens: tuple[str, ...]) -> Response | None:
-    """Before every request: 401 without a token as Basic password."""
+def guard_dashboard(tokens: tuple[ApiToken, ...]) -> Response | None:
+    """Before every request: 401 without a token as Basic password, 403 without the route's scope (pages
+    need read, actions operate); the same-origin check of state changes runs after it (service.dashboard.origin)."""
     if not (request.path == PREFIX or request.path.startswith(PREFIX + "/")):
         return None
-    password = basic_password()
-    if password is None or not token_is_valid(password, tokens):
+    principal = authenticate(basic_password(), tokens)
+    if principal is None:
         response = error_response(401, "unauthorized", "the dashboard needs an API token as the Basic password")
         response.headers["WWW-Authenticate"] = 'Basic realm="dashboard", charset="UTF-8"'
         return response
+    authorize(principal)
     return None
 
 

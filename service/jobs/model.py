@@ -7,6 +7,7 @@ function name is a registered task name, looked up in the task registry.
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +27,10 @@ from service.core.keys import doorbell_key
 from service.core.lanes import LANES, check_lane
 from service.jobs import callbacks, damage
 from service.tasks.registry import REGISTRY, TaskSpec
+
+# A job id the service creates or RQ accepts (uuid4, or `<schedule id>-<epoch>`), checked on the whole string.
+JOB_ID_MAX_LENGTH = 200
+JOB_ID = re.compile(rf"[A-Za-z0-9_-]{{1,{JOB_ID_MAX_LENGTH}}}")
 
 _RESOLVED: dict[Any, Any] = {}
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from rq import get_current_job
 
+from service.core.config import Limits
 from service.tasks import outbound
 from service.tasks.registry import RetryPolicy, task
 
@@ -73,7 +74,14 @@ def scrape_for_user(user_id: str) -> dict[str, Any]:
     return {"user_id": user_id, "items": len(str(user_id)) * 3}
 
 
-@task("scrape.dispatch", queue="default")
+def fanout_within_limit(args: list[Any], kwargs: dict[str, Any], limits: Limits) -> None:
+    """Refuse a dispatch to more users than MAX_FANOUT: one request must not become an unbounded burst of jobs."""
+    users = kwargs.get("users", args[0] if args else None)
+    if isinstance(users, list) and len(users) > limits.fanout:
+        raise ValueError(f"users: at most {limits.fanout} per dispatch (MAX_FANOUT), got {len(users)}")
+
+
+@task("scrape.dispatch", queue="default", check=fanout_within_limit)
 def dispatch_scrapes(users: list[dict[str, str]]) -> list[str]:
     """Fan out one scrape.user job per user, in the lane of the user's tier.
 

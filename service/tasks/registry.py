@@ -13,10 +13,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.core.errors import ConfigError, InternalTask, UnknownTask
+from service.core.config import Limits
+from service.core.errors import ConfigError, InternalTask, InvalidField, UnknownTask
 from service.core.lanes import LANES
 
-TASK_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+TASK_NAME = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
 # Tasks under this prefix are internal whatever their registration says (the service's own deliveries).
 INTERNAL_PREFIX = "hooks."
 DEFAULT_TIMEOUT_SECONDS = 180
@@ -58,6 +59,17 @@ class TaskSpec:
     webhook_url: str | None = None
     # Only the service enqueues it (hooks.webhook): the API, the CLI and schedules cannot name it.
     internal: bool = False
+    # Checks a client's arguments against the Limits (enqueue, schedule save); raises ValueError to refuse.
+    check: Callable[[list[Any], dict[str, Any], Limits], None] | None = None
+
+    def check_request(self, args: list[Any], kwargs: dict[str, Any], limits: Limits, prefix: str = "") -> None:
+        """Run the task's own argument check; InvalidField (on `<prefix>args`) when it refuses."""
+        if self.check is None:
+            return
+        try:
+            self.check(list(args), dict(kwargs), limits)
+        except ValueError as exc:
+            raise InvalidField(prefix + "args", str(exc)) from None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -85,7 +97,7 @@ class TaskRegistry:
         self._tasks: dict[str, TaskSpec] = {}
 
     def add(self, spec: TaskSpec) -> None:
-        if not TASK_NAME.match(spec.name):
+        if not TASK_NAME.fullmatch(spec.name):
             raise ValueError(f"task name {spec.name!r} must be dotted lower-case words, e.g. 'reports.generate'")
         if spec.queue not in LANES:
             raise ValueError(f"task {spec.name!r}: queue {spec.queue!r} is not one of {LANES}")
@@ -135,11 +147,14 @@ def task(
     rate_limit: str | tuple[int, float] | None = None,
     webhook_url: str | None = None,
     internal: bool = False,
+    check: Callable[[list[Any], dict[str, Any], Limits], None] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register the decorated function as task `name` with its per-job defaults.
 
     An `internal` task is enqueued only by the service itself: the API, the
     CLI and schedules refuse its name (422) as they refuse an unknown one.
+    `check(args, kwargs, limits)` may refuse a client's arguments (raise ValueError), e.g. a fan-out
+    larger than MAX_FANOUT; it runs at enqueue and when a schedule is saved, not in the worker.
     """
 
     def register(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -159,6 +174,7 @@ def task(
                 rate_limit=parse_rate_limit(name, rate_limit),
                 webhook_url=_webhook_url(name, webhook_url),
                 internal=internal or name.startswith(INTERNAL_PREFIX),
+                check=check,
             )
         )
         return func
