@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None, *, connection: Redis | None = N
     from service.core.connection import connect
     from service.core.logs import configure_logging
     from service.dashboard import mount as dashboard
+    from service.dashboard import origin
     from service.tasks.registry import load_task_modules
 
     settings = settings or Settings.from_env(role="web")
@@ -56,7 +57,10 @@ def create_app(settings: Settings | None = None, *, connection: Redis | None = N
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops)
     app.extensions["settings"] = settings
     app.extensions["redis"] = connection or connect(settings.redis_url, role="web")
+    # Request checks run in this order: auth (API, dashboard), path ids (404),
+    # then the dashboard's method and same-origin checks of state changes.
     api.init_app(app)
     dashboard.init_app(app, settings)
     paths.init_app(app)
+    origin.init_app(app)
     return app
