@@ -50,7 +50,15 @@ def mode(path: Path) -> int:
 
 
 def redis_servers(children: list[psutil.Process]) -> list[psutil.Process]:
-    return [c for c in children if "redis-server" in " ".join(c.cmdline())]
+    """The redis-server processes among `children` (a child that exits meanwhile, e.g. RQ's scheduler, is skipped)."""
+    found = []
+    for child in children:
+        try:
+            if "redis-server" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return found
 
 
 def test_run_serves_the_whole_service_privately_and_ctrl_c_stops_it_all_with_exit_0(
