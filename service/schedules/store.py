@@ -1,4 +1,4 @@
-"""Schedule storage: the Redis key shapes of schedules and reading them back.
+"""Schedule storage: how schedules are laid out in Redis (names in service.core.keys) and reading them back.
 
 One hash per schedule holds its spec (JSON) and its state (next due time,
 paused, note, last run, counters); a list per schedule holds its recent

@@ -6,12 +6,13 @@
 --       then one data blob per template.
 -- A template is [hash fields, queue key, push commands, foldable?, jittered retry?].
 -- An entry is {id, mode, template, fires, records, overlap, score, next_due, next_score, buffered, repeat};
--- a fire is {due ms, kind, lag target ms, due ISO, job id, retry intervals JSON or null}.
--- Per entry, atomically: the lease must still be the owner's (fencing: a paused ex-leader cannot
--- fire) and, for a due entry, the due score the one planned on (compare-and-set: a concurrent
--- upsert, pause or other leader wins); the overlap policy is applied against the previous run's
--- status; each run's job hash is created only if absent and pushed to its lane; the schedule
--- moves to its next due time and its run records and the stats totals are written.
+-- a fire is {due ms, kind, lag target ms, due ISO, job id[, retry intervals JSON if jittered]}.
+-- Nothing fires unless the lease still holds the owner token (fencing: a paused ex-leader cannot
+-- fire). Per entry: a due entry fires only if its due score is still the one planned on
+-- (compare-and-set: a concurrent upsert, pause or other leader wins); the overlap policy is
+-- applied against the previous run's status; each run's job hash is created only if absent and
+-- pushed to its lane; the schedule moves to its next due time; its run records and the stats
+-- totals are written.
 -- Returns JSON: '[-1]' if the lease is not the owner's, else per entry: [created, skipped, dropped]
 -- (due), 1 or 0 (buffer), a list of 1/0 per fire (manual), or -2 (not applied: changed meanwhile)
 -- or -3 (manual: no such schedule).
