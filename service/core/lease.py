@@ -21,8 +21,6 @@ class Lease:
     """A lock at `key` held by `owner` for `ttl_ms` after each renewal."""
 
     def __init__(self, connection: Redis, key: str, ttl_ms: int, owner: str | None = None) -> None:
-        self.key = key
-        self.ttl_ms = ttl_ms
         self.owner = owner or uuid.uuid4().hex
         self._lock = connection.lock(key, timeout=ttl_ms / 1000, thread_local=False)
         self.held = False

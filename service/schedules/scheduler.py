@@ -41,7 +41,6 @@ from service.schedules.store import StoredSchedule, read_due, read_for_firing
 
 log = logging.getLogger(__name__)
 
-# The lease is rq-scheduler's own lock key, so a stock rq-scheduler sharing the database is excluded too.
 # The leader renews every tick (1 s); a follower polls twice a second. A
 # SIGKILLed leader is replaced within LEASE_TTL + FOLLOWER_POLL (< 5 s),
 # and a leader stalled for up to 3 s (GC, noisy host) keeps its lease.
@@ -87,6 +86,7 @@ class ServiceScheduler(Scheduler):
         **kwargs: Any,
     ) -> None:
         super().__init__(connection=connection, interval=tick_seconds, job_class=ServiceJob, **kwargs)
+        # rq-scheduler's own lock key: a stock rq-scheduler sharing the database is kept out too.
         self.lease = Lease(connection, SCHEDULER_LOCK_KEY, LEASE_TTL_MS)
         self.firing = Firing(connection, owner=self.lease.owner, lease_key=SCHEDULER_LOCK_KEY)
         self.clock = clock or (lambda: datetime.now(UTC))
