@@ -27,7 +27,8 @@ from service.core.lua import script
 CLAIM = script("claim")
 REQUEUE = script("requeue")
 # The claim script's job, execution and executions-registry prefixes (it builds those keys from a claimed id).
-CLAIM_PREFIXES = (keys.JOB_PREFIX, keys.EXECUTION_PREFIX, keys.EXECUTIONS_PREFIX)
+# Its arguments that never change are passed as bytes: redis-py then sends them without encoding each call.
+CLAIM_PREFIXES = tuple(prefix.encode() for prefix in (keys.JOB_PREFIX, keys.EXECUTION_PREFIX, keys.EXECUTIONS_PREFIX))
 
 
 def now_utc(epoch: float) -> datetime:
@@ -91,9 +92,10 @@ class Claimer:
         self.connection = connection
         self.worker_name = worker_name
         self.key = claimed_key(worker_name)
+        self._name = worker_name.encode()
         self._worker_keys = [self.key, CLAIMERS_KEY, keys.worker_key(worker_name)]
         self._worker_keys.append(keys.worker_executions_key(worker_name))
-        self._lane_keys: dict[tuple[str, ...], list[str]] = {}
+        self._lane_keys: dict[tuple[str, ...], list[bytes]] = {}
 
     def claim(self, lanes: Sequence[str], ttl_seconds: int) -> Claim | float | None:
         """Claim and start the head of the first non-empty lane; else the earliest waiting time (or None)."""
@@ -101,7 +103,7 @@ class Claimer:
         execution_id = uuid.uuid4().hex
         reply = CLAIM(
             keys=self._keys(tuple(lanes)),
-            args=[now, self.worker_name, execution_id, utcformat(now_utc(now)), ttl_seconds, *CLAIM_PREFIXES, *lanes],
+            args=[now, self._name, execution_id, utcformat(now_utc(now)), ttl_seconds, *CLAIM_PREFIXES],
             client=self.connection,
         )
         if not reply[0]:
@@ -109,17 +111,18 @@ class Claimer:
             return earliest if earliest >= 0 else None
         flat = reply[2]
         raw = dict(zip(flat[::2], flat[1::2], strict=True))
-        return Claim(reply[0].decode(), reply[1].decode(), raw, execution_id if reply[3] else None)
+        return Claim(reply[0].decode(), lanes[reply[1] - 1], raw, execution_id if reply[3] else None)
 
-    def _keys(self, lanes: tuple[str, ...]) -> list[str]:
-        """The claim script's KEYS for trying `lanes` in this order (worked out once per order)."""
+    def _keys(self, lanes: tuple[str, ...]) -> list[bytes]:
+        """The claim script's KEYS for trying `lanes` in this order (worked out and encoded once per order)."""
         found = self._lane_keys.get(lanes)
         if found is None:
-            found = self._lane_keys[lanes] = self._worker_keys + [
+            lane_keys = [
                 key
                 for lane in lanes
                 for key in (keys.queue_key(lane), keys.waiting_key(lane), doorbell_key(lane), keys.started_key(lane))
             ]
+            found = self._lane_keys[lanes] = [key.encode() for key in self._worker_keys + lane_keys]
         return found
 
     def wait(self, lanes: Sequence[str], timeout_seconds: float) -> None:

@@ -2,7 +2,7 @@
 -- KEYS: claimed list, claimers set, worker hash, worker executions set, then per lane tried,
 --       in order: lane list, waiting zset, doorbell list, started registry (RQ's wip).
 -- ARGV: now (epoch s), worker name, execution id, now (RQ's ISO format), execution ttl (s),
---       job hash prefix, execution hash prefix, executions registry prefix, then the lane names.
+--       job hash prefix, execution hash prefix, executions registry prefix.
 -- 1. Waiting (limited) jobs whose time has come, up to 100 a lane, go back to the front of their lane.
 -- 2. The first non-empty lane's head moves into the claimed list (LMOVE: atomic, so the id is
 --    never only in this script's hands); its doorbell token is consumed. Empty lanes' doorbells
@@ -10,12 +10,12 @@
 -- 3. A queued job is marked started in the same call, as RQ's prepare_execution and
 --    prepare_job_execution would (status, started_at, worker_name, attempts, execution hash and
 --    registries, started registry, worker state): claim and start cost one round trip.
--- Returns {id, lane, job hash fields, 1 if started else 0}, or {false, earliest waiting time or -1}.
+-- Returns {id, lane number (1 = the first tried), job hash fields, 1 if started else 0},
+-- or {false, earliest waiting time or -1}.
 local now = tonumber(ARGV[1])
 local worker, execution_id, now_iso, ttl = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local job_prefix, execution_prefix, executions_prefix = ARGV[6], ARGV[7], ARGV[8]
-local FIRST_LANE = 8
-local lanes = #ARGV - FIRST_LANE
+local lanes = (#KEYS - 4) / 4
 local function lane_key(n, which) return KEYS[4 + 4 * (n - 1) + which] end
 
 local earliest = -1
@@ -57,7 +57,7 @@ for n = 1, lanes do
             redis.call('EXPIRE', KEYS[4], ttl + 60)
             redis.call('HSET', KEYS[3], 'state', 'busy')
         end
-        return {id, ARGV[FIRST_LANE + n], redis.call('HGETALL', job_key), started}
+        return {id, n, redis.call('HGETALL', job_key), started}
     end
     redis.call('DEL', lane_key(n, 3))
 end
