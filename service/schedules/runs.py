@@ -197,20 +197,20 @@ class Firing:
         return self._results(FIRE(keys=self.keys, args=self._args(entries, stored, now), client=self.connection))
 
     def _args(self, entries: list[Entry], stored: dict[str, StoredSchedule], now: datetime) -> list[Any]:
-        numbers: dict[str, int] = {}
+        numbers: dict[str, tuple[int, RetryPolicy | None]] = {}
         templates: list[list[Any]] = []
         blobs: list[bytes] = []
         rows = []
         for entry in entries:
             schedule = stored[entry.schedule_id]
-            template = self.templates.get(schedule.spec_json)
-            number = numbers.get(schedule.spec_json)
-            if number is None:
-                number = numbers[schedule.spec_json] = len(templates) + 1
+            found = numbers.get(schedule.spec_json)
+            if found is None:
+                template = self.templates.get(schedule.spec_json)
+                found = numbers[schedule.spec_json] = (len(templates) + 1, template.retry)
                 fields = [template.fields, template.queue_key, template.push, template.fold, template.retry is not None]
                 templates.append(fields)
                 blobs.append(template.data)
-            rows.append(_row(entry, schedule.spec, number, template.retry))
+            rows.append(_row(entry, schedule.spec, *found))
         now_rq = utcformat(now.astimezone(UTC).replace(tzinfo=None))
         args: list[Any] = [self.owner, to_ms(now), isoformat(now), now_rq, CONFIG, RUNS_KEPT]
         args += [json.dumps(templates, separators=(",", ":")), json.dumps(rows, separators=(",", ":")), *blobs]
