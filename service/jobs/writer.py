@@ -23,7 +23,7 @@ from redis.client import Pipeline
 from rq.utils import utcformat
 
 from service.core import keys, metrics
-from service.core.errors import Conflict
+from service.core.errors import Conflict, QueueFull
 from service.core.keys import IDEMPOTENCY_PREFIX, PLACEHOLDER_ID
 from service.core.lua import script
 from service.jobs.describe import describe, isotime
@@ -150,14 +150,24 @@ def push_commands(queue: ServiceQueue) -> list[list[str]]:
 
 
 def write(
-    client: Redis | Pipeline, planned: list[Planned], existing: dict[str, ServiceJob], unfinished: set[str]
+    client: Redis | Pipeline,
+    planned: list[Planned],
+    existing: dict[str, ServiceJob],
+    unfinished: set[str],
+    max_queued: int | None = None,
 ) -> list[Submitted]:
-    """Queue (in a MULTI) or run the one script call that writes every new job; return the outcomes."""
+    """Queue (in a MULTI) or run the one script call that writes every new job; return the outcomes.
+
+    With `max_queued`, the script refuses the whole call when a lane would hold more waiting jobs
+    (queued, scheduled, deferred): run here, that raises QueueFull; queued in a MULTI, the caller
+    passes the script's reply to check_written().
+    """
     now = datetime.now(UTC)
     now_rq = utcformat(now.replace(tzinfo=None))
     templates: dict[tuple[JobOptions, str], int] = {}
     header: dict[str, Any] = {"now": now_rq, "templates": [], "claims": [], "counts": []}
     counts: dict[tuple[str, str], int] = {}
+    added: dict[str, int] = {}
     queues: dict[str, None] = {}
     seen: dict[str, Submitted] = {}
     outcome: list[Submitted] = []
@@ -182,6 +192,7 @@ def write(
             header["claims"].append([p.claim_key, p.id])
         counted = (p.spec.name, p.lane)
         counts[counted] = counts.get(counted, 0) + 1
+        added[p.lane] = added.get(p.lane, 0) + 1
         queues[lane_keys(p.lane)["queue"]] = None
         written = Submitted(p, True, status=status, at=now, now_rq=now_rq)
         if p.claim_key:
@@ -196,10 +207,27 @@ def write(
             deferred_score=str(int(now.timestamp())),
             **KEY_SHAPES,
         )
+        if max_queued is not None:
+            header["max_queued"] = max_queued
+            header["lanes"] = [[*waiting_keys(lane), count, lane] for lane, count in added.items()]
         # Two arguments, not several per job: redis-py packs each argument in Python.
         args = [json.dumps(header, separators=(",", ":")), b"".join(blobs)]
-        WRITE(keys=[keys.QUEUES_KEY, keys.METRICS_KEY], args=args, client=client)
+        reply = WRITE(keys=[keys.QUEUES_KEY, keys.METRICS_KEY], args=args, client=client)
+        if not isinstance(client, Pipeline):
+            check_written(reply)
     return outcome
+
+
+def waiting_keys(lane: str) -> tuple[str, str, str]:
+    """The keys whose jobs count as waiting in `lane`: its list, its scheduled and its deferred registries."""
+    return keys.queue_key(lane), keys.scheduled_key(lane), keys.deferred_key(lane)
+
+
+def check_written(reply: Any) -> None:
+    """Raise QueueFull when the write script refused the call (a full lane); anything else is success."""
+    if isinstance(reply, list) and reply and reply[0] == b"queue_full":
+        lane, waiting = reply[1].decode(), int(reply[2])
+        raise QueueFull(f"lane {lane!r} holds {waiting} waiting jobs (MAX_QUEUE_LENGTH); try again later")
 
 
 def _same(earlier: Submitted | None) -> dict[str, Any]:

@@ -31,6 +31,11 @@ REQUEUE = script("requeue")
 CLAIM_PREFIXES = tuple(prefix.encode() for prefix in (keys.JOB_PREFIX, keys.EXECUTION_PREFIX, keys.EXECUTIONS_PREFIX))
 
 
+def raw_id(job_id: str) -> bytes:
+    """`job_id` as the bytes Redis holds (an id read from Redis keeps bytes that are not UTF-8 as surrogates)."""
+    return job_id.encode("utf-8", "surrogateescape")
+
+
 def now_utc(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
@@ -106,12 +111,14 @@ class Claimer:
             args=[now, self._name, execution_id, utcformat(now_utc(now)), ttl_seconds, *CLAIM_PREFIXES],
             client=self.connection,
         )
-        if not reply[0]:
+        if reply[0] is None:  # nothing claimed (an empty id is still a claim)
             earliest = float(reply[1])
             return earliest if earliest >= 0 else None
         flat = reply[2]
         raw = dict(zip(flat[::2], flat[1::2], strict=True))
-        return Claim(reply[0].decode(), lanes[reply[1] - 1], raw, execution_id if reply[3] else None)
+        # An id that is not UTF-8 keeps its bytes as surrogates: it is discarded, not a reason to stop.
+        job_id = reply[0].decode("utf-8", "surrogateescape")
+        return Claim(job_id, lanes[reply[1] - 1], raw, execution_id if reply[3] else None)
 
     def _keys(self, lanes: tuple[str, ...]) -> list[bytes]:
         """The claim script's KEYS for trying `lanes` in this order (worked out and encoded once per order)."""
@@ -139,7 +146,7 @@ class Claimer:
 
     def drop(self, job_id: str) -> None:
         """Forget a claimed id whose job no longer exists or must not run."""
-        self.connection.lrem(self.key, 1, job_id)
+        self.connection.lrem(self.key, 1, raw_id(job_id))
 
     def claimed(self, key: str | None = None) -> list[str]:
-        return [i.decode() for i in self.connection.lrange(key or self.key, 0, -1)]
+        return [i.decode("utf-8", "surrogateescape") for i in self.connection.lrange(key or self.key, 0, -1)]

@@ -6,16 +6,26 @@
 --   job_prefix, placeholder (the id in push commands), dependents and dependencies
 --   ([before, after] the job id in RQ's key shapes),
 --   templates [{fields, status, push [[command, key, value], ...], registry}, ...],
---   jobs [[id, template number, score, data size, [extra field, value, ...], [parent id, ...]], ...].
+--   jobs [[id, template number, score, data size, [extra field, value, ...], [parent id, ...]], ...],
+--   and with max_queued, lanes [[list key, scheduled key, deferred key, jobs added, lane], ...] per lane receiving jobs.
 -- ARGV[2]: every job's data, one after another (each job's data size says where it ends).
 -- A template's commands are RQ's own for its status: the lane push and doorbell
 -- (ServiceQueue.push_job_id) for queued; the scheduled registry for scheduled; the deferred
 -- registry and dependency sets (Job.register_dependency) for deferred. The script is atomic,
 -- so the order of the writes within it is invisible.
--- Returns 1.
+-- Returns 1, or {'queue_full', lane, waiting} having written nothing when a lane would hold
+-- more than max_queued waiting (queued, scheduled, deferred) jobs.
 local h = cjson.decode(ARGV[1])
 local blobs = ARGV[2]
 local now, templates, placeholder = h.now, h.templates, h.placeholder
+if h.max_queued then
+    for _, lane in ipairs(h.lanes) do
+        local waiting = redis.call('LLEN', lane[1]) + redis.call('ZCARD', lane[2]) + redis.call('ZCARD', lane[3])
+        if waiting + lane[4] > h.max_queued then
+            return {'queue_full', lane[5], waiting}
+        end
+    end
+end
 for _, claim in ipairs(h.claims) do
     redis.call('SET', claim[1], claim[2], 'EX', h.claim_ttl)
 end
