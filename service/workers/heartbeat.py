@@ -16,6 +16,7 @@ from redis import Redis
 from rq.executions import Execution
 from rq.registry import StartedJobRegistry
 
+from service.core.keys import alive_key
 from service.core.outage import REDIS_DOWN, Outage
 from service.workers.reaper import Reaper
 
@@ -62,7 +63,7 @@ class Heartbeat(threading.Thread):
     def beat(self) -> None:
         worker = self.worker
         with self.connection.pipeline(transaction=False) as pipe:
-            pipe.set(f"svc:alive:{worker.name}", 1, px=int(self.ttl * 1000))
+            pipe.set(alive_key(worker.name), 1, px=int(self.ttl * 1000))
             pipe.expire(worker.key, int(self.ttl) + 60)
             pipe.hset(worker.key, "last_heartbeat", time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime()))
             for execution in list(worker.executions.values()):

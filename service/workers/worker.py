@@ -388,15 +388,7 @@ class ServiceWorker(Worker):
 
     def _until_redis(self, step: Any) -> Any:
         """Run `step` until it gets through to Redis (or a stop is requested)."""
-        while True:
-            try:
-                result = step()
-                self.outage.up()
-                return result
-            except REDIS_DOWN as exc:
-                if self._stop_requested:
-                    raise
-                self.outage.down(exc)
+        return self.outage.retry(step, stop=lambda: self._stop_requested)
 
     # -- execution ------------------------------------------------------------
 
@@ -779,14 +771,7 @@ def rss_mb() -> float:
 def make_worker(connection: Redis, options: WorkerOptions) -> ServiceWorker:
     """Build a ServiceWorker for `options`, waiting for Redis if it is down at start."""
     queues = [ServiceQueue(lane, connection=connection) for lane in options.lanes]
-    outage = Outage(log, "Worker start")
-    while True:
-        try:
-            worker = ServiceWorker(queues, connection=connection, options=options)
-            outage.up()
-            return worker
-        except REDIS_DOWN as exc:
-            outage.down(exc)
+    return Outage(log, "Worker start").retry(lambda: ServiceWorker(queues, connection=connection, options=options))
 
 
 def run_worker(redis_url: str, options: WorkerOptions) -> str | None:
