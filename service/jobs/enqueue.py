@@ -1,10 +1,11 @@
 """Enqueue: turn validated job requests into RQ jobs, all-or-nothing, in one Lua call per request or batch.
 
-Every check that can refuse a request (task, lane, arguments, parents) runs
-before anything is written; service.jobs.writer then writes every new job in
-one script call. Idempotency keys and unique tasks are read while WATCHing
-them and the script runs inside MULTI, so concurrent requests can never both
-create a job.
+Every check that can refuse a request (task, lane, arguments, parents, and
+for a client's request the configured Limits) runs before anything is
+written; service.jobs.writer then writes every new job in one script call,
+which also refuses the whole call when a lane is full. Idempotency keys and
+unique tasks are read while WATCHing them and the script runs inside MULTI,
+so concurrent requests can never both create a job.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import hashlib
 import inspect
 import json
 import math
-import random
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -23,22 +23,22 @@ from typing import TYPE_CHECKING, Any
 
 from redis import Redis
 from redis.client import Pipeline
-from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from service.core.config import Limits
 from service.core.errors import InvalidField
+from service.core.keys import IDEMPOTENCY_PREFIX, UNIQUE_PREFIX, job_key
 from service.core.lanes import check_lane, lane_for
 from service.jobs.model import ServiceJob
-from service.jobs.writer import IDEMPOTENCY_PREFIX, Planned, Submitted, compress, write
-from service.tasks.registry import REGISTRY, TaskSpec
+from service.jobs.template import JobOptions
+from service.jobs.writer import Planned, Submitted, check_written, compress, write
+from service.tasks.registry import REGISTRY, RetryPolicy, TaskSpec
 
 if TYPE_CHECKING:  # requests are validated by the caller: workers enqueue without loading pydantic
     from service.jobs.schemas import JobRequest
 
-UNIQUE_PREFIX = "svc:unique:"
 ALIVE = frozenset({"queued", "scheduled", "deferred", "started"})
-EXPONENTIAL_BASE_SECONDS = 10
-EXPONENTIAL_CAP_SECONDS = 3600
+NO_RETRY = RetryPolicy(0, ())
 # Calls with at most this many positional and keyword arguments have their fit checked once per shape.
 SMALL_CALL_ARGS = 8
 
@@ -65,9 +65,9 @@ if TYPE_CHECKING:
     Request = JobRequest | InternalRequest
 
 
-def enqueue(connection: Redis, request: Request) -> ServiceJob:
+def enqueue(connection: Redis, request: Request, limits: Limits | None = None) -> ServiceJob:
     """Enqueue one job and return it (the existing one for a repeated idempotency key or a unique task)."""
-    return submit(connection, [request])[0].job(connection)
+    return submit(connection, [request], limits=limits)[0].job(connection)
 
 
 def enqueue_many(connection: Redis, requests: list[Request]) -> list[ServiceJob]:
@@ -75,23 +75,31 @@ def enqueue_many(connection: Redis, requests: list[Request]) -> list[ServiceJob]
     return [outcome.job(connection) for outcome in submit(connection, requests, batch=True)]
 
 
-def submit(connection: Redis, requests: list[Request], batch: bool = False) -> list[Submitted]:
-    """Check every request, then write them all in one transaction; return each one's outcome in order."""
-    planned = [plan(request, field=f"jobs.{i}" if batch else "") for i, request in enumerate(requests)]
-    return commit(connection, planned)
+def submit(
+    connection: Redis, requests: list[Request], batch: bool = False, limits: Limits | None = None
+) -> list[Submitted]:
+    """Check every request, then write them all in one transaction; return each one's outcome in order.
+
+    `limits`: a client's request (API, CLI) is held to them; the service's own enqueues pass None.
+    """
+    planned = [plan(request, field=f"jobs.{i}" if batch else "", limits=limits) for i, request in enumerate(requests)]
+    return commit(connection, planned, limits.queue_length if limits else None)
 
 
-def plan(request: Request, field: str = "") -> Planned:
+def plan(request: Request, field: str = "", limits: Limits | None = None) -> Planned:
     """Check `request` against the registry and build its job's per-job parts; raise InvalidField on any problem."""
     prefix = f"{field}." if field else ""
     try:
-        spec = REGISTRY.get(request.task)
+        # Internal tasks (hooks.*) are the service's own: a client's request cannot name them.
+        spec = REGISTRY.get(request.task) if isinstance(request, InternalRequest) else REGISTRY.public(request.task)
         lane = check_lane(request.queue) if request.queue is not None else lane_for(spec.name, spec.queue)
     except InvalidField as exc:
         raise type(exc)(request.task if exc.field == "task" else request.queue, prefix + exc.field) from None
     check_arguments(spec, request.args, request.kwargs, prefix)
+    if limits is not None:
+        check_limits(request, spec, limits, prefix)
     args, kwargs = list(request.args), dict(request.kwargs)
-    retry_max, backoff = retry_policy(request, spec)
+    retry = retry_policy(request, spec)
     timeout = request.timeout or spec.timeout_seconds
     result_ttl = spec.result_ttl_seconds if request.result_ttl is None else request.result_ttl
     p = Planned(
@@ -100,12 +108,12 @@ def plan(request: Request, field: str = "") -> Planned:
         lane=lane,
         args=args,
         kwargs=kwargs,
-        options=(spec.name, spec.failure_ttl_seconds, lane, timeout, result_ttl, retry_max, backoff),
+        options=JobOptions(spec.name, lane, timeout, result_ttl, spec.failure_ttl_seconds, spec.name, retry),
         data=compress(JSONSerializer.dumps((spec.name, None, args, kwargs))),
         run_at=run_at(request, prefix),
     )
-    if retry_max and backoff == "exponential":
-        p.extra["retry_intervals"] = json.dumps(exponential_intervals(retry_max))
+    if retry.jittered:
+        p.extra["retry_intervals"] = json.dumps(retry.intervals())
     if request.depends_on:
         if p.run_at is not None:
             raise InvalidField(prefix + "depends_on", "cannot be combined with delay or at")
@@ -138,6 +146,23 @@ def check_arguments(spec: TaskSpec, args: list[Any], kwargs: dict[str, Any], pre
         raise InvalidField(prefix + problem[0], problem[1])
 
 
+# A request's option, the limit that caps it, and that limit's variable.
+CAPPED_OPTIONS = (
+    ("timeout", "timeout_seconds", "MAX_JOB_TIMEOUT_SECONDS"),
+    ("result_ttl", "result_ttl_seconds", "MAX_RESULT_TTL_SECONDS"),
+    ("ttl", "ttl_seconds", "MAX_JOB_TTL_SECONDS"),
+)
+
+
+def check_limits(request: Request, spec: TaskSpec, limits: Limits, prefix: str = "") -> None:
+    """Raise InvalidField when a client's option passes its configured maximum or the task refuses the arguments."""
+    for option, attribute, variable in CAPPED_OPTIONS:
+        value, cap = getattr(request, option), getattr(limits, attribute)
+        if value is not None and value > cap:
+            raise InvalidField(prefix + option, f"must be at most {cap} seconds ({variable})")
+    spec.check_request(request.args, request.kwargs, limits, prefix)
+
+
 @lru_cache(maxsize=4096)
 def call_problem(func: Any, positional: int, names: tuple[str, ...]) -> tuple[str, str] | None:
     """Return (field, message) when `positional` arguments and keyword `names` do not fit `func`, else None.
@@ -157,23 +182,15 @@ def signature(func: Any) -> inspect.Signature:
     return inspect.signature(func)
 
 
-def retry_policy(request: Request, spec: TaskSpec) -> tuple[int, tuple[int, ...] | str]:
-    """Return (max retries, backoff) for the request's policy, or the task's default one."""
+def retry_policy(request: Request, spec: TaskSpec) -> RetryPolicy:
+    """Return the request's retry policy, or the task's default one (one value for "no retry")."""
     if request.retry is not None:
         max_retries, backoff = request.retry.max, request.retry.backoff
     else:
         max_retries, backoff = spec.retry.max, spec.retry.backoff
     if max_retries == 0:
-        return 0, ()
-    return max_retries, backoff if isinstance(backoff, str) else tuple(backoff)
-
-
-def exponential_intervals(max_retries: int) -> list[int]:
-    """Return exponential retry intervals with +-25% jitter, so failed jobs do not retry in lockstep."""
-    return [
-        round(min(EXPONENTIAL_BASE_SECONDS * 2**i, EXPONENTIAL_CAP_SECONDS) * random.uniform(0.75, 1.25))
-        for i in range(max_retries)
-    ]
+        return NO_RETRY
+    return RetryPolicy(max_retries, backoff if isinstance(backoff, str) else tuple(backoff))
 
 
 def run_at(request: Request, prefix: str = "") -> datetime | None:
@@ -195,26 +212,33 @@ def fingerprint(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:32]
 
 
-def commit(connection: Redis, planned: list[Planned]) -> list[Submitted]:
-    """Write the planned jobs in one transaction; return each one's outcome."""
+def commit(connection: Redis, planned: list[Planned], max_queued: int | None = None) -> list[Submitted]:
+    """Write the planned jobs in one transaction; return each one's outcome (QueueFull: nothing written)."""
     claims = [p.claim_key for p in planned if p.claim_key]
     parents = sorted({d for p in planned for d in p.parents})
     if not claims and not parents:
-        return write(connection, planned, {}, set())
+        return write(connection, planned, {}, set(), max_queued)
     # WATCH the claims and the parents: if another client takes a claim or a
     # parent finishes before EXEC, the transaction runs again on fresh reads.
-    watched = claims + [Job.key_for(d) for d in parents]
-    return connection.transaction(
-        lambda pipe: _claim_and_write(connection, pipe, planned, parents), *watched, value_from_callable=True
-    )
+    watched = claims + [job_key(d) for d in parents]
+    outcomes: list[Submitted] = []
+
+    def claim_and_write(pipe: Pipeline) -> None:
+        outcomes[:] = _claim_and_write(connection, pipe, planned, parents, max_queued)
+
+    for reply in connection.transaction(claim_and_write, *watched):
+        check_written(reply)
+    return outcomes
 
 
-def _claim_and_write(connection: Redis, pipe: Pipeline, planned: list[Planned], parents: list[str]) -> list[Submitted]:
+def _claim_and_write(
+    connection: Redis, pipe: Pipeline, planned: list[Planned], parents: list[str], max_queued: int | None
+) -> list[Submitted]:
     """Inside WATCH: read claims and parents, then MULTI and write what is new."""
     existing = existing_claims(connection, pipe, planned)
     unfinished = unfinished_parents(pipe, parents)
     pipe.multi()
-    return write(pipe, planned, existing, unfinished)
+    return write(pipe, planned, existing, unfinished, max_queued)
 
 
 def existing_claims(connection: Redis, pipe: Pipeline, planned: list[Planned]) -> dict[str, ServiceJob]:
@@ -236,7 +260,7 @@ def unfinished_parents(pipe: Pipeline, parents: list[str]) -> set[str]:
     """Return the parents that have not finished; InvalidField when one does not exist."""
     unfinished = set()
     for parent in parents:
-        status = pipe.hget(Job.key_for(parent), "status")
+        status = pipe.hget(job_key(parent), "status")
         if status is None:
             raise InvalidField("depends_on", f"no job with id {parent!r}")
         if status != b"finished":

@@ -11,6 +11,7 @@ from service.core.config import Settings
 from service.core.connection import connect
 from service.core.errors import ConfigError
 from service.core.logs import configure_logging
+from service.tasks import outbound
 from service.tasks.registry import load_task_modules
 
 
@@ -24,4 +25,5 @@ def start(role: str) -> tuple[Settings, Redis]:
         raise SystemExit(2) from None
     configure_logging(settings, role=role)
     compat.check_versions()  # warns, never refuses: an unchecked release may still work
+    outbound.allow(settings.outbound_allow)
     return settings, connect(settings.redis_url, role=role)

@@ -8,27 +8,53 @@ path is ever built from input.
 from __future__ import annotations
 
 import importlib
+import random
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.core.errors import ConfigError, UnknownTask
+from service.core.config import Limits
+from service.core.errors import ConfigError, InternalTask, InvalidField, UnknownTask
 from service.core.lanes import LANES
 
-TASK_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+TASK_NAME = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
+# Tasks under this prefix are internal whatever their registration says (the service's own deliveries).
+INTERNAL_PREFIX = "hooks."
 DEFAULT_TIMEOUT_SECONDS = 180
 DEFAULT_RESULT_TTL_SECONDS = 500
 # RQ keeps failed jobs a year by default; a week is enough to look and requeue.
 DEFAULT_FAILURE_TTL_SECONDS = 7 * 24 * 3600
+EXPONENTIAL_BASE_SECONDS = 10
+EXPONENTIAL_CAP_SECONDS = 3600
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How often a failed job is run again, and how long to wait before each retry."""
+    """How often a failed job is run again, and how long to wait before each retry.
+
+    `backoff` is seconds before each retry (the last repeats), or "exponential":
+    10 s doubling per retry, capped at an hour, each interval drawn within
+    +-25% so that jobs that failed together (an API batch, a burst of
+    schedule runs against one dead endpoint) do not retry in lockstep.
+    """
 
     max: int = 0
     backoff: tuple[int, ...] | str = (10, 60, 300)
+
+    @property
+    def jittered(self) -> bool:
+        """True when every job draws its own intervals (exponential backoff)."""
+        return self.max > 0 and isinstance(self.backoff, str)
+
+    def intervals(self) -> list[int]:
+        """The seconds to wait before each retry (a fresh draw for exponential backoff)."""
+        if isinstance(self.backoff, str):
+            return [
+                round(min(EXPONENTIAL_BASE_SECONDS * 2**i, EXPONENTIAL_CAP_SECONDS) * random.uniform(0.75, 1.25))
+                for i in range(self.max)
+            ]
+        return list(self.backoff) or [0]
 
     def to_dict(self) -> dict[str, Any]:
         backoff = self.backoff if isinstance(self.backoff, str) else list(self.backoff)
@@ -54,6 +80,19 @@ class TaskSpec:
     rate_limit: tuple[int, float] | None = None
     # Failure events of this task are POSTed here (service.ops.hooks); None: no webhook.
     webhook_url: str | None = None
+    # Only the service enqueues it (hooks.webhook): the API, the CLI and schedules cannot name it.
+    internal: bool = False
+    # Checks a client's arguments against the Limits (enqueue, schedule save); raises ValueError to refuse.
+    check: Callable[[list[Any], dict[str, Any], Limits], None] | None = None
+
+    def check_request(self, args: list[Any], kwargs: dict[str, Any], limits: Limits, prefix: str = "") -> None:
+        """Run the task's own argument check; InvalidField (on `<prefix>args`) when it refuses."""
+        if self.check is None:
+            return
+        try:
+            self.check(list(args), dict(kwargs), limits)
+        except ValueError as exc:
+            raise InvalidField(prefix + "args", str(exc)) from None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -70,6 +109,7 @@ class TaskSpec:
                 {"max_starts": self.rate_limit[0], "period_seconds": self.rate_limit[1]} if self.rate_limit else None
             ),
             "webhook": self.webhook_url is not None,
+            "internal": self.internal,
         }
 
 
@@ -80,7 +120,7 @@ class TaskRegistry:
         self._tasks: dict[str, TaskSpec] = {}
 
     def add(self, spec: TaskSpec) -> None:
-        if not TASK_NAME.match(spec.name):
+        if not TASK_NAME.fullmatch(spec.name):
             raise ValueError(f"task name {spec.name!r} must be dotted lower-case words, e.g. 'reports.generate'")
         if spec.queue not in LANES:
             raise ValueError(f"task {spec.name!r}: queue {spec.queue!r} is not one of {LANES}")
@@ -94,6 +134,13 @@ class TaskRegistry:
         spec = self._tasks.get(name) if isinstance(name, str) else None
         if spec is None:
             raise UnknownTask(name)
+        return spec
+
+    def public(self, name: object, field: str = "task") -> TaskSpec:
+        """Return the spec of a task clients may name (API, CLI, schedules); UnknownTask or InternalTask otherwise."""
+        spec = self.get(name)
+        if spec.internal:
+            raise InternalTask(spec.name, field)
         return spec
 
     def __contains__(self, name: object) -> bool:
@@ -122,8 +169,16 @@ def task(
     concurrency: int | None = None,
     rate_limit: str | tuple[int, float] | None = None,
     webhook_url: str | None = None,
+    internal: bool = False,
+    check: Callable[[list[Any], dict[str, Any], Limits], None] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register the decorated function as task `name` with its per-job defaults."""
+    """Register the decorated function as task `name` with its per-job defaults.
+
+    An `internal` task is enqueued only by the service itself: the API, the
+    CLI and schedules refuse its name (422) as they refuse an unknown one.
+    `check(args, kwargs, limits)` may refuse a client's arguments (raise ValueError), e.g. a fan-out
+    larger than MAX_FANOUT; it runs at enqueue and when a schedule is saved, not in the worker.
+    """
 
     def register(func: Callable[..., Any]) -> Callable[..., Any]:
         doc = (func.__doc__ or "").strip().splitlines()
@@ -141,6 +196,8 @@ def task(
                 concurrency=_concurrency(name, concurrency),
                 rate_limit=parse_rate_limit(name, rate_limit),
                 webhook_url=_webhook_url(name, webhook_url),
+                internal=internal or name.startswith(INTERNAL_PREFIX),
+                check=check,
             )
         )
         return func

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 from redis import Redis
 from rq.executions import Execution
 from rq.registry import StartedJobRegistry
-from rq.suspension import WORKERS_SUSPENDED
 
+from service.core import keys
 from service.core.outage import REDIS_DOWN, Outage
 from service.workers.reaper import Reaper
 
@@ -64,8 +64,8 @@ class Heartbeat(threading.Thread):
         """Renew what RQ's own heartbeat renews (worker hash, its executions set) and ours; note `rq suspend`."""
         worker = self.worker
         with self.connection.pipeline(transaction=False) as pipe:
-            pipe.exists(WORKERS_SUSPENDED)
-            pipe.set(f"svc:alive:{worker.name}", 1, px=int(self.ttl * 1000))
+            pipe.exists(keys.WORKERS_SUSPENDED_KEY)
+            pipe.set(keys.alive_key(worker.name), 1, px=int(self.ttl * 1000))
             pipe.expire(worker.key, int(self.ttl) + 60)
             pipe.expire(worker.executions_key, int(self.ttl) + 60)
             pipe.hset(worker.key, "last_heartbeat", time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime()))

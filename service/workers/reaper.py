@@ -1,7 +1,7 @@
 """Reaper: bring back the jobs of workers that died (SIGKILL, OOM, lost machine).
 
-Every worker writes a liveness key `svc:alive:<worker>` with a short TTL from
-a heartbeat thread. The reaper (run by every worker on a timer, one at a time
+Every worker writes a liveness key (keys.alive_key) with a short TTL from a
+heartbeat thread. The reaper (run by every worker on a timer, one at a time
 through a lock) looks at each worker that holds claimed jobs: if its liveness
 key is gone, each job in its claimed list is recovered:
 
@@ -12,7 +12,7 @@ key is gone, each job in its claimed list is recovered:
   crash alone never fails a job that would have succeeded. Past the
   allowance the job's retry policy is used, and when that is spent too the
   job fails with a reason that says its worker died (a poison job: it is
-  counted in `svc:metrics:poison_jobs` by task).
+  counted by task in keys.POISON_JOBS_KEY).
 
 Detection bound: liveness TTL + reaper period (production: 20 s + 10 s, so a
 killed worker's job is back in its lane within 30 s; SPEC §8 asks for 60 s).
@@ -21,39 +21,28 @@ killed worker's job is back in its lane within 30 s; SPEC §8 asks for 60 s).
 from __future__ import annotations
 
 import logging
-import uuid
 
 from redis import Redis
 from rq.job import JobStatus
 from rq.job_lifecycle import record_job_failure
-from rq.registry import StartedJobRegistry
 
-from service.core import metrics
-from service.core.keys import CLAIMERS_KEY, claimed_key
+from service.core import keys, metrics
+from service.core.keys import CLAIMERS_KEY, alive_key, claimed_key
+from service.core.lanes import LANES
+from service.core.lease import Lease
+from service.core.outage import REDIS_DOWN
+from service.jobs.damage import is_job_id
 from service.jobs.model import ServiceJob, ServiceQueue
-from service.tasks.registry import REGISTRY
-from service.workers import limits
+from service.workers import limits, poison
 from service.workers.claim import Claimer
 
 log = logging.getLogger("service.worker")
 
-ALIVE_KEY = "svc:alive:{worker}"
-LOCK_KEY = "svc:reaper:lock"
-POISON_METRIC_KEY = "svc:metrics:poison_jobs"
+# A reaper pass holds the reaper lease at most this long (it is released when the pass ends).
+LOCK_SECONDS = 30
 CRASHES_FIELD = "crashes"
 DEFAULT_CRASH_RETRIES = 3
 ENDED = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
-
-RELEASE_LOCK_SCRIPT = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
-
-def alive_key(worker_name: str) -> str:
-    return ALIVE_KEY.format(worker=worker_name)
 
 
 class Reaper:
@@ -63,11 +52,7 @@ class Reaper:
         self.connection = connection
         self.crash_retries = crash_retries
         self._claimer = Claimer(connection, "reaper")
-        self._release_lock = connection.register_script(RELEASE_LOCK_SCRIPT)
-
-    def beat(self, worker_name: str, ttl_seconds: float) -> None:
-        """Mark `worker_name` alive for `ttl_seconds`."""
-        self.connection.set(alive_key(worker_name), 1, px=int(ttl_seconds * 1000))
+        self._lease = Lease(connection, keys.REAPER_LOCK_KEY, LOCK_SECONDS * 1000)
 
     def forget(self, worker_name: str) -> None:
         """Drop a worker that stopped cleanly (its claimed list is empty)."""
@@ -76,44 +61,67 @@ class Reaper:
             pipe.srem(CLAIMERS_KEY, worker_name)
             pipe.execute()
 
-    def reap(self, lock_seconds: float = 30.0) -> int:
-        """Recover the claimed jobs of every dead worker; return how many were recovered."""
-        token = uuid.uuid4().hex
-        if not self.connection.set(LOCK_KEY, token, nx=True, px=int(lock_seconds * 1000)):
+    def reap(self) -> int:
+        """Recover the claimed jobs of every dead worker (unless another reaper is at it); return how many."""
+        if not self._lease.acquire_or_renew():
             return 0
         recovered = 0
         try:
             for raw in self.connection.smembers(CLAIMERS_KEY):
-                name = raw.decode()
-                if self.connection.exists(alive_key(name)):
-                    continue
-                key = claimed_key(name)
-                for job_id in self._claimer.claimed(key):
-                    self.recover(job_id, key, f"worker {name} died (no heartbeat) while running this job")
-                    recovered += 1
-                if not self.connection.llen(key):
-                    self.connection.srem(CLAIMERS_KEY, name)
+                name = raw.decode("utf-8", "surrogateescape")
+                try:
+                    recovered += self._reap_worker(name)
+                except REDIS_DOWN:
+                    raise
+                except Exception:  # one worker's list must not keep the others' jobs from coming back
+                    log.exception("Reaper: could not go through the claims of worker %r", name[:100])
         finally:
-            self._release_lock(keys=[LOCK_KEY], args=[token])
+            self._lease.release()
         return recovered
+
+    def _reap_worker(self, name: str) -> int:
+        """Recover every job claimed by worker `name` if it is dead; return how many."""
+        if self.connection.exists(alive_key(name)):
+            return 0
+        key = claimed_key(name)
+        reason = f"worker {name} died (no heartbeat) while running this job"
+        jobs = self._claimer.claimed(key)
+        for job_id in jobs:
+            try:
+                self.recover(job_id, key, reason)
+            except REDIS_DOWN:
+                raise
+            except Exception as exc:  # whatever the job holds, it leaves the list: failed alone
+                log.exception("Reaper: job %r of worker %s could not be recovered", job_id[:100], name)
+                poison.fail(self.connection, key, job_id, None, f"{type(exc).__name__}: {exc}", None, name)
+        if not self.connection.llen(key):
+            self.connection.srem(CLAIMERS_KEY, name)
+        return len(jobs)
 
     def recover(self, job_id: str, key: str, reason: str) -> str:
         """Bring back one claimed job whose runner died; return what was done."""
+        if not is_job_id(job_id):
+            poison.discard(self.connection, key, job_id, None, None, "reaper")
+            return "discarded"
         job = ServiceJob.fetch_many([job_id], connection=self.connection)[0]
         if job is None or job.get_status(refresh=False) in ENDED:
             self.connection.lrem(key, 1, job_id)  # gone, or its outcome is already stored
             return "dropped"
+        if job.damage or job.origin not in LANES:  # it cannot run: no crash allowance, no retry
+            message = f"JobDamaged: the stored job is damaged ({job.damage}); not run"
+            poison.fail(self.connection, key, job_id, None, message, None, "reaper")
+            return "failed"
         lane = job.origin
         if job.get_status(refresh=False) != JobStatus.STARTED:
             self._claimer.requeue(job_id, lane, key=key)
             log.warning("Reaper: job %s was claimed but not started; back at the front of %s", job_id, lane)
             return "requeued"
         crashes = int(self.connection.hincrby(job.key, CRASHES_FIELD, 1))
-        spec = REGISTRY._tasks.get(job.func_name) if isinstance(job.func_name, str) else None
+        spec = job.spec
         with self.connection.pipeline() as pipe:
             _forget_execution(self.connection, job, pipe)
             limits.release(pipe, spec, job_id)
-            task = spec.name if spec else "?"
+            task = job.task_name
             if crashes <= self.crash_retries:
                 metrics.count(pipe, "jobs_redelivered", task, lane)
                 pipe.execute()
@@ -130,7 +138,7 @@ class Reaper:
             message = f"WorkerDied: {reason}; {crashes} crashes, no attempts left (poison job?)"
             record_job_failure(job, message, pipe)
             metrics.count(pipe, "jobs_failed", task, lane)
-            pipe.hincrby(POISON_METRIC_KEY, job.func_name if isinstance(job.func_name, str) else "?", 1)
+            pipe.hincrby(keys.POISON_JOBS_KEY, task, 1)
             pipe.execute()
         log.error("Reaper: job %s failed: %s", job_id, message)
         return "failed"
@@ -138,8 +146,8 @@ class Reaper:
 
 def _forget_execution(connection: Redis, job: ServiceJob, pipe: object) -> None:
     """Remove the dead execution's entries from the lane's started registry."""
-    registry = StartedJobRegistry(job.origin, connection=connection)
+    registry = keys.started_key(job.origin)
     prefix = f"{job.id}:".encode()
-    for member in connection.zrange(registry.key, 0, -1):
+    for member in connection.zrange(registry, 0, -1):
         if member.startswith(prefix):
-            pipe.zrem(registry.key, member)  # type: ignore[attr-defined]
+            pipe.zrem(registry, member)  # type: ignore[attr-defined]
