@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None, *, connection: Redis | None = N
 
     from service import api
     from service.api import paths
+    from service.core import compat
     from service.core.config import Settings
     from service.core.connection import connect
     from service.core.logs import configure_logging
@@ -49,6 +50,7 @@ def create_app(settings: Settings | None = None, *, connection: Redis | None = N
 
     settings = settings or Settings.from_env(role="web")
     configure_logging(settings, role="web")
+    compat.check_versions()
     load_task_modules(settings.task_modules)
     app = Flask(__name__)
     if settings.trusted_proxy_hops:

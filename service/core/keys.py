@@ -26,6 +26,7 @@ from rq.registry import (
     StartedJobRegistry,
 )
 from rq.results import Result
+from rq.suspension import WORKERS_SUSPENDED
 from rq.worker import Worker
 from rq.worker_registration import REDIS_WORKER_KEYS
 
@@ -55,6 +56,7 @@ CANCELED_PREFIX = _prefix(CanceledJobRegistry.key_template)
 EXECUTIONS_PREFIX = _prefix(ExecutionRegistry.key_template)  # a job's executions
 RESULTS_PREFIX = _prefix(Result.get_key("{0}"))  # a job's result stream
 PUBSUB_PREFIX = _prefix(PUBSUB_CHANNEL_TEMPLATE, "%s")  # a worker's command channel
+WORKERS_SUSPENDED_KEY = WORKERS_SUSPENDED  # `rq suspend` sets it: workers take no new job
 
 
 def _execution_prefix() -> str:

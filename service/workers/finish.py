@@ -108,6 +108,7 @@ class Finisher:
                     job.dependents_key,
                     slot_key,
                     keys.METRICS_KEY,
+                    job.dependencies_key,
                 ],
                 args=[
                     job.id,
