@@ -38,8 +38,9 @@ from service.workers.claim import Claimer
 
 log = logging.getLogger("service.worker")
 
-# A reaper pass holds the reaper lease at most this long (it is released when the pass ends).
-LOCK_SECONDS = 30
+# One reaper pass at a time: the lease lasts this long and is renewed before each dead
+# worker's list, so a reaper killed mid-pass holds up the others for seconds, not a round.
+LOCK_SECONDS = 5
 CRASHES_FIELD = "crashes"
 DEFAULT_CRASH_RETRIES = 3
 ENDED = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
@@ -69,6 +70,8 @@ class Reaper:
         try:
             for raw in self.connection.smembers(CLAIMERS_KEY):
                 name = raw.decode("utf-8", "surrogateescape")
+                if not self._lease.acquire_or_renew():  # lost (a long pause): another reaper carries on
+                    break
                 try:
                     recovered += self._reap_worker(name)
                 except REDIS_DOWN:
