@@ -139,7 +139,7 @@ def test_start_end_and_one_shot_bounds() -> None:
 
 def test_preview_lists_due_times_in_utc_and_in_the_zone_across_a_dst_change() -> None:
     spec = parse_spec({"task": "diag.echo", "cron": "30 2 * * *", "timezone": "Europe/Vienna"})
-    result = schedules.preview(spec, 3, now=utc(2026, 3, 27, 12))
+    result = schedules.preview(spec, utc(2026, 3, 27, 12), 3)
     assert result["timezone"] == "Europe/Vienna"
     assert result["times"] == [
         {"utc": "2026-03-28T01:30:00Z", "local": "2026-03-28T02:30:00+01:00"},

@@ -117,7 +117,7 @@ def preview_schedule(schedule_id: str) -> Response:
 @document(200, None, json=ScheduleSpec, query=PreviewQuery, tags=TAGS)
 def preview_unsaved() -> Response:
     """The next `count` due times of an unsaved schedule body (validated like PUT)."""
-    return jsonify(schedules.preview_body(_object_body(), query(PreviewQuery).count))
+    return jsonify(schedules.preview_body(redis(), _object_body(), query(PreviewQuery).count))
 
 
 @bp.post("/schedules/<schedule_id>/backfill")

@@ -154,8 +154,7 @@ def preview_command(ctx: Context, schedule_id: str | None, count: int, **options
     if schedule_id:
         result = domain.preview_saved(ctx.connection, schedule_id, count)
     else:
-        ctx.load()
-        result = domain.preview_body(body_from(options), count)
+        result = domain.preview_body(ctx.connection, body_from(options), count)
     click.echo(f"time zone {result['timezone']}")
     for item in result["times"]:
         click.echo(f"{item['utc']:<22} {item['local']}")

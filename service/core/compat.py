@@ -169,6 +169,7 @@ REACHES: tuple[Reach, ...] = (
     Reach("rq_scheduler.scheduler.Scheduler.run", "service.schedules.scheduler.ServiceScheduler.run", OVERRIDE, "our loop: lease, wake-ups, outages", "5f8c20257b06"),
     Reach("rq_scheduler.scheduler.Scheduler._install_signal_handlers", "service.schedules.scheduler.ServiceScheduler._install_signal_handlers", PRIVATE, "our handlers; only our run() calls it", "a6bbc1a03f8c"),
     Reach("rq_scheduler.scheduler.Scheduler.__init__", "service.schedules.scheduler.ServiceScheduler", RELY, "sets _interval, key, scheduled_jobs_key; register_birth/heartbeat use the interval for the instance TTL", "09bb02a2d2f1"),
+    Reach("rq_scheduler.scheduler.Scheduler.get_jobs_to_queue", "service.schedules.scheduler.ServiceScheduler.get_jobs_to_queue", OVERRIDE, "stock jobs due by Redis's clock (TIME), not the host's utcnow()", "021076eda338"),
     Reach("rq_scheduler.scheduler.Scheduler.get_queue_for_job", "service.schedules.scheduler.ServiceScheduler.get_queue_for_job", OVERRIDE, "always our queue class: meta['queue_class_name'] of a stock rq-scheduler job is never imported", "ac39045d3c05"),
     Reach("rq_scheduler.scheduler.Scheduler.scheduler_lock_key", "service.core.keys.SCHEDULER_LOCK_KEY", KEY, "'rq:scheduler_lock'", "5d17e83f0c53"),
     Reach("rq_scheduler.scheduler.Scheduler.scheduled_jobs_key", "service.core.keys.ScheduleKeys.due", KEY, "'rq:scheduler:scheduled_jobs'; schedules sit beside it", "9fa3659c179c"),

@@ -9,12 +9,13 @@ and every change wakes the scheduler so a new due time is not waited for.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from redis import Redis
 from redis.client import Pipeline
 
+from service.core.clock import server_now
 from service.core.config import Limits
 from service.core.errors import InvalidField, ScheduleLimitReached, ScheduleNotFound
 from service.core.keys import ScheduleKeys, job_key
@@ -41,10 +42,6 @@ MAX_BACKFILL = 1000
 MAX_PAGE = 1000
 RUNS_PAGE = 100
 ORIGINS = ("api", "file", "code")
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)
 
 
 def upsert(
@@ -88,7 +85,7 @@ def save(
     an operator paused. `max_schedules`: refuse a new id once the index holds
     that many (read while WATCHing the index, so concurrent creations cannot pass it).
     """
-    now = now or now_utc()
+    now = now or server_now(connection)
     if spec.queue is None:
         spec = spec.model_copy(update={"queue": spec.lane})  # echo the lane it will run in
     spec_json = dump_spec(spec)
@@ -131,7 +128,7 @@ def upsert_many(
     upsert(), a concurrent change to the same id between the read and the
     write of its chunk is overwritten (last writer wins).
     """
-    now = now or now_utc()
+    now = now or server_now(connection)
     specs: dict[str, ScheduleSpec] = {}
     for schedule_id, data in items.items():
         try:
@@ -323,7 +320,7 @@ def run_now(connection: Redis, schedule_id: str, now: datetime | None = None) ->
     from service.jobs.operations import fetch
 
     stored = load(connection, schedule_id)
-    now = (now or now_utc()).replace(microsecond=0)
+    now = (now or server_now(connection)).replace(microsecond=0)
     fire_manual(connection, stored, [to_ms(now)], "manual", now)
     return describe_job(fetch(connection, run_job_id(schedule_id, to_ms(now))))
 
@@ -331,7 +328,7 @@ def run_now(connection: Redis, schedule_id: str, now: datetime | None = None) ->
 def backfill(connection: Redis, schedule_id: str, data: Any, now: datetime | None = None) -> dict[str, Any]:
     """Enqueue one run per due time in the past range [from, to]; runs that exist already are not repeated."""
     stored = load(connection, schedule_id)
-    now = now or now_utc()
+    now = now or server_now(connection)
     if not isinstance(data, dict) or set(data) - {"from", "to"}:
         raise InvalidField("body", 'send {"from": <ISO 8601>, "to": <ISO 8601>} and nothing else')
     begin, end = (_instant_field(data, name) for name in ("from", "to"))
@@ -370,14 +367,14 @@ def runs(connection: Redis, schedule_id: str, limit: int = 50) -> dict[str, Any]
     return {"runs": records, "next_cursor": None}
 
 
-def preview(spec: ScheduleSpec, count: int = 10, now: datetime | None = None) -> dict[str, Any]:
-    """Return the next `count` due times of `spec` after now, in UTC and in its zone."""
+def preview(spec: ScheduleSpec, now: datetime, count: int = 10) -> dict[str, Any]:
+    """Return the next `count` due times of `spec` after `now`, in UTC and in its zone."""
     if not isinstance(count, int) or not 1 <= count <= MAX_PREVIEW:
         raise InvalidField("count", f"must be a whole number from 1 to {MAX_PREVIEW}")
     from service.schedules.cron import load_zone
 
     zone = load_zone(spec.timezone)
-    dues = spec.due_times(now or now_utc(), LATEST, count)
+    dues = spec.due_times(now, LATEST, count)
     times = [{"utc": isoformat(d), "local": d.astimezone(zone).isoformat()} for d in dues]
     return {"timezone": spec.timezone, "times": times}
 
@@ -385,9 +382,10 @@ def preview(spec: ScheduleSpec, count: int = 10, now: datetime | None = None) ->
 def preview_saved(connection: Redis, schedule_id: str, count: int = 10, now: datetime | None = None) -> dict[str, Any]:
     """Return the preview of a stored schedule (see preview)."""
     stored = load(connection, schedule_id)
-    return {"id": schedule_id, **preview(stored.spec, count, now)}
+    return {"id": schedule_id, **preview(stored.spec, now or server_now(connection), count)}
 
 
-def preview_body(data: Any, count: int = 10, now: datetime | None = None) -> dict[str, Any]:
+def preview_body(connection: Redis, data: Any, count: int = 10, now: datetime | None = None) -> dict[str, Any]:
     """Return the preview of an unsaved schedule body (validated like PUT)."""
-    return preview(parse_spec(data), count, now)
+    spec = parse_spec(data)
+    return preview(spec, now or server_now(connection), count)

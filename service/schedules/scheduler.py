@@ -10,6 +10,9 @@ due time.
 
 The loop sleeps until the earliest due time, the next lease renewal, or a
 wake-up published when a schedule is added or changed; it never busy-polls.
+Every time it compares is Redis's (service.core.clock), never the host's:
+a scheduler whose host clock is minutes off fires nothing early or late.
+The lease's expiry is Redis's too (PX, kept by the server).
 `enqueue_jobs()` (rq-scheduler's per-pass hook) fires due schedules in
 batches, then buffered runs, then any stock rq-scheduler jobs
 (`Scheduler.enqueue_at/enqueue_in`), which keep working as before.
@@ -24,13 +27,14 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
 from rq_scheduler import Scheduler
 
+from service.core.clock import ServerClock
 from service.core.keys import SCHEDULER_LOCK_KEY, ScheduleKeys, job_key
 from service.core.lease import Lease
 from service.core.outage import REDIS_DOWN, Outage
@@ -89,7 +93,7 @@ class ServiceScheduler(Scheduler):
         # rq-scheduler's own lock key: a stock rq-scheduler sharing the database is kept out too.
         self.lease = Lease(connection, SCHEDULER_LOCK_KEY, LEASE_TTL_MS)
         self.firing = Firing(connection, owner=self.lease.owner, lease_key=SCHEDULER_LOCK_KEY)
-        self.clock = clock or (lambda: datetime.now(UTC))
+        self.clock = clock or ServerClock(connection)
         self.tick_seconds = tick_seconds
         self._stopping = False
         self._pubsub: Any = None
@@ -123,6 +127,10 @@ class ServiceScheduler(Scheduler):
             except Exception:  # a stock job it cannot load (a planted id) must not stop the schedules
                 log.exception("scheduler %s: stock rq-scheduler jobs could not be enqueued", self.key)
         return fired
+
+    def get_jobs_to_queue(self, with_times: bool = False) -> Any:
+        # Stock rq-scheduler jobs are due by Redis's clock too (rq-scheduler reads the host's utcnow()).
+        return self.get_jobs(int(self.clock().timestamp()), with_times=with_times)
 
     def get_queue_for_job(self, job: Any) -> ServiceQueue:
         # rq-scheduler imports the queue class a job's meta names (queue_class_name): here it is always ours.
@@ -243,11 +251,11 @@ class ServiceScheduler(Scheduler):
             if self.connection.scard(ScheduleKeys.buffered):
                 return BUFFERED_POLL_SECONDS
             first = self.connection.zrange(ScheduleKeys.due, 0, 0, withscores=True)
+            if not first:
+                return self.tick_seconds
+            until_due = first[0][1] / 1000 - self.clock().timestamp()
         except RedisError:
             return self.tick_seconds
-        if not first:
-            return self.tick_seconds
-        until_due = first[0][1] / 1000 - self.clock().timestamp()
         return max(0.0, min(self.tick_seconds, until_due))
 
     def _wait(self, seconds: float) -> None:
