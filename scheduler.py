@@ -28,9 +28,10 @@ def main(burst: bool) -> None:
 
 
 def sync_declared(connection: Redis, path: str) -> None:
-    """Sync SCHEDULES_FILE; exit 2 on a bad file, wait for Redis if it is not there yet."""
+    """Sync SCHEDULES_FILE; exit 2 on a bad file, wait for Redis if it is not there yet or refuses writes."""
     try:
-        changed = Outage(log, "scheduler: syncing the declared schedules").retry(lambda: sync(connection, path))
+        outage = Outage(log, "scheduler: syncing the declared schedules")
+        changed = outage.retry(lambda: sync(connection, path), while_full=True)
     except ConfigError as exc:
         print(f"scheduler: configuration error: {exc.message}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -10,6 +10,7 @@ from rq.exceptions import NoSuchJobError
 from werkzeug.exceptions import HTTPException
 
 from service.core.errors import ServiceError
+from service.core.outage import write_refused
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +54,24 @@ def handle_http_exception(exc: HTTPException) -> Response:
     return response
 
 
+# Why Redis refused a write (service.core.outage.write_refused), as the 503's message says it.
+FULL = {
+    "maxmemory": "Redis is full (maxmemory reached) and refuses writes; nothing was written; try again later",
+    "misconf": "Redis cannot save to disk (MISCONF) and refuses writes; nothing was written; try again later",
+}
+FULL_RETRY_AFTER_SECONDS = 5
+
+
 def handle_redis_error(exc: RedisError) -> Response:
-    log.warning("redis unavailable: %s", type(exc).__name__)
-    return error_response(503, "redis_unavailable", "Redis is unavailable; try again shortly")
+    """503: `redis_full` when Redis answered but refused the write (the command wrote nothing), else unavailable."""
+    reason = write_refused(exc)
+    if reason is None:
+        log.warning("redis unavailable: %s", type(exc).__name__)
+        return error_response(503, "redis_unavailable", "Redis is unavailable; try again shortly")
+    log.warning("redis refuses writes: %s", reason)
+    response = error_response(503, "redis_full", FULL[reason])
+    response.headers["Retry-After"] = str(FULL_RETRY_AFTER_SECONDS)
+    return response
 
 
 def handle_no_such_job(exc: NoSuchJobError) -> Response:

@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 from service.core.config import Limits, Settings
 from service.core.connection import connect
 from service.core.errors import ConfigError, InvalidField, ServiceError
+from service.core.outage import write_refused
 from service.ops import audit
 from service.tasks.registry import load_task_modules
 
@@ -82,7 +83,13 @@ def service_errors() -> Iterator[None]:
     except ServiceError as exc:
         fail(exc.message, 1)
     except RedisError as exc:
-        fail(f"Redis unavailable ({type(exc).__name__})", 3)
+        reason = write_refused(exc)
+        fail(
+            f"Redis refuses writes ({reason}); nothing was written"
+            if reason
+            else f"Redis unavailable ({type(exc).__name__})",
+            3,
+        )
 
 
 def fail(message: str, code: int) -> None:

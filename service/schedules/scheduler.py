@@ -37,7 +37,7 @@ from rq_scheduler import Scheduler
 from service.core.clock import ServerClock
 from service.core.keys import SCHEDULER_LOCK_KEY, ScheduleKeys, job_key
 from service.core.lease import Lease
-from service.core.outage import REDIS_DOWN, Outage
+from service.core.outage import REDIS_DOWN, Outage, write_refused
 from service.jobs.model import ServiceJob, ServiceQueue
 from service.schedules.runs import ACTIVE_STATUSES, Entry, Firing, plan_due_ms, report
 from service.schedules.spec import to_ms, to_us
@@ -56,6 +56,9 @@ BUFFERED_POLL_SECONDS = 0.25
 BATCH = 2000
 CHUNK = 500
 MAX_BATCHES_PER_PASS = 100
+# How the log names a Redis that refuses writes (service.core.outage.write_refused), and its end.
+REFUSALS = {"maxmemory": "maxmemory reached", "misconf": "MISCONF: it cannot save to disk"}
+RECOVERIES = {"down": "is back", "maxmemory": "accepts writes again", "misconf": "accepts writes again"}
 
 
 @contextmanager
@@ -97,6 +100,7 @@ class ServiceScheduler(Scheduler):
         self.tick_seconds = tick_seconds
         self._stopping = False
         self._pubsub: Any = None
+        self._redis_state = ("ok", time.monotonic())  # as the last tick met it, and since when
 
     # -- leadership -------------------------------------------------------
 
@@ -224,7 +228,7 @@ class ServiceScheduler(Scheduler):
         self._install_signal_handlers()
         outage = Outage(log, f"scheduler {self.key}", sleep=self._wait)
         with contextlib.suppress(*REDIS_DOWN):  # raised only when stopped before Redis came back
-            outage.retry(self.register_birth, stop=lambda: self._stopping)
+            outage.retry(self.register_birth, stop=lambda: self._stopping, while_full=True)
         try:
             while not self._stopping:
                 self._tick()
@@ -241,11 +245,38 @@ class ServiceScheduler(Scheduler):
             if self.acquire_lock():
                 self.enqueue_jobs()
         except RedisError as exc:
+            refused = write_refused(exc)
+            self._note_redis(refused or "down", exc)
+            if not refused:  # unreachable: the lease may be gone; a refused write left it as it was
+                self.lease.held = False
+        else:
+            self._note_redis("ok")
+
+    def _note_redis(self, state: str, exc: BaseException | None = None) -> None:
+        """Log Redis's state as this loop meets it (ok, down, maxmemory, misconf), once per change, not per tick.
+
+        While Redis refuses writes nothing fires and nothing moves: every due
+        time stays in the due set, so the first pass once Redis accepts writes
+        fires or records each one (misfire_grace_time and coalesce apply).
+        """
+        previous, since = self._redis_state
+        if state == previous:
+            return
+        self._redis_state = (state, time.monotonic())
+        if state == "down":
             log.warning("scheduler %s: Redis unavailable (%s); retrying", self.key, type(exc).__name__)
-            self.lease.held = False
+        elif state != "ok":
+            log.error(
+                "scheduler %s: Redis refuses writes (%s): due runs wait in Redis, to fire within their grace once it"
+                " can write",
+                self.key,
+                REFUSALS[state],
+            )
+        elif previous != "ok":
+            log.warning("scheduler %s: Redis %s after %.1f s", self.key, RECOVERIES[previous], time.monotonic() - since)
 
     def _sleep_seconds(self) -> float:
-        if not self.lease.held:
+        if not self.lease.held or self._redis_state[0] != "ok":
             return FOLLOWER_POLL_SECONDS
         try:
             if self.connection.scard(ScheduleKeys.buffered):
