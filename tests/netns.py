@@ -106,6 +106,10 @@ class Network:
         """Take host `name`'s link down at the hub: the host is cut off, its processes keep running."""
         ip("netns", "exec", self.hub, "ip", "link", "set", self.links[name].hub_device, "down")
 
+    def restore(self, name: str) -> None:
+        """Bring host `name`'s link up again at the hub: what it sent meanwhile may still arrive (TCP retries)."""
+        ip("netns", "exec", self.hub, "ip", "link", "set", self.links[name].hub_device, "up")
+
     def run_in(self, name: str) -> list[str]:
         """The command prefix that runs a program inside host `name` (or "hub")."""
         return ["ip", "netns", "exec", self.hub if name == "hub" else self.hosts[name]]

@@ -11,7 +11,6 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import pytest
@@ -26,36 +25,12 @@ from service.schedules.spec import isoformat, parse_instant
 from tests.clock_skew import skewed
 from tests.helpers import wait_until
 from tests.processes import ROOT, Processes
+from tests.sightings import Sightings
 from tests.test_schedule_process import leader
 
 pytestmark = pytest.mark.slow
 OFFSETS = pytest.mark.parametrize("offset", [300, -300], ids=["5-min-ahead", "5-min-behind"])
 EVERY_SECOND = {"task": "diag.echo", "interval": 1, "overlap": "allow", "coalesce": False}
-
-
-class Sightings:
-    """The moment (Redis's clock, epoch seconds) each job id was first seen in the default lane."""
-
-    def __init__(self, connection: Redis) -> None:
-        self.connection = connection
-        self.first: dict[str, float] = {}
-
-    def look(self) -> None:
-        pipe = self.connection.pipeline(transaction=True)  # both read at the same instant
-        pipe.lrange(queue_key("default"), 0, -1)
-        pipe.time()
-        ids, (seconds, micros) = pipe.execute()
-        for job_id in ids:
-            self.first.setdefault(job_id.decode(), seconds + micros / 1e6)
-
-    def watch(self, done: Callable[[], bool], timeout: float, what: str) -> None:
-        """Look every 10 ms until `done()`."""
-        wait_until(lambda: self.look() or done(), timeout=timeout, interval=0.01, what=what)
-
-    def runs(self, schedule_id: str) -> dict[int, float]:
-        """Due second -> first sighting, for the runs of `schedule_id`."""
-        prefix = f"{schedule_id}-"
-        return {int(i.removeprefix(prefix)): t for i, t in self.first.items() if i.startswith(prefix)}
 
 
 @OFFSETS
