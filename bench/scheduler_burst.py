@@ -45,6 +45,7 @@ from rq_scheduler import Scheduler  # noqa: E402
 
 import service.tasks.diag  # noqa: E402, F401 - registers diag.*
 from service.dev.embedded_redis import EmbeddedRedis  # noqa: E402
+from service.schedules import calendars  # noqa: E402
 from service.schedules import operations as schedules  # noqa: E402
 from service.schedules.scheduler import ServiceScheduler  # noqa: E402
 from service.schedules.spec import isoformat  # noqa: E402
@@ -59,10 +60,15 @@ def used_memory(connection: Redis) -> int:
     return int(connection.info("memory")["used_memory"])
 
 
-def burst_ours(connection: Redis, size: int) -> dict[str, float]:
+def burst_ours(connection: Redis, size: int, calendar: bool = False) -> dict[str, float]:
+    """One pass over `size` due schedules; `calendar`: each names one shared 10,000-date calendar (not today)."""
     connection.flushdb()
     due = (datetime.now(UTC) + timedelta(seconds=5)).replace(microsecond=0)
-    body = {"task": "diag.echo", "args": [1], "interval": 3600, "start_at": isoformat(due)}
+    body: dict[str, Any] = {"task": "diag.echo", "args": [1], "interval": 3600, "start_at": isoformat(due)}
+    if calendar:
+        days = [(due + timedelta(days=1 + n)).date().isoformat() for n in range(10_000)]
+        calendars.put(connection, "holidays", {"dates": days})
+        body["skip_calendars"] = ["holidays"]
     memory = used_memory(connection)
     started = time.perf_counter()
     schedules.upsert_many(connection, {f"user-{n:06d}": body for n in range(size)})
@@ -212,11 +218,13 @@ def median_of(rounds: list[dict[str, float]], key: str) -> float:
 
 
 def burst_figures(connection: Redis, size: int, rounds: int) -> dict[str, Any]:
-    ours, stock, cron = [], [], []
+    ours, stock, cron, calendar = [], [], [], []
     for _ in range(rounds):
         ours.append(burst_ours(connection, size))
+        calendar.append(burst_ours(connection, size, calendar=True))
         stock.append(burst_stock(connection, size))
         cron.append(burst_cron(connection, size))
+    calendar_ratios = [c["pass_s"] / o["pass_s"] for o, c in zip(ours, calendar, strict=True)]
     ratios = [s["pass_s"] / o["pass_s"] for o, s in zip(ours, stock, strict=True)]
     cron_ratios = [c["pass_s"] / o["pass_s"] for o, c in zip(ours, cron, strict=True)]
     return {
@@ -230,6 +238,9 @@ def burst_figures(connection: Redis, size: int, rounds: int) -> dict[str, Any]:
         "rq_cron_runs_per_s": round(size / median_of(cron, "pass_s")),
         "speedup_vs_stock": round(statistics.median(ratios), 2),
         "speedup_vs_rq_cron": round(statistics.median(cron_ratios), 2),
+        "ours_calendar_pass_s": round(median_of(calendar, "pass_s"), 3),
+        # every schedule naming one shared 10,000-date calendar, against none: goal at most 1.10
+        "calendar_pass_ratio": round(statistics.median(calendar_ratios), 3),
         "ours_create_per_s": round(size / median_of(ours, "create_s")),
         "stock_create_per_s": round(size / median_of(stock, "create_s")),
         "ours_bytes_per_schedule": round(median_of(ours, "bytes_per_schedule")),

@@ -53,6 +53,7 @@ HOSTILE_NUMBERS = {
 EXAMPLES = {
     "job_id": "no-such-job",
     "schedule_id": "nightly",
+    "calendar_id": "holidays",
     "queue_name": "default",
     "registry_name": "failed",
     "per_page": "10",

@@ -17,7 +17,7 @@ from werkzeug.routing import IntegerConverter
 
 from service.api.context import settings
 from service.core.config import whole_number
-from service.core.errors import JobNotFound, NotFound, ScheduleNotFound
+from service.core.errors import CalendarNotFound, JobNotFound, NotFound, ScheduleNotFound
 from service.core.lanes import LANES
 from service.jobs.model import JOB_ID
 from service.schedules.spec import SCHEDULE_ID
@@ -47,6 +47,10 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
         lambda v: isinstance(v, str) and SCHEDULE_ID.fullmatch(v) is not None,
         "1-100 letters, digits, '_' or '-'",
     ),
+    "calendar_id": (
+        lambda v: isinstance(v, str) and SCHEDULE_ID.fullmatch(v) is not None,
+        "1-100 letters, digits, '_' or '-'",
+    ),
     "queue_name": (lambda v: v is None or v in LANES, "a lane: " + ", ".join(LANES)),  # None: "all queues"
     "registry_name": (lambda v: v in REGISTRIES, "a registry: " + ", ".join(sorted(REGISTRIES))),
     "order": (lambda v: v in ORDERS, "asc or dsc"),
@@ -57,7 +61,7 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "filename": (lambda v: isinstance(v, str) and STATIC_FILE.fullmatch(v) is not None, "a dashboard file"),
 }
 # The error (and code) of an argument that names a thing the API has its own 404 for.
-NOT_FOUND = {"job_id": JobNotFound, "schedule_id": ScheduleNotFound}
+NOT_FOUND = {"job_id": JobNotFound, "schedule_id": ScheduleNotFound, "calendar_id": CalendarNotFound}
 
 
 class AsciiIntegerConverter(IntegerConverter):

@@ -48,6 +48,10 @@ ROUTES: dict[str, Route] = {
     "schedules.resume_schedule": Route("operate", "schedule.resume", "{schedule_id}"),
     "schedules.run_schedule": Route("operate", "schedule.run", "{schedule_id}"),
     "schedules.backfill_schedule": Route("operate", "schedule.backfill", "{schedule_id}"),
+    "calendars.list_calendars": READ,
+    "calendars.get_calendar": READ,
+    "calendars.put_calendar": Route("operate", "calendar.put", "{calendar_id}"),
+    "calendars.delete_calendar": Route("operate", "calendar.delete", "{calendar_id}"),
     "audit.list_events": Route("admin"),
     # The dashboard: pages and data read; every action operates.
     "rq_dashboard.queues_overview": READ,

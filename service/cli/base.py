@@ -117,7 +117,7 @@ def command(group: click.Group, name: str) -> Callable[[Callable[..., Any]], cli
 
 @click.group()
 def cli() -> None:
-    """Operate the queue service: jobs, queues, workers, tasks and schedules."""
+    """Operate the queue service: jobs, queues, workers, tasks, schedules and calendars."""
 
 
 def parse_value(text: str) -> Any:

@@ -33,6 +33,8 @@ def spec_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--queue", default=None, help="Lane: high, default or low (default: the task's)."),
         click.option("--arg", "args", multiple=True, help="A positional argument, read as JSON when it is JSON."),
         click.option("--kwarg", "kwargs", multiple=True, metavar="NAME=VALUE", help="A keyword argument."),
+        click.option("--skip-calendar", "skip_calendars", multiple=True, help="A calendar whose dates it skips."),
+        click.option("--skip-date", "skip_dates", multiple=True, help="A date it skips, YYYY-MM-DD."),
         click.option("--json", "extra", default=None, help='Other fields as JSON, e.g. {"jitter": 5}.'),
     ]
     for option in reversed(options):
@@ -45,7 +47,11 @@ def body_from(options: dict[str, Any]) -> dict[str, Any]:
     pairs = [k.split("=", 1) for k in options.pop("kwargs")]
     if any(len(p) != 2 for p in pairs):
         raise InvalidField("kwarg", "write keyword arguments as NAME=VALUE")
-    body: dict[str, Any] = {k: v for k, v in options.items() if v is not None and k not in ("args", "extra")}
+    lists = ("args", "extra", "skip_calendars", "skip_dates")
+    body: dict[str, Any] = {k: v for k, v in options.items() if v is not None and k not in lists}
+    for name in ("skip_calendars", "skip_dates"):
+        if options[name]:
+            body[name] = list(options[name])
     if options["args"]:
         body["args"] = [parse_value(a) for a in options["args"]]
     if pairs:

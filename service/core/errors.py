@@ -149,3 +149,15 @@ class ScheduleNotFound(NotFound):
     """Raised when a schedule id names no stored schedule."""
 
     code = "schedule_not_found"
+
+
+class CalendarNotFound(NotFound):
+    """Raised when a calendar id names no stored calendar."""
+
+    code = "calendar_not_found"
+
+
+class CalendarInUse(Conflict):
+    """Raised when a calendar that schedules skip by is to be deleted; the message says how many."""
+
+    code = "calendar_in_use"

@@ -206,5 +206,18 @@ class ScheduleKeys:
         return cls.prefix + schedule_id + cls.runs_suffix
 
 
+class CalendarKeys:
+    """Key shapes of calendars: dates a schedule skips, shared by any number of schedules (never copied)."""
+
+    prefix = "svc:calendar:"  # hash: dates (JSON), digest, description, origin, created_at, updated_at
+    index = "svc:calendars"  # zset of calendar ids (score 0: pages in id order)
+    refs = "svc:calendars:refs"  # hash: calendar id -> schedules that skip it
+    declared = "svc:calendars:declared"  # set: calendars created from SCHEDULES_FILE
+
+    @classmethod
+    def calendar(cls, calendar_id: str) -> str:
+        return cls.prefix + calendar_id
+
+
 # The audit log: a stream capped with XADD MAXLEN ~ (service.ops.audit).
 AUDIT_KEY = "svc:audit"

@@ -18,13 +18,16 @@ from redis.client import Pipeline
 from service.core.clock import server_now
 from service.core.config import Limits
 from service.core.errors import InvalidField, ScheduleLimitReached, ScheduleNotFound
-from service.core.keys import ScheduleKeys, job_key
+from service.core.keys import CalendarKeys, ScheduleKeys, job_key
 from service.jobs.callbacks import pause_schedule
 from service.jobs.context import scheduled_for
-from service.schedules.runs import fire_manual, jittered, run_job_id
+from service.schedules import calendars
+from service.schedules.calendars import CALENDARS, skip_key
+from service.schedules.runs import fire_manual, jittered, next_run, run_job_id
 from service.schedules.spec import (
     LATEST,
     ScheduleSpec,
+    SkipDates,
     check_schedule_id,
     from_ms,
     isoformat,
@@ -90,7 +93,10 @@ def save(
         spec = spec.model_copy(update={"queue": spec.lane})  # echo the lane it will run in
     spec_json = dump_spec(spec)
     key = ScheduleKeys.schedule(schedule_id)
-    watched = (key, ScheduleKeys.index) if max_schedules is not None else (key,)
+    # The calendars it names are watched too: one deleted before EXEC makes the write start again (and fail).
+    watched = (key, *(CalendarKeys.calendar(c) for c in spec.skip_calendars))
+    if max_schedules is not None:
+        watched += (ScheduleKeys.index,)
 
     def write_if_changed(pipe: Pipeline) -> tuple[StoredSchedule | None, bool]:
         """Inside WATCH: read the schedule; unchanged: return it; else MULTI, write it, return (None, created?)."""
@@ -104,17 +110,23 @@ def save(
             raise ScheduleLimitReached(
                 f"{max_schedules} schedules exist (MAX_SCHEDULES): delete one or replace an existing id"
             )
+        try:
+            calendars.check_exist(pipe, spec.skip_calendars)
+        except InvalidField:
+            pipe.unwatch()
+            raise
         pipe.multi()
         _write(pipe, schedule_id, spec, spec_json, current, wanted, origin, now)
+        calendars.count_refs(pipe, current.spec if current is not None else None, spec)
         return None, current is None
 
     # A concurrent change to the schedule (or, with a cap, to the index) between the read and EXEC runs it again.
     unchanged, created = connection.transaction(write_if_changed, *watched, value_from_callable=True)
     if unchanged is not None:
-        return describe(unchanged), False
+        return describe_all(connection, [unchanged])[0], False
     stored = read(connection, schedule_id)
     assert stored is not None
-    return describe(stored), created
+    return describe_all(connection, [stored])[0], created
 
 
 def upsert_many(
@@ -126,7 +138,8 @@ def upsert_many(
     the schedule id and the field). Each chunk is read in one round trip and
     written in one MULTI; unchanged schedules are not written. Unlike
     upsert(), a concurrent change to the same id between the read and the
-    write of its chunk is overwritten (last writer wins).
+    write of its chunk is overwritten (last writer wins), and a calendar the
+    items name is checked once before writing, not watched.
     """
     now = now or server_now(connection)
     specs: dict[str, ScheduleSpec] = {}
@@ -137,6 +150,7 @@ def upsert_many(
         except InvalidField as exc:
             raise InvalidField(f"{str(schedule_id)[:100]}.{exc.field}", exc.message.split(": ", 1)[-1]) from None
         specs[schedule_id] = spec if spec.queue else spec.model_copy(update={"queue": spec.lane})
+    calendars.check_exist(connection, (c for spec in specs.values() for c in spec.skip_calendars))
     counts = {"created": 0, "updated": 0, "unchanged": 0}
     ids = list(specs)
     for start in range(0, len(ids), chunk):
@@ -151,6 +165,7 @@ def upsert_many(
                 continue
             counts["created" if existing is None else "updated"] += 1
             _write(pipe, schedule_id, spec, spec_json, existing, paused, origin, now, wake=False)
+            calendars.count_refs(pipe, existing.spec if existing is not None else None, spec)
         pipe.publish(ScheduleKeys.wakeup, "*")
         pipe.execute()
     return counts
@@ -235,14 +250,23 @@ def _valid_id(schedule_id: str) -> bool:
 
 def get(connection: Redis, schedule_id: str) -> dict[str, Any]:
     """Return the JSON of schedule `schedule_id`."""
-    return describe(load(connection, schedule_id))
+    return describe_all(connection, [load(connection, schedule_id)])[0]
 
 
-def describe(stored: StoredSchedule) -> dict[str, Any]:
-    """Return a schedule's JSON: its spec fields, then id, paused, next/last run, note and counters."""
+def describe_all(connection: Redis, stored: list[StoredSchedule]) -> list[dict[str, Any]]:
+    """Return the JSON of each schedule, their calendars read once for all."""
+    skips = CALENDARS.skips(connection, [s.spec for s in stored])
+    return [describe(s, skips.get(skip_key(s.spec))) for s in stored]
+
+
+def describe(stored: StoredSchedule, skip: SkipDates | None = None) -> dict[str, Any]:
+    """Return a schedule's JSON: its spec fields, then id, paused, next/last run, note and counters.
+
+    `next_run_at` is the next due time that will fire: past the dates `skip` names.
+    """
     data = json.loads(stored.spec_json)
     state = stored.state
-    next_due, last_run = stored.number("next_due"), stored.number("last_run_at")
+    next_due, last_run = next_run(stored, skip), stored.number("last_run_at")
     lag_count = stored.number("lag_count") or 0
     data.update(
         id=stored.id,
@@ -277,20 +301,26 @@ def list_schedules(
     start = f"({cursor}" if cursor else "-"
     ids = [i.decode() for i in connection.zrangebylex(ScheduleKeys.index, start, "+", start=0, num=limit + 1)]
     page, more = ids[:limit], len(ids) > limit
-    found = [describe(s) for s in read_many(connection, page) if s is not None]
+    found = describe_all(connection, [s for s in read_many(connection, page) if s is not None])
     return {"schedules": found, "next_cursor": page[-1] if more and page else None}
 
 
 def delete(connection: Redis, schedule_id: str) -> None:
     """Remove schedule `schedule_id` and its run history (its runs' jobs stay); ScheduleNotFound if absent."""
     load(connection, schedule_id)
-    pipe = connection.pipeline()
-    pipe.delete(ScheduleKeys.schedule(schedule_id), ScheduleKeys.runs(schedule_id))
-    pipe.zrem(ScheduleKeys.index, schedule_id)
-    pipe.zrem(ScheduleKeys.due, schedule_id)
-    pipe.srem(ScheduleKeys.buffered, schedule_id)
-    pipe.publish(ScheduleKeys.wakeup, schedule_id)
-    pipe.execute()
+    key = ScheduleKeys.schedule(schedule_id)
+
+    def remove(pipe: Pipeline) -> None:
+        current = from_raw(schedule_id, pipe.hgetall(key))
+        pipe.multi()
+        pipe.delete(key, ScheduleKeys.runs(schedule_id))
+        pipe.zrem(ScheduleKeys.index, schedule_id)
+        pipe.zrem(ScheduleKeys.due, schedule_id)
+        pipe.srem(ScheduleKeys.buffered, schedule_id)
+        pipe.publish(ScheduleKeys.wakeup, schedule_id)
+        calendars.count_refs(pipe, current.spec if current is not None else None, None)
+
+    connection.transaction(remove, key)
 
 
 def pause(connection: Redis, schedule_id: str, note: str = "", *, missing_ok: bool = False) -> dict[str, Any] | None:
@@ -308,7 +338,7 @@ def resume(connection: Redis, schedule_id: str, now: datetime | None = None) -> 
     """Resume a paused schedule from its next due time after now (times passed while paused do not fire)."""
     stored = load(connection, schedule_id)
     if not stored.paused:
-        return describe(stored)
+        return describe_all(connection, [stored])[0]
     return save(connection, schedule_id, stored.spec, origin=stored.state.get("origin", "api"), now=now, paused=False)[
         0
     ]
@@ -337,7 +367,8 @@ def backfill(connection: Redis, schedule_id: str, data: Any, now: datetime | Non
     if end > now:
         raise InvalidField("to", "must not be in the future: backfill fills past due times")
     unbounded = stored.spec.model_copy(update={"start_at": None, "end_at": None})
-    dues = unbounded.due_times(begin - timedelta(microseconds=1), end, MAX_BACKFILL + 1)
+    skip = CALENDARS.skip(connection, stored.spec)  # a date the schedule skips is not backfilled either
+    dues = unbounded.due_times(begin - timedelta(microseconds=1), end, MAX_BACKFILL + 1, skip)
     if len(dues) > MAX_BACKFILL:
         raise InvalidField("to", f"the range holds more than {MAX_BACKFILL} due times; backfill it in parts")
     runs = fire_manual(connection, stored, [to_ms(d) for d in dues], "backfill", now) if dues else []
@@ -367,14 +398,15 @@ def runs(connection: Redis, schedule_id: str, limit: int = 50) -> dict[str, Any]
     return {"runs": records, "next_cursor": None}
 
 
-def preview(spec: ScheduleSpec, now: datetime, count: int = 10) -> dict[str, Any]:
-    """Return the next `count` due times of `spec` after `now`, in UTC and in its zone."""
+def preview(spec: ScheduleSpec, now: datetime, count: int = 10, skip: SkipDates | None = None) -> dict[str, Any]:
+    """Return the next `count` due times of `spec` after `now` that fire (none on a date `skip` names),
+    in UTC and in its zone."""
     if not isinstance(count, int) or not 1 <= count <= MAX_PREVIEW:
         raise InvalidField("count", f"must be a whole number from 1 to {MAX_PREVIEW}")
     from service.schedules.cron import load_zone
 
     zone = load_zone(spec.timezone)
-    dues = spec.due_times(now, LATEST, count)
+    dues = spec.due_times(now, LATEST, count, skip)
     times = [{"utc": isoformat(d), "local": d.astimezone(zone).isoformat()} for d in dues]
     return {"timezone": spec.timezone, "times": times}
 
@@ -382,10 +414,12 @@ def preview(spec: ScheduleSpec, now: datetime, count: int = 10) -> dict[str, Any
 def preview_saved(connection: Redis, schedule_id: str, count: int = 10, now: datetime | None = None) -> dict[str, Any]:
     """Return the preview of a stored schedule (see preview)."""
     stored = load(connection, schedule_id)
-    return {"id": schedule_id, **preview(stored.spec, now or server_now(connection), count)}
+    skip = CALENDARS.skip(connection, stored.spec)
+    return {"id": schedule_id, **preview(stored.spec, now or server_now(connection), count, skip)}
 
 
 def preview_body(connection: Redis, data: Any, count: int = 10, now: datetime | None = None) -> dict[str, Any]:
-    """Return the preview of an unsaved schedule body (validated like PUT)."""
+    """Return the preview of an unsaved schedule body (validated like PUT, its calendars too)."""
     spec = parse_spec(data)
-    return preview(spec, now or server_now(connection), count)
+    calendars.check_exist(connection, spec.skip_calendars)
+    return preview(spec, now or server_now(connection), count, CALENDARS.skip(connection, spec))

@@ -43,7 +43,7 @@ from service.jobs.context import scheduled_for  # noqa: F401 - kept importable f
 from service.jobs.model import ServiceQueue
 from service.jobs.template import JobOptions, template
 from service.ops import hooks
-from service.schedules.spec import ScheduleSpec, from_ms, isoformat, to_ms, to_us
+from service.schedules.spec import ScheduleSpec, SkipDates, from_ms, isoformat, to_ms, to_us
 from service.schedules.store import RUNS_KEPT, StoredSchedule, due_times, load_spec
 from service.tasks.registry import REGISTRY, RetryPolicy, TaskSpec
 
@@ -88,11 +88,16 @@ def report(entry: Entry, result: Any) -> int:
     if isinstance(result, list) and entry.mode == "due":
         created, skipped, dropped = result
         if entry.records:
-            missed = sum(1 for _, status in entry.records if status == "missed")
-            if missed:
-                log.warning("schedule %s: %d run(s) missed (later than misfire_grace_time)", entry.schedule_id, missed)
-            notify("schedule.missed", entry.schedule_id, missed)
-            notify("schedule.coalesced", entry.schedule_id, len(entry.records) - missed)
+            counts = {status: 0 for status in ("missed", "coalesced", "calendar")}
+            for _, status in entry.records:
+                counts[status] += 1
+            if counts["missed"]:
+                log.warning(
+                    "schedule %s: %d run(s) missed (later than misfire_grace_time)", entry.schedule_id, counts["missed"]
+                )
+            notify("schedule.missed", entry.schedule_id, counts["missed"])
+            notify("schedule.coalesced", entry.schedule_id, counts["coalesced"])
+            notify("schedule.skipped", entry.schedule_id, counts["calendar"], reason="calendar")
         notify("schedule.skipped", entry.schedule_id, skipped, reason="skipped")
         notify("schedule.skipped", entry.schedule_id, dropped, reason="dropped")
     else:
@@ -108,7 +113,7 @@ class Entry:
     schedule_id: str
     mode: str  # due | buffer | manual
     fires: list[tuple[int, str]] = field(default_factory=list)  # (due ms, kind)
-    records: list[tuple[int, str]] = field(default_factory=list)  # (due ms, missed|coalesced)
+    records: list[tuple[int, str]] = field(default_factory=list)  # (due ms, missed|coalesced|calendar)
     score: int | None = None
     next_due: int | None = None
     next_score: int | None = None
@@ -240,7 +245,7 @@ def _row(entry: Entry, spec: ScheduleSpec, template: int, retry: RetryPolicy | N
     if retry is not None:  # each run draws its own retry intervals
         for fire in fires:
             fire.append(json.dumps(retry.intervals()))
-    records = [[iso_ms(due), status] for due, status in entry.records]
+    records = [[iso_ms(due), status] for due, status in entry.records]  # status "calendar": skipped by a calendar
     return [
         schedule_id,
         entry.mode,
@@ -274,35 +279,48 @@ class Planner:
         self.coalesce = spec.coalesce
         self.buffer_one = spec.overlap == "buffer_one"
 
+    def dues_from(self, first: int, now_us: int) -> list[int]:
+        """The due times from `first` to now (at most MAX_CATCHUP; the next pass goes on from the last)."""
+        dues = [first]
+        if not self.one_shot:
+            due = self.times.next_after(first)
+            while due is not None and due * 1000 <= now_us and len(dues) < MAX_CATCHUP:
+                dues.append(due)
+                due = self.times.next_after(due)
+        return dues
+
 
 @functools.lru_cache(maxsize=200_000)
 def planner(spec_json: str) -> Planner:
     return Planner(spec_json)
 
 
-def plan_due(stored: StoredSchedule, score: int, now: datetime) -> Entry:
-    """Return what firing `stored` (due at `score`) at `now` means: runs, missed, coalesced, next due time."""
-    return plan_due_ms(stored, score, to_ms(now), to_us(now))
+def plan_due(stored: StoredSchedule, score: int, now: datetime, skip: SkipDates | None = None) -> Entry:
+    """Return what firing `stored` (due at `score`) at `now` means: runs, missed, coalesced, skipped, next due time."""
+    return plan_due_ms(stored, score, to_ms(now), to_us(now), skip)
 
 
-def plan_due_ms(stored: StoredSchedule, score: int, now_ms: int, now_us: int) -> Entry:
-    """plan_due with `now` given as epoch ms (rounded, for lateness) and exact epoch µs (for what is due)."""
+def plan_due_ms(stored: StoredSchedule, score: int, now_ms: int, now_us: int, skip: SkipDates | None = None) -> Entry:
+    """plan_due with `now` given as epoch ms (rounded, for lateness) and exact epoch µs (for what is due).
+
+    A due time on a date `skip` names is recorded as skipped (reason calendar)
+    before grace and coalesce judge the others.
+    """
     plan = planner(stored.spec_json)
-    times = plan.times
     first = stored.number("next_due") or score
-    dues = [first]
-    if not plan.one_shot:
-        due = times.next_after(first)
-        while due is not None and due * 1000 <= now_us and len(dues) < MAX_CATCHUP:
-            dues.append(due)
-            due = times.next_after(due)
-    grace_ms = plan.grace_ms
+    dues = plan.dues_from(first, now_us)
+    next_due = plan.times.next_after(dues[-1])
     records: list[tuple[int, str]] = []
+    if skip is not None:
+        records = [(due, "calendar") for due in dues if skip(due)]
+        if records:
+            dues = [due for due in dues if not skip(due)]
+    grace_ms = plan.grace_ms
     if grace_ms is None:
         runnable = dues
     else:
         runnable = []
-        for due in dues:
+        for due in dues:  # the first due time was aimed at its jittered score: it is late from there
             if now_ms - (score if due == first else due) <= grace_ms:
                 runnable.append(due)
             else:
@@ -310,15 +328,26 @@ def plan_due_ms(stored: StoredSchedule, score: int, now_ms: int, now_us: int) ->
     if plan.coalesce and len(runnable) > 1:
         records += [(due, "coalesced") for due in runnable[:-1]]
         runnable = runnable[-1:]
+    if len(records) > 1:
         records.sort()
     fires = [(due, "scheduled") for due in runnable]
     if plan.buffer_one:
         buffered = stored.number("buffered_due")
         if buffered is not None:
             fires.insert(0, (buffered, "buffered"))
-    next_due = times.next_after(dues[-1])
     entry = Entry(stored.id, "due", fires, records, score, next_due, jittered(plan.spec, next_due), None, score, first)
     return entry
+
+
+def next_run(stored: StoredSchedule, skip: SkipDates | None) -> int | None:
+    """Return the next due time of `stored` that fires (epoch ms): its next due time, past the dates `skip` names."""
+    due = stored.number("next_due")
+    if skip is None:
+        return due
+    times = due_times(stored.spec_json)
+    while due is not None and skip(due):  # each turn leaves a skipped day behind: as many turns as dates at most
+        due = times.next_after(to_ms(skip.next_day(from_ms(due))) - 1)
+    return due
 
 
 def fire_manual(connection: Redis, stored: StoredSchedule, dues_ms: list[int], kind: str, now: datetime) -> list[dict]:

@@ -39,6 +39,7 @@ from service.core.keys import SCHEDULER_LOCK_KEY, ScheduleKeys, job_key
 from service.core.lease import Lease
 from service.core.outage import REDIS_DOWN, Outage, write_refused
 from service.jobs.model import ServiceJob, ServiceQueue
+from service.schedules.calendars import CalendarCache, skip_key
 from service.schedules.runs import ACTIVE_STATUSES, Entry, Firing, plan_due_ms, report
 from service.schedules.spec import to_ms, to_us
 from service.schedules.store import StoredSchedule, read_due, read_for_firing
@@ -96,6 +97,7 @@ class ServiceScheduler(Scheduler):
         # rq-scheduler's own lock key: a stock rq-scheduler sharing the database is kept out too.
         self.lease = Lease(connection, SCHEDULER_LOCK_KEY, LEASE_TTL_MS)
         self.firing = Firing(connection, owner=self.lease.owner, lease_key=SCHEDULER_LOCK_KEY)
+        self.calendars = CalendarCache()
         self.clock = clock or ServerClock(connection)
         self.tick_seconds = tick_seconds
         self._stopping = False
@@ -169,12 +171,15 @@ class ServiceScheduler(Scheduler):
     ) -> tuple[list[Entry], dict[str, StoredSchedule]]:
         now_ms, now_us = to_ms(now), to_us(now)
         entries, stored = [], {}
+        # The calendars the batch's schedules skip by: one read of their digests, their dates when changed.
+        skips = self.calendars.skips(self.connection, (s.spec for _, _, s in due if s is not None))
         for schedule_id, score, schedule in due:
             if schedule is None:  # a due member without a schedule hash (a stray member)
                 self.connection.zrem(ScheduleKeys.due, schedule_id)
                 continue
             try:
-                entries.append(plan_due_ms(schedule, score, now_ms, now_us))
+                skip = skips.get(skip_key(schedule.spec)) if skips else None
+                entries.append(plan_due_ms(schedule, score, now_ms, now_us, skip))
             except Exception:  # one broken schedule must not stop the others
                 log.exception("scheduler %s: cannot plan schedule %s", self.key, schedule_id)
                 continue

@@ -9,8 +9,9 @@ DST policy, interval as anchor + k * interval (no drift), or the one `at`.
 
 from __future__ import annotations
 
+import functools
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -21,8 +22,11 @@ from service.jobs.schemas import MAX_ARGS, Strict, validate
 from service.schedules.cron import CronRule, CronSyntaxError, UnknownZone, check_expression, load_zone
 from service.tasks.registry import REGISTRY
 
-# Checked on the whole string: `$` would also match before a final newline.
+# Checked on the whole string: `$` would also match before a final newline. Calendar ids are alike.
 SCHEDULE_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
+DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+MAX_SKIP_CALENDARS = 20
+MAX_SKIP_DATES = 1000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 TRIGGERS = ("cron", "interval", "at")
 # Same range as Redis' and JSON's exact integers of milliseconds is far
@@ -44,6 +48,18 @@ def parse_instant(value: str, field: str) -> datetime:
     if not EPOCH <= moment < LATEST:
         raise InvalidField(field, "must be between 1970 and 9000")
     return moment
+
+
+def check_dates(values: list[str]) -> list[str]:
+    """Return `values` (dates as YYYY-MM-DD) sorted without repeats; ValueError naming the first bad one."""
+    for value in values:
+        try:
+            if not DATE.fullmatch(value):
+                raise ValueError
+            date.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"{str(value)[:40]!r} is not a date as YYYY-MM-DD") from None
+    return sorted(set(values))
 
 
 def isoformat(moment: datetime | None) -> str | None:
@@ -93,6 +109,21 @@ class ScheduleSpec(Strict):
     dst_gap: Literal["shift", "skip"] = "shift"
     dst_fold: Literal["first", "both"] = "first"
     pause_on_failure: bool = False
+    skip_calendars: list[str] = Field(default_factory=list, max_length=MAX_SKIP_CALENDARS)
+    skip_dates: list[str] = Field(default_factory=list, max_length=MAX_SKIP_DATES)
+
+    @field_validator("skip_calendars")
+    @classmethod
+    def _calendars(cls, value: list[str]) -> list[str]:
+        bad = next((v for v in value if not SCHEDULE_ID.fullmatch(v)), None)
+        if bad is not None:
+            raise ValueError(f"{bad[:100]!r} is not a calendar id (1-100 letters, digits, '_' or '-')")
+        return sorted(set(value))
+
+    @field_validator("skip_dates")
+    @classmethod
+    def _dates(cls, value: list[str]) -> list[str]:
+        return check_dates(value)
 
     @field_validator("cron")
     @classmethod
@@ -173,15 +204,41 @@ class ScheduleSpec(Strict):
         """Return the fields that decide the due times (schedules that share them share DueTimes)."""
         return self.cron, self.timezone, self.interval, self.at, self.start_at, self.end_at, self.dst_gap, self.dst_fold
 
-    def due_times(self, after: datetime, until: datetime, limit: int) -> list[datetime]:
-        """Return up to `limit` due instants in (after, until], in order."""
+    def due_times(self, after: datetime, until: datetime, limit: int, skip: SkipDates | None = None) -> list[datetime]:
+        """Return up to `limit` due instants in (after, until], in order, leaving out those `skip` names."""
         rule = self.cron_rule() if self.cron else None
         found: list[datetime] = []
         due = self.next_due_after(after, rule)
         while due is not None and due <= until and len(found) < limit:
+            if skip is not None and skip(to_ms(due)):  # its whole local day is skipped: go on from the next
+                due = self.next_due_after(skip.next_day(due) - timedelta(microseconds=1), rule)
+                continue
             found.append(due)
             due = self.next_due_after(due, rule)
         return found
+
+
+@functools.lru_cache(maxsize=65_536)
+def local_date(zone: str, due_ms: int) -> str:
+    """Return the date (YYYY-MM-DD) in `zone` of the instant `due_ms` (cached: a burst asks about one instant)."""
+    return datetime.fromtimestamp(due_ms / 1000, load_zone(zone)).date().isoformat()
+
+
+class SkipDates:
+    """The dates on which a schedule fires nothing (its calendars' and its own), judged in its time zone."""
+
+    def __init__(self, zone: str, dates: frozenset[str]) -> None:
+        self.zone = zone
+        self.dates = dates
+
+    def __call__(self, due_ms: int) -> bool:
+        return local_date(self.zone, due_ms) in self.dates
+
+    def next_day(self, due: datetime) -> datetime:
+        """Return the first instant of the local day after `due`'s (a midnight a DST gap skips: its end)."""
+        zone = load_zone(self.zone)
+        day = due.astimezone(zone).date() + timedelta(days=1)
+        return datetime.combine(day, time(0), tzinfo=zone).astimezone(UTC)
 
 
 class DueTimes:

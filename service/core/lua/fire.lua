@@ -6,7 +6,8 @@
 --       then one data blob per template.
 -- A template is [hash fields, queue key, push commands, foldable?, jittered retry?].
 -- An entry is {id, mode, template, fires, records, overlap, score, next_due, next_score, buffered, repeat};
--- a fire is {due ms, kind, lag target ms, due ISO, job id[, retry intervals JSON if jittered]}.
+-- a fire is {due ms, kind, lag target ms, due ISO, job id[, retry intervals JSON if jittered]};
+-- a record is {due ISO, missed | coalesced | calendar} (calendar: skipped, a date the schedule skips).
 -- Nothing fires unless the lease still holds the owner token (fencing: a paused ex-leader cannot
 -- fire). Per entry: a due entry fires only if its due score is still the one planned on
 -- (compare-and-set: a concurrent upsert, pause or other leader wins); the overlap policy is
@@ -163,10 +164,10 @@ local function create(id, s, f, tpl, count_lag)
   return 1
 end
 
-local function skip(s, iso, status)
+local function skip(s, iso, status, reason)
   add(s, status, 1)
   total(status, 1)
-  record(s, {scheduled_for = iso, status = status, recorded_at = now_iso})
+  record(s, {scheduled_for = iso, status = status, recorded_at = now_iso, reason = reason})
 end
 
 local function finished(s, limit) return limit and (tonumber(s.runs) or 0) >= limit end
@@ -175,7 +176,9 @@ local function fire_due(e, s, tpl)
   local id, overlap, limit = e[1], e[6], opt(e[11])
   local created, skipped, dropped = 0, 0, 0
   local done = false
-  for _, r in ipairs(e[5]) do skip(s, r[1], r[2]) end
+  for _, r in ipairs(e[5]) do
+    if r[2] == 'calendar' then skip(s, r[1], 'skipped', 'calendar') else skip(s, r[1], r[2]) end
+  end
   for _, f in ipairs(e[4]) do
     if finished(s, limit) then done = true; break end
     local last, st = active(s)
@@ -187,7 +190,7 @@ local function fire_due(e, s, tpl)
         created = created + create(id, s, f, tpl, false)
       end
     elseif last and overlap == 'skip' then
-      skip(s, f[4], 'skipped')
+      skip(s, f[4], 'skipped', 'overlap')
       skipped = skipped + 1
     elseif last and overlap == 'buffer_one' then
       if s.buffered_due then

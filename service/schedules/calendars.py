@@ -1,0 +1,272 @@
+"""Calendars: named lists of dates on which schedules fire nothing (holidays, maintenance days).
+
+A calendar is stored once, as one hash (its dates as one JSON array, their
+digest, description, origin, times), and any number of schedules name it in
+`skip_calendars`: 50,000 per-user schedules share one holiday calendar
+without copying it. `svc:calendars:refs` counts the schedules that name each
+calendar; every schedule write keeps it in the same MULTI, so a calendar in
+use cannot be deleted (409) and a schedule cannot name a missing one (422).
+
+Readers (the scheduler, previews, `next_run_at`) go through CalendarCache:
+one round trip for the digests of the calendars they need, the dates only
+when a digest changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator
+from redis import Redis
+from redis.client import Pipeline
+
+from service.core.clock import server_now
+from service.core.errors import CalendarInUse, CalendarNotFound, InvalidField
+from service.core.keys import CalendarKeys
+from service.core.lua import script
+from service.jobs.schemas import Strict, validate
+from service.schedules.spec import SCHEDULE_ID, ScheduleSpec, SkipDates, check_dates, isoformat
+
+log = logging.getLogger(__name__)
+
+MAX_DATES = 10_000
+MAX_PAGE = 1000
+DELETE = script("delete_calendar")
+
+
+class CalendarBody(Strict):
+    """PUT /calendars/<id>: the dates a calendar lists (order and repeats do not matter) and what they are."""
+
+    dates: list[str] = Field(max_length=MAX_DATES, description="dates as YYYY-MM-DD, at most 10,000")
+    description: str = Field(default="", max_length=1000)
+
+    @field_validator("dates")
+    @classmethod
+    def _dates(cls, value: list[str]) -> list[str]:
+        return check_dates(value)
+
+
+class CalendarOut(BaseModel):
+    """A calendar as the API answers it; `used_by` counts the schedules that skip its dates."""
+
+    id: str
+    dates: list[str]
+    description: str
+    origin: str
+    created_at: str | None
+    updated_at: str | None
+    used_by: int
+
+
+class CalendarList(BaseModel):
+    calendars: list[CalendarOut]
+    next_cursor: str | None
+
+
+def check_calendar_id(calendar_id: object) -> str:
+    """Return `calendar_id` if it is 1-100 characters of [A-Za-z0-9_-]; raise InvalidField('id') otherwise."""
+    if not isinstance(calendar_id, str) or not SCHEDULE_ID.fullmatch(calendar_id):
+        raise InvalidField("id", "must be 1-100 characters of letters, digits, '_' and '-'")
+    return calendar_id
+
+
+def parse_calendar(data: Any) -> CalendarBody:
+    """Return `data` validated as a calendar body; InvalidField naming the field otherwise."""
+    if not isinstance(data, dict):
+        raise InvalidField("body", "a calendar must be a JSON object")
+    return validate(CalendarBody, {k: v for k, v in data.items() if k != "id"})
+
+
+def put(
+    connection: Redis, calendar_id: str, data: Any, *, origin: str = "api", now: datetime | None = None
+) -> tuple[dict[str, Any], bool]:
+    """Create or replace calendar `calendar_id`; return (its JSON, created?). The same body changes nothing."""
+    check_calendar_id(calendar_id)
+    if isinstance(data, dict) and "id" in data and data["id"] != calendar_id:
+        raise InvalidField("id", f"{data['id']!r} differs from the id in the path {calendar_id!r}")
+    return save(connection, calendar_id, parse_calendar(data), origin=origin, now=now)
+
+
+def save(
+    connection: Redis, calendar_id: str, body: CalendarBody, *, origin: str = "api", now: datetime | None = None
+) -> tuple[dict[str, Any], bool]:
+    """Store a validated calendar under `calendar_id` (see put)."""
+    dates = json.dumps(body.dates, separators=(",", ":"))
+    digest = hashlib.sha1(dates.encode()).hexdigest()[:16]
+    key = CalendarKeys.calendar(calendar_id)
+    now = now or server_now(connection)
+
+    def write(pipe: Pipeline) -> bool | None:
+        digest_now, description_now = pipe.hmget(key, "digest", "description")
+        if digest_now is not None and digest_now.decode() == digest and description_now.decode() == body.description:
+            pipe.unwatch()
+            return None
+        pipe.multi()
+        fields = {"dates": dates, "digest": digest, "description": body.description, "updated_at": isoformat(now)}
+        if digest_now is None:
+            fields.update(created_at=isoformat(now), origin=origin)
+        pipe.hset(key, mapping=fields)
+        pipe.zadd(CalendarKeys.index, {calendar_id: 0})
+        return digest_now is None
+
+    created = connection.transaction(write, key, value_from_callable=True)
+    return get(connection, calendar_id), bool(created)
+
+
+def get(connection: Redis, calendar_id: str) -> dict[str, Any]:
+    """Return calendar `calendar_id` as JSON; CalendarNotFound if there is none."""
+    found = read_many(connection, [calendar_id] if SCHEDULE_ID.fullmatch(calendar_id) else [])
+    if not found:
+        raise CalendarNotFound(f"no calendar with id {calendar_id[:100]!r}")
+    return found[0]
+
+
+def read_many(connection: Redis, calendar_ids: list[str]) -> list[dict[str, Any]]:
+    """Return the calendars of `calendar_ids` that exist, as JSON, in one round trip."""
+    pipe = connection.pipeline(transaction=False)
+    for calendar_id in calendar_ids:
+        pipe.hgetall(CalendarKeys.calendar(calendar_id))
+    pipe.hmget(CalendarKeys.refs, calendar_ids) if calendar_ids else pipe.echo("")
+    *hashes, refs = pipe.execute()
+    found = []
+    for calendar_id, raw, used in zip(calendar_ids, hashes, refs or [None] * len(hashes), strict=True):
+        if raw:
+            fields = {k.decode(): v.decode() for k, v in raw.items()}
+            found.append(
+                {
+                    "id": calendar_id,
+                    "dates": json.loads(fields["dates"]),
+                    "description": fields.get("description", ""),
+                    "origin": fields.get("origin", "api"),
+                    "created_at": fields.get("created_at"),
+                    "updated_at": fields.get("updated_at"),
+                    "used_by": int(used or 0),
+                }
+            )
+    return found
+
+
+def list_calendars(
+    connection: Redis, cursor: str | None = None, limit: int = 100, *, max_page: int = MAX_PAGE
+) -> dict[str, Any]:
+    """Return one page of calendars in id order and the cursor of the next page (None at the end)."""
+    if not 1 <= limit <= max_page:
+        raise InvalidField("limit", f"must be 1 to {max_page}")
+    if cursor and not SCHEDULE_ID.fullmatch(cursor):
+        raise InvalidField("cursor", "not a cursor this API returned")
+    start = f"({cursor}" if cursor else "-"
+    ids = [i.decode() for i in connection.zrangebylex(CalendarKeys.index, start, "+", start=0, num=limit + 1)]
+    page, more = ids[:limit], len(ids) > limit
+    return {"calendars": read_many(connection, page), "next_cursor": page[-1] if more and page else None}
+
+
+def delete(connection: Redis, calendar_id: str) -> None:
+    """Remove calendar `calendar_id`; CalendarInUse while schedules skip by it, CalendarNotFound if absent."""
+    if not SCHEDULE_ID.fullmatch(calendar_id):
+        raise CalendarNotFound(f"no calendar with id {calendar_id[:100]!r}")
+    keys = [CalendarKeys.calendar(calendar_id), CalendarKeys.index, CalendarKeys.refs, CalendarKeys.declared]
+    used = int(DELETE(keys=keys, args=[calendar_id], client=connection))
+    if used < 0:
+        raise CalendarNotFound(f"no calendar with id {calendar_id[:100]!r}")
+    if used > 0:
+        raise CalendarInUse(
+            f"calendar {calendar_id!r} is skipped by {used} schedule(s): remove it from their skip_calendars first"
+        )
+
+
+# -- schedules that name calendars -----------------------------------------------------------------
+
+
+def missing(client: Redis | Pipeline, calendar_ids: Iterable[str]) -> list[str]:
+    """The ids among `calendar_ids` that name no calendar (one ZMSCORE; inside WATCH it runs at once)."""
+    ids = sorted(set(calendar_ids))
+    if not ids:
+        return []
+    scores = client.zmscore(CalendarKeys.index, ids)
+    return [calendar_id for calendar_id, score in zip(ids, scores, strict=True) if score is None]
+
+
+def check_exist(client: Redis | Pipeline, calendar_ids: Iterable[str]) -> None:
+    """InvalidField('skip_calendars') naming the first id that is no calendar."""
+    absent = missing(client, calendar_ids)
+    if absent:
+        raise InvalidField("skip_calendars", f"{absent[0]!r} is not a calendar (create it with PUT /calendars/<id>)")
+
+
+def count_refs(pipe: Pipeline, before: ScheduleSpec | None, after: ScheduleSpec | None) -> None:
+    """Queue the changes to the calendars' schedule counts when a schedule goes from `before` to `after`."""
+    old = set(before.skip_calendars) if before is not None else set()
+    new = set(after.skip_calendars) if after is not None else set()
+    for calendar_id in sorted(new - old):
+        pipe.hincrby(CalendarKeys.refs, calendar_id, 1)
+    for calendar_id in sorted(old - new):
+        pipe.hincrby(CalendarKeys.refs, calendar_id, -1)
+
+
+class CalendarCache:
+    """Calendars' dates as the readers of one process last saw them, refreshed when their digest changes."""
+
+    def __init__(self) -> None:
+        self._dates: dict[str, tuple[str, frozenset[str]]] = {}
+        self._warned: set[str] = set()
+
+    def dates(self, connection: Redis, calendar_ids: Iterable[str]) -> dict[str, frozenset[str]]:
+        """The dates of each calendar in `calendar_ids` (a missing one: none, logged once)."""
+        ids = sorted(set(calendar_ids))
+        if ids:
+            self._refresh(connection, ids)
+        found = {}
+        for calendar_id in ids:
+            if calendar_id in self._dates:
+                found[calendar_id] = self._dates[calendar_id][1]
+            elif calendar_id not in self._warned:
+                self._warned.add(calendar_id)
+                log.warning("calendar %s is named by a schedule but does not exist: it skips nothing", calendar_id)
+        return found
+
+    def _refresh(self, connection: Redis, ids: list[str]) -> None:
+        """Read the digests of `ids` (one round trip) and the dates of those that changed."""
+        pipe = connection.pipeline(transaction=False)
+        for calendar_id in ids:
+            pipe.hget(CalendarKeys.calendar(calendar_id), "digest")
+        for calendar_id, digest in zip(ids, pipe.execute(), strict=True):
+            cached = self._dates.get(calendar_id)
+            if digest is None:
+                self._dates.pop(calendar_id, None)
+            elif cached is None or cached[0] != digest.decode():
+                digest, dates = connection.hmget(CalendarKeys.calendar(calendar_id), "digest", "dates")
+                if digest is not None and dates is not None:
+                    self._dates[calendar_id] = (digest.decode(), frozenset(json.loads(dates)))
+
+    def skips(self, connection: Redis, specs: Iterable[ScheduleSpec]) -> dict[SkipKey, SkipDates]:
+        """SkipDates by skip_key() of the specs that skip any date; one digest read for all of them."""
+        wanted = {skip_key(spec): spec for spec in specs if spec.skip_calendars or spec.skip_dates}
+        if not wanted:
+            return {}
+        dates = self.dates(connection, (c for spec in wanted.values() for c in spec.skip_calendars))
+        found = {}
+        for key, spec in wanted.items():
+            union = frozenset(spec.skip_dates).union(*(dates.get(c, frozenset()) for c in spec.skip_calendars))
+            found[key] = SkipDates(spec.timezone, union)
+        return found
+
+    def skip(self, connection: Redis, spec: ScheduleSpec) -> SkipDates | None:
+        """The SkipDates of one spec, or None when it skips no date."""
+        return self.skips(connection, [spec]).get(skip_key(spec))
+
+
+SkipKey = tuple[str, tuple[str, ...], tuple[str, ...]]
+
+
+def skip_key(spec: ScheduleSpec) -> SkipKey:
+    """What a spec's skipped dates depend on: its zone, calendars and own dates (specs alike share SkipDates)."""
+    return spec.timezone, tuple(spec.skip_calendars), tuple(spec.skip_dates)
+
+
+# The calendars as this process's schedule readers (API, CLI, previews) see them.
+CALENDARS = CalendarCache()
