@@ -165,7 +165,8 @@ def test_a_firing_reports_its_schedule_events_to_hooks() -> None:
     names = ("schedule.fired", "schedule.missed", "schedule.coalesced", "schedule.skipped")
     for name in names:
         hooks.on(name)(events.append)
-    due = Entry("nightly", "due", records=[(1, "missed"), (2, "missed"), (3, "coalesced")])
+    records = [(1, schedule_runs.MISSED), (2, schedule_runs.MISSED), (3, schedule_runs.COALESCED)]
+    due = Entry("nightly", "due", records=records)
     try:
         assert schedule_runs.report(due, [1, 0, 1]) == 1  # one run created, one dropped (a run was buffered)
         assert schedule_runs.report(Entry("nightly", "manual"), [1, 0, 1]) == 2

@@ -73,7 +73,7 @@ def test_a_schedule_paused_since_planning_does_not_fire_and_leaves_the_due_set(
     connection: Redis, every_ten: datetime
 ) -> None:
     entry, stored = due_entry(connection, "tick", every_ten)
-    connection.hset(ScheduleKeys.schedule("tick"), "paused", "1")
+    connection.hset(ScheduleKeys.schedule("tick"), "p", "1")  # as pause_schedule does
     assert Firing(connection).run([entry], stored, every_ten) == [-2]
     assert queued(connection) == [] and connection.zscore(ScheduleKeys.due, "tick") is None
 
@@ -110,7 +110,7 @@ def test_read_due_returns_the_due_schedules_earliest_first_with_what_firing_need
         ("a", to_ms(T0 + timedelta(seconds=20))),
     ]
     assert found[0][2] is None and found[1][2].spec.interval == 10
-    assert found[1][2].state == {"next_due": str(to_ms(T0 + timedelta(seconds=10)))}
+    assert found[1][2].next_due == to_ms(T0 + timedelta(seconds=10)) and found[1][2].buffered_due is None
     first_two = read_due(connection, to_ms(T0 + timedelta(days=1)), 2)
     assert [schedule_id for schedule_id, _, _ in first_two] == ["stray", "b"]
 
@@ -119,8 +119,8 @@ def test_pause_schedule_pauses_with_a_note_and_wakes_the_scheduler(connection: R
     wakeups = connection.pubsub(ignore_subscribe_messages=True)
     wakeups.subscribe(ScheduleKeys.wakeup)
     assert pause_schedule(connection, "tick", "disk full") is True
-    state = connection.hgetall(ScheduleKeys.schedule("tick"))
-    assert (state[b"paused"], state[b"note"], state[b"next_due"]) == (b"1", b"disk full", b"")
+    paused = schedules.get(connection, "tick")
+    assert (paused["paused"], paused["note"], paused["next_run_at"]) == (True, "disk full", None)
     assert connection.zscore(ScheduleKeys.due, "tick") is None
     message = wait_until(lambda: wakeups.get_message(timeout=0.1), what="the wake-up")
     assert message["data"] == b"tick"

@@ -194,16 +194,21 @@ class ScheduleKeys:
     stats = "svc:schedules:stats"
     # The lease key a firing without a leader (run now, backfill) names: never set, so never checked.
     no_lease = "svc:no-lease"
+    # Templates: a spec minus its args and kwargs, stored once however many schedules share it (by
+    # content hash), and how many schedules use each (service.schedules.store).
+    templates = "svc:schedules:templates"
+    template_refs = "svc:schedules:template_refs"
+    # "2" once every schedule is in today's layout (service.schedules.migrate): start-up skips the scan.
+    layout = "svc:schedules:layout"
 
     @classmethod
     def schedule(cls, schedule_id: str) -> str:
         return cls.prefix + schedule_id
 
-    runs_suffix = ":runs"
-
     @classmethod
     def runs(cls, schedule_id: str) -> str:
-        return cls.prefix + schedule_id + cls.runs_suffix
+        """The first release's list of a schedule's run records (now a ring in its hash): read to migrate."""
+        return cls.prefix + schedule_id + ":runs"
 
 
 class CalendarKeys:

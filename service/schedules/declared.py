@@ -104,7 +104,7 @@ def sync(connection: Redis, path: str | Path) -> dict[str, list[str]]:
             changed["created"].append(schedule_id)
         elif before is not None and after is not None and before.spec_json != after.spec_json:
             changed["updated"].append(schedule_id)
-        if after is not None and after.state.get("origin") == "file":
+        if after is not None and after.origin == "file":
             connection.sadd(ScheduleKeys.declared, schedule_id)
     changed["removed"] += _remove_undeclared_schedules(connection, specs)
     changed["removed"] += _remove_undeclared_calendars(connection, bodies)
@@ -118,7 +118,7 @@ def _remove_undeclared_schedules(connection: Redis, specs: dict[str, ScheduleSpe
         if schedule_id in specs:
             continue
         stored = read(connection, schedule_id)
-        if stored is not None and stored.state.get("origin") == "file":
+        if stored is not None and stored.origin == "file":
             delete(connection, schedule_id)
             removed.append(schedule_id)
         connection.srem(ScheduleKeys.declared, schedule_id)

@@ -14,15 +14,18 @@ from typing import Any
 
 from redis import Redis
 from redis.client import Pipeline
+from redis.exceptions import WatchError
 
 from service.core.clock import server_now
 from service.core.config import Limits
 from service.core.errors import InvalidField, ScheduleLimitReached, ScheduleNotFound
 from service.core.keys import CalendarKeys, ScheduleKeys, job_key
+from service.core.lua import script
 from service.jobs.callbacks import pause_schedule
 from service.jobs.context import scheduled_for
 from service.schedules import calendars
 from service.schedules.calendars import CALENDARS, skip_key
+from service.schedules.migrate import migrate
 from service.schedules.runs import fire_manual, jittered, next_run, run_job_id
 from service.schedules.spec import (
     LATEST,
@@ -35,9 +38,25 @@ from service.schedules.spec import (
     parse_spec,
     to_ms,
 )
-from service.schedules.store import COUNTERS, StoredSchedule, dump_spec, from_raw, read, read_many
+from service.schedules.store import (
+    COUNTERS,
+    FIELDS,
+    LEGACY,
+    StoredSchedule,
+    decode,
+    decode_record,
+    from_raw,
+    join_spec,
+    read,
+    read_many,
+    record_fields,
+    split_spec,
+    template_id,
+    templates,
+)
 from service.tasks.registry import REGISTRY
 
+RELEASE = script("release_template")
 __all__ = ["scheduled_for", "schedule", "upsert", "upsert_many", "get", "list_schedules", "delete", "pause", "resume"]
 
 MAX_PREVIEW = 1000
@@ -91,7 +110,8 @@ def save(
     now = now or server_now(connection)
     if spec.queue is None:
         spec = spec.model_copy(update={"queue": spec.lane})  # echo the lane it will run in
-    spec_json = dump_spec(spec)
+    split = split_spec(spec)
+    spec_json = join_spec(*split)
     key = ScheduleKeys.schedule(schedule_id)
     # The calendars it names are watched too: one deleted before EXEC makes the write start again (and fail).
     watched = (key, *(CalendarKeys.calendar(c) for c in spec.skip_calendars))
@@ -100,7 +120,7 @@ def save(
 
     def write_if_changed(pipe: Pipeline) -> tuple[StoredSchedule | None, bool]:
         """Inside WATCH: read the schedule; unchanged: return it; else MULTI, write it, return (None, created?)."""
-        current = from_raw(schedule_id, pipe.hgetall(key))
+        current = _current(connection, pipe, schedule_id)
         wanted = _paused(spec, current, paused)
         if current is not None and current.spec_json == spec_json and current.paused == wanted:
             pipe.unwatch()
@@ -116,7 +136,7 @@ def save(
             pipe.unwatch()
             raise
         pipe.multi()
-        _write(pipe, schedule_id, spec, spec_json, current, wanted, origin, now)
+        _write(pipe, schedule_id, spec, split, current, wanted, origin, now)
         calendars.count_refs(pipe, current.spec if current is not None else None, spec)
         return None, current is None
 
@@ -156,15 +176,18 @@ def upsert_many(
     for start in range(0, len(ids), chunk):
         part = ids[start : start + chunk]
         current = dict(zip(part, read_many(connection, part), strict=True))
+        for schedule_id in [i for i in part if current[i] is not None and current[i].legacy]:  # type: ignore[union-attr]
+            migrate(connection, schedule_id)
+            current[schedule_id] = read(connection, schedule_id)
         pipe = connection.pipeline()
         for schedule_id in part:
             spec, existing = specs[schedule_id], current[schedule_id]
-            spec_json, paused = dump_spec(spec), _paused(spec, existing, None)
-            if existing is not None and existing.spec_json == spec_json and existing.paused == paused:
+            split, paused = split_spec(spec), _paused(spec, existing, None)
+            if existing is not None and existing.spec_json == join_spec(*split) and existing.paused == paused:
                 counts["unchanged"] += 1
                 continue
             counts["created" if existing is None else "updated"] += 1
-            _write(pipe, schedule_id, spec, spec_json, existing, paused, origin, now, wake=False)
+            _write(pipe, schedule_id, spec, split, existing, paused, origin, now, wake=False)
             calendars.count_refs(pipe, existing.spec if existing is not None else None, spec)
         pipe.publish(ScheduleKeys.wakeup, "*")
         pipe.execute()
@@ -179,32 +202,43 @@ def _paused(spec: ScheduleSpec, current: StoredSchedule | None, paused: bool | N
     return current.paused
 
 
+def _current(connection: Redis, pipe: Pipeline, schedule_id: str) -> StoredSchedule | None:
+    """Inside WATCH: the schedule as stored; one in the first release's layout is migrated and the write restarts."""
+    raw = decode(dict(zip(FIELDS, pipe.hmget(ScheduleKeys.schedule(schedule_id), FIELDS), strict=True)))
+    if LEGACY in raw:
+        pipe.unwatch()
+        migrate(connection, schedule_id)
+        raise WatchError("migrated from the first release's layout: read it again")
+    return from_raw(schedule_id, raw, templates(connection, {raw.get("t", "")}))
+
+
 def _write(
     pipe: Any,
     schedule_id: str,
     spec: ScheduleSpec,
-    spec_json: str,
+    split: tuple[str, str],
     current: StoredSchedule | None,
     paused: bool,
     origin: str,
     now: datetime,
     wake: bool = True,
 ) -> None:
+    """Queue the write of a schedule's spec, paused state and first due time; its run state stays."""
     key = ScheduleKeys.schedule(schedule_id)
+    template, call = split
     next_due = None if paused else _first_due(spec, current, now)
-    fields: dict[str, Any] = {
-        "spec": spec_json,
-        "paused": "1" if paused else "0",
-        "updated_at": isoformat(now),
-        "next_due": "" if next_due is None else next_due,
-    }
-    if current is None:
-        fields.update({name: 0 for name in COUNTERS}, created_at=isoformat(now), origin=origin, note="")
-    elif current.state.get("origin") == "file" and origin != "file":
-        fields["origin"] = origin  # claimed by the API or code: the file sync will no longer remove it
+    fields = {"t": template_id(template), "u": to_ms(now), "a": call, "n": next_due, "p": "1" if paused else None}
     if not paused:
-        fields["note"] = ""
-    pipe.hset(key, mapping=fields)
+        fields["m"] = None  # the pause note goes with the pause
+    if current is None:
+        fields.update(c=to_ms(now), o=None if origin == "api" else origin)
+    elif current.origin == "file" and origin != "file":  # claimed by the API or code: the file sync leaves it
+        fields["o"] = None if origin == "api" else origin
+    pipe.hset(key, mapping={name: value for name, value in fields.items() if value not in (None, "")})
+    gone = [name for name, value in fields.items() if value in (None, "")] if current is not None else []
+    if gone:
+        pipe.hdel(key, *gone)
+    _use_template(pipe, current.fields.get("t") if current is not None else None, template)
     pipe.zadd(ScheduleKeys.index, {schedule_id: 0})
     if next_due is None:
         pipe.zrem(ScheduleKeys.due, schedule_id)
@@ -214,11 +248,22 @@ def _write(
         pipe.publish(ScheduleKeys.wakeup, schedule_id)
 
 
+def _use_template(pipe: Any, previous: str | None, template: str) -> None:
+    """Queue: the schedule now uses `template` (stored once, counted) instead of the template id `previous`."""
+    key = template_id(template)
+    if previous == key:
+        return
+    pipe.hsetnx(ScheduleKeys.templates, key, template)
+    pipe.hincrby(ScheduleKeys.template_refs, key, 1)
+    if previous is not None:
+        RELEASE(keys=[ScheduleKeys.templates, ScheduleKeys.template_refs], args=[previous], client=pipe)
+
+
 def _first_due(spec: ScheduleSpec, current: StoredSchedule | None, now: datetime) -> int | None:
     if spec.at is not None:
         # A one-shot in the past still fires once (misfire_grace_time permitting), unless it already ran.
         at = to_ms(parse_instant(spec.at, "at"))
-        already = current is not None and current.number("last_run_at") == at
+        already = current is not None and current.state.last_run_at == at
         return None if already else at
     following = spec.next_due_after(now)
     return to_ms(following) if following else None
@@ -266,27 +311,29 @@ def describe(stored: StoredSchedule, skip: SkipDates | None = None) -> dict[str,
     """
     data = json.loads(stored.spec_json)
     state = stored.state
-    next_due, last_run = next_run(stored, skip), stored.number("last_run_at")
-    lag_count = stored.number("lag_count") or 0
+    next_due, last_run = next_run(stored, skip), state.last_run_at
+
+    def iso(ms: int | None) -> str | None:
+        return isoformat(from_ms(ms)) if ms is not None else None
+
     data.update(
         id=stored.id,
         paused=stored.paused,
-        note=state.get("note") or None,
-        next_run_at=isoformat(from_ms(next_due)) if next_due is not None else None,
-        last_run_at=isoformat(from_ms(last_run)) if last_run is not None else None,
-        last_job_id=state.get("last_job_id"),
-        origin=state.get("origin", "api"),
-        created_at=state.get("created_at"),
-        updated_at=state.get("updated_at"),
-        counters={name: stored.number(name) or 0 for name in COUNTERS},
+        note=stored.fields.get("m") or None,
+        next_run_at=iso(next_due),
+        last_run_at=iso(last_run),
+        last_job_id=run_job_id(stored.id, last_run) if last_run is not None else None,
+        origin=stored.origin,
+        created_at=iso(stored.number("c")),
+        updated_at=iso(stored.number("u")),
+        counters={name: getattr(state, name) for name in COUNTERS},
         lag_ms={
-            "last": stored.number("lag_last_ms"),
-            "max": stored.number("lag_max_ms"),
-            "mean": round((stored.number("lag_sum_ms") or 0) / lag_count) if lag_count else None,
+            "last": state.lag_last_ms,
+            "max": state.lag_max_ms,
+            "mean": round(state.lag_sum_ms / state.lag_count) if state.lag_count else None,
         },
+        buffered_run_for=iso(stored.buffered_due),
     )
-    buffered = stored.number("buffered_due")
-    data["buffered_run_for"] = isoformat(from_ms(buffered)) if buffered is not None else None
     return data
 
 
@@ -311,14 +358,16 @@ def delete(connection: Redis, schedule_id: str) -> None:
     key = ScheduleKeys.schedule(schedule_id)
 
     def remove(pipe: Pipeline) -> None:
-        current = from_raw(schedule_id, pipe.hgetall(key))
+        current = _current(connection, pipe, schedule_id)
         pipe.multi()
-        pipe.delete(key, ScheduleKeys.runs(schedule_id))
+        pipe.delete(key)
         pipe.zrem(ScheduleKeys.index, schedule_id)
         pipe.zrem(ScheduleKeys.due, schedule_id)
         pipe.srem(ScheduleKeys.buffered, schedule_id)
         pipe.publish(ScheduleKeys.wakeup, schedule_id)
-        calendars.count_refs(pipe, current.spec if current is not None else None, None)
+        if current is not None:
+            calendars.count_refs(pipe, current.spec, None)
+            RELEASE(keys=[ScheduleKeys.templates, ScheduleKeys.template_refs], args=[current.fields["t"]], client=pipe)
 
     connection.transaction(remove, key)
 
@@ -339,9 +388,7 @@ def resume(connection: Redis, schedule_id: str, now: datetime | None = None) -> 
     stored = load(connection, schedule_id)
     if not stored.paused:
         return describe_all(connection, [stored])[0]
-    return save(connection, schedule_id, stored.spec, origin=stored.state.get("origin", "api"), now=now, paused=False)[
-        0
-    ]
+    return save(connection, schedule_id, stored.spec, origin=stored.origin, now=now, paused=False)[0]
 
 
 def run_now(connection: Redis, schedule_id: str, now: datetime | None = None) -> dict[str, Any]:
@@ -384,10 +431,15 @@ def _instant_field(data: dict, name: str) -> datetime:
 
 def runs(connection: Redis, schedule_id: str, limit: int = 50) -> dict[str, Any]:
     """Return the schedule's recent runs, newest first, with each run job's current status."""
-    load(connection, schedule_id)
+    stored = load(connection, schedule_id)
     if not 1 <= limit <= RUNS_PAGE:
         raise InvalidField("limit", f"must be 1 to {RUNS_PAGE}")
-    records = [json.loads(r) for r in connection.lrange(ScheduleKeys.runs(schedule_id), 0, limit - 1)]
+    if stored.legacy:  # not migrated yet: its records are still the first release's list
+        records = [json.loads(r) for r in connection.lrange(ScheduleKeys.runs(schedule_id), 0, limit - 1)]
+    else:
+        slots = record_fields(stored.state, limit)
+        packed = connection.hmget(ScheduleKeys.schedule(schedule_id), slots) if slots else []
+        records = [decode_record(schedule_id, p.decode()) for p in packed if p is not None]
     pipe = connection.pipeline(transaction=False)
     for record in records:
         pipe.hget(job_key(record.get("job_id", "")), "status")

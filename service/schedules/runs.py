@@ -49,6 +49,9 @@ from service.tasks.registry import REGISTRY, RetryPolicy, TaskSpec
 
 log = logging.getLogger(__name__)
 
+# What a run record says (service.schedules.store): the kind of a created run, and why a due time made none.
+SCHEDULED, BUFFERED, MANUAL, BACKFILL = "s", "b", "m", "f"
+MISSED, COALESCED, CALENDAR = "m", "c", "k"
 # Catch-up after downtime enumerates at most this many due times per
 # schedule per pass; the rest are handled by the next pass (nothing lost).
 MAX_CATCHUP = 1000
@@ -62,7 +65,7 @@ FOLDABLE_COMMANDS = frozenset({"RPUSH", "LPUSH", "SADD"})
 CONFIG = json.dumps(
     {
         "keys": {
-            "schedule": [ScheduleKeys.prefix, ScheduleKeys.runs_suffix],
+            "schedule": ScheduleKeys.prefix,
             "job": keys.JOB_PREFIX,
             "queue": keys.QUEUE_PREFIX,
             "scheduled": keys.SCHEDULED_PREFIX,
@@ -88,16 +91,16 @@ def report(entry: Entry, result: Any) -> int:
     if isinstance(result, list) and entry.mode == "due":
         created, skipped, dropped = result
         if entry.records:
-            counts = {status: 0 for status in ("missed", "coalesced", "calendar")}
-            for _, status in entry.records:
-                counts[status] += 1
-            if counts["missed"]:
+            counts = {code: 0 for code in (MISSED, COALESCED, CALENDAR)}
+            for _, code in entry.records:
+                counts[code] += 1
+            if counts[MISSED]:
                 log.warning(
-                    "schedule %s: %d run(s) missed (later than misfire_grace_time)", entry.schedule_id, counts["missed"]
+                    "schedule %s: %d run(s) missed (later than misfire_grace_time)", entry.schedule_id, counts[MISSED]
                 )
-            notify("schedule.missed", entry.schedule_id, counts["missed"])
-            notify("schedule.coalesced", entry.schedule_id, counts["coalesced"])
-            notify("schedule.skipped", entry.schedule_id, counts["calendar"], reason="calendar")
+            notify("schedule.missed", entry.schedule_id, counts[MISSED])
+            notify("schedule.coalesced", entry.schedule_id, counts[COALESCED])
+            notify("schedule.skipped", entry.schedule_id, counts[CALENDAR], reason="calendar")
         notify("schedule.skipped", entry.schedule_id, skipped, reason="skipped")
         notify("schedule.skipped", entry.schedule_id, dropped, reason="dropped")
     else:
@@ -112,8 +115,8 @@ class Entry:
 
     schedule_id: str
     mode: str  # due | buffer | manual
-    fires: list[tuple[int, str]] = field(default_factory=list)  # (due ms, kind)
-    records: list[tuple[int, str]] = field(default_factory=list)  # (due ms, missed|coalesced|calendar)
+    fires: list[tuple[int, str]] = field(default_factory=list)  # (due ms, kind code: KINDS)
+    records: list[tuple[int, str]] = field(default_factory=list)  # (due ms, MISSED | COALESCED | CALENDAR)
     score: int | None = None
     next_due: int | None = None
     next_score: int | None = None
@@ -128,10 +131,9 @@ def run_job_id(schedule_id: str, due_ms: int) -> str:
 
 
 class Template(NamedTuple):
-    """A spec's run job, minus what differs per run: flat hash fields, data blob, lane key, push commands."""
+    """A template's run job, minus what differs per run (data, meta): flat hash fields, lane key, push commands."""
 
     fields: list[str]
-    data: bytes
     queue_key: str
     push: list[list[str]]
     fold: bool  # every push command may be folded with the same command of other runs
@@ -139,18 +141,18 @@ class Template(NamedTuple):
 
 
 class JobTemplates:
-    """Run job templates per stored spec (service.jobs.template), built once; the script copies them per run."""
+    """Run job templates per stored template (service.jobs.template), built once; the script copies them per run."""
 
     def __init__(self, connection: Redis) -> None:
         self.connection = connection
         self._cache: dict[str, Template] = {}
 
-    def get(self, spec_json: str) -> Template:
-        cached = self._cache.get(spec_json)
+    def get(self, template_json: str) -> Template:
+        cached = self._cache.get(template_json)
         if cached is None:
-            if len(self._cache) > 200_000:
+            if len(self._cache) > 65_536:
                 self._cache.clear()
-            cached = self._cache[spec_json] = self._build(load_spec(spec_json))
+            cached = self._cache[template_json] = self._build(load_spec(template_json))
         return cached
 
     def _build(self, spec: ScheduleSpec) -> Template:
@@ -168,12 +170,17 @@ class JobTemplates:
             on_failure,
         )
         fields = list(template(options, "queued"))
-        # RQ's own encoding of the call (Job.to_dict), worked out once per spec.
-        data = zlib.compress(JSONSerializer.dumps((spec.task, None, list(spec.args), dict(spec.kwargs))))
         queue = ServiceQueue(spec.lane, connection=self.connection)
         push = queue.push_commands(PLACEHOLDER_ID)  # the lane and any wake-up, the id as a placeholder
         fold = all(op[0] in FOLDABLE_COMMANDS and len(op) == 3 for op in push)
-        return Template(fields, data, queue_key(spec.lane), push, fold, retry if retry.jittered else None)
+        return Template(fields, queue_key(spec.lane), push, fold, retry if retry.jittered else None)
+
+
+@functools.lru_cache(maxsize=65_536)
+def call_data(task: str, call_json: str) -> bytes:
+    """RQ's own encoding of a run's call (Job.to_dict's data), made once per distinct task and call."""
+    args, kwargs = json.loads(call_json) if call_json else ([], {})
+    return zlib.compress(JSONSerializer.dumps((task, None, args, kwargs)))
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -202,22 +209,29 @@ class Firing:
         return self._results(FIRE(keys=self.keys, args=self._args(entries, stored, now), client=self.connection))
 
     def _args(self, entries: list[Entry], stored: dict[str, StoredSchedule], now: datetime) -> list[Any]:
-        numbers: dict[str, tuple[int, RetryPolicy | None]] = {}
+        numbers: dict[str, tuple[int, RetryPolicy | None, ScheduleSpec]] = {}
         templates: list[list[Any]] = []
+        blob_numbers: dict[tuple[str, str], int] = {}
         blobs: list[bytes] = []
         rows = []
         for entry in entries:
             schedule = stored[entry.schedule_id]
-            found = numbers.get(schedule.spec_json)
+            template_json = schedule.template_json
+            found = numbers.get(template_json)
             if found is None:
-                template = self.templates.get(schedule.spec_json)
-                found = numbers[schedule.spec_json] = (len(templates) + 1, template.retry)
+                template = self.templates.get(template_json)
+                found = numbers[template_json] = (len(templates) + 1, template.retry, load_spec(template_json))
                 fields = [template.fields, template.queue_key, template.push, template.fold, template.retry is not None]
                 templates.append(fields)
-                blobs.append(template.data)
-            rows.append(_row(entry, schedule.spec, *found))
+            number, retry, spec = found
+            call = (spec.task, schedule.call_json)
+            blob = blob_numbers.get(call)
+            if blob is None:
+                blobs.append(call_data(*call))
+                blob = blob_numbers[call] = len(blobs)
+            rows.append(_row(entry, spec, number, retry, blob))
         now_rq = utcformat(now.astimezone(UTC).replace(tzinfo=None))
-        args: list[Any] = [self.owner, to_ms(now), isoformat(now), now_rq, CONFIG, RUNS_KEPT]
+        args: list[Any] = [self.owner, to_ms(now), now_rq, CONFIG, RUNS_KEPT]
         args += [json.dumps(templates, separators=(",", ":")), json.dumps(rows, separators=(",", ":")), *blobs]
         return args
 
@@ -228,7 +242,7 @@ class Firing:
         return [[] if isinstance(result, dict) else result for result in results]  # cjson: {} is an empty list
 
 
-def _row(entry: Entry, spec: ScheduleSpec, template: int, retry: RetryPolicy | None) -> list[Any]:
+def _row(entry: Entry, spec: ScheduleSpec, template: int, retry: RetryPolicy | None, blob: int) -> list[Any]:
     """Return the fire script's description of `entry` (see the entry and fire layouts in fire.lua)."""
     schedule_id, first_target, first_due = entry.schedule_id, entry.first_target, entry.first_due
     fires = [
@@ -245,19 +259,19 @@ def _row(entry: Entry, spec: ScheduleSpec, template: int, retry: RetryPolicy | N
     if retry is not None:  # each run draws its own retry intervals
         for fire in fires:
             fire.append(json.dumps(retry.intervals()))
-    records = [[iso_ms(due), status] for due, status in entry.records]  # status "calendar": skipped by a calendar
     return [
         schedule_id,
         entry.mode,
         template,
         fires,
-        records,
+        entry.records,
         spec.overlap,
         entry.score,
         entry.next_due,
         entry.next_score,
         entry.buffered,
         spec.repeat,
+        blob,
     ]
 
 
@@ -306,13 +320,13 @@ def plan_due_ms(stored: StoredSchedule, score: int, now_ms: int, now_us: int, sk
     A due time on a date `skip` names is recorded as skipped (reason calendar)
     before grace and coalesce judge the others.
     """
-    plan = planner(stored.spec_json)
-    first = stored.number("next_due") or score
+    plan = planner(stored.template_json)
+    first = stored.next_due or score
     dues = plan.dues_from(first, now_us)
     next_due = plan.times.next_after(dues[-1])
     records: list[tuple[int, str]] = []
     if skip is not None:
-        records = [(due, "calendar") for due in dues if skip(due)]
+        records = [(due, CALENDAR) for due in dues if skip(due)]
         if records:
             dues = [due for due in dues if not skip(due)]
     grace_ms = plan.grace_ms
@@ -324,27 +338,27 @@ def plan_due_ms(stored: StoredSchedule, score: int, now_ms: int, now_us: int, sk
             if now_ms - (score if due == first else due) <= grace_ms:
                 runnable.append(due)
             else:
-                records.append((due, "missed"))
+                records.append((due, MISSED))
     if plan.coalesce and len(runnable) > 1:
-        records += [(due, "coalesced") for due in runnable[:-1]]
+        records += [(due, COALESCED) for due in runnable[:-1]]
         runnable = runnable[-1:]
     if len(records) > 1:
         records.sort()
-    fires = [(due, "scheduled") for due in runnable]
+    fires = [(due, SCHEDULED) for due in runnable]
     if plan.buffer_one:
-        buffered = stored.number("buffered_due")
+        buffered = stored.buffered_due
         if buffered is not None:
-            fires.insert(0, (buffered, "buffered"))
+            fires.insert(0, (buffered, BUFFERED))
     entry = Entry(stored.id, "due", fires, records, score, next_due, jittered(plan.spec, next_due), None, score, first)
     return entry
 
 
 def next_run(stored: StoredSchedule, skip: SkipDates | None) -> int | None:
     """Return the next due time of `stored` that fires (epoch ms): its next due time, past the dates `skip` names."""
-    due = stored.number("next_due")
+    due = stored.next_due
     if skip is None:
         return due
-    times = due_times(stored.spec_json)
+    times = due_times(stored.template_json)
     while due is not None and skip(due):  # each turn leaves a skipped day behind: as many turns as dates at most
         due = times.next_after(to_ms(skip.next_day(from_ms(due))) - 1)
     return due
@@ -352,7 +366,7 @@ def next_run(stored: StoredSchedule, skip: SkipDates | None) -> int | None:
 
 def fire_manual(connection: Redis, stored: StoredSchedule, dues_ms: list[int], kind: str, now: datetime) -> list[dict]:
     """Create runs of `stored` for `dues_ms` now (run-now, backfill), each at most once; return what happened."""
-    entry = Entry(stored.id, "manual", fires=[(d, kind) for d in dues_ms])
+    entry = Entry(stored.id, "manual", fires=[(d, {"manual": MANUAL, "backfill": BACKFILL}[kind]) for d in dues_ms])
     results = Firing(connection).run([entry], {stored.id: stored}, now)
     created = results[0] if results and isinstance(results[0], list) else [0] * len(dues_ms)
     return [

@@ -40,9 +40,10 @@ from service.core.lease import Lease
 from service.core.outage import REDIS_DOWN, Outage, write_refused
 from service.jobs.model import ServiceJob, ServiceQueue
 from service.schedules.calendars import CalendarCache, skip_key
-from service.schedules.runs import ACTIVE_STATUSES, Entry, Firing, plan_due_ms, report
+from service.schedules.migrate import migrate, migrate_all
+from service.schedules.runs import ACTIVE_STATUSES, BUFFERED, Entry, Firing, plan_due_ms, report, run_job_id
 from service.schedules.spec import to_ms, to_us
-from service.schedules.store import StoredSchedule, read_due, read_for_firing
+from service.schedules.store import StoredSchedule, read_due, read_many
 
 log = logging.getLogger(__name__)
 
@@ -172,13 +173,16 @@ class ServiceScheduler(Scheduler):
         now_ms, now_us = to_ms(now), to_us(now)
         entries, stored = [], {}
         # The calendars the batch's schedules skip by: one read of their digests, their dates when changed.
-        skips = self.calendars.skips(self.connection, (s.spec for _, _, s in due if s is not None))
+        skips = self.calendars.skips(self.connection, (s.template for _, _, s in due if s is not None and not s.legacy))
         for schedule_id, score, schedule in due:
             if schedule is None:  # a due member without a schedule hash (a stray member)
                 self.connection.zrem(ScheduleKeys.due, schedule_id)
                 continue
+            if schedule.legacy:  # written by a first-release process: migrated now, fired from the next batch
+                migrate(self.connection, schedule_id)
+                continue
             try:
-                skip = skips.get(skip_key(schedule.spec)) if skips else None
+                skip = skips.get(skip_key(schedule.template)) if skips else None
                 entries.append(plan_due_ms(schedule, score, now_ms, now_us, skip))
             except Exception:  # one broken schedule must not stop the others
                 log.exception("scheduler %s: cannot plan schedule %s", self.key, schedule_id)
@@ -203,19 +207,19 @@ class ServiceScheduler(Scheduler):
         ids = sorted(member.decode() for member in self.connection.smembers(ScheduleKeys.buffered))
         if not ids:
             return 0
-        stored = dict(zip(ids, read_for_firing(self.connection, ids), strict=True))
+        stored = dict(zip(ids, read_many(self.connection, ids), strict=True))
         pipe = self.connection.pipeline(transaction=False)
         for schedule_id in ids:
-            last = stored[schedule_id].state.get("last_job_id", "") if stored[schedule_id] else ""
-            pipe.hget(job_key(last), "status")
+            last = stored[schedule_id].state.last_run_at if stored[schedule_id] else None
+            pipe.hget(job_key(run_job_id(schedule_id, last) if last is not None else ""), "status")
         entries = []
         for schedule_id, status in zip(ids, pipe.execute(), strict=True):
             schedule = stored[schedule_id]
-            buffered = schedule.number("buffered_due") if schedule else None
+            buffered = schedule.buffered_due if schedule and not schedule.legacy else None
             if buffered is None:
                 self.connection.srem(ScheduleKeys.buffered, schedule_id)
             elif (status or b"").decode() not in ACTIVE_STATUSES and not schedule.paused:
-                entries.append(Entry(schedule_id, "buffer", fires=[(buffered, "buffered")], buffered=buffered))
+                entries.append(Entry(schedule_id, "buffer", fires=[(buffered, BUFFERED)], buffered=buffered))
         return self._apply(entries, stored, self.clock()) or 0
 
     # -- the loop ---------------------------------------------------------
@@ -234,6 +238,7 @@ class ServiceScheduler(Scheduler):
         outage = Outage(log, f"scheduler {self.key}", sleep=self._wait)
         with contextlib.suppress(*REDIS_DOWN):  # raised only when stopped before Redis came back
             outage.retry(self.register_birth, stop=lambda: self._stopping, while_full=True)
+            outage.retry(lambda: migrate_all(self.connection), stop=lambda: self._stopping, while_full=True)
         try:
             while not self._stopping:
                 self._tick()

@@ -1,62 +1,174 @@
 """Schedule storage: how schedules are laid out in Redis (names in service.core.keys) and reading them back.
 
-One hash per schedule holds its spec (JSON) and its state (next due time,
-paused, note, last run, counters); a list per schedule holds its recent
-runs, newest first. Two sorted sets index them: every id (score 0, so ids
-page lexicographically) and the due set the scheduler fires from (score =
-next due time in epoch milliseconds, jitter included).
+One small hash per schedule, every value under 64 bytes so Redis keeps it
+as a listpack (about 25 bytes a field instead of ~70 in a hash table):
+
+    t  template id: the spec minus args/kwargs, stored once in the templates
+       hash and shared by every schedule with the same spec (refcounted)
+    a  its call, `[args, kwargs]` as JSON (absent when both are empty)
+    n  next due time, epoch ms (absent when none)   b  buffered run's due time
+    p  "1" when paused      m  the pause note       o  origin when not "api"
+    c, u  created and updated, epoch ms
+    s  run state, packed: last run, the five counters, lag last/max/sum/count,
+       and how many run records were ever written (absent before the first)
+    r<k>  run records, a ring of RUNS_KEPT slots (k = record number % RUNS_KEPT)
+
+A run record is packed too: `<due ms>:<status><kind>:<offset ms>[:<lag ms>]`
+(see decode_record); the run's job id is derived, `<schedule id>-<due s>`.
+Two sorted sets index schedules: every id (score 0, so ids page
+lexicographically) and the due set the scheduler fires from (score = next
+due time in epoch ms, jitter included). The first release kept a JSON spec
+and state under long field names and runs in a list: `legacy` schedules are
+read as they are and migrated before anything writes them
+(service.schedules.migrate).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis import Redis
 
 from service.core.keys import ScheduleKeys
 from service.core.lua import script
-from service.schedules.spec import DueTimes, ScheduleSpec
+from service.schedules.spec import DueTimes, ScheduleSpec, from_ms, isoformat, parse_instant, to_ms
 
 RUNS_KEPT = 100
 COUNTERS = ("runs", "missed", "skipped", "dropped", "coalesced")
+# The hash fields read back (never the run records).
+FIELDS = ("t", "a", "n", "b", "p", "m", "o", "c", "u", "s", "spec")
+LEGACY = "spec"  # only the first release's layout has it
+STATUSES = {
+    "e": "enqueued",
+    "m": "missed",
+    "c": "coalesced",
+    "s": "skipped",
+    "k": "skipped",
+    "b": "buffered",
+    "d": "dropped",
+}
+REASONS = {"s": "overlap", "k": "calendar"}
+KINDS = {"s": "scheduled", "b": "buffered", "m": "manual", "f": "backfill"}
 
 
-@dataclass(frozen=True)
+class RunState(NamedTuple):
+    """What a schedule's runs left behind (field `s`): last run, counters, lag, records written."""
+
+    last_run_at: int | None = None
+    runs: int = 0
+    missed: int = 0
+    skipped: int = 0
+    dropped: int = 0
+    coalesced: int = 0
+    lag_last_ms: int | None = None
+    lag_max_ms: int | None = None
+    lag_sum_ms: int = 0
+    lag_count: int = 0
+    records: int = 0
+
+    @classmethod
+    def parse(cls, packed: str | None) -> RunState:
+        if not packed:
+            return cls()
+        values = [int(v) if v else None for v in packed.split(",")]
+        return cls(*(v if v is not None or n in (0, 6, 7) else 0 for n, v in enumerate(values)))  # type: ignore[arg-type]
+
+    def pack(self) -> str:
+        return ",".join("" if v is None else str(v) for v in self)
+
+
+@dataclass(frozen=True, slots=True)
 class StoredSchedule:
-    """A schedule as read from Redis: its id, parsed spec and raw state fields."""
+    """A schedule as read from Redis: its id, its shared template and own call, and its other fields."""
 
     id: str
-    spec: ScheduleSpec
-    spec_json: str
-    state: dict[str, str]
+    template_json: str
+    call_json: str
+    fields: dict[str, str]
+    legacy: bool = False  # in the first release's layout: migrate before writing
+
+    @property
+    def spec_json(self) -> str:
+        """The canonical JSON of the whole spec (template and call)."""
+        return join_spec(self.template_json, self.call_json)
+
+    @property
+    def spec(self) -> ScheduleSpec:
+        return load_spec(self.spec_json)
+
+    @property
+    def template(self) -> ScheduleSpec:
+        """The spec without its call: all that planning and firing need of it."""
+        return load_spec(self.template_json)
 
     def number(self, field: str) -> int | None:
-        value = self.state.get(field)
-        return int(float(value)) if value not in (None, "") else None
+        value = self.fields.get(field)
+        return int(value) if value else None
+
+    @property
+    def next_due(self) -> int | None:
+        return self.number("n")
+
+    @property
+    def buffered_due(self) -> int | None:
+        return self.number("b")
 
     @property
     def paused(self) -> bool:
-        return self.state.get("paused") == "1"
+        return self.fields.get("p") == "1"
+
+    @property
+    def origin(self) -> str:
+        return self.fields.get("o") or "api"
+
+    @property
+    def state(self) -> RunState:
+        return RunState.parse(self.fields.get("s"))
+
+
+def split_spec(spec: ScheduleSpec) -> tuple[str, str]:
+    """Return (template JSON, call JSON) of a spec: what schedules share, and their own args and kwargs."""
+    data = spec.model_dump(mode="json", exclude={"paused"})
+    call = [data.pop("args"), data.pop("kwargs")]
+    template = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return template, (json.dumps(call, separators=(",", ":")) if call != [[], {}] else "")
+
+
+def template_id(template_json: str) -> str:
+    """The id a template is stored under: its content's hash, so equal templates are stored once."""
+    return hashlib.sha1(template_json.encode()).hexdigest()[:16]
 
 
 def dump_spec(spec: ScheduleSpec) -> str:
     """Return the canonical JSON of a spec (the same spec always gives the same string)."""
-    return json.dumps(spec.model_dump(mode="json", exclude={"paused"}), sort_keys=True, separators=(",", ":"))
+    return join_spec(*split_spec(spec))
 
 
-@functools.lru_cache(maxsize=200_000)
+@functools.lru_cache(maxsize=65_536)
+def join_spec(template_json: str, call_json: str) -> str:
+    """The canonical JSON of the spec made of a template and a call."""
+    if not call_json:
+        data = {**json.loads(template_json), "args": [], "kwargs": {}}
+    else:
+        args, kwargs = json.loads(call_json)
+        data = {**json.loads(template_json), "args": args, "kwargs": kwargs}
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+@functools.lru_cache(maxsize=65_536)
 def load_spec(spec_json: str) -> ScheduleSpec:
-    """Return the spec stored as `spec_json` (cached: the scheduler reads the same specs every pass)."""
+    """Return the spec stored as `spec_json` (cached: the scheduler reads the same templates every pass)."""
     return ScheduleSpec.model_validate(json.loads(spec_json))
 
 
 _DUE_TIMES: dict[tuple, DueTimes] = {}
 
 
-@functools.lru_cache(maxsize=200_000)
+@functools.lru_cache(maxsize=65_536)
 def due_times(spec_json: str) -> DueTimes:
     """Return the due-time calculator of a stored spec, shared by every spec with the same trigger."""
     spec = load_spec(spec_json)
@@ -69,40 +181,145 @@ def due_times(spec_json: str) -> DueTimes:
     return found
 
 
-def decode(raw: dict[Any, Any]) -> dict[str, str]:
-    return {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in raw.items()
-    }
+# -- run records ---------------------------------------------------------------------------------
+
+
+def decode_record(schedule_id: str, packed: str) -> dict[str, Any]:
+    """Return a run record as the API shows it, from its packed form `<due>:<status><kind>:<offset>[:<lag>]`."""
+    due_text, codes, offset_text, *lag = packed.split(":")
+    due, offset = int(due_text), int(offset_text)
+    record: dict[str, Any] = {"scheduled_for": isoformat(from_ms(due)), "status": STATUSES[codes[0]]}
+    if codes[0] != "e":
+        record["recorded_at"] = isoformat(from_ms(due + offset))
+        if codes[0] in REASONS:
+            record["reason"] = REASONS[codes[0]]
+        return record
+    record.update(job_id=f"{schedule_id}-{due // 1000}", enqueued_at=isoformat(from_ms(due + offset)))
+    record["kind"] = KINDS[codes[1]]
+    if codes[1] == "s":  # a due run's lag: from its (jittered) target, or its due time when not given
+        record["lag_ms"] = int(lag[0]) if lag else offset
+    return record
+
+
+def encode_record(record: dict[str, Any]) -> str:
+    """The packed form of a run record as the API shows it (decode_record's inverse)."""
+    due = parse_ms(record["scheduled_for"])
+    if record.get("job_id"):
+        kind = {name: code for code, name in KINDS.items()}[record.get("kind", "scheduled")]
+        offset = parse_ms(record["enqueued_at"]) - due
+        lag = record.get("lag_ms")
+        return f"{due}:e{kind}:{offset}" + (f":{lag}" if kind == "s" and lag is not None and lag != offset else "")
+    status = record["status"]
+    code = {"missed": "m", "coalesced": "c", "buffered": "b", "dropped": "d"}.get(status)
+    if status == "skipped":
+        code = "k" if record.get("reason") == "calendar" else "s"
+    return f"{due}:{code}:{parse_ms(record.get('recorded_at') or record['scheduled_for']) - due}"
+
+
+def parse_ms(iso: str) -> int:
+    return to_ms(parse_instant(iso, "time"))
+
+
+def record_fields(state: RunState, limit: int) -> list[str]:
+    """The hash fields of a schedule's newest `limit` run records, newest first."""
+    count = min(limit, state.records, RUNS_KEPT)
+    return [f"r{(state.records - 1 - n) % RUNS_KEPT}" for n in range(count)]
+
+
+# -- reading ---------------------------------------------------------------------------------------
+
+_TEMPLATES: dict[str, str] = {}  # template id -> JSON: content-addressed, so never stale
+
+
+def templates(connection: Redis, ids: set[str]) -> dict[str, str]:
+    """The JSON of each template id (read from Redis once per process, then from memory)."""
+    missing = sorted(i for i in ids if i not in _TEMPLATES)
+    if missing:
+        if len(_TEMPLATES) > 65_536:
+            _TEMPLATES.clear()
+        for template, value in zip(missing, connection.hmget(ScheduleKeys.templates, missing), strict=True):
+            if value is not None:
+                _TEMPLATES[template] = value.decode()
+    return {i: _TEMPLATES[i] for i in ids if i in _TEMPLATES}
 
 
 def read(connection: Redis, schedule_id: str) -> StoredSchedule | None:
     """Return the stored schedule `schedule_id`, or None."""
-    found = read_many(connection, [schedule_id])
-    return found[0]
+    return read_many(connection, [schedule_id])[0]
 
 
 def read_many(connection: Redis, schedule_ids: list[str]) -> list[StoredSchedule | None]:
-    """Return the stored schedules for `schedule_ids` (None where missing), in one round trip."""
+    """Return the stored schedules for `schedule_ids` (None where missing): one round trip, two for new templates."""
     pipe = connection.pipeline(transaction=False)
     for schedule_id in schedule_ids:
-        pipe.hgetall(ScheduleKeys.schedule(schedule_id))
-    return [from_raw(schedule_id, raw) for schedule_id, raw in zip(schedule_ids, pipe.execute(), strict=True)]
-
-
-# What firing needs of a schedule; reading only these keeps a 10,000-run burst's read cheap.
-FIRING_FIELDS = ("spec", "next_due", "buffered_due", "paused", "last_job_id")
-
-
-def read_for_firing(connection: Redis, schedule_ids: list[str]) -> list[StoredSchedule | None]:
-    """Return the schedules with only FIRING_FIELDS in their state (None where missing), in one round trip."""
-    pipe = connection.pipeline(transaction=False)
-    for schedule_id in schedule_ids:
-        pipe.hmget(ScheduleKeys.schedule(schedule_id), FIRING_FIELDS)
+        pipe.hmget(ScheduleKeys.schedule(schedule_id), FIELDS)
+    raws = [decode(dict(zip(FIELDS, values, strict=True))) for values in pipe.execute()]
+    known = templates(connection, {raw["t"] for raw in raws if raw.get("t")})
     found = []
-    for schedule_id, values in zip(schedule_ids, pipe.execute(), strict=True):
-        raw = {name: value for name, value in zip(FIRING_FIELDS, values, strict=True) if value is not None}
-        found.append(from_raw(schedule_id, raw))
+    for schedule_id, raw in zip(schedule_ids, raws, strict=True):
+        if LEGACY in raw:
+            raw = decode(connection.hgetall(ScheduleKeys.schedule(schedule_id)))
+        found.append(from_raw(schedule_id, raw, known))
     return found
+
+
+def decode(raw: dict[Any, Any]) -> dict[str, str]:
+    """Hash fields as text, the absent ones left out."""
+    return {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+        for k, v in raw.items()
+        if v is not None
+    }
+
+
+def from_raw(schedule_id: str, raw: dict[str, str], known: dict[str, str]) -> StoredSchedule | None:
+    """The schedule stored as the hash fields `raw` (None if it does not exist); `known`: template JSON by id."""
+    if LEGACY in raw:
+        return from_legacy(schedule_id, raw)
+    template = known.get(raw.get("t", ""))
+    if template is None:
+        return None
+    return StoredSchedule(schedule_id, template, raw.get("a", ""), raw)
+
+
+# The state fields of the first release, as they map to today's (run state aside).
+RENAMED = {"next_due": "n", "buffered_due": "b", "note": "m"}
+
+
+def _number(raw: dict[str, str], name: str) -> int | None:
+    value = raw.get(name)
+    return int(float(value)) if value not in (None, "") else None
+
+
+def from_legacy(schedule_id: str, raw: dict[str, str], records: int = 0) -> StoredSchedule:
+    """The first-release hash `raw` as a StoredSchedule (legacy: migrate before writing).
+
+    `records`: how many run records it has (its list's length, capped at RUNS_KEPT).
+    """
+    template, call = split_spec(ScheduleSpec.model_validate(json.loads(raw[LEGACY])))
+    fields = {new: raw[old] for old, new in RENAMED.items() if raw.get(old)}
+    if raw.get("paused") == "1":
+        fields["p"] = "1"
+    if raw.get("origin") not in (None, "", "api"):
+        fields["o"] = raw["origin"]
+    for old, new in (("created_at", "c"), ("updated_at", "u")):
+        if raw.get(old):
+            fields[new] = str(parse_ms(raw[old]))
+    state = RunState(
+        _number(raw, "last_run_at"),
+        *(_number(raw, name) or 0 for name in ("runs", "missed", "skipped", "dropped", "coalesced")),
+        _number(raw, "lag_last_ms"),
+        _number(raw, "lag_max_ms"),
+        _number(raw, "lag_sum_ms") or 0,
+        _number(raw, "lag_count") or 0,
+        records,
+    )
+    if state != RunState():
+        fields["s"] = state.pack()
+    fields["t"] = template_id(template)
+    if call:
+        fields["a"] = call
+    return StoredSchedule(schedule_id, template, call, fields, legacy=True)
 
 
 READ_DUE = script("read_due")
@@ -111,26 +328,24 @@ READ_DUE = script("read_due")
 def read_due(connection: Redis, max_score_ms: int, limit: int) -> list[tuple[str, int, StoredSchedule | None]]:
     """Return up to `limit` (id, due score, schedule) with score <= `max_score_ms`, earliest first.
 
-    A schedule carries only next_due and buffered_due in its state; None where
-    a due member has no schedule hash (deleted meanwhile, or a stray member).
+    A schedule carries only what firing needs (template, call, next and
+    buffered due times); None where a due member has no schedule, and a
+    legacy one (first-release layout) as LEGACY_DUE for the caller to migrate.
     """
-    reply = READ_DUE(keys=[ScheduleKeys.due], args=[ScheduleKeys.prefix, max_score_ms, limit], client=connection)
+    keys = [ScheduleKeys.due, ScheduleKeys.templates]
+    reply = READ_DUE(keys=keys, args=[ScheduleKeys.prefix, max_score_ms, limit], client=connection)
     specs, rows = json.loads(reply)
     found: list[tuple[str, int, StoredSchedule | None]] = []
-    for start in range(0, len(rows), 5):  # flat: one list for the batch, not one per schedule
-        schedule_id, score, number, next_due, buffered_due = rows[start : start + 5]
-        if not number:
-            found.append((schedule_id, int(float(score)), None))
+    for start in range(0, len(rows), 6):  # flat: one list for the batch, not one per schedule
+        schedule_id, score, number, next_due, buffered_due, call = rows[start : start + 6]
+        score = int(float(score))
+        if number <= 0:  # 0: no schedule hash; -1: first-release layout
+            found.append((schedule_id, score, LEGACY_DUE if number < 0 else None))
             continue
-        spec_json = specs[number - 1]
-        state = {"next_due": next_due, "buffered_due": buffered_due} if buffered_due else {"next_due": next_due}
-        schedule = StoredSchedule(schedule_id, load_spec(spec_json), spec_json, state)
-        found.append((schedule_id, int(float(score)), schedule))
+        fields = {"n": next_due, "b": buffered_due} if buffered_due else {"n": next_due}
+        found.append((schedule_id, score, StoredSchedule(schedule_id, specs[number - 1], call, fields)))
     return found
 
 
-def from_raw(schedule_id: str, raw: dict[Any, Any]) -> StoredSchedule | None:
-    """Return the schedule stored as the hash fields `raw` (None if it has no spec, i.e. does not exist)."""
-    state = decode(raw)
-    spec_json = state.pop("spec", None)
-    return StoredSchedule(schedule_id, load_spec(spec_json), spec_json, state) if spec_json else None
+# Stands for a due schedule still in the first release's layout (read_due's caller migrates it).
+LEGACY_DUE = StoredSchedule("", "{}", "", {}, legacy=True)

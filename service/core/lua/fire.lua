@@ -1,44 +1,43 @@
 -- Fire: turn due schedules into run jobs, atomically and at most once per due time.
 -- KEYS: the scheduler lease, the due zset, the buffered set, RQ's set of queue keys, the stats hash.
--- ARGV: lease owner ('' = unfenced: run now and backfill), now (epoch ms), now (ISO 8601),
---       now (RQ's ISO format), config (JSON: key shapes, placeholder id, lag buckets; see
---       service.schedules.runs.CONFIG), runs kept per schedule, templates (JSON), entries (JSON),
---       then one data blob per template.
+-- ARGV: lease owner ('' = unfenced: run now and backfill), now (epoch ms), now (RQ's ISO format),
+--       config (JSON: key shapes, placeholder id, lag buckets; see service.schedules.runs.CONFIG),
+--       run records kept per schedule, templates (JSON), entries (JSON), then the job data blobs.
 -- A template is [hash fields, queue key, push commands, foldable?, jittered retry?].
--- An entry is {id, mode, template, fires, records, overlap, score, next_due, next_score, buffered, repeat};
--- a fire is {due ms, kind, lag target ms, due ISO, job id[, retry intervals JSON if jittered]};
--- a record is {due ISO, missed | coalesced | calendar} (calendar: skipped, a date the schedule skips).
+-- An entry is {id, mode, template, fires, records, overlap, score, next_due, next_score, buffered, repeat,
+-- data blob number}; a fire is {due ms, kind code, lag target ms, due ISO, job id[, retry intervals JSON if
+-- jittered]}; a record is {due ms, status code}: m missed, c coalesced, k skipped by a calendar.
+-- A schedule's hash is laid out as service.schedules.store says: state packed in field s, run records
+-- in a ring of fields r<n>, next due time n, buffered due time b, paused p.
 -- Nothing fires unless the lease still holds the owner token (fencing: a paused ex-leader cannot
 -- fire). Per entry: a due entry fires only if its due score is still the one planned on
 -- (compare-and-set: a concurrent upsert, pause or other leader wins); the overlap policy is
 -- applied against the previous run's status; each run's job hash is created only if absent and
 -- pushed to its lane; the schedule moves to its next due time; its run records and the stats
--- totals are written.
+-- totals are written. A schedule still in the first release's layout is not touched (-2).
 -- Returns JSON: '[-1]' if the lease is not the owner's, else per entry: [created, skipped, dropped]
 -- (due), 1 or 0 (buffer), a list of 1/0 per fire (manual), or -2 (not applied: changed meanwhile)
 -- or -3 (manual: no such schedule).
 local lease, due_key, buffered_key, queues_key, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local owner, now_ms, now_iso, now_rq = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local config, keep = cjson.decode(ARGV[5]), tonumber(ARGV[6])
+local owner, now_ms, now_rq = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local config, keep = cjson.decode(ARGV[4]), tonumber(ARGV[5])
 if owner ~= '' and redis.call('GET', lease) ~= owner then return '[-1]' end
 local shapes, LAG_BUCKETS = config.keys, config.lag_buckets
-local prefix, job_prefix = shapes.schedule[1], shapes.job
--- A schedule's state is read with one HMGET, changed in a Lua table and
--- written back with one HSET (and HDEL), instead of a command per change.
-local STATE = {'paused', 'last_job_id', 'buffered_due', 'runs', 'missed', 'skipped', 'dropped', 'coalesced',
-  'lag_sum_ms', 'lag_count', 'lag_max_ms'}
-local WRITTEN = {'last_job_id', 'buffered_due', 'runs', 'missed', 'skipped', 'dropped', 'coalesced',
-  'lag_sum_ms', 'lag_count', 'lag_max_ms', 'lag_last_ms', 'last_run_at', 'next_due'}
+local prefix, job_prefix = shapes.schedule, shapes.job
 local JOB_ID, null = config.placeholder, cjson.null
+-- The packed run state (field s), in order; '' stands for none.
+local STATE = {'last_run', 'runs', 'missed', 'skipped', 'dropped', 'coalesced', 'lag_last', 'lag_max', 'lag_sum',
+  'lag_count', 'records'}
+local COUNTED = {m = 'missed', c = 'coalesced', k = 'skipped', s = 'skipped', d = 'dropped'}
 local function int(x) return string.format('%d', x) end
 local function opt(v) if v == null then return nil end return v end
 
--- One job hash layout per distinct spec; only the meta value changes per run.
+-- One job hash layout per distinct template; the data and meta values change per run.
 local templates = {}
-for n, t in ipairs(cjson.decode(ARGV[7])) do
+for n, t in ipairs(cjson.decode(ARGV[6])) do
   local hash = {}
   for _, v in ipairs(t[1]) do hash[#hash + 1] = v end
-  for _, v in ipairs({'created_at', now_rq, 'enqueued_at', now_rq, 'data', ARGV[8 + n], 'meta', ''}) do
+  for _, v in ipairs({'created_at', now_rq, 'enqueued_at', now_rq, 'data', '', 'meta', ''}) do
     hash[#hash + 1] = v
   end
   local meta_slot = #hash
@@ -77,37 +76,62 @@ local function push(tpl, job_id)
   end
 end
 
-local function load(sk)
-  local v = redis.call('HMGET', sk, unpack(STATE))
-  return {paused = v[1], last_job_id = v[2], buffered_due = v[3], runs = v[4], missed = v[5], skipped = v[6],
-    dropped = v[7], coalesced = v[8], lag_sum_ms = v[9], lag_count = v[10], lag_max_ms = v[11], dirty = {}, log = {}}
+-- A schedule's state is read with one HMGET and written back with one HSET (and HDEL).
+local function load(id)
+  local v = redis.call('HMGET', prefix .. id, 'p', 's', 'b', 'spec')
+  if v[4] then return nil end
+  local s = {id = id, paused = v[1], buffered_due = v[3], log = {}, fields = {}, gone = {}}
+  local i = 1
+  for x in string.gmatch((v[2] or '') .. ',', '([^,]*),') do
+    s[STATE[i]] = tonumber(x)
+    i = i + 1
+  end
+  for _, name in ipairs({'runs', 'missed', 'skipped', 'dropped', 'coalesced', 'lag_sum', 'lag_count', 'records'}) do
+    s[name] = s[name] or 0
+  end
+  return s
 end
 
-local function set(s, name, value) s[name] = value; s.dirty[name] = true end
-local function add(s, name, n) set(s, name, (tonumber(s[name]) or 0) + n) end
+local function put(s, field, value)
+  if value then s.fields[field] = value; s.gone[field] = nil else s.fields[field] = nil; s.gone[field] = true end
+end
 
-local function save(sk, s)
+local function save(s)
   local hset, hdel = {}, {}
-  for _, name in ipairs(WRITTEN) do
-    if s.dirty[name] then
-      local v = s[name]
-      if v == false then hdel[#hdel + 1] = name
-      else hset[#hset + 1] = name; hset[#hset + 1] = type(v) == 'number' and int(v) or v end
-    end
+  for _, rec in ipairs(s.log) do
+    hset[#hset + 1] = 'r' .. int(s.records % keep)
+    hset[#hset + 1] = rec
+    s.records = s.records + 1
   end
-  if #hset > 0 then redis.call('HSET', sk, unpack(hset)) end
-  if #hdel > 0 then redis.call('HDEL', sk, unpack(hdel)) end
-  if #s.log > 0 then
-    local key = sk .. shapes.schedule[2]
-    if redis.call('LPUSH', key, unpack(s.log)) > keep then redis.call('LTRIM', key, 0, keep - 1) end
+  if #s.log > 0 or s.changed then
+    local packed = {}
+    for n, name in ipairs(STATE) do packed[n] = s[name] and int(s[name]) or '' end
+    hset[#hset + 1], hset[#hset + 2] = 's', table.concat(packed, ',')
   end
+  for field, value in pairs(s.fields) do hset[#hset + 1], hset[#hset + 2] = field, value end
+  for field in pairs(s.gone) do hdel[#hdel + 1] = field end
+  if #hset > 0 then redis.call('HSET', prefix .. s.id, unpack(hset)) end
+  if #hdel > 0 then redis.call('HDEL', prefix .. s.id, unpack(hdel)) end
 end
 
-local function record(s, rec) s.log[#s.log + 1] = cjson.encode(rec) end
+-- A record: <due ms>:<status><kind>:<ms from due to when it was written>[:<lag ms, when not that>].
+local function record(s, due, codes, lag)
+  local offset = now_ms - due
+  local rec = int(due) .. ':' .. codes .. ':' .. int(offset)
+  if lag and lag ~= offset then rec = rec .. ':' .. int(lag) end
+  s.log[#s.log + 1] = rec
+end
+
+local function skip(s, due, code)
+  local counter = COUNTED[code]
+  if counter then s[counter] = s[counter] + 1; total(counter, 1) end
+  s.changed = true
+  record(s, due, code)
+end
 
 local function active(s)
-  local last = s.last_job_id
-  if not last then return nil end
+  if not s.last_run then return nil end
+  local last = s.id .. '-' .. int(math.floor(s.last_run / 1000))
   local st = redis.call('HGET', job_prefix .. last, 'status')
   if st == 'queued' or st == 'started' or st == 'scheduled' or st == 'deferred' then return last, st end
   return nil
@@ -131,27 +155,23 @@ local function cancel(job_id, st)
   end
 end
 
-local function create(id, s, f, tpl, count_lag)
+local function create(s, f, tpl, data, count_lag)
   local job_id = f[5]
   local jk = job_prefix .. job_id
   if redis.call('EXISTS', jk) == 1 then return 0 end
   local hash = tpl.hash
-  hash[tpl.meta_slot] = '{"schedule_id": "' .. id .. '", "scheduled_for": "' .. f[4] .. '"}'
+  hash[tpl.meta_slot - 2] = data
+  hash[tpl.meta_slot] = '{"schedule_id": "' .. s.id .. '", "scheduled_for": "' .. f[4] .. '"}'
   if tpl.jittered then hash[#hash] = f[6] end
   redis.call('HSET', jk, unpack(hash))
   push(tpl, job_id)
-  set(s, 'last_job_id', job_id)
-  set(s, 'last_run_at', f[1])
-  add(s, 'runs', 1)
+  s.last_run, s.runs, s.changed = f[1], s.runs + 1, true
   total('runs', 1)
-  local rec = {scheduled_for = f[4], job_id = job_id, status = 'enqueued', enqueued_at = now_iso, kind = f[2]}
+  local lag = nil
   if count_lag then
-    local lag = math.max(0, now_ms - f[3])
-    rec.lag_ms = lag
-    add(s, 'lag_sum_ms', lag)
-    add(s, 'lag_count', 1)
-    set(s, 'lag_last_ms', lag)
-    set(s, 'lag_max_ms', math.max(lag, tonumber(s.lag_max_ms) or 0))
+    lag = math.max(0, now_ms - f[3])
+    s.lag_sum, s.lag_count, s.lag_last = s.lag_sum + lag, s.lag_count + 1, lag
+    s.lag_max = math.max(lag, s.lag_max or 0)
     local bucket = 'lag_ms_bucket_inf'
     for _, limit in ipairs(LAG_BUCKETS) do
       if lag <= limit then bucket = 'lag_ms_bucket_' .. limit; break end
@@ -160,95 +180,91 @@ local function create(id, s, f, tpl, count_lag)
     total('lag_ms_sum', lag)
     total('lag_count', 1)
   end
-  record(s, rec)
+  record(s, f[1], 'e' .. f[2], lag)
   return 1
 end
 
-local function skip(s, iso, status, reason)
-  add(s, status, 1)
-  total(status, 1)
-  record(s, {scheduled_for = iso, status = status, recorded_at = now_iso, reason = reason})
-end
+local function finished(s, limit) return limit and s.runs >= limit end
 
-local function finished(s, limit) return limit and (tonumber(s.runs) or 0) >= limit end
-
-local function fire_due(e, s, tpl)
-  local id, overlap, limit = e[1], e[6], opt(e[11])
+local function fire_due(e, s, tpl, data)
+  local overlap, limit = e[6], opt(e[11])
   local created, skipped, dropped = 0, 0, 0
   local done = false
-  for _, r in ipairs(e[5]) do
-    if r[2] == 'calendar' then skip(s, r[1], 'skipped', 'calendar') else skip(s, r[1], r[2]) end
-  end
+  for _, r in ipairs(e[5]) do skip(s, r[1], r[2]) end
   for _, f in ipairs(e[4]) do
     if finished(s, limit) then done = true; break end
-    local last, st = active(s)
-    if f[2] == 'buffered' then
+    local last, st = nil, nil
+    if overlap ~= 'allow' or f[2] == 'b' then last, st = active(s) end
+    if f[2] == 'b' then
       -- A run buffered earlier goes first once its predecessor has ended.
       if not last and s.buffered_due and tonumber(s.buffered_due) == f[1] then
-        set(s, 'buffered_due', false)
-        redis.call('SREM', buffered_key, id)
-        created = created + create(id, s, f, tpl, false)
+        s.buffered_due = nil
+        put(s, 'b', nil)
+        redis.call('SREM', buffered_key, s.id)
+        created = created + create(s, f, tpl, data, false)
       end
     elseif last and overlap == 'skip' then
-      skip(s, f[4], 'skipped', 'overlap')
+      skip(s, f[1], 's')
       skipped = skipped + 1
     elseif last and overlap == 'buffer_one' then
       if s.buffered_due then
-        skip(s, f[4], 'dropped')
+        skip(s, f[1], 'd')
         dropped = dropped + 1
       else
-        set(s, 'buffered_due', f[1])
-        redis.call('SADD', buffered_key, id)
-        record(s, {scheduled_for = f[4], status = 'buffered', recorded_at = now_iso})
+        s.buffered_due = f[1]
+        put(s, 'b', int(f[1]))
+        redis.call('SADD', buffered_key, s.id)
+        record(s, f[1], 'b')
       end
     else
       if last and overlap == 'cancel_other' then cancel(last, st) end
-      created = created + create(id, s, f, tpl, true)
+      created = created + create(s, f, tpl, data, true)
     end
   end
   local next_score = opt(e[9])
   if done or finished(s, limit) or not next_score then
-    redis.call('ZREM', due_key, id)
-    set(s, 'next_due', '')
+    redis.call('ZREM', due_key, s.id)
+    put(s, 'n', nil)
   else
-    redis.call('ZADD', due_key, int(next_score), id)
-    set(s, 'next_due', opt(e[8]) or '')
+    redis.call('ZADD', due_key, int(next_score), s.id)
+    put(s, 'n', opt(e[8]) and int(e[8]) or nil)
   end
   return {created, skipped, dropped}
 end
 
 local function fire_entry(e)
-  local id, mode, tpl = e[1], e[2], templates[e[3]]
-  local sk = prefix .. id
+  local id, mode, tpl, data = e[1], e[2], templates[e[3]], ARGV[7 + e[12]]
   if mode == 'due' then
     local score = redis.call('ZSCORE', due_key, id)
     if not score or tonumber(score) ~= e[7] then return -2 end
-    local s = load(sk)
+    local s = load(id)
+    if not s then return -2 end
     if s.paused == '1' then redis.call('ZREM', due_key, id); return -2 end
-    local result = fire_due(e, s, tpl)
-    save(sk, s)
+    local result = fire_due(e, s, tpl, data)
+    save(s)
     return result
   end
-  if redis.call('EXISTS', sk) == 0 then return -3 end
-  local s = load(sk)
+  if redis.call('EXISTS', prefix .. id) == 0 then return -3 end
+  local s = load(id)
+  if not s then return -2 end
   if mode == 'buffer' then
     local buffered = opt(e[10])
     if not s.buffered_due or tonumber(s.buffered_due) ~= buffered or active(s) then return -2 end
     if s.paused == '1' then return -2 end
-    set(s, 'buffered_due', false)
+    put(s, 'b', nil)
     redis.call('SREM', buffered_key, id)
-    local created = create(id, s, e[4][1], tpl, false)
-    save(sk, s)
+    local created = create(s, e[4][1], tpl, data, false)
+    save(s)
     return created
   end
   local created = {}
-  for n, f in ipairs(e[4]) do created[n] = create(id, s, f, tpl, false) end
-  save(sk, s)
+  for n, f in ipairs(e[4]) do created[n] = create(s, f, tpl, data, false) end
+  save(s)
   return created
 end
 
 local results = {}
-for n, e in ipairs(cjson.decode(ARGV[8])) do results[n] = fire_entry(e) end
+for n, e in ipairs(cjson.decode(ARGV[7])) do results[n] = fire_entry(e) end
 flush()
 for name, n in pairs(totals) do redis.call('HINCRBY', stats, name, int(n)) end
 return cjson.encode(results)

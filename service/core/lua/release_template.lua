@@ -1,0 +1,10 @@
+-- Release a schedule template: one schedule fewer uses it; the last one out deletes it.
+-- KEYS: templates hash (id -> spec JSON), template refs hash (id -> schedules using it).
+-- ARGV: template id.
+-- Returns the schedules still using it.
+local left = redis.call('HINCRBY', KEYS[2], ARGV[1], -1)
+if left <= 0 then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[2], ARGV[1])
+end
+return left
