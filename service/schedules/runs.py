@@ -26,11 +26,13 @@ import json
 import logging
 import random
 import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from redis import Redis
+from redis.exceptions import NoScriptError
 from rq.serializers import JSONSerializer
 from rq.utils import utcformat
 
@@ -208,11 +210,53 @@ class Firing:
             return []
         return self._results(FIRE(keys=self.keys, args=self._args(entries, stored, now), client=self.connection))
 
+    def run_all(
+        self, chunks: Iterable[tuple[list[Entry], dict[str, StoredSchedule]]], now: datetime
+    ) -> Iterator[tuple[list[Entry], list[Any] | None]]:
+        """Apply chunks of entries in order, each sent before the previous one's reply is read.
+
+        The chunks are planned lazily (taking the next one runs the caller's
+        planning), so Python plans and encodes chunk k+1 while Redis runs
+        chunk k: a pass takes about the longer of the two, not their sum.
+        Yields each chunk with its results (None: the lease is lost, and the
+        caller stops). A connection left with a reply unread is closed, never
+        handed on.
+        """
+        pool = self.connection.connection_pool
+        connection = pool.get_connection()
+        pending: tuple[list[Entry], list[Any]] | None = None
+        drained = False
+        try:
+            for entries, stored in chunks:
+                if not entries:
+                    continue
+                args = self._args(entries, stored, now)
+                connection.send_command("EVALSHA", FIRE.sha, len(self.keys), *self.keys, *args)
+                if pending is not None:
+                    yield pending[0], self._receive(connection, pending[1])
+                pending = (entries, args)
+            if pending is not None:
+                last, pending = pending, None
+                yield last[0], self._receive(connection, last[1])
+            drained = True
+        finally:
+            if not drained:
+                connection.disconnect()
+            pool.release(connection)
+
+    def _receive(self, connection: Any, args: list[Any]) -> list[Any] | None:
+        try:
+            reply = connection.read_response()
+        except NoScriptError:  # Redis lost its scripts (a restart): this chunk did not run; load and run it now
+            reply = FIRE(keys=self.keys, args=args, client=self.connection)
+        return self._results(reply)
+
     def _args(self, entries: list[Entry], stored: dict[str, StoredSchedule], now: datetime) -> list[Any]:
         numbers: dict[str, tuple[int, RetryPolicy | None, ScheduleSpec]] = {}
         templates: list[list[Any]] = []
         blob_numbers: dict[tuple[str, str], int] = {}
         blobs: list[bytes] = []
+        plans = Plans(to_ms(now))
         rows = []
         for entry in entries:
             schedule = stored[entry.schedule_id]
@@ -229,11 +273,15 @@ class Firing:
             if blob is None:
                 blobs.append(call_data(*call))
                 blob = blob_numbers[call] = len(blobs)
-            rows.append(_row(entry, spec, number, retry, blob))
+            plan = plans.number(entry, spec, number)
+            row = [entry.schedule_id, plan, blob, _score(entry.score), _score(entry.next_score)]
+            if retry is not None:  # each run draws its own retry intervals
+                row.append([json.dumps(retry.intervals()) for _ in entry.fires])
+            rows.append(row)
         now_rq = utcformat(now.astimezone(UTC).replace(tzinfo=None))
         args: list[Any] = [self.owner, to_ms(now), now_rq, CONFIG, RUNS_KEPT]
-        args += [json.dumps(templates, separators=(",", ":")), json.dumps(rows, separators=(",", ":")), *blobs]
-        return args
+        args += [json.dumps(templates, separators=(",", ":")), plans.dump(), json.dumps(rows, separators=(",", ":"))]
+        return [*args, *blobs]
 
     def _results(self, reply: Any) -> list[Any] | None:
         results = json.loads(reply)
@@ -242,37 +290,62 @@ class Firing:
         return [[] if isinstance(result, dict) else result for result in results]  # cjson: {} is an empty list
 
 
-def _row(entry: Entry, spec: ScheduleSpec, template: int, retry: RetryPolicy | None, blob: int) -> list[Any]:
-    """Return the fire script's description of `entry` (see the entry and fire layouts in fire.lua)."""
-    schedule_id, first_target, first_due = entry.schedule_id, entry.first_target, entry.first_due
-    fires = [
-        [
-            due,
-            kind,
-            # The first due time was aimed at its jittered score; lag is measured from there.
-            first_target if first_target is not None and due == first_due else due,
-            iso_ms(due),
-            run_job_id(schedule_id, due),
-        ]
-        for due, kind in entry.fires
-    ]
-    if retry is not None:  # each run draws its own retry intervals
-        for fire in fires:
-            fire.append(json.dumps(retry.intervals()))
-    return [
-        schedule_id,
-        entry.mode,
-        template,
-        fires,
-        entry.records,
-        spec.overlap,
-        entry.score,
-        entry.next_due,
-        entry.next_score,
-        entry.buffered,
-        spec.repeat,
-        blob,
-    ]
+def _score(score: int | None) -> str | None:
+    """A due score as Redis writes it back (ZSCORE): the script compares the strings, no number parsing."""
+    return None if score is None else str(score)
+
+
+class Plans:
+    """What entries alike share in one fire call: their fires and records worked out once, text included.
+
+    A burst of schedules with one template and one due time sends one plan
+    and, per schedule, its id, plan number, data blob and scores: the script
+    decodes and formats next to nothing per run (see fire.lua's layouts).
+    """
+
+    def __init__(self, now_ms: int) -> None:
+        self.now_ms = now_ms
+        self.numbers: dict[tuple[Any, ...], int] = {}
+        self.plans: list[list[Any]] = []
+
+    def number(self, entry: Entry, spec: ScheduleSpec, template: int) -> int:
+        """The number of `entry`'s plan (1-based), made on first use."""
+        target = entry.first_target if entry.first_target != entry.first_due else None
+        key = (template, entry.mode, tuple(entry.fires), tuple(entry.records), target, entry.first_due,
+               entry.next_due, entry.buffered)  # fmt: skip
+        found = self.numbers.get(key)
+        if found is None:
+            self.plans.append(self._plan(entry, spec, template))
+            found = self.numbers[key] = len(self.plans)
+        return found
+
+    def _plan(self, entry: Entry, spec: ScheduleSpec, template: int) -> list[Any]:
+        now_ms = self.now_ms
+        fires = []
+        for due, kind in entry.fires:
+            offset = now_ms - due
+            lag = None
+            if entry.mode == "due" and kind == SCHEDULED:
+                # The first due time was aimed at its jittered score; lag is measured from there.
+                target = entry.first_target if entry.first_target is not None and due == entry.first_due else due
+                lag = max(0, now_ms - target)
+            record = f"{due}:e{kind}:{offset}" + (f":{lag}" if lag is not None and lag != offset else "")
+            meta_tail = f'", "scheduled_for": "{iso_ms(due)}"}}'
+            others = [f"{due}:{code}:{offset}" for code in ("s", "d", "b")]  # skipped, dropped, buffered
+            fires.append([due, kind, f"-{due // 1000}", meta_tail, record, lag, lag_bucket(lag), *others])
+        records = [[code, f"{due}:{code}:{now_ms - due}"] for due, code in entry.records]
+        next_due = None if entry.next_due is None else str(entry.next_due)
+        return [entry.mode, template, fires, records, spec.overlap, next_due, spec.repeat, entry.buffered]
+
+    def dump(self) -> str:
+        return json.dumps(self.plans, separators=(",", ":"))
+
+
+def lag_bucket(lag: int | None) -> int | None:
+    """The number (1-based) of the lag histogram bucket `lag` ms falls in; the last is +Inf."""
+    if lag is None:
+        return None
+    return next((n for n, limit in enumerate(LAG_BUCKETS_MS, 1) if lag <= limit), len(LAG_BUCKETS_MS) + 1)
 
 
 def jittered(spec: ScheduleSpec, due_ms: int | None) -> int | None:

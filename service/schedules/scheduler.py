@@ -25,7 +25,7 @@ import gc
 import logging
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -54,8 +54,9 @@ LEASE_TTL_MS = 4000
 TICK_SECONDS = 1.0
 FOLLOWER_POLL_SECONDS = 0.5
 BUFFERED_POLL_SECONDS = 0.25
-# Due schedules are read and fired this many at a time, one Lua call per chunk.
-BATCH = 2000
+# Due schedules are read this many at a time, and fired a chunk per Lua call, the next chunk planned
+# while Redis runs the one before.
+BATCH = 5000
 CHUNK = 500
 MAX_BATCHES_PER_PASS = 100
 # How the log names a Redis that refuses writes (service.core.outage.write_refused), and its end.
@@ -156,12 +157,12 @@ class ServiceScheduler(Scheduler):
             due = read_due(self.connection, to_ms(now), BATCH)
             if not due:
                 break
-            entries, stored = self._plan(due, now)
-            applied = self._apply(entries, stored, now)
+            chunks = (self._plan(due[start : start + CHUNK], now) for start in range(0, len(due), CHUNK))
+            applied = self._apply(chunks, now)
             if applied is None:
                 break
-            fired += applied
-            if len(due) < BATCH or not entries:
+            fired += applied[0]
+            if len(due) < BATCH or not applied[1]:
                 break
             if not self.acquire_lock():  # a long pass keeps its lease fresh
                 break
@@ -190,17 +191,18 @@ class ServiceScheduler(Scheduler):
             stored[schedule_id] = schedule
         return entries, stored
 
-    def _apply(self, entries: list[Entry], stored: dict[str, Any], now: datetime) -> int | None:
-        fired = 0
-        for start in range(0, len(entries), CHUNK):
-            results = self.firing.run(entries[start : start + CHUNK], stored, now)
-            if results is None:
-                log.warning("scheduler %s: lost the lease mid-pass; not firing", self.key)
-                self.lease.held = False
-                return None
-            chunk = entries[start : start + CHUNK]
-            fired += sum(report(entry, result) for entry, result in zip(chunk, results, strict=True))
-        return fired
+    def _apply(self, chunks: Iterable[tuple[list[Entry], dict[str, Any]]], now: datetime) -> tuple[int, int] | None:
+        """Fire chunks of planned entries; return (runs created, entries applied), None if the lease was lost."""
+        fired = planned = 0
+        with contextlib.closing(self.firing.run_all(chunks, now)) as applied:
+            for entries, results in applied:
+                if results is None:
+                    log.warning("scheduler %s: lost the lease mid-pass; not firing", self.key)
+                    self.lease.held = False
+                    return None
+                planned += len(entries)
+                fired += sum(report(entry, result) for entry, result in zip(entries, results, strict=True))
+        return fired, planned
 
     def fire_buffered_runs(self) -> int:
         """Start each buffered run (overlap buffer_one) whose schedule's previous run has ended."""
@@ -220,7 +222,8 @@ class ServiceScheduler(Scheduler):
                 self.connection.srem(ScheduleKeys.buffered, schedule_id)
             elif (status or b"").decode() not in ACTIVE_STATUSES and not schedule.paused:
                 entries.append(Entry(schedule_id, "buffer", fires=[(buffered, BUFFERED)], buffered=buffered))
-        return self._apply(entries, stored, self.clock()) or 0
+        applied = self._apply([(entries, stored)], self.clock())
+        return applied[0] if applied else 0
 
     # -- the loop ---------------------------------------------------------
 

@@ -2,11 +2,15 @@
 -- KEYS: the scheduler lease, the due zset, the buffered set, RQ's set of queue keys, the stats hash.
 -- ARGV: lease owner ('' = unfenced: run now and backfill), now (epoch ms), now (RQ's ISO format),
 --       config (JSON: key shapes, placeholder id, lag buckets; see service.schedules.runs.CONFIG),
---       run records kept per schedule, templates (JSON), entries (JSON), then the job data blobs.
+--       run records kept per schedule, templates (JSON), plans (JSON), entries (JSON), then the job
+--       data blobs.
 -- A template is [hash fields, queue key, push commands, foldable?, jittered retry?].
--- An entry is {id, mode, template, fires, records, overlap, score, next_due, next_score, buffered, repeat,
--- data blob number}; a fire is {due ms, kind code, lag target ms, due ISO, job id[, retry intervals JSON if
--- jittered]}; a record is {due ms, status code}: m missed, c coalesced, k skipped by a calendar.
+-- A plan, shared by the entries alike (service.schedules.runs.Plans), is [mode (due | buffer | manual),
+-- template, fires, records, overlap, next due (text), repeat, buffered due].
+-- A fire is [due ms, kind code, job id suffix "-<due s>", meta's end, its run record, lag ms, lag bucket,
+-- the record if skipped, if dropped, if buffered]; a record is [status code, the record]: m missed,
+-- c coalesced, k skipped by a calendar. Records are written as service.schedules.store packs them.
+-- An entry is [schedule id, plan, data blob, due score (text), next score (text), retry intervals per fire].
 -- A schedule's hash is laid out as service.schedules.store says: state packed in field s, run records
 -- in a ring of fields r<n>, next due time n, buffered due time b, paused p.
 -- Nothing fires unless the lease still holds the owner token (fencing: a paused ex-leader cannot
@@ -19,18 +23,22 @@
 -- (due), 1 or 0 (buffer), a list of 1/0 per fire (manual), or -2 (not applied: changed meanwhile)
 -- or -3 (manual: no such schedule).
 local lease, due_key, buffered_key, queues_key, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local owner, now_ms, now_rq = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local owner, now_rq = ARGV[1], ARGV[3]
 local config, keep = cjson.decode(ARGV[4]), tonumber(ARGV[5])
 if owner ~= '' and redis.call('GET', lease) ~= owner then return '[-1]' end
 local shapes, LAG_BUCKETS = config.keys, config.lag_buckets
 local prefix, job_prefix = shapes.schedule, shapes.job
 local JOB_ID, null = config.placeholder, cjson.null
--- The packed run state (field s), in order; '' stands for none.
+local META_HEAD = '{"schedule_id": "'
+-- The packed run state (field s): last run, five counters, lag last, max, sum and count, records written.
 local STATE = {'last_run', 'runs', 'missed', 'skipped', 'dropped', 'coalesced', 'lag_last', 'lag_max', 'lag_sum',
   'lag_count', 'records'}
+local UNPACK = '^' .. string.rep('([^,]*),', #STATE - 1) .. '([^,]*)$'
+local PACK = '%s,' .. string.rep('%d,', 5) .. '%s,%s,%d,%d,%d'
 local COUNTED = {m = 'missed', c = 'coalesced', k = 'skipped', s = 'skipped', d = 'dropped'}
 local function int(x) return string.format('%d', x) end
 local function opt(v) if v == null then return nil end return v end
+local function maybe(x) if x then return int(x) end return '' end
 
 -- One job hash layout per distinct template; the data and meta values change per run.
 local templates = {}
@@ -47,9 +55,12 @@ for n, t in ipairs(cjson.decode(ARGV[6])) do
   templates[n] = {hash = hash, meta_slot = meta_slot, jittered = t[5], queue_key = t[2], push = t[3], fold = t[4],
     folds = folds}
 end
+local plans = cjson.decode(ARGV[7])
 
 -- Batch totals (stats hash) and lane pushes are sent once per call, not per run.
 local totals, pending, pending_keys, queued = {}, {}, {}, {}
+local runs_total, lag_sum_total, lag_counts = 0, 0, {}
+for n = 1, #LAG_BUCKETS + 1 do lag_counts[n] = 0 end
 local function total(name, n) totals[name] = (totals[name] or 0) + n end
 
 local function flush()
@@ -80,53 +91,46 @@ end
 local function load(id)
   local v = redis.call('HMGET', prefix .. id, 'p', 's', 'b', 'spec')
   if v[4] then return nil end
-  local s = {id = id, paused = v[1], buffered_due = v[3], log = {}, fields = {}, gone = {}}
-  local i = 1
-  for x in string.gmatch((v[2] or '') .. ',', '([^,]*),') do
-    s[STATE[i]] = tonumber(x)
-    i = i + 1
-  end
-  for _, name in ipairs({'runs', 'missed', 'skipped', 'dropped', 'coalesced', 'lag_sum', 'lag_count', 'records'}) do
-    s[name] = s[name] or 0
+  local s = {id = id, paused = v[1], buffered_due = v[3], nlog = 0,
+    runs = 0, missed = 0, skipped = 0, dropped = 0, coalesced = 0, lag_sum = 0, lag_count = 0, records = 0}
+  if v[2] then
+    local values = {string.match(v[2], UNPACK)}
+    for n, name in ipairs(STATE) do s[name] = tonumber(values[n]) or s[name] end
   end
   return s
 end
 
-local function put(s, field, value)
-  if value then s.fields[field] = value; s.gone[field] = nil else s.fields[field] = nil; s.gone[field] = true end
+local function log(s, rec)
+  if s.nlog == 0 then s.log = {rec} else s.log[s.nlog + 1] = rec end
+  s.nlog = s.nlog + 1
 end
 
+-- s.n and s.b are the fields n (next due) and b (buffered due) to write: a value, or false to delete it.
 local function save(s)
-  local hset, hdel = {}, {}
-  for _, rec in ipairs(s.log) do
-    hset[#hset + 1] = 'r' .. int(s.records % keep)
-    hset[#hset + 1] = rec
+  local hset, hdel, n = {}, {}, 0
+  for i = 1, s.nlog do
+    hset[n + 1], hset[n + 2], n = 'r' .. (s.records % keep), s.log[i], n + 2
     s.records = s.records + 1
   end
-  if #s.log > 0 or s.changed then
-    local packed = {}
-    for n, name in ipairs(STATE) do packed[n] = s[name] and int(s[name]) or '' end
-    hset[#hset + 1], hset[#hset + 2] = 's', table.concat(packed, ',')
+  if s.nlog > 0 or s.changed then
+    hset[n + 1] = 's'
+    hset[n + 2] = string.format(PACK, maybe(s.last_run), s.runs, s.missed, s.skipped, s.dropped, s.coalesced,
+      maybe(s.lag_last), maybe(s.lag_max), s.lag_sum, s.lag_count, s.records)
+    n = n + 2
   end
-  for field, value in pairs(s.fields) do hset[#hset + 1], hset[#hset + 2] = field, value end
-  for field in pairs(s.gone) do hdel[#hdel + 1] = field end
-  if #hset > 0 then redis.call('HSET', prefix .. s.id, unpack(hset)) end
+  for _, field in ipairs({'n', 'b'}) do
+    if s[field] then hset[n + 1], hset[n + 2], n = field, s[field], n + 2
+    elseif s[field] == false then hdel[#hdel + 1] = field end
+  end
+  if n > 0 then redis.call('HSET', prefix .. s.id, unpack(hset)) end
   if #hdel > 0 then redis.call('HDEL', prefix .. s.id, unpack(hdel)) end
 end
 
--- A record: <due ms>:<status><kind>:<ms from due to when it was written>[:<lag ms, when not that>].
-local function record(s, due, codes, lag)
-  local offset = now_ms - due
-  local rec = int(due) .. ':' .. codes .. ':' .. int(offset)
-  if lag and lag ~= offset then rec = rec .. ':' .. int(lag) end
-  s.log[#s.log + 1] = rec
-end
-
-local function skip(s, due, code)
+local function skip(s, code, rec)
   local counter = COUNTED[code]
   if counter then s[counter] = s[counter] + 1; total(counter, 1) end
   s.changed = true
-  record(s, due, code)
+  log(s, rec)
 end
 
 local function active(s)
@@ -151,120 +155,121 @@ local function cancel(job_id, st)
     redis.call('ZREM', shapes.scheduled .. origin, job_id)
     redis.call('ZREM', shapes.deferred .. origin, job_id)
     redis.call('HSET', jk, 'status', 'canceled')
-    redis.call('ZADD', shapes.canceled .. origin, math.floor(now_ms / 1000) + 86400, job_id)
+    redis.call('ZADD', shapes.canceled .. origin, math.floor(tonumber(ARGV[2]) / 1000) + 86400, job_id)
   end
 end
 
-local function create(s, f, tpl, data, count_lag)
-  local job_id = f[5]
+local function create(s, f, tpl, data, retry)
+  local job_id = s.id .. f[3]
   local jk = job_prefix .. job_id
   if redis.call('EXISTS', jk) == 1 then return 0 end
   local hash = tpl.hash
   hash[tpl.meta_slot - 2] = data
-  hash[tpl.meta_slot] = '{"schedule_id": "' .. s.id .. '", "scheduled_for": "' .. f[4] .. '"}'
-  if tpl.jittered then hash[#hash] = f[6] end
+  hash[tpl.meta_slot] = META_HEAD .. s.id .. f[4]
+  if tpl.jittered then hash[#hash] = retry end
   redis.call('HSET', jk, unpack(hash))
   push(tpl, job_id)
   s.last_run, s.runs, s.changed = f[1], s.runs + 1, true
-  total('runs', 1)
-  local lag = nil
-  if count_lag then
-    lag = math.max(0, now_ms - f[3])
+  runs_total = runs_total + 1
+  local lag = opt(f[6])
+  if lag then
     s.lag_sum, s.lag_count, s.lag_last = s.lag_sum + lag, s.lag_count + 1, lag
-    s.lag_max = math.max(lag, s.lag_max or 0)
-    local bucket = 'lag_ms_bucket_inf'
-    for _, limit in ipairs(LAG_BUCKETS) do
-      if lag <= limit then bucket = 'lag_ms_bucket_' .. limit; break end
-    end
-    total(bucket, 1)
-    total('lag_ms_sum', lag)
-    total('lag_count', 1)
+    if not s.lag_max or lag > s.lag_max then s.lag_max = lag end
+    lag_counts[f[7]] = lag_counts[f[7]] + 1
+    lag_sum_total = lag_sum_total + lag
   end
-  record(s, f[1], 'e' .. f[2], lag)
+  log(s, f[5])
   return 1
 end
 
-local function finished(s, limit) return limit and s.runs >= limit end
-
-local function fire_due(e, s, tpl, data)
-  local overlap, limit = e[6], opt(e[11])
-  local created, skipped, dropped = 0, 0, 0
-  local done = false
-  for _, r in ipairs(e[5]) do skip(s, r[1], r[2]) end
-  for _, f in ipairs(e[4]) do
-    if finished(s, limit) then done = true; break end
+local function fire_due(e, s, p, tpl, data)
+  local overlap, limit, retries = p[5], opt(p[7]), opt(e[6])
+  local created, skipped, dropped, done = 0, 0, 0, false
+  for _, r in ipairs(p[4]) do skip(s, r[1], r[2]) end
+  for i, f in ipairs(p[3]) do
+    if limit and s.runs >= limit then done = true; break end
     local last, st = nil, nil
     if overlap ~= 'allow' or f[2] == 'b' then last, st = active(s) end
     if f[2] == 'b' then
       -- A run buffered earlier goes first once its predecessor has ended.
       if not last and s.buffered_due and tonumber(s.buffered_due) == f[1] then
-        s.buffered_due = nil
-        put(s, 'b', nil)
+        s.buffered_due, s.b = nil, false
         redis.call('SREM', buffered_key, s.id)
-        created = created + create(s, f, tpl, data, false)
+        created = created + create(s, f, tpl, data, retries and retries[i])
       end
     elseif last and overlap == 'skip' then
-      skip(s, f[1], 's')
+      skip(s, 's', f[8])
       skipped = skipped + 1
     elseif last and overlap == 'buffer_one' then
       if s.buffered_due then
-        skip(s, f[1], 'd')
+        skip(s, 'd', f[9])
         dropped = dropped + 1
       else
-        s.buffered_due = f[1]
-        put(s, 'b', int(f[1]))
+        s.buffered_due, s.b = f[1], int(f[1])
         redis.call('SADD', buffered_key, s.id)
-        record(s, f[1], 'b')
+        log(s, f[10])
       end
     else
       if last and overlap == 'cancel_other' then cancel(last, st) end
-      created = created + create(s, f, tpl, data, true)
+      created = created + create(s, f, tpl, data, retries and retries[i])
     end
   end
-  local next_score = opt(e[9])
-  if done or finished(s, limit) or not next_score then
+  local next_score = opt(e[5])
+  if done or (limit and s.runs >= limit) or not next_score then
     redis.call('ZREM', due_key, s.id)
-    put(s, 'n', nil)
+    s.n = false
   else
-    redis.call('ZADD', due_key, int(next_score), s.id)
-    put(s, 'n', opt(e[8]) and int(e[8]) or nil)
+    redis.call('ZADD', due_key, next_score, s.id)
+    s.n = opt(p[6]) or false
   end
   return {created, skipped, dropped}
 end
 
 local function fire_entry(e)
-  local id, mode, tpl, data = e[1], e[2], templates[e[3]], ARGV[7 + e[12]]
+  local id, p = e[1], plans[e[2]]
+  local mode, tpl, data = p[1], templates[p[2]], ARGV[8 + e[3]]
   if mode == 'due' then
     local score = redis.call('ZSCORE', due_key, id)
-    if not score or tonumber(score) ~= e[7] then return -2 end
+    if not score or (score ~= e[4] and tonumber(score) ~= tonumber(e[4])) then return -2 end
     local s = load(id)
     if not s then return -2 end
     if s.paused == '1' then redis.call('ZREM', due_key, id); return -2 end
-    local result = fire_due(e, s, tpl, data)
+    local result = fire_due(e, s, p, tpl, data)
     save(s)
     return result
   end
   if redis.call('EXISTS', prefix .. id) == 0 then return -3 end
   local s = load(id)
   if not s then return -2 end
+  local retries = opt(e[6])
   if mode == 'buffer' then
-    local buffered = opt(e[10])
-    if not s.buffered_due or tonumber(s.buffered_due) ~= buffered or active(s) then return -2 end
-    if s.paused == '1' then return -2 end
-    put(s, 'b', nil)
+    if not s.buffered_due or tonumber(s.buffered_due) ~= p[8] or active(s) or s.paused == '1' then return -2 end
+    s.b = false
     redis.call('SREM', buffered_key, id)
-    local created = create(s, e[4][1], tpl, data, false)
+    local created = create(s, p[3][1], tpl, data, retries and retries[1])
     save(s)
     return created
   end
   local created = {}
-  for n, f in ipairs(e[4]) do created[n] = create(s, f, tpl, data, false) end
+  for n, f in ipairs(p[3]) do created[n] = create(s, f, tpl, data, retries and retries[n]) end
   save(s)
   return created
 end
 
 local results = {}
-for n, e in ipairs(cjson.decode(ARGV[7])) do results[n] = fire_entry(e) end
+for n, e in ipairs(cjson.decode(ARGV[8])) do results[n] = fire_entry(e) end
 flush()
-for name, n in pairs(totals) do redis.call('HINCRBY', stats, name, int(n)) end
+total('runs', runs_total)
+local lags = 0
+for n, count in ipairs(lag_counts) do
+  if count > 0 then
+    total(n <= #LAG_BUCKETS and 'lag_ms_bucket_' .. LAG_BUCKETS[n] or 'lag_ms_bucket_inf', count)
+    lags = lags + count
+  end
+end
+total('lag_count', lags)
+total('lag_ms_sum', lag_sum_total)
+for name, n in pairs(totals) do
+  if n ~= 0 then redis.call('HINCRBY', stats, name, int(n)) end
+end
 return cjson.encode(results)
