@@ -199,9 +199,11 @@ def tls_binary() -> str | None:
 
 
 def supports_tls(binary: str) -> bool:
-    """True when `binary` was built with TLS: a build without it refuses --tls-port as a bad directive.
+    """True when `binary` was built with TLS.
 
-    The probe names certificate files that do not exist, so either build exits at once.
+    A build without it refuses --tls-port as a bad directive (Redis) or
+    fails to find TLS support at start (Valkey). The probe names certificate
+    files that do not exist, so any build exits at once.
     """
     try:
         probe = subprocess.run(
@@ -211,7 +213,8 @@ def supports_tls(binary: str) -> bool:
         )
     except (OSError, subprocess.TimeoutExpired):
         return False
-    return "Bad directive" not in (probe.stdout + probe.stderr).decode(errors="replace")
+    output = (probe.stdout + probe.stderr).decode(errors="replace")
+    return "Bad directive" not in output and "Failed finding TLS support" not in output
 
 
 @dataclass
