@@ -13,18 +13,22 @@ $(INSTALLED): requirements.txt requirements-dev.txt
 
 install: $(INSTALLED)
 
+# `exec`: the runner replaces the recipe's shell, so Ctrl-C reaches it alone (a shell would die of the
+# SIGINT and make would report "Interrupt"); the runner stops everything and exits 0.
 run: $(INSTALLED)  ## start web, worker and scheduler (and an embedded Redis when REDIS_URL is unset)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m service.dev.run
+	export PATH="$(CURDIR)/$(BIN):$$PATH"; exec $(BIN)/python -m service.dev.run
 
 # Debian packages some tests need: chromium (the browser test), redis-server
-# (the TLS test, as the wheels' servers have no TLS, and the server matrix) and
-# faketime (clock tests, the soak's clock jump). As root with apt-get, install
-# what is missing; elsewhere those tests say why they skip.
+# (the TLS test, as the wheels' servers have no TLS, and the server matrix),
+# faketime (clock tests, the soak's clock jump) and prometheus (the tests of
+# docs/prometheus and docs/grafana: promtool and the server). As root with
+# apt-get, install what is missing; elsewhere those tests say why they skip.
 system-deps:
 	@missing=""; \
 	command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || missing="$$missing chromium"; \
 	test -x /usr/bin/redis-server || missing="$$missing redis-server"; \
 	command -v faketime >/dev/null 2>&1 || missing="$$missing faketime"; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \

@@ -20,3 +20,7 @@ timeout = 30
 graceful_timeout = 25
 # No runtime control socket: several instances (and the tests) share a host.
 control_socket_disable = True
+# Forwarded headers are the app's to believe (TRUSTED_PROXY_HOPS); gunicorn
+# would otherwise take X-Forwarded-Proto from any local peer.
+forwarded_allow_ips = ""
+secure_scheme_headers: dict[str, str] = {}

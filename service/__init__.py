@@ -36,9 +36,10 @@ def __getattr__(name: str) -> Any:
 def create_app(settings: Settings | None = None, *, connection: Redis | None = None) -> Flask:
     """Build the web app: settings, one Redis client, tasks, auth, the API and the dashboard."""
     from flask import Flask
+    from werkzeug.middleware.proxy_fix import ProxyFix
 
     from service import api
-    from service.api import replication
+    from service.api import paths
     from service.core.config import Settings
     from service.core.connection import connect
     from service.core.logs import configure_logging
@@ -49,9 +50,13 @@ def create_app(settings: Settings | None = None, *, connection: Redis | None = N
     configure_logging(settings, role="web")
     load_task_modules(settings.task_modules)
     app = Flask(__name__)
+    if settings.trusted_proxy_hops:
+        # Scheme, host, port, path prefix and client address as the client sent them, from the proxies' headers.
+        hops = settings.trusted_proxy_hops
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops)
     app.extensions["settings"] = settings
     app.extensions["redis"] = connection or connect(settings.redis_url, role="web")
     api.init_app(app)
-    replication.init_app(app)
     dashboard.init_app(app, settings)
+    paths.init_app(app)
     return app

@@ -31,6 +31,13 @@ def unique_sleep(seconds: float) -> float:
     return seconds
 
 
+@task("testing.hold")
+def hold(label: str, seconds: float) -> str:
+    """Sleep `seconds` while `label` shows in the worker's current call (the dashboard tests' running job)."""
+    time.sleep(seconds)
+    return label
+
+
 @task("testing.fail_with_webhook", webhook_url=os.environ.get("TEST_WEBHOOK_URL") or "http://127.0.0.1:9/unset")
 def fail_with_webhook(message: str) -> None:
     """Fail; the task's webhook receives the failure event."""
@@ -44,6 +51,21 @@ def record_failure(event: dict) -> None:
     if path:
         with open(path, "a") as log:
             log.write(json.dumps(event) + "\n")
+
+
+@task("testing.returns_set")
+def returns_set() -> set[int]:
+    """Return a value that is not JSON (a worker cannot store it)."""
+    return {1, 2}
+
+
+@task("testing.bad_meta")
+def bad_meta() -> None:
+    """Put a value that is not JSON in the job's meta, then fail (the retry would have to save that meta)."""
+    job = get_current_job()
+    assert job is not None
+    job.meta["seen"] = {1, 2}
+    raise RuntimeError("failed with meta that is not JSON")
 
 
 @task("testing.tick")

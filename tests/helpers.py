@@ -7,6 +7,8 @@ import urllib.request
 from collections.abc import Callable
 from typing import TypeVar
 
+from redis import Redis
+
 T = TypeVar("T")
 
 
@@ -29,3 +31,8 @@ def http_ok(url: str) -> bool:
             return bool(response.status == 200)
     except OSError:
         return False
+
+
+def snapshot(connection: Redis) -> dict[bytes, bytes | None]:
+    """Every key and its serialized value (DUMP): equal snapshots mean nothing in the database changed."""
+    return {key: connection.dump(key) for key in connection.scan_iter(count=1000)}

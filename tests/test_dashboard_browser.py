@@ -13,6 +13,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from service.dev.embedded_redis import free_port
 from tests.conftest import TOKEN
+from tests.helpers import wait_until
 from tests.processes import Processes
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -68,3 +69,54 @@ def test_browser_sees_lanes_and_pauses_a_schedule(processes: Processes, tmp_path
 
     assert call(base, "GET", "/schedules/nightly")["paused"] is True
     assert all((tmp_path / name).stat().st_size > 0 for name in ("queues.png", "schedules.png", "paused.png"))
+
+
+# Runs as script if ever inserted as markup: marks the window and renames the page.
+PAYLOAD = "<img src=x onerror=document.title=window.__pwned=1><script>window.__pwned=2</script>"
+
+
+def wait_for_status(base: str, job_id: str, wanted: str) -> None:
+    wait_until(lambda: call(base, "GET", f"/jobs/{job_id}")["status"] == wanted, timeout=30, what=f"{job_id} {wanted}")
+
+
+def test_job_data_shows_as_text_and_never_runs(processes: Processes) -> None:
+    port = free_port()
+    processes.web(port)
+    processes.worker()
+    base = f"http://127.0.0.1:{port}"
+    failed = call(base, "POST", "/jobs", {"task": "diag.fail", "kwargs": {"message": PAYLOAD}})["id"]
+    finished = call(base, "POST", "/jobs", {"task": "diag.echo", "args": [PAYLOAD]})["id"]
+    call(base, "PUT", "/schedules/xss", {"task": "diag.echo", "cron": "0 3 * * *", "description": PAYLOAD})
+    run = call(base, "POST", "/schedules/xss/run")["id"]
+    for job_id, wanted in ((failed, "failed"), (finished, "finished"), (run, "finished")):
+        wait_for_status(base, job_id, wanted)
+    running = call(base, "POST", "/jobs", {"task": "testing.hold", "args": [PAYLOAD, 60]})["id"]
+    wait_for_status(base, running, "started")
+    dashboard = f"{base}/dashboard/0/view"
+    pages = [  # (page, an element that shows the payload once the page's data has loaded)
+        (f"{dashboard}/job/{failed}", "#job-data pre.exc_info"),
+        (f"{dashboard}/job/{finished}", "#job-data pre"),
+        (f"{dashboard}/job/{run}", "#job-data .description-scroll"),
+        (f"{dashboard}/jobs/default/failed/8/asc/1", "table#jobs pre.exc_info"),
+        (f"{dashboard}/jobs/default/finished/8/asc/1", f"tr[data-job-id='{run}'] .description"),
+        (f"{dashboard}/workers", "table#workers"),
+        (f"{base}/dashboard/schedules", "tr[data-schedule-id=xss] .description"),
+    ]
+
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(http_credentials={"username": "ops", "password": TOKEN})
+        page = context.new_page()
+        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        for url, shown in pages:
+            page.goto(url)
+            shown_text = PAYLOAD if "workers" not in url else PAYLOAD[:50]  # the call string is cut at 75 characters
+            expect(page.locator(shown).first).to_contain_text(shown_text, timeout=15_000)
+            assert page.evaluate("window.__pwned") is None, url
+            assert page.title() == "RQ dashboard" and page.locator("img[src=x]").count() == 0, url
+        browser.close()
+
+    assert errors == []
+    call(base, "POST", f"/jobs/{running}/cancel")

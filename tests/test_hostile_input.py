@@ -42,6 +42,8 @@ def assert_refused(response, statuses: tuple[int, ...], connection: Redis) -> No
         {"task": "diag.echo", "at": "9999-12-31T23:59:59+00:00"},
         {"task": "diag.echo", "queue": "rq:queue:high"},
         {"task": "diag.echo", "idempotency_key": "a\x00b"},
+        {"task": "diag.echo", "idempotency_key": "key\n"},
+        {"task": "diag.echo", "depends_on": ["job\n"]},
         {"task": "diag.echo", "depends_on": ["x" * 300]},
         {"task": None},
         {"task": True},

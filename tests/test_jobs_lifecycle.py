@@ -8,7 +8,12 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
+from service import create_app
+from service.core.config import Settings
+from service.core.connection import WEB_TIMEOUT_SECONDS, connect
+from service.dev.embedded_redis import EmbeddedRedis
 from tests.api import Api
+from tests.conftest import TOKEN
 from tests.helpers import wait_until
 from tests.processes import Processes
 
@@ -152,3 +157,20 @@ def test_batch_written_jobs_run_on_a_real_worker(api: Api, processes: Processes)
     assert done[3]["result"] == {"args": ["later"], "kwargs": {}}
     assert done[4]["started_at"] >= api.job(parent["id"])["ended_at"]
     assert all(job["attempts"] == 1 and job["enqueued_at"] for job in done)
+
+
+def test_listing_workers_keeps_the_web_clients_timeouts(private_redis: EmbeddedRedis, processes: Processes) -> None:
+    """RQ's Worker raises its client's socket timeout to 415 s; GET /workers must not do that to the web's client."""
+    web_client = connect(private_redis.url, role="web")
+    app = create_app(Settings(redis_url=private_redis.url, api_tokens=(TOKEN,)), connection=web_client)
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    processes.worker(name="w", env={"REDIS_URL": private_redis.url})
+    wait_until(lambda: client.get("/workers", headers=headers).get_json()["workers"], timeout=20, what="a worker")
+    assert web_client.connection_pool.connection_kwargs["socket_timeout"] == WEB_TIMEOUT_SECONDS
+    private_redis.freeze()
+    try:
+        response = client.get("/queues", headers=headers)  # answers (503) instead of hanging on the frozen Redis
+        assert (response.status_code, response.get_json()["error"]["code"]) == (503, "redis_unavailable")
+    finally:
+        private_redis.thaw()

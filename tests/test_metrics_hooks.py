@@ -115,7 +115,7 @@ def test_failing_job_calls_the_hook_once_and_the_webhook_receives_it(
 ) -> None:
     hook_log = tmp_path / "hooks.jsonl"
     url = f"http://127.0.0.1:{webhook_server.server_address[1]}/failures"
-    processes.worker(env={"TEST_HOOK_LOG": str(hook_log), "TEST_WEBHOOK_URL": url})
+    processes.worker(env={"TEST_HOOK_LOG": str(hook_log), "TEST_WEBHOOK_URL": url, "OUTBOUND_ALLOW": "127.0.0.1"})
     api = Api(client)
     job = api.enqueue(task="testing.fail_with_webhook", args=["out of disk"])
     received = wait_until(lambda: webhook_server.received, timeout=30, what="the webhook")  # type: ignore[attr-defined]

@@ -98,11 +98,12 @@ def test_invalid_bodies_are_422_naming_the_field_and_write_nothing(
     assert connection.keys("svc:*") == []
 
 
-@pytest.mark.parametrize("schedule_id", ["has space", "x" * 101, "semi;colon", "dots.not.allowed"])
-def test_a_bad_schedule_id_is_422_naming_id(client: FlaskClient, schedule_id: str) -> None:
+@pytest.mark.parametrize("schedule_id", ["has space", "x" * 101, "semi;colon", "dots.not.allowed", "abc%0A"])
+def test_a_bad_schedule_id_is_404_stating_the_rule(client: FlaskClient, connection: Redis, schedule_id: str) -> None:
     status, error = put(client, schedule_id, EVERY_MINUTE)
-    assert status == 422
-    assert error["error"]["message"].startswith("id")
+    assert status == 404
+    assert error["error"]["message"].startswith("schedule_id:") and "1-100" in error["error"]["message"]
+    assert connection.keys("svc:*") == []
 
 
 def test_unknown_schedule_is_404_on_every_route(client: FlaskClient) -> None:

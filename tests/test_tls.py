@@ -107,7 +107,7 @@ def test_job_enqueued_over_tls_is_run_by_a_worker_over_tls(
 ) -> None:
     env = {**process_env, **tls_env(tls_server, test_ca)}
     settings = Settings.from_env(env, role="web")
-    assert settings.api_tokens == (TOKEN,) and set(TASK_MODULES) <= set(settings.task_modules)
+    assert [t.secret for t in settings.api_tokens] == [TOKEN] and set(TASK_MODULES) <= set(settings.task_modules)
     app = create_app(settings)
     app.extensions["redis"].flushdb()
     client = app.test_client()

@@ -83,7 +83,8 @@ def test_many_sigkills_while_draining_three_lanes_lose_no_job(connection: Redis,
         worker = start_worker(processes, "high", "default", "low", "--mode", "weighted", name=f"w{round_}")
         done = len(set(recorded(connection, "drain")))
         target = min(done + rng.randint(20, 60), jobs)
-        # Up to the promised 60 s: a worker killed while it held the reaper's lock (30 s) delays the next reap.
+        # When the jobs left are all in dead workers' claimed lists, only the reaper
+        # brings them back: within the promised 60 s (heartbeat TTL, then a reap).
         wait_until(lambda t=target, w=worker: len(set(recorded(connection, "drain"))) >= t or not w.alive(), 60)
         kill_group(worker)
     start_worker(processes, "high", "default", "low", name="final")

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from flask import Flask
 
-from service.api import auth, body, errors, jobs, monitor, openapi, schedules, system
+from service.api import audit, auth, body, errors, jobs, monitor, openapi, paths, replication, schedules, system
 
 
 def init_app(app: Flask) -> None:
     """Install limits, error handlers, auth and every blueprint on `app`."""
+    paths.use_ascii_integers(app)
     body.init_app(app)
     errors.init_app(app)
+    # After-request hooks run last-registered first: the audit event is written before the replicas'
+    # WAIT, which then covers it too. Its request id is assigned before auth: a refusal has one too.
+    replication.init_app(app)
+    audit.init_app(app)
     auth.init_app(app)
     app.register_blueprint(system.bp)
     app.register_blueprint(jobs.bp)

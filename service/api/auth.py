@@ -1,25 +1,43 @@
-"""Bearer-token authentication for the API (constant-time comparison)."""
+"""Authentication and authorization: a bearer token names a principal (constant-time comparison), and the
+route's scope (service.api.scopes) decides whether it may go on.
+
+The principal of the request is `flask.g.principal` (a service.core.config.ApiToken) once authenticated.
+"""
 
 from __future__ import annotations
 
 import hmac
 
-from flask import Flask, request
+from flask import Flask, g, request
 
 from service.api.context import settings
-from service.core.errors import Unauthorized
+from service.api.scopes import route_for
+from service.core.config import ApiToken
+from service.core.errors import Forbidden, Unauthorized
 
-# Paths that answer without a token: probes from load balancers and platforms.
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+DASHBOARD = "/dashboard"
 
 
-def token_is_valid(candidate: str, tokens: tuple[str, ...]) -> bool:
-    """Return True when `candidate` equals one of `tokens`; compares against all in constant time."""
+def authenticate(candidate: str | None, tokens: tuple[ApiToken, ...]) -> ApiToken | None:
+    """Return the token `candidate` equals, or None; every token is compared, in constant time."""
+    if candidate is None:
+        return None
     given = candidate.encode("utf-8", "surrogateescape")
-    matched = False
+    found = None
     for token in tokens:
-        matched |= hmac.compare_digest(given, token.encode("utf-8"))
-    return matched
+        if hmac.compare_digest(given, token.secret.encode("utf-8")):
+            found = token  # no early exit: the time taken does not tell which token matched
+    return found
+
+
+def authorize(token: ApiToken) -> None:
+    """Remember `token` as the request's principal; Forbidden (403, naming the scope) when it lacks the route's."""
+    g.principal = token
+    if request.endpoint is None or request.url_rule is None:
+        return  # no route matched: the 404 or 405 follows
+    needed = route_for(request.endpoint).scope
+    if needed is not None and not token.allows(needed):
+        raise Forbidden(f"this token lacks the {needed!r} scope that {request.method} {request.url_rule.rule} needs")
 
 
 def bearer_token() -> str | None:
@@ -31,16 +49,23 @@ def bearer_token() -> str | None:
     return token
 
 
+def is_public() -> bool:
+    """Return True for the probes: routes whose scope is None."""
+    return request.endpoint is not None and route_for(request.endpoint).scope is None
+
+
 def require_token() -> None:
-    """Refuse a request to a protected path that lacks a valid bearer token."""
+    """Refuse an API request without a valid bearer token (401) or without the route's scope (403)."""
     # The dashboard has its own Basic auth (service.dashboard.mount); browsers cannot send bearer tokens.
-    if request.path in PUBLIC_PATHS or request.path == "/dashboard" or request.path.startswith("/dashboard/"):
+    if is_public() or request.path == DASHBOARD or request.path.startswith(DASHBOARD + "/"):
         return
     token = bearer_token()
     if token is None:
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
-    if not token_is_valid(token, settings().api_tokens):
+    principal = authenticate(token, settings().api_tokens)
+    if principal is None:
         raise Unauthorized("invalid bearer token")
+    authorize(principal)
 
 
 def init_app(app: Flask) -> None:

@@ -6,6 +6,7 @@ import logging
 
 from flask import Flask, Response, jsonify
 from redis.exceptions import RedisError
+from rq.exceptions import NoSuchJobError
 from werkzeug.exceptions import HTTPException
 
 from service.core.errors import ServiceError
@@ -38,7 +39,10 @@ def error_response(status: int, code: str, message: str) -> Response:
 
 
 def handle_service_error(exc: ServiceError) -> Response:
-    return error_response(exc.status, exc.code, exc.message)
+    response = error_response(exc.status, exc.code, exc.message)
+    if exc.retry_after_seconds is not None:
+        response.headers["Retry-After"] = str(exc.retry_after_seconds)
+    return response
 
 
 def handle_http_exception(exc: HTTPException) -> Response:
@@ -54,6 +58,11 @@ def handle_redis_error(exc: RedisError) -> Response:
     return error_response(503, "redis_unavailable", "Redis is unavailable; try again shortly")
 
 
+def handle_no_such_job(exc: NoSuchJobError) -> Response:
+    """A job id of the right shape that names no job, met inside library code (rq-dashboard's views)."""
+    return error_response(404, "job_not_found", "no such job")
+
+
 def handle_unexpected(exc: Exception) -> Response:
     log.exception("unhandled error")
     return error_response(500, "internal_error", "an unexpected error occurred")
@@ -64,4 +73,5 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(ServiceError, handle_service_error)
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(RedisError, handle_redis_error)
+    app.register_error_handler(NoSuchJobError, handle_no_such_job)
     app.register_error_handler(Exception, handle_unexpected)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 
 from service.api.body import parse
-from service.api.context import redis
+from service.api.context import redis, settings
 from service.api.openapi import document
+from service.api.query import query
 from service.jobs import describe as view
 from service.jobs import enqueue
 from service.jobs import operations as jobs
-from service.jobs.schemas import BatchRequest, JobList, JobOut, JobRequest, ListJobsQuery, validate
+from service.jobs.schemas import BatchRequest, ErrorOut, JobList, JobOut, JobRequest, ListJobsQuery
 
 bp = Blueprint("jobs", __name__)
 
@@ -20,19 +21,19 @@ class BatchOut(JobList):
 
 
 @bp.post("/jobs")
-@document(202, JobOut, json=JobRequest, tags=("jobs",), also={200: JobOut})
+@document(202, JobOut, json=JobRequest, tags=("jobs",), also={200: JobOut, 429: ErrorOut})
 def create_job() -> tuple[Response, int]:
     """Enqueue one job: 202 with the job; 200 with the existing job for a repeated idempotency key."""
-    outcome = enqueue.submit(redis(), [parse(JobRequest)])[0]
+    outcome = enqueue.submit(redis(), [parse(JobRequest)], limits=settings().limits)[0]
     return jsonify(outcome.describe()), 202 if outcome.created else 200
 
 
 @bp.post("/jobs/batch")
-@document(202, BatchOut, json=BatchRequest, tags=("jobs",))
+@document(202, BatchOut, json=BatchRequest, tags=("jobs",), also={429: ErrorOut})
 def create_jobs() -> tuple[Response, int]:
     """Enqueue many jobs in one transaction; one invalid entry rejects the whole batch."""
     batch = parse(BatchRequest)
-    outcomes = enqueue.submit(redis(), list(batch.jobs), batch=True)
+    outcomes = enqueue.submit(redis(), list(batch.jobs), batch=True, limits=settings().limits)
     return jsonify({"jobs": [outcome.describe() for outcome in outcomes], "next_cursor": None}), 202
 
 
@@ -40,8 +41,8 @@ def create_jobs() -> tuple[Response, int]:
 @document(200, JobList, query=ListJobsQuery, tags=("jobs",))
 def list_jobs() -> Response:
     """List jobs by status and lane, newest first within a registry, with a cursor."""
-    query = validate(ListJobsQuery, request.args.to_dict())
-    found, cursor = jobs.list_jobs(redis(), query.status, query.queue, query.limit, query.cursor)
+    args = query(ListJobsQuery)
+    found, cursor = jobs.list_jobs(redis(), args.status, args.queue, args.limit, args.cursor)
     return jsonify({"jobs": view.describe_many(redis(), found), "next_cursor": cursor})
 
 

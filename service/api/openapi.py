@@ -30,7 +30,7 @@ spec = SpecTree(
     security={"bearer": []},
 )
 
-ERRORS = ("HTTP_400", "HTTP_401", "HTTP_404", "HTTP_409", "HTTP_413", "HTTP_415", "HTTP_422", "HTTP_503")
+ERRORS = ("HTTP_400", "HTTP_401", "HTTP_403", "HTTP_404", "HTTP_409", "HTTP_413", "HTTP_415", "HTTP_422", "HTTP_503")
 
 bp = Blueprint("openapi", __name__)
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
+from pydantic import Field
 
 from service.api.body import json_body
-from service.api.context import redis
+from service.api.context import redis, settings
 from service.api.openapi import document
+from service.api.query import query
 from service.core.errors import InvalidField, MalformedRequest
+from service.jobs.schemas import Query, QueryInt
 from service.schedules import operations as schedules
 from service.schedules.spec import ScheduleSpec
 
@@ -17,13 +20,19 @@ bp = Blueprint("schedules", __name__)
 TAGS = ("schedules",)
 
 
-def _int_arg(name: str, default: int) -> int:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit():
-        raise InvalidField(name, f"{raw[:20]!r} is not a whole number")
-    return int(raw)
+class ListQuery(Query):
+    """GET /schedules: a page of `limit` schedules after the id `cursor` (capped by MAX_PAGE_SIZE)."""
+
+    limit: QueryInt = Field(default=100, ge=1)
+    cursor: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,100}$")
+
+
+class RunsQuery(Query):
+    limit: QueryInt = Field(default=50, ge=1, le=schedules.RUNS_PAGE)
+
+
+class PreviewQuery(Query):
+    count: QueryInt = Field(default=10, ge=1, le=schedules.MAX_PREVIEW)
 
 
 def _object_body(optional: bool = False) -> dict[str, Any]:
@@ -36,17 +45,18 @@ def _object_body(optional: bool = False) -> dict[str, Any]:
 
 
 @bp.get("/schedules")
-@document(200, None, tags=TAGS)
+@document(200, None, query=ListQuery, tags=TAGS)
 def list_schedules() -> Response:
     """List schedules in id order: {"schedules": [...], "next_cursor": ...}."""
-    return jsonify(schedules.list_schedules(redis(), request.args.get("cursor"), _int_arg("limit", 100)))
+    args = query(ListQuery)
+    return jsonify(schedules.list_schedules(redis(), args.cursor, args.limit, max_page=settings().limits.page_size))
 
 
 @bp.put("/schedules/<schedule_id>")
 @document(200, None, json=ScheduleSpec, tags=TAGS, also={201: None})
 def put_schedule(schedule_id: str) -> tuple[Response, int]:
     """Create (201) or replace (200) the schedule `schedule_id`; an identical body changes nothing."""
-    data, created = schedules.upsert(redis(), schedule_id, _object_body())
+    data, created = schedules.upsert(redis(), schedule_id, _object_body(), limits=settings().limits)
     return jsonify(data), 201 if created else 200
 
 
@@ -90,24 +100,24 @@ def run_schedule(schedule_id: str) -> tuple[Response, int]:
 
 
 @bp.get("/schedules/<schedule_id>/runs")
-@document(200, None, tags=TAGS)
+@document(200, None, query=RunsQuery, tags=TAGS)
 def schedule_runs(schedule_id: str) -> Response:
     """Recent runs, newest first: scheduled_for, job_id, status (including missed and skipped)."""
-    return jsonify(schedules.runs(redis(), schedule_id, _int_arg("limit", 50)))
+    return jsonify(schedules.runs(redis(), schedule_id, query(RunsQuery).limit))
 
 
 @bp.get("/schedules/<schedule_id>/preview")
-@document(200, None, tags=TAGS)
+@document(200, None, query=PreviewQuery, tags=TAGS)
 def preview_schedule(schedule_id: str) -> Response:
     """The next `count` due times of a saved schedule, in UTC and in its zone."""
-    return jsonify(schedules.preview_saved(redis(), schedule_id, _int_arg("count", 10)))
+    return jsonify(schedules.preview_saved(redis(), schedule_id, query(PreviewQuery).count))
 
 
 @bp.post("/schedules/preview")
-@document(200, None, json=ScheduleSpec, tags=TAGS)
+@document(200, None, json=ScheduleSpec, query=PreviewQuery, tags=TAGS)
 def preview_unsaved() -> Response:
     """The next `count` due times of an unsaved schedule body (validated like PUT)."""
-    return jsonify(schedules.preview_body(_object_body(), _int_arg("count", 10)))
+    return jsonify(schedules.preview_body(_object_body(), query(PreviewQuery).count))
 
 
 @bp.post("/schedules/<schedule_id>/backfill")

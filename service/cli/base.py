@@ -8,8 +8,11 @@ conflict), 2 bad usage or configuration, 3 Redis unavailable.
 from __future__ import annotations
 
 import functools
+import getpass
 import json
+import socket
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -18,9 +21,10 @@ import click
 from redis import Redis
 from redis.exceptions import RedisError
 
-from service.core.config import Settings
+from service.core.config import Limits, Settings
 from service.core.connection import connect
 from service.core.errors import ConfigError, InvalidField, ServiceError
+from service.ops import audit
 from service.tasks.registry import load_task_modules
 
 
@@ -43,6 +47,24 @@ class Context:
         if self._connection is None:
             self._connection = connect(self.settings.redis_url, role="web")
         return self._connection
+
+    @property
+    def limits(self) -> Limits:
+        self.load()
+        assert self.settings is not None
+        return self.settings.limits
+
+    def audit(self, action: str, target: str) -> None:
+        """Record a state change made from the command line (principal `cli:<user>`, status 0: its exit code)."""
+        event = audit.AuditEvent(
+            principal=f"cli:{getpass.getuser()}",
+            action=action,
+            target=target,
+            status=0,
+            remote_addr=socket.gethostname(),
+            request_id=uuid.uuid4().hex,
+        )
+        audit.record(self.connection, event, self.limits.audit_events)
 
 
 pass_context = click.make_pass_decorator(Context, ensure=True)

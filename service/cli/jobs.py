@@ -56,7 +56,8 @@ def enqueue_command(
     }
     if retries is not None:
         body["retry"] = {"max": retries}
-    job = enqueue(ctx.connection, validate(JobRequest, {k: v for k, v in body.items() if v is not None}))
+    request = validate(JobRequest, {k: v for k, v in body.items() if v is not None})
+    job = enqueue(ctx.connection, request, limits=ctx.limits)
     echo_json(describe(job))
 
 
@@ -79,7 +80,9 @@ def cancel_command(ctx: Context, job_id: str) -> None:
     from service.jobs.describe import describe
     from service.jobs.operations import cancel
 
-    echo_json(describe(cancel(ctx.connection, job_id)))
+    job = cancel(ctx.connection, job_id)
+    ctx.audit("job.cancel", job_id)
+    echo_json(describe(job))
 
 
 @command(cli, "requeue")
@@ -94,9 +97,13 @@ def requeue_command(ctx: Context, job_id: str | None, all_failed: bool) -> None:
     if all_failed == bool(job_id):
         raise InvalidField("job_id", "give a job id or --all-failed, not both")
     if all_failed:
-        echo_json({"requeued": requeue_all_failed(ctx.connection)})
+        requeued = requeue_all_failed(ctx.connection)
+        ctx.audit("queue.requeue_failed", "all lanes")
+        echo_json({"requeued": requeued})
     else:
-        echo_json(describe(requeue(ctx.connection, job_id or "")))
+        job = requeue(ctx.connection, job_id or "")
+        ctx.audit("job.requeue", job.id)
+        echo_json(describe(job))
 
 
 @command(cli, "queues")

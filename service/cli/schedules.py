@@ -63,12 +63,13 @@ def body_from(options: dict[str, Any]) -> dict[str, Any]:
 
 @command(schedules, "list")
 @click.option("--cursor", default=None, help="Start after this id (from a previous page).")
-@click.option("--limit", type=int, default=100, help="At most this many schedules.")
+@click.option("--limit", type=int, default=None, help="At most this many schedules (default 100).")
 @click.option("--json", "as_json", is_flag=True, help="Print the page as JSON.")
 @pass_context
-def list_command(ctx: Context, cursor: str | None, limit: int, as_json: bool) -> None:
+def list_command(ctx: Context, cursor: str | None, limit: int | None, as_json: bool) -> None:
     """List schedules with their trigger, next run and state."""
-    page = domain.list_schedules(ctx.connection, cursor, limit)
+    cap = ctx.limits.page_size
+    page = domain.list_schedules(ctx.connection, cursor, min(100, cap) if limit is None else limit, max_page=cap)
     if as_json:
         echo_json(page)
         return
@@ -87,7 +88,8 @@ def list_command(ctx: Context, cursor: str | None, limit: int, as_json: bool) ->
 @pass_context
 def add_command(ctx: Context, schedule_id: str, **options: Any) -> None:
     """Create or replace schedule SCHEDULE_ID and print it."""
-    data, created = domain.upsert(ctx.connection, schedule_id, body_from(options), origin="api")
+    data, created = domain.upsert(ctx.connection, schedule_id, body_from(options), origin="api", limits=ctx.limits)
+    ctx.audit("schedule.put", schedule_id)
     click.echo("created" if created else "saved", err=True)
     echo_json(data)
 
@@ -98,6 +100,7 @@ def add_command(ctx: Context, schedule_id: str, **options: Any) -> None:
 def rm_command(ctx: Context, schedule_id: str) -> None:
     """Remove schedule SCHEDULE_ID."""
     domain.delete(ctx.connection, schedule_id)
+    ctx.audit("schedule.delete", schedule_id)
     click.echo(f"removed {schedule_id}")
 
 
@@ -107,7 +110,9 @@ def rm_command(ctx: Context, schedule_id: str) -> None:
 @pass_context
 def pause_command(ctx: Context, schedule_id: str, note: str) -> None:
     """Pause schedule SCHEDULE_ID."""
-    echo_json(domain.pause(ctx.connection, schedule_id, note=note))
+    paused = domain.pause(ctx.connection, schedule_id, note=note)
+    ctx.audit("schedule.pause", schedule_id)
+    echo_json(paused)
 
 
 @command(schedules, "resume")
@@ -115,7 +120,9 @@ def pause_command(ctx: Context, schedule_id: str, note: str) -> None:
 @pass_context
 def resume_command(ctx: Context, schedule_id: str) -> None:
     """Resume schedule SCHEDULE_ID from its next due time."""
-    echo_json(domain.resume(ctx.connection, schedule_id))
+    resumed = domain.resume(ctx.connection, schedule_id)
+    ctx.audit("schedule.resume", schedule_id)
+    echo_json(resumed)
 
 
 @command(schedules, "run")
@@ -123,7 +130,9 @@ def resume_command(ctx: Context, schedule_id: str) -> None:
 @pass_context
 def run_command(ctx: Context, schedule_id: str) -> None:
     """Enqueue one run of SCHEDULE_ID now and print its job."""
-    echo_json(domain.run_now(ctx.connection, schedule_id))
+    job = domain.run_now(ctx.connection, schedule_id)
+    ctx.audit("schedule.run", schedule_id)
+    echo_json(job)
 
 
 @command(schedules, "runs")
@@ -159,4 +168,6 @@ def preview_command(ctx: Context, schedule_id: str | None, count: int, **options
 @pass_context
 def backfill_command(ctx: Context, schedule_id: str, begin: str, end: str) -> None:
     """Enqueue one run per due time of SCHEDULE_ID in a past range."""
-    echo_json(domain.backfill(ctx.connection, schedule_id, {"from": begin, "to": end}))
+    runs = domain.backfill(ctx.connection, schedule_id, {"from": begin, "to": end})
+    ctx.audit("schedule.backfill", schedule_id)
+    echo_json(runs)

@@ -6,10 +6,12 @@ never its value: a Redis URL carries a password.
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from redis_sentinel_url import parse_sentinel_url
@@ -30,10 +32,96 @@ TLS_FILES = {
 # 1 s read timeout (service.core.connection), which also keeps a 503 within 3 s.
 DEFAULT_REPLICA_ACK_TIMEOUT_MS = 500
 MAX_REPLICA_ACK_TIMEOUT_MS = 800
+MAX_PROXY_HOPS = 5
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
-MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 TOKEN_MIN_LENGTH = 16
+# Scopes of an API token, and what each one also grants (admin: everything; operate: read).
+SCOPES = ("read", "enqueue", "operate", "admin")
+IMPLIED_SCOPES = {"admin": frozenset(SCOPES), "operate": frozenset({"operate", "read"})}
+TOKEN_NAME = re.compile(r"[a-z0-9_-]{1,32}")
+# A whole number as configuration and query strings give it: ASCII digits only
+# (str.isdigit() and int() also take '²' or '٣'), at most 18 of them.
+ASCII_WHOLE = re.compile(r"[0-9]{1,18}")
+
+
+def whole_number(text: str) -> int | None:
+    """Return `text` as an int when it is 1-18 ASCII digits and nothing else, else None."""
+    return int(text) if ASCII_WHOLE.fullmatch(text) else None
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    """One API_TOKENS entry: the principal's name, its scopes and the secret (never printed)."""
+
+    name: str
+    scopes: frozenset[str]
+    secret: str = field(repr=False)
+
+    def allows(self, scope: str) -> bool:
+        """Return True when this token grants `scope` (directly or through admin/operate)."""
+        return any(scope in IMPLIED_SCOPES.get(held, {held}) for held in self.scopes)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps no single token can exceed (LIMIT_VARIABLES names the variable of each)."""
+
+    queue_length: int = 100_000  # jobs waiting per lane: queued + scheduled + deferred
+    schedules: int = 100_000
+    timeout_seconds: int = 3600
+    result_ttl_seconds: int = 7 * 86400
+    ttl_seconds: int = 7 * 86400
+    fanout: int = 1000  # users one scrape.dispatch job may fan out to
+    page_size: int = 500  # the largest `limit` of a list
+    audit_events: int = 100_000  # the audit log keeps about this many events
+
+
+# Each limit's variable and its allowed range.
+LIMIT_VARIABLES = {
+    "queue_length": ("MAX_QUEUE_LENGTH", 1, 100_000_000),
+    "schedules": ("MAX_SCHEDULES", 1, 10_000_000),
+    "timeout_seconds": ("MAX_JOB_TIMEOUT_SECONDS", 1, 7 * 86400),
+    "result_ttl_seconds": ("MAX_RESULT_TTL_SECONDS", 0, 366 * 86400),
+    "ttl_seconds": ("MAX_JOB_TTL_SECONDS", 1, 366 * 86400),
+    "fanout": ("MAX_FANOUT", 1, 100_000),
+    "page_size": ("MAX_PAGE_SIZE", 1, 10_000),
+    "audit_events": ("AUDIT_MAX_EVENTS", 1000, 10_000_000),
+}
+
+
+# -- OUTBOUND_ALLOW ---------------------------------------------------------
+# Tasks that call a URL they were given (service.tasks.outbound) refuse
+# loopback, private and other non-public addresses unless listed here.
+HOST_NAME = re.compile(r"(?=.{1,253}\Z)[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class OutboundAllow:
+    """OUTBOUND_ALLOW: host names and networks that outbound calls may reach although they are not public."""
+
+    hosts: frozenset[str] = frozenset()
+    networks: tuple[Network, ...] = ()
+
+    @classmethod
+    def parse(cls, value: str) -> OutboundAllow:
+        """Parse 'hooks.internal,10.0.0.0/8,127.0.0.1'; ConfigError names an entry that is neither."""
+        hosts, networks = set(), []
+        for entry in filter(None, (part.strip() for part in value.split(","))):
+            try:
+                networks.append(ipaddress.ip_network(entry.strip("[]")))
+                continue
+            except ValueError:
+                pass
+            name = entry.lower().removesuffix(".")
+            if "/" in entry or not HOST_NAME.fullmatch(name):
+                raise ConfigError(
+                    f"OUTBOUND_ALLOW: {entry[:100]!r} is neither a host name nor a network like 10.0.0.0/8"
+                )
+            hosts.add(name)
+        return cls(frozenset(hosts), tuple(networks))
 
 
 @dataclass(frozen=True)
@@ -42,7 +130,8 @@ class Settings:
 
     redis_url: str
     port: int = 8000
-    api_tokens: tuple[str, ...] = ()
+    # ApiTokens; plain strings given here (tests, code) are parsed like API_TOKENS entries.
+    api_tokens: tuple[ApiToken, ...] = ()
     task_modules: tuple[str, ...] = (*ALWAYS_LOADED, "service.tasks.examples")
     schedules_file: str | None = None
     log_level: str = "INFO"
@@ -50,6 +139,15 @@ class Settings:
     # WAIT for this many replicas after each API write before answering (0: do not wait).
     min_replicas_ack: int = 0
     replica_ack_timeout_ms: int = DEFAULT_REPLICA_ACK_TIMEOUT_MS
+    # Reverse proxies in front of the web process whose X-Forwarded-* headers
+    # are believed (werkzeug ProxyFix); 0 believes none.
+    trusted_proxy_hops: int = 0
+    outbound_allow: OutboundAllow = OutboundAllow()
+    limits: Limits = Limits()
+
+    def __post_init__(self) -> None:
+        if any(isinstance(t, str) for t in self.api_tokens):
+            object.__setattr__(self, "api_tokens", _tokens(",".join(map(_entry, self.api_tokens)), required=False))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, role: str = "web") -> Settings:
@@ -73,6 +171,9 @@ class Settings:
                 1,
                 MAX_REPLICA_ACK_TIMEOUT_MS,
             ),
+            trusted_proxy_hops=_whole("TRUSTED_PROXY_HOPS", env.get("TRUSTED_PROXY_HOPS", "0"), 0, MAX_PROXY_HOPS),
+            outbound_allow=OutboundAllow.parse(env.get("OUTBOUND_ALLOW", "")),
+            limits=_limits(env),
         )
         if settings.schedules_file and not os.path.isfile(settings.schedules_file):
             raise ConfigError("SCHEDULES_FILE: no such file")
@@ -136,29 +237,68 @@ def _with_tls_files(url: str, env: Mapping[str, str]) -> str:
 
 
 def _whole(name: str, value: str, low: int, high: int) -> int:
-    if not value.strip().isdigit() or not low <= int(value) <= high:
+    number = whole_number(value.strip())
+    if number is None or not low <= number <= high:
         raise ConfigError(f"{name}: must be a whole number between {low} and {high}")
-    return int(value)
+    return number
 
 
 def _port(value: str) -> int:
-    if not value.isdigit() or not 0 < int(value) < 65536:
-        raise ConfigError("PORT: must be a whole number between 1 and 65535")
-    return int(value)
+    return _whole("PORT", value, 1, 65535)
 
 
-def _tokens(value: str, *, required: bool) -> tuple[str, ...]:
-    tokens = tuple(t.strip() for t in value.split(",") if t.strip())
-    if required and not tokens:
+def _limits(env: Mapping[str, str]) -> Limits:
+    given = {
+        attr: _whole(name, env[name], low, high) for attr, (name, low, high) in LIMIT_VARIABLES.items() if env.get(name)
+    }
+    return Limits(**given)
+
+
+def _entry(token: ApiToken | str) -> str:
+    return token if isinstance(token, str) else f"{token.name}:{'+'.join(sorted(token.scopes))}:{token.secret}"
+
+
+def _tokens(value: str, *, required: bool) -> tuple[ApiToken, ...]:
+    """Parse API_TOKENS: comma-separated bare tokens or NAME:SCOPES:TOKEN entries; errors name the entry by position."""
+    entries = [e.strip() for e in value.split(",") if e.strip()]
+    if required and not entries:
         raise ConfigError("API_TOKENS: required: at least one bearer token (make run generates one)")
-    if any(len(t) < TOKEN_MIN_LENGTH for t in tokens):
-        raise ConfigError(f"API_TOKENS: every token must be at least {TOKEN_MIN_LENGTH} characters")
-    return tokens
+    tokens = [_token(position, entry) for position, entry in enumerate(entries, start=1)]
+    for position, token in enumerate(tokens, start=1):
+        earlier = tokens[: position - 1]
+        if any(t.name == token.name for t in earlier):
+            raise ConfigError(f"API_TOKENS: entry {position}: the name {token.name!r} is used twice")
+        if any(t.secret == token.secret for t in earlier):
+            raise ConfigError(f"API_TOKENS: entry {position}: the same token is listed twice")
+    return tuple(tokens)
+
+
+def _token(position: int, entry: str) -> ApiToken:
+    """One entry: a bare token (every scope, named token-<sha256 prefix>) or NAME:SCOPES:TOKEN; never echoes it."""
+    where = f"API_TOKENS: entry {position}"
+    if ":" not in entry:
+        name, scopes, secret = bare_token_name(entry), frozenset(SCOPES), entry
+    else:
+        parts = entry.split(":", 2)
+        if len(parts) < 3 or not TOKEN_NAME.fullmatch(parts[0]):
+            raise ConfigError(f"{where}: write NAME:SCOPES:TOKEN, NAME being 1-32 of a-z, 0-9, '_' and '-'")
+        name, scope_list, secret = parts
+        scopes = frozenset(scope_list.split("+"))
+        if not scopes <= set(SCOPES):
+            raise ConfigError(f"{where} ({name}): SCOPES must be {', '.join(SCOPES)}, joined by +")
+    if len(secret) < TOKEN_MIN_LENGTH:
+        raise ConfigError(f"{where}: every token must be at least {TOKEN_MIN_LENGTH} characters")
+    return ApiToken(name, scopes, secret)
+
+
+def bare_token_name(secret: str) -> str:
+    """The principal name of a bare token: `token-` and the first 8 hex digits of its SHA-256 (stable, not secret)."""
+    return "token-" + hashlib.sha256(secret.encode()).hexdigest()[:8]
 
 
 def _modules(value: str) -> tuple[str, ...]:
     modules = tuple(m.strip() for m in value.split(",") if m.strip())
-    bad = [m for m in modules if not MODULE_NAME.match(m)]
+    bad = [m for m in modules if not MODULE_NAME.fullmatch(m)]
     if bad:
         raise ConfigError(f"TASK_MODULES: not a module name: {bad[0]!r}")
     # The diagnostic tasks (SPEC §3) and the webhook delivery task are always registered.

@@ -12,6 +12,8 @@ class ServiceError(Exception):
 
     status = 500
     code = "internal_error"
+    # Seconds a client should wait before trying again (a Retry-After header), or None.
+    retry_after_seconds: int | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -36,6 +38,13 @@ class Unauthorized(ServiceError):
 
     status = 401
     code = "unauthorized"
+
+
+class Forbidden(ServiceError):
+    """Raised when a valid token lacks the scope a request needs; the message names the scope."""
+
+    status = 403
+    code = "forbidden"
 
 
 class NotFound(ServiceError):
@@ -63,6 +72,20 @@ class Conflict(ServiceError):
 
     status = 409
     code = "conflict"
+
+
+class ScheduleLimitReached(Conflict):
+    """Raised when a new schedule would pass MAX_SCHEDULES (replacing an existing one is always allowed)."""
+
+    code = "schedule_limit_reached"
+
+
+class QueueFull(ServiceError):
+    """Raised when an enqueue would put more jobs in a lane than MAX_QUEUE_LENGTH; nothing is written."""
+
+    status = 429
+    code = "queue_full"
+    retry_after_seconds = 5
 
 
 class PayloadTooLarge(ServiceError):
@@ -97,6 +120,13 @@ class UnknownTask(InvalidField):
 
     def __init__(self, name: object, field: str = "task") -> None:
         super().__init__(field, f"{name!r} is not a registered task")
+
+
+class InternalTask(UnknownTask):
+    """Raised when a client names a task that only the service itself enqueues (e.g. hooks.webhook)."""
+
+    def __init__(self, name: str, field: str = "task") -> None:
+        InvalidField.__init__(self, field, f"{name!r} is an internal task: only the service enqueues it")
 
 
 class UnknownQueue(InvalidField):

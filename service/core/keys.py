@@ -49,3 +49,7 @@ class ScheduleKeys:
     @classmethod
     def runs(cls, schedule_id: str) -> str:
         return cls.prefix + schedule_id + ":runs"
+
+
+# The audit log: a stream capped with XADD MAXLEN ~ (service.ops.audit).
+AUDIT_KEY = "svc:audit"

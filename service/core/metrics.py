@@ -26,6 +26,7 @@ COUNTERS = {
     "jobs_failed": ("Jobs that failed for good (no retry left), by task and lane.", ("task", "queue")),
     "jobs_retried": ("Failed executions that were scheduled for a retry, by task and lane.", ("task", "queue")),
     "jobs_redelivered": ("Jobs put back after their worker died or shut down, by task and lane.", ("task", "queue")),
+    "jobs_discarded": ("Claimed ids that no job can have (a bad id planted in a lane), removed, by lane.", ("queue",)),
 }
 HISTOGRAMS = {
     "job_duration_seconds": ("Job execution time, by task and lane.", ("task", "queue"), DURATION_BUCKETS),

@@ -1,31 +1,28 @@
-"""Dashboard: rq-dashboard mounted at /dashboard/, behind Basic auth and a cross-site guard.
+"""Dashboard: rq-dashboard mounted at /dashboard/, behind Basic auth, with the service's safety around it.
 
-rq-dashboard leaves authentication to its host (its docstring says so) and
-changes state on requests a browser can be tricked into sending with the
-saved Basic credentials. Every /dashboard path, static files included,
-needs a valid API token as the Basic password, and a state-changing request
-whose Origin or Referer names another site is refused.
+rq-dashboard leaves authentication to its host (its docstring says so).
+Every /dashboard path, static files included, needs a valid API token as the
+Basic password. Around that: state changes need same-origin proof
+(service.dashboard.origin), every response carries the security headers
+(service.dashboard.headers), and rq-dashboard reads through the service's
+JSON readers (service.dashboard.seam). docs/dashboard.md lists every route.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from urllib.parse import urlsplit
 
 import rq_dashboard
-from flask import Flask, Response, current_app, request
-from rq.serializers import JSONSerializer
+from flask import Flask, Response, request
 from rq_dashboard.web import setup_rq_connection
 
-from service.api.auth import token_is_valid
+from service.api.auth import authenticate, authorize
 from service.api.errors import error_response
-from service.core.config import Settings
+from service.core.config import ApiToken, Settings
+from service.dashboard import headers, origin, seam
 
-PREFIX = "/dashboard"
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-# rq-dashboard's only GET route that changes state: requeue every failed job of a queue.
-STATE_CHANGING_GETS = ("/dashboard/requeue/",)
+PREFIX = origin.PREFIX
 
 
 def basic_password() -> str | None:
@@ -41,46 +38,31 @@ def basic_password() -> str | None:
     return password if sep else None
 
 
-def cross_site() -> bool:
-    """Return True when the request's Origin or Referer names a site other than this host."""
-    for header in ("Origin", "Referer"):
-        value = request.headers.get(header)
-        if value:
-            source = urlsplit(value)
-            if value == "null" or f"{source.scheme}://{source.netloc}" != request.host_url.rstrip("/"):
-                return True
-    return False
-
-
-def guard_dashboard(tokens: tuple[str, ...]) -> Response | None:
-    """Before every request: 401 without a token as Basic password, 403 for a cross-site state change."""
+def guard_dashboard(tokens: tuple[ApiToken, ...]) -> Response | None:
+    """Before every request: 401 without a token as Basic password, 403 without the route's scope (pages
+    need read, actions operate); the same-origin check of state changes runs after it (service.dashboard.origin)."""
     if not (request.path == PREFIX or request.path.startswith(PREFIX + "/")):
         return None
-    password = basic_password()
-    if password is None or not token_is_valid(password, tokens):
+    principal = authenticate(basic_password(), tokens)
+    if principal is None:
         response = error_response(401, "unauthorized", "the dashboard needs an API token as the Basic password")
         response.headers["WWW-Authenticate"] = 'Basic realm="dashboard", charset="UTF-8"'
         return response
-    changes_state = request.method not in SAFE_METHODS or request.path.startswith(STATE_CHANGING_GETS)
-    if changes_state and cross_site():
-        return error_response(403, "forbidden", "cross-site requests may not change the dashboard's state")
+    authorize(principal)
     return None
 
 
 def init_app(app: Flask, settings: Settings) -> None:
-    """Mount rq-dashboard and the schedules view under /dashboard, both guarded."""
+    """Mount rq-dashboard and the schedules view under /dashboard: guarded, same-origin, JSON-only."""
     from service.dashboard import schedules as dashboard_schedules
 
     app.config.from_object(rq_dashboard.default_settings)
     app.config["RQ_DASHBOARD_REDIS_URL"] = settings.redis_url
-    # Jobs are JSON; rq-dashboard would otherwise unpickle job data.
-    rq_dashboard.web.config.serializer = JSONSerializer
-    # rq-dashboard builds a client from the URL on every request, without
-    # timeouts or the TLS files; it gets the app's one client instead, which
-    # also follows a Sentinel failover.
-    rq_dashboard.web.from_url = lambda url, **_: (None, current_app.extensions["redis"])
-    with app.app_context():
-        setup_rq_connection(app)
+    headers.init_app(app)
     app.before_request(lambda: guard_dashboard(app.extensions["settings"].api_tokens))
+    app.before_request(origin.refuse_unsafe_request)
     app.register_blueprint(dashboard_schedules.bp, url_prefix=PREFIX)
     app.register_blueprint(rq_dashboard.blueprint, url_prefix=PREFIX)
+    seam.install(app)
+    with app.app_context():
+        setup_rq_connection(app)

@@ -13,11 +13,15 @@ from zoneinfo import ZoneInfo
 from flask import Blueprint, current_app, redirect, render_template, request, url_for
 from rq import __version__ as rq_version
 from rq_dashboard.version import VERSION as rq_dashboard_version
+from rq_dashboard.web import inject_interval
 from werkzeug.wrappers import Response
 
+from service.dashboard.seam import instance_labels
 from service.schedules import operations as schedules
 
 bp = Blueprint("dashboard_schedules", __name__, template_folder="templates")
+# rq-dashboard gives its own pages the poll interval their shared script needs; this page shares it.
+bp.context_processor(inject_interval)
 PAGE_SIZE = 100
 
 
@@ -59,7 +63,7 @@ def schedules_page() -> str:
         next_cursor=page["next_cursor"],
         active_tab="schedules",
         current_instance=0,
-        instance_list=[],
+        instance_list=instance_labels(current_app.config["RQ_DASHBOARD_REDIS_URL"]),
         rq_url_prefix=url_for("rq_dashboard.queues_overview"),
         rq_dashboard_version=rq_dashboard_version,
         rq_version=rq_version,

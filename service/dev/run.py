@@ -1,4 +1,8 @@
-"""Development runner behind `make run`: embedded Redis, a dev token, then honcho on the Procfile."""
+"""Development runner behind `make run`: embedded Redis, a dev token, then honcho on the Procfile.
+
+Everything it creates is the owner's alone from the start (umask 077, the data folder 0700, the token
+file 0600); the embedded Redis listens on a unix socket only. Ctrl-C stops every process and exits 0.
+"""
 
 from __future__ import annotations
 
@@ -12,25 +16,36 @@ from pathlib import Path
 from redis import Redis
 from redis.exceptions import RedisError
 
-from service.dev.embedded_redis import EmbeddedRedis
+from service.dev.embedded_redis import PRIVATE_UMASK, EmbeddedRedis
 
 # The data folder is project-local and git-ignored; DATA_DIR moves it (tests do).
 DATA_DIR = Path(os.environ.get("DATA_DIR", "data"))
 TOKEN_FILE = DATA_DIR / "dev-token"
 
 
+def private_dir(path: Path) -> Path:
+    """Create `path` for its owner only (0700); warn when an existing one is open to others."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        print(f"warning: other users can read {path}; `chmod 700 {path}` keeps the token and data private", flush=True)
+    return path
+
+
 def dev_token() -> str:
-    """Return the development token kept in data/dev-token, creating it on first use."""
-    DATA_DIR.mkdir(exist_ok=True)
-    if not TOKEN_FILE.exists():
-        TOKEN_FILE.write_text(secrets.token_urlsafe(24) + "\n")
-        TOKEN_FILE.chmod(0o600)
+    """Return the development token kept in data/dev-token, creating it (0600, never wider) on first use."""
+    private_dir(DATA_DIR)
+    try:
+        fd = os.open(TOKEN_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return TOKEN_FILE.read_text().strip()
+    with os.fdopen(fd, "w") as file:
+        file.write(secrets.token_urlsafe(24) + "\n")
     return TOKEN_FILE.read_text().strip()
 
 
 def running_embedded(redis: EmbeddedRedis) -> bool:
     """Return True when an embedded Redis from an earlier run still answers on our socket."""
-    if not redis.use_socket or not redis.socket_path.exists():
+    if not redis.socket_path.exists():
         return False
     try:
         return bool(Redis.from_url(redis.url, socket_timeout=0.5).ping())
@@ -55,35 +70,46 @@ def banner(port: str, token: str, redis_note: str) -> str:
     )
 
 
+def embedded_redis(env: dict[str, str]) -> tuple[EmbeddedRedis | None, str]:
+    """Start (or reuse) the embedded Redis on its socket; set REDIS_URL; return the server we started and a note."""
+    redis = EmbeddedRedis(private_dir(DATA_DIR) / "redis", use_socket=True)
+    env["REDIS_URL"] = redis.url
+    if running_embedded(redis):
+        return None, f"embedded, already running ({redis.url})"
+    redis.start()
+    return redis, f"embedded {redis.server}, AOF on, data in {DATA_DIR / 'redis'} ({redis.url})"
+
+
 def main() -> int:
-    """Start the whole service in the foreground; Ctrl-C stops all of it."""
+    """Start the whole service in the foreground; Ctrl-C (or SIGTERM) stops all of it and exits 0."""
+    os.umask(PRIVATE_UMASK)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.setdefault("PORT", "8000")
-    redis = None
+    redis, redis_note = None, "REDIS_URL from the environment"
     if not env.get("REDIS_URL"):
-        redis = EmbeddedRedis(DATA_DIR / "redis", use_socket=True)
-        if running_embedded(redis):
-            redis_note = f"embedded, already running ({redis.url})"
-            redis = None
-        else:
-            redis.start()
-            redis_note = f"embedded {redis.server}, AOF on, data in {DATA_DIR / 'redis'} ({redis.url})"
-        env["REDIS_URL"] = redis.url if redis else EmbeddedRedis(DATA_DIR / "redis", use_socket=True).url
-    else:
-        redis_note = "REDIS_URL from the environment"
+        try:
+            redis, redis_note = embedded_redis(env)
+        except (ValueError, RuntimeError) as exc:
+            print(f"make run: {exc}", file=sys.stderr)
+            return 2
     token = env.get("API_TOKENS", "").split(",")[0].strip() or dev_token()
     env.setdefault("API_TOKENS", token)
     print(banner(env["PORT"], token, redis_note), flush=True)
-    honcho = Path(sys.executable).with_name("honcho")
-    process = subprocess.Popen([str(honcho), "start", "-f", "Procfile"], env=env)
-    # Ctrl-C or SIGTERM: honcho stops its processes (it ignores a second request).
+    stopping: list[int] = []
+    process = subprocess.Popen([str(Path(sys.executable).with_name("honcho")), "start", "-f", "Procfile"], env=env)
+
+    def stop(signum: int, _: object) -> None:
+        stopping.append(signum)
+        process.terminate()  # honcho stops its processes (it ignores a second request)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: process.terminate())
+        signal.signal(sig, stop)
     try:
-        return process.wait()
+        code = process.wait()
     finally:
         if redis is not None:
             redis.stop()
+    return 0 if stopping else code
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """Enqueue: turn validated job requests into RQ jobs, all-or-nothing, in one Lua call per request or batch.
 
-Every check that can refuse a request (task, lane, arguments, parents) runs
-before anything is written; service.jobs.writer then writes every new job in
-one script call. Idempotency keys and unique tasks are read while WATCHing
-them and the script runs inside MULTI, so concurrent requests can never both
-create a job.
+Every check that can refuse a request (task, lane, arguments, parents, and
+for a client's request the configured Limits) runs before anything is
+written; service.jobs.writer then writes every new job in one script call,
+which also refuses the whole call when a lane is full. Idempotency keys and
+unique tasks are read while WATCHing them and the script runs inside MULTI,
+so concurrent requests can never both create a job.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from redis.client import Pipeline
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from service.core.config import Limits
 from service.core.errors import InvalidField
 from service.core.lanes import check_lane, lane_for
 from service.jobs.model import ServiceJob
-from service.jobs.writer import IDEMPOTENCY_PREFIX, Planned, Submitted, compress, write
+from service.jobs.writer import IDEMPOTENCY_PREFIX, Planned, Submitted, check_written, compress, write
 from service.tasks.registry import REGISTRY, TaskSpec
 
 if TYPE_CHECKING:  # requests are validated by the caller: workers enqueue without loading pydantic
@@ -65,9 +67,9 @@ if TYPE_CHECKING:
     Request = JobRequest | InternalRequest
 
 
-def enqueue(connection: Redis, request: Request) -> ServiceJob:
+def enqueue(connection: Redis, request: Request, limits: Limits | None = None) -> ServiceJob:
     """Enqueue one job and return it (the existing one for a repeated idempotency key or a unique task)."""
-    return submit(connection, [request])[0].job(connection)
+    return submit(connection, [request], limits=limits)[0].job(connection)
 
 
 def enqueue_many(connection: Redis, requests: list[Request]) -> list[ServiceJob]:
@@ -75,21 +77,29 @@ def enqueue_many(connection: Redis, requests: list[Request]) -> list[ServiceJob]
     return [outcome.job(connection) for outcome in submit(connection, requests, batch=True)]
 
 
-def submit(connection: Redis, requests: list[Request], batch: bool = False) -> list[Submitted]:
-    """Check every request, then write them all in one transaction; return each one's outcome in order."""
-    planned = [plan(request, field=f"jobs.{i}" if batch else "") for i, request in enumerate(requests)]
-    return commit(connection, planned)
+def submit(
+    connection: Redis, requests: list[Request], batch: bool = False, limits: Limits | None = None
+) -> list[Submitted]:
+    """Check every request, then write them all in one transaction; return each one's outcome in order.
+
+    `limits`: a client's request (API, CLI) is held to them; the service's own enqueues pass None.
+    """
+    planned = [plan(request, field=f"jobs.{i}" if batch else "", limits=limits) for i, request in enumerate(requests)]
+    return commit(connection, planned, limits.queue_length if limits else None)
 
 
-def plan(request: Request, field: str = "") -> Planned:
+def plan(request: Request, field: str = "", limits: Limits | None = None) -> Planned:
     """Check `request` against the registry and build its job's per-job parts; raise InvalidField on any problem."""
     prefix = f"{field}." if field else ""
     try:
-        spec = REGISTRY.get(request.task)
+        # Internal tasks (hooks.*) are the service's own: a client's request cannot name them.
+        spec = REGISTRY.get(request.task) if isinstance(request, InternalRequest) else REGISTRY.public(request.task)
         lane = check_lane(request.queue) if request.queue is not None else lane_for(spec.name, spec.queue)
     except InvalidField as exc:
         raise type(exc)(request.task if exc.field == "task" else request.queue, prefix + exc.field) from None
     check_arguments(spec, request.args, request.kwargs, prefix)
+    if limits is not None:
+        check_limits(request, spec, limits, prefix)
     args, kwargs = list(request.args), dict(request.kwargs)
     retry_max, backoff = retry_policy(request, spec)
     timeout = request.timeout or spec.timeout_seconds
@@ -136,6 +146,23 @@ def check_arguments(spec: TaskSpec, args: list[Any], kwargs: dict[str, Any], pre
         problem = call_problem.__wrapped__(spec.func, len(args), names)
     if problem is not None:
         raise InvalidField(prefix + problem[0], problem[1])
+
+
+# A request's option, the limit that caps it, and that limit's variable.
+CAPPED_OPTIONS = (
+    ("timeout", "timeout_seconds", "MAX_JOB_TIMEOUT_SECONDS"),
+    ("result_ttl", "result_ttl_seconds", "MAX_RESULT_TTL_SECONDS"),
+    ("ttl", "ttl_seconds", "MAX_JOB_TTL_SECONDS"),
+)
+
+
+def check_limits(request: Request, spec: TaskSpec, limits: Limits, prefix: str = "") -> None:
+    """Raise InvalidField when a client's option passes its configured maximum or the task refuses the arguments."""
+    for option, attribute, variable in CAPPED_OPTIONS:
+        value, cap = getattr(request, option), getattr(limits, attribute)
+        if value is not None and value > cap:
+            raise InvalidField(prefix + option, f"must be at most {cap} seconds ({variable})")
+    spec.check_request(request.args, request.kwargs, limits, prefix)
 
 
 @lru_cache(maxsize=4096)
@@ -195,26 +222,33 @@ def fingerprint(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:32]
 
 
-def commit(connection: Redis, planned: list[Planned]) -> list[Submitted]:
-    """Write the planned jobs in one transaction; return each one's outcome."""
+def commit(connection: Redis, planned: list[Planned], max_queued: int | None = None) -> list[Submitted]:
+    """Write the planned jobs in one transaction; return each one's outcome (QueueFull: nothing written)."""
     claims = [p.claim_key for p in planned if p.claim_key]
     parents = sorted({d for p in planned for d in p.parents})
     if not claims and not parents:
-        return write(connection, planned, {}, set())
+        return write(connection, planned, {}, set(), max_queued)
     # WATCH the claims and the parents: if another client takes a claim or a
     # parent finishes before EXEC, the transaction runs again on fresh reads.
     watched = claims + [Job.key_for(d) for d in parents]
-    return connection.transaction(
-        lambda pipe: _claim_and_write(connection, pipe, planned, parents), *watched, value_from_callable=True
-    )
+    outcomes: list[Submitted] = []
+
+    def claim_and_write(pipe: Pipeline) -> None:
+        outcomes[:] = _claim_and_write(connection, pipe, planned, parents, max_queued)
+
+    for reply in connection.transaction(claim_and_write, *watched):
+        check_written(reply)
+    return outcomes
 
 
-def _claim_and_write(connection: Redis, pipe: Pipeline, planned: list[Planned], parents: list[str]) -> list[Submitted]:
+def _claim_and_write(
+    connection: Redis, pipe: Pipeline, planned: list[Planned], parents: list[str], max_queued: int | None
+) -> list[Submitted]:
     """Inside WATCH: read claims and parents, then MULTI and write what is new."""
     existing = existing_claims(connection, pipe, planned)
     unfinished = unfinished_parents(pipe, parents)
     pipe.multi()
-    return write(pipe, planned, existing, unfinished)
+    return write(pipe, planned, existing, unfinished, max_queued)
 
 
 def existing_claims(connection: Redis, pipe: Pipeline, planned: list[Planned]) -> dict[str, ServiceJob]:

@@ -7,6 +7,7 @@ function name is a registered task name, looked up in the task registry.
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -16,15 +17,20 @@ import rq.queue
 import rq.registry
 import rq.results
 from redis import Redis
-from rq.job import Job
+from rq.exceptions import DeserializationError
+from rq.job import UNEVALUATED, Job
 from rq.queue import Queue
 from rq.serializers import JSONSerializer, resolve_serializer
 from rq.utils import str_to_date
 
 from service.core.keys import doorbell_key
 from service.core.lanes import LANES, check_lane
-from service.jobs import callbacks
-from service.tasks.registry import REGISTRY
+from service.jobs import callbacks, damage
+from service.tasks.registry import REGISTRY, TaskSpec
+
+# A job id the service creates or RQ accepts (uuid4, or `<schedule id>-<epoch>`), checked on the whole string.
+JOB_ID_MAX_LENGTH = 200
+JOB_ID = re.compile(rf"[A-Za-z0-9_-]{{1,{JOB_ID_MAX_LENGTH}}}")
 
 _RESOLVED: dict[Any, Any] = {}
 
@@ -70,20 +76,62 @@ class JobExpired(Exception):
     """Raised in a worker when a job's ttl ran out before it started; the job is not run or retried."""
 
 
+class JobDamaged(Exception):
+    """Raised in a worker for a job whose stored hash is damaged (service.jobs.damage); it fails unrun, unretried."""
+
+
+BAD_DATA = "the job's data is not JSON [task name, null, [args], {kwargs}]; it is never loaded or run"
+
+
 class ServiceJob(Job):
     """An RQ job stored as JSON whose function is looked up in the task registry."""
 
     def __init__(self, id: str | None = None, connection: Redis | None = None, serializer: Any = None) -> None:
         super().__init__(id, connection=connection, serializer=serializer or JSONSerializer)
         self.attempts = 0
+        # What is wrong with the stored hash (None: nothing): the job fails with it instead of running.
+        self.damage: str | None = None
 
     @property
     def func(self) -> Any:
+        if self.damage:
+            raise JobDamaged(f"the stored job is damaged ({self.damage[:500]}); not run")
         if self.expired:
             raise JobExpired("not started within its ttl; discarded without running")
         # Defence in depth: whoever wrote this job into Redis, only a
         # registered task can run (UnknownTask fails the job unexecuted).
         return REGISTRY.get(self.func_name).func
+
+    @property
+    def spec(self) -> TaskSpec | None:
+        """The job's registered task; None when its data names none or cannot be read."""
+        try:
+            name = self.func_name
+        except DeserializationError:
+            return None
+        return REGISTRY.get(name) if name in REGISTRY else None
+
+    @property
+    def task_name(self) -> str:
+        """The job's task name for logs, metrics and events ('?' when its data cannot be read)."""
+        spec = self.spec
+        if spec is not None:
+            return spec.name
+        try:
+            return str(self.func_name)[:100]
+        except DeserializationError:
+            return "?"
+
+    def _deserialize_data(self) -> None:
+        # RQ unpacks any 4-item value; a task call is (name, None, [args], {kwargs}) and nothing else.
+        try:
+            super()._deserialize_data()
+        except DeserializationError:
+            raise DeserializationError(BAD_DATA) from None
+        name, instance, args, kwargs = self._func_name, self._instance, self._args, self._kwargs
+        if not (isinstance(name, str) and instance is None and isinstance(args, list) and isinstance(kwargs, dict)):
+            self._func_name = self._instance = self._args = self._kwargs = UNEVALUATED
+            raise DeserializationError(BAD_DATA)
 
     @property
     def expired(self) -> bool:
@@ -92,8 +140,8 @@ class ServiceJob(Job):
 
     @property
     def should_retry(self) -> bool:
-        # An expired job stays discarded: retrying could only expire again.
-        return bool(super().should_retry) and not self.expired
+        # An expired or damaged job stays failed: retrying could only fail again.
+        return bool(super().should_retry) and not self.damage and not self.expired
 
     def prepare_for_execution(self, worker_name: str, pipeline: Any) -> None:
         super().prepare_for_execution(worker_name, pipeline)
@@ -116,9 +164,16 @@ class ServiceJob(Job):
         return callbacks.resolve(self._stopped_callback_name)
 
     def restore(self, raw_data: Any) -> Any:
-        result = super().restore(raw_data)
-        raw = raw_data.get(b"attempts") or raw_data.get("attempts") or 0
-        self.attempts = int(raw)
+        """Load a stored hash; a field that is not as the service writes it is left out and named in `damage`."""
+        fields, problems = damage.inspect(raw_data)
+        try:
+            result = super().restore(fields)
+        except Exception as exc:  # a shape the checks do not know: keep what identifies the job
+            problems.append(f"unreadable: {type(exc).__name__}: {exc}"[:300])
+            result = super().restore({k: v for k, v in fields.items() if k in ("data", "origin", "status")})
+        self.webhooks = []  # RQ would POST to URLs stored in the hash, outside the outbound fence
+        self.attempts = int(fields.get("attempts") or 0)
+        self.damage = "; ".join(problems) or None
         return result
 
 

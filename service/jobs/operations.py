@@ -6,7 +6,6 @@ creates them). HTTP views and the CLI call these functions and nothing below.
 
 from __future__ import annotations
 
-import re
 import time
 
 from redis import Redis
@@ -25,11 +24,8 @@ from rq.registry import (
 from service.core.errors import Conflict, InvalidField, JobNotFound
 from service.core.lanes import LANES, check_lane
 from service.jobs.describe import STATUSES, status_of
-from service.jobs.model import ServiceJob, ServiceQueue
+from service.jobs.model import JOB_ID, JOB_ID_MAX_LENGTH, ServiceJob, ServiceQueue
 
-JOB_ID_MAX_LENGTH = 200
-# RQ's own rule for ids (it raises ValueError on anything else).
-JOB_ID = re.compile(rf"^[A-Za-z0-9_-]{{1,{JOB_ID_MAX_LENGTH}}}$")
 CANCELABLE = frozenset({"queued", "scheduled", "deferred"})
 REQUEUEABLE = frozenset({"failed", "stopped"})
 STOP_WAIT_SECONDS = 3.0
@@ -46,7 +42,7 @@ REGISTRIES: dict[str, type[BaseRegistry]] = {
 
 def fetch(connection: Redis, job_id: str) -> ServiceJob:
     """Return the stored job `job_id`; raise JobNotFound when there is none."""
-    if not JOB_ID.match(job_id):
+    if not JOB_ID.fullmatch(job_id):
         raise JobNotFound(f"no job with id {job_id[:JOB_ID_MAX_LENGTH]!r}")
     try:
         return ServiceJob.fetch(job_id, connection=connection)

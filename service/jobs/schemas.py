@@ -7,12 +7,14 @@ InvalidField, whose message names the field (SPEC §5).
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
+from service.core.config import whole_number
 from service.core.errors import InvalidField
 from service.jobs.describe import STATUSES
+from service.jobs.model import JOB_ID
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -22,8 +24,22 @@ MAX_DELAY_SECONDS = 366 * 24 * 3600
 MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
 MAX_TTL_SECONDS = 366 * 24 * 3600
 MAX_RETRIES = 25
+# pydantic matches `pattern` with Rust's regex, whose `$` is the very end of the text (not before a final newline).
 KEY_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
-JOB_ID_PATTERN = r"^[A-Za-z0-9_-]{1,200}$"
+
+
+def _ascii_whole(value: Any) -> Any:
+    """A query number is ASCII digits only: pydantic's lax int also takes ' 5', '5_0', '+5' and '5.0'."""
+    if isinstance(value, str):
+        number = whole_number(value)
+        if number is None:
+            raise ValueError(f"{value[:20]!r} is not a whole number")
+        return number
+    return value
+
+
+# An integer query parameter (query strings are text: strict mode would refuse every value).
+QueryInt = Annotated[int, BeforeValidator(_ascii_whole)]
 
 
 class Strict(BaseModel):
@@ -79,9 +95,7 @@ class JobRequest(Strict):
     @field_validator("depends_on")
     @classmethod
     def _job_ids(cls, value: list[str] | None) -> list[str] | None:
-        import re
-
-        if value is not None and any(not re.match(JOB_ID_PATTERN, v) for v in value):
+        if value is not None and any(not JOB_ID.fullmatch(v) for v in value):
             raise ValueError("each entry must be a job id")
         return value
 
@@ -104,14 +118,18 @@ class RequeueRequest(Strict):
     """POST /jobs/<id>/requeue takes no fields."""
 
 
-class ListJobsQuery(Strict):
-    """GET /jobs query string."""
+class Query(Strict):
+    """Base for query strings: unknown parameters are refused; numbers are QueryInt."""
 
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
 
+
+class ListJobsQuery(Query):
+    """GET /jobs query string (`limit` is capped by MAX_PAGE_SIZE)."""
+
     status: Literal[STATUSES] | None = None  # type: ignore[valid-type]
     queue: str | None = None
-    limit: int = Field(default=50, ge=1, le=500)
+    limit: QueryInt = Field(default=50, ge=1)
     cursor: str | None = Field(default=None, max_length=50, pattern=r"^[0-9]{1,6}\.[0-9]{1,12}$")
 
 

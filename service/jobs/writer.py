@@ -26,7 +26,7 @@ from rq.registry import DeferredJobRegistry, ScheduledJobRegistry
 from rq.utils import utcformat
 
 from service.core import metrics
-from service.core.errors import Conflict
+from service.core.errors import Conflict, QueueFull
 from service.jobs.describe import describe, isotime
 from service.jobs.model import ServiceJob, ServiceQueue
 from service.tasks.registry import TaskSpec
@@ -45,7 +45,10 @@ SMALL_PAYLOAD_BYTES = 3800
 
 # ARGV[1]: JSON header: batch time, templates, claims, counters, queues, key
 # shapes, and per job [id, template index, score, data size, [extra field,
-# value, ...], [parent, ...]]. ARGV[2]: every job's data, one after another.
+# value, ...], [parent, ...]]; with max_queued, per lane receiving jobs [its
+# list, scheduled and deferred keys, jobs added, lane]. ARGV[2]: every job's
+# data, one after another. Returns 1, or {'queue_full', lane, waiting} having
+# written nothing when a lane would hold more than max_queued waiting jobs.
 # A template's commands are RQ's own for its status: the lane push and doorbell
 # (ServiceQueue.push_job_id) for queued; the scheduled registry for scheduled;
 # the deferred registry and dependency sets (Job.register_dependency) for deferred.
@@ -54,6 +57,14 @@ WRITE_SCRIPT = """
 local h = cjson.decode(ARGV[1])
 local blobs = ARGV[2]
 local now, templates, placeholder = h.now, h.templates, h.placeholder
+if h.max_queued then
+    for _, lane in ipairs(h.lanes) do
+        local waiting = redis.call('LLEN', lane[1]) + redis.call('ZCARD', lane[2]) + redis.call('ZCARD', lane[3])
+        if waiting + lane[4] > h.max_queued then
+            return {'queue_full', lane[5], waiting}
+        end
+    end
+end
 for _, claim in ipairs(h.claims) do
     redis.call('SET', claim[1], claim[2], 'EX', h.claim_ttl)
 end
@@ -257,14 +268,24 @@ def dependency_key_shapes() -> dict[str, list[str]]:
 
 
 def write(
-    client: Redis | Pipeline, planned: list[Planned], existing: dict[str, ServiceJob], unfinished: set[str]
+    client: Redis | Pipeline,
+    planned: list[Planned],
+    existing: dict[str, ServiceJob],
+    unfinished: set[str],
+    max_queued: int | None = None,
 ) -> list[Submitted]:
-    """Queue (in a MULTI) or run the one script call that writes every new job; return the outcomes."""
+    """Queue (in a MULTI) or run the one script call that writes every new job; return the outcomes.
+
+    With `max_queued`, the script refuses the whole call when a lane would hold more waiting jobs
+    (queued, scheduled, deferred): run here, that raises QueueFull; queued in a MULTI, the caller
+    passes the script's reply to check_written().
+    """
     now = datetime.now(UTC)
     now_rq = utcformat(now.replace(tzinfo=None))
     templates: dict[tuple[Any, ...], int] = {}
     header: dict[str, Any] = {"now": now_rq, "templates": [], "claims": [], "counts": []}
     counts: dict[tuple[str, str], int] = {}
+    added: dict[str, int] = {}
     queues: dict[str, None] = {}
     seen: dict[str, Submitted] = {}
     outcome: list[Submitted] = []
@@ -289,6 +310,7 @@ def write(
             header["claims"].append([p.claim_key, p.id])
         counted = (p.spec.name, p.lane)
         counts[counted] = counts.get(counted, 0) + 1
+        added[p.lane] = added.get(p.lane, 0) + 1
         queues[lane_keys(p.lane)["queue"]] = None
         written = Submitted(p, True, status=status, at=now, now_rq=now_rq)
         if p.claim_key:
@@ -307,10 +329,28 @@ def write(
             deferred_score=str(int(now.timestamp())),
             **dependency_key_shapes(),
         )
+        if max_queued is not None:
+            header["max_queued"] = max_queued
+            header["lanes"] = [[*waiting_keys(lane), count, lane] for lane, count in added.items()]
         # Two arguments, not several per job: redis-py packs each argument in Python.
         args = [json.dumps(header, separators=(",", ":")), b"".join(blobs)]
-        write_script(client)(args=args, client=client)
+        reply = write_script(client)(args=args, client=client)
+        if not isinstance(client, Pipeline):
+            check_written(reply)
     return outcome
+
+
+def waiting_keys(lane: str) -> tuple[str, str, str]:
+    """The keys whose jobs count as waiting in `lane`: its list, its scheduled and its deferred registries."""
+    keys = lane_keys(lane)
+    return keys["queue"], keys["scheduled"], keys["deferred"]
+
+
+def check_written(reply: Any) -> None:
+    """Raise QueueFull when the write script refused the call (a full lane); anything else is success."""
+    if isinstance(reply, list) and reply and reply[0] == b"queue_full":
+        lane, waiting = reply[1].decode(), int(reply[2])
+        raise QueueFull(f"lane {lane!r} holds {waiting} waiting jobs (MAX_QUEUE_LENGTH); try again later")
 
 
 def _same(earlier: Submitted | None) -> dict[str, Any]:

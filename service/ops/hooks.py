@@ -21,7 +21,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from service.jobs.enqueue import InternalRequest, enqueue
-from service.tasks.registry import REGISTRY
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +65,7 @@ def job_event(event: str, job: Any, **extra: Any) -> dict[str, Any]:
     meta = job.meta or {}
     fields = {
         "job_id": job.id,
-        "task": job.func_name,
+        "task": job.task_name,
         "queue": job.origin,
         "attempts": getattr(job, "attempts", None),
         **{k: meta[k] for k in ("schedule_id", "scheduled_for") if k in meta},
@@ -80,8 +79,7 @@ def job_event(event: str, job: Any, **extra: Any) -> dict[str, Any]:
 
 def queue_webhook(job: Any, payload: dict[str, Any]) -> None:
     """Enqueue delivery of a failure event to the task's webhook_url, if it has one; never raises."""
-
-    spec = REGISTRY.get(job.func_name) if job.func_name in REGISTRY else None
+    spec = job.spec
     if spec is None or spec.webhook_url is None:
         return
     try:

@@ -15,6 +15,16 @@ from service.jobs.operations import REGISTRIES
 COUNTED = ("started", "scheduled", "deferred", "failed", "finished", "canceled")
 
 
+class WorkerRecord(Worker):
+    """A registered worker read for display, on the caller's Redis client with its timeouts kept."""
+
+    def _set_connection(self, connection: Redis) -> Redis:
+        # RQ's Worker raises the client's socket timeout above its blocking
+        # dequeue (415 s): on the web's shared client a frozen Redis would then
+        # hang requests instead of answering 503. A record only reads.
+        return connection
+
+
 def queue_counts(connection: Redis) -> list[dict[str, Any]]:
     """Return per lane the number of queued, started, scheduled, deferred, failed, finished, canceled jobs."""
     with connection.pipeline(transaction=False) as pipe:
@@ -33,7 +43,7 @@ def queue_counts(connection: Redis) -> list[dict[str, Any]]:
 
 def workers(connection: Redis) -> list[dict[str, Any]]:
     """Return every registered worker: name, lanes, state, current job id, counts, last heartbeat."""
-    found = Worker.all(connection=connection)
+    found = WorkerRecord.all(connection=connection)
     return sorted(
         (
             {

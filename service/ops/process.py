@@ -10,6 +10,7 @@ from service.core.config import Settings
 from service.core.connection import connect
 from service.core.errors import ConfigError
 from service.core.logs import configure_logging
+from service.tasks import outbound
 from service.tasks.registry import load_task_modules
 
 
@@ -22,4 +23,5 @@ def start(role: str) -> tuple[Settings, Redis]:
         print(f"{role}: configuration error: {exc.message}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(settings, role=role)
+    outbound.allow(settings.outbound_allow)
     return settings, connect(settings.redis_url, role=role)

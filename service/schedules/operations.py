@@ -15,7 +15,8 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import WatchError
 
-from service.core.errors import InvalidField, ScheduleNotFound
+from service.core.config import Limits
+from service.core.errors import InvalidField, ScheduleLimitReached, ScheduleNotFound
 from service.core.keys import ScheduleKeys
 from service.jobs.callbacks import pause_schedule
 from service.jobs.context import scheduled_for
@@ -32,12 +33,14 @@ from service.schedules.spec import (
     to_ms,
 )
 from service.schedules.store import COUNTERS, StoredSchedule, dump_spec, from_raw, read, read_many
+from service.tasks.registry import REGISTRY
 
 __all__ = ["scheduled_for", "schedule", "upsert", "upsert_many", "get", "list_schedules", "delete", "pause", "resume"]
 
 MAX_PREVIEW = 1000
 MAX_BACKFILL = 1000
 MAX_PAGE = 1000
+RUNS_PAGE = 100
 ORIGINS = ("api", "file", "code")
 
 
@@ -46,14 +49,27 @@ def now_utc() -> datetime:
 
 
 def upsert(
-    connection: Redis, schedule_id: str, data: Any, *, origin: str = "api", now: datetime | None = None
+    connection: Redis,
+    schedule_id: str,
+    data: Any,
+    *,
+    origin: str = "api",
+    now: datetime | None = None,
+    limits: Limits | None = None,
 ) -> tuple[dict[str, Any], bool]:
-    """Create or replace schedule `schedule_id` from `data`; return (its JSON, created?). Same spec: no change."""
+    """Create or replace schedule `schedule_id` from `data`; return (its JSON, created?). Same spec: no change.
+
+    `limits`: a client's schedule (API, CLI) is held to them: the task's argument check, and no new
+    schedule past MAX_SCHEDULES (ScheduleLimitReached); replacing an existing one is always allowed.
+    """
     check_schedule_id(schedule_id)
     if isinstance(data, dict) and "id" in data and data["id"] != schedule_id:
         raise InvalidField("id", f"{data['id']!r} differs from the id in the path {schedule_id!r}")
     spec = parse_spec(data)
-    return save(connection, schedule_id, spec, origin=origin, now=now)
+    if limits is None:
+        return save(connection, schedule_id, spec, origin=origin, now=now)
+    REGISTRY.get(spec.task).check_request(spec.args, spec.kwargs, limits)
+    return save(connection, schedule_id, spec, origin=origin, now=now, max_schedules=limits.schedules)
 
 
 def save(
@@ -64,28 +80,36 @@ def save(
     origin: str = "api",
     now: datetime | None = None,
     paused: bool | None = None,
+    max_schedules: int | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Store a validated spec under `schedule_id` (see upsert).
 
     `paused`: None keeps the current state unless the spec sets `paused`
     explicitly, so a re-synced file or a redeploy does not resume a schedule
-    an operator paused.
+    an operator paused. `max_schedules`: refuse a new id once the index holds
+    that many (read while WATCHing the index, so concurrent creations cannot pass it).
     """
     now = now or now_utc()
     if spec.queue is None:
         spec = spec.model_copy(update={"queue": spec.lane})  # echo the lane it will run in
     spec_json = dump_spec(spec)
     key = ScheduleKeys.schedule(schedule_id)
+    watched = (key, ScheduleKeys.index) if max_schedules is not None else (key,)
     with connection.pipeline() as pipe:
         while True:
             try:
-                pipe.watch(key)
+                pipe.watch(*watched)
                 current = from_raw(schedule_id, pipe.hgetall(key))
                 created = current is None
                 wanted = _paused(spec, current, paused)
                 if current is not None and current.spec_json == spec_json and current.paused == wanted:
                     pipe.unwatch()
                     return describe(current), False
+                if created and max_schedules is not None and pipe.zcard(ScheduleKeys.index) >= max_schedules:
+                    pipe.unwatch()
+                    raise ScheduleLimitReached(
+                        f"{max_schedules} schedules exist (MAX_SCHEDULES): delete one or replace an existing id"
+                    )
                 pipe.multi()
                 _write(pipe, schedule_id, spec, spec_json, current, wanted, origin, now)
                 pipe.execute()
@@ -246,10 +270,14 @@ def describe(stored: StoredSchedule) -> dict[str, Any]:
     return data
 
 
-def list_schedules(connection: Redis, cursor: str | None = None, limit: int = 100) -> dict[str, Any]:
+def list_schedules(
+    connection: Redis, cursor: str | None = None, limit: int = 100, *, max_page: int = MAX_PAGE
+) -> dict[str, Any]:
     """Return one page of schedules in id order and the cursor of the next page (None at the end)."""
-    if not 1 <= limit <= MAX_PAGE:
-        raise InvalidField("limit", f"must be 1 to {MAX_PAGE}")
+    if not 1 <= limit <= max_page:
+        raise InvalidField("limit", f"must be 1 to {max_page}")
+    if cursor and not _valid_id(cursor):
+        raise InvalidField("cursor", "not a cursor this API returned")
     start = f"({cursor}" if cursor else "-"
     ids = [i.decode() for i in connection.zrangebylex(ScheduleKeys.index, start, "+", start=0, num=limit + 1)]
     page, more = ids[:limit], len(ids) > limit
@@ -330,8 +358,8 @@ def _instant_field(data: dict, name: str) -> datetime:
 def runs(connection: Redis, schedule_id: str, limit: int = 50) -> dict[str, Any]:
     """Return the schedule's recent runs, newest first, with each run job's current status."""
     load(connection, schedule_id)
-    if not 1 <= limit <= 100:
-        raise InvalidField("limit", "must be 1 to 100")
+    if not 1 <= limit <= RUNS_PAGE:
+        raise InvalidField("limit", f"must be 1 to {RUNS_PAGE}")
     records = [json.loads(r) for r in connection.lrange(ScheduleKeys.runs(schedule_id), 0, limit - 1)]
     pipe = connection.pipeline(transaction=False)
     for record in records:

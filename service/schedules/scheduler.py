@@ -115,8 +115,18 @@ class ServiceScheduler(Scheduler):
         fired = self.fire_buffered_runs()  # buffered runs are older than anything due now
         fired += self.fire_due_schedules()
         if self.connection.zcard(self.scheduled_jobs_key):
-            super().enqueue_jobs()
+            try:
+                super().enqueue_jobs()
+            except RedisError:
+                raise
+            except Exception:  # a stock job it cannot load (a planted id) must not stop the schedules
+                log.exception("scheduler %s: stock rq-scheduler jobs could not be enqueued", self.key)
         return fired
+
+    def get_queue_for_job(self, job: Any) -> ServiceQueue:
+        # rq-scheduler imports the queue class a job's meta names (queue_class_name): here it is always ours.
+        key = self.queue_class.redis_queue_namespace_prefix + job.origin
+        return self.queue_class.from_queue_key(key, connection=self.connection, job_class=self.job_class)
 
     def fire_due_schedules(self) -> int:
         """Fire the schedules whose due score has passed, in batches; stop if the lease is lost."""

@@ -21,7 +21,8 @@ from service.jobs.schemas import MAX_ARGS, Strict, validate
 from service.schedules.cron import CronRule, CronSyntaxError, UnknownZone, check_expression, load_zone
 from service.tasks.registry import REGISTRY
 
-SCHEDULE_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+# Checked on the whole string: `$` would also match before a final newline.
+SCHEDULE_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 TRIGGERS = ("cron", "interval", "at")
 # Same range as Redis' and JSON's exact integers of milliseconds is far
@@ -231,7 +232,7 @@ class DueTimes:
 
 def check_schedule_id(schedule_id: object) -> str:
     """Return `schedule_id` if it is 1-100 characters of [A-Za-z0-9_-]; raise InvalidField('id') otherwise."""
-    if not isinstance(schedule_id, str) or not SCHEDULE_ID.match(schedule_id):
+    if not isinstance(schedule_id, str) or not SCHEDULE_ID.fullmatch(schedule_id):
         raise InvalidField("id", "must be 1-100 characters of letters, digits, '_' and '-'")
     return schedule_id
 
@@ -241,7 +242,7 @@ def parse_spec(data: Any) -> ScheduleSpec:
     if not isinstance(data, dict):
         raise InvalidField("body", "a schedule must be a JSON object")
     spec = validate(ScheduleSpec, {k: v for k, v in data.items() if k not in ("id",)} if "id" in data else data)
-    REGISTRY.get(spec.task)
+    REGISTRY.public(spec.task)
     if spec.queue is not None:
         check_lane(spec.queue)
     start, end = spec.start, spec.end

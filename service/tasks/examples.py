@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
 from rq import get_current_job
 
+from service.core.config import Limits
+from service.tasks import outbound
 from service.tasks.registry import RetryPolicy, task
 
 log = logging.getLogger(__name__)
@@ -56,15 +56,9 @@ def generate_report(report_id: str, period: str | None = None) -> dict[str, Any]
 
 @task("http.check", timeout=30, retry=RetryPolicy(max=2, backoff=(5, 30)))
 def check_url(url: str, timeout_seconds: float = 5.0) -> dict[str, Any]:
-    """GET `url` with a timeout; return its status and latency (raise on a 5xx or no answer)."""
-    if not url.startswith(("http://", "https://")):
-        raise ValueError("url must start with http:// or https://")
+    """GET `url` through the outbound fence; return its status and latency (raise on a 5xx, no answer, refusal)."""
     started = time.monotonic()
-    try:
-        with urllib.request.urlopen(url, timeout=float(timeout_seconds)) as response:  # noqa: S310 - scheme checked
-            status = response.status
-    except urllib.error.HTTPError as exc:
-        status = exc.code
+    status = outbound.fetch(url, timeout_seconds=float(timeout_seconds)).status
     latency_ms = round((time.monotonic() - started) * 1000, 1)
     if status >= 500:
         raise RuntimeError(f"{url} answered {status}")
@@ -80,7 +74,14 @@ def scrape_for_user(user_id: str) -> dict[str, Any]:
     return {"user_id": user_id, "items": len(str(user_id)) * 3}
 
 
-@task("scrape.dispatch", queue="default")
+def fanout_within_limit(args: list[Any], kwargs: dict[str, Any], limits: Limits) -> None:
+    """Refuse a dispatch to more users than MAX_FANOUT: one request must not become an unbounded burst of jobs."""
+    users = kwargs.get("users", args[0] if args else None)
+    if isinstance(users, list) and len(users) > limits.fanout:
+        raise ValueError(f"users: at most {limits.fanout} per dispatch (MAX_FANOUT), got {len(users)}")
+
+
+@task("scrape.dispatch", queue="default", check=fanout_within_limit)
 def dispatch_scrapes(users: list[dict[str, str]]) -> list[str]:
     """Fan out one scrape.user job per user, in the lane of the user's tier.
 

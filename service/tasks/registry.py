@@ -13,10 +13,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.core.errors import ConfigError, UnknownTask
+from service.core.config import Limits
+from service.core.errors import ConfigError, InternalTask, InvalidField, UnknownTask
 from service.core.lanes import LANES
 
-TASK_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+TASK_NAME = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
+# Tasks under this prefix are internal whatever their registration says (the service's own deliveries).
+INTERNAL_PREFIX = "hooks."
 DEFAULT_TIMEOUT_SECONDS = 180
 DEFAULT_RESULT_TTL_SECONDS = 500
 # RQ keeps failed jobs a year by default; a week is enough to look and requeue.
@@ -54,6 +57,19 @@ class TaskSpec:
     rate_limit: tuple[int, float] | None = None
     # Failure events of this task are POSTed here (service.ops.hooks); None: no webhook.
     webhook_url: str | None = None
+    # Only the service enqueues it (hooks.webhook): the API, the CLI and schedules cannot name it.
+    internal: bool = False
+    # Checks a client's arguments against the Limits (enqueue, schedule save); raises ValueError to refuse.
+    check: Callable[[list[Any], dict[str, Any], Limits], None] | None = None
+
+    def check_request(self, args: list[Any], kwargs: dict[str, Any], limits: Limits, prefix: str = "") -> None:
+        """Run the task's own argument check; InvalidField (on `<prefix>args`) when it refuses."""
+        if self.check is None:
+            return
+        try:
+            self.check(list(args), dict(kwargs), limits)
+        except ValueError as exc:
+            raise InvalidField(prefix + "args", str(exc)) from None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -70,6 +86,7 @@ class TaskSpec:
                 {"max_starts": self.rate_limit[0], "period_seconds": self.rate_limit[1]} if self.rate_limit else None
             ),
             "webhook": self.webhook_url is not None,
+            "internal": self.internal,
         }
 
 
@@ -80,7 +97,7 @@ class TaskRegistry:
         self._tasks: dict[str, TaskSpec] = {}
 
     def add(self, spec: TaskSpec) -> None:
-        if not TASK_NAME.match(spec.name):
+        if not TASK_NAME.fullmatch(spec.name):
             raise ValueError(f"task name {spec.name!r} must be dotted lower-case words, e.g. 'reports.generate'")
         if spec.queue not in LANES:
             raise ValueError(f"task {spec.name!r}: queue {spec.queue!r} is not one of {LANES}")
@@ -94,6 +111,13 @@ class TaskRegistry:
         spec = self._tasks.get(name) if isinstance(name, str) else None
         if spec is None:
             raise UnknownTask(name)
+        return spec
+
+    def public(self, name: object, field: str = "task") -> TaskSpec:
+        """Return the spec of a task clients may name (API, CLI, schedules); UnknownTask or InternalTask otherwise."""
+        spec = self.get(name)
+        if spec.internal:
+            raise InternalTask(spec.name, field)
         return spec
 
     def __contains__(self, name: object) -> bool:
@@ -122,8 +146,16 @@ def task(
     concurrency: int | None = None,
     rate_limit: str | tuple[int, float] | None = None,
     webhook_url: str | None = None,
+    internal: bool = False,
+    check: Callable[[list[Any], dict[str, Any], Limits], None] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register the decorated function as task `name` with its per-job defaults."""
+    """Register the decorated function as task `name` with its per-job defaults.
+
+    An `internal` task is enqueued only by the service itself: the API, the
+    CLI and schedules refuse its name (422) as they refuse an unknown one.
+    `check(args, kwargs, limits)` may refuse a client's arguments (raise ValueError), e.g. a fan-out
+    larger than MAX_FANOUT; it runs at enqueue and when a schedule is saved, not in the worker.
+    """
 
     def register(func: Callable[..., Any]) -> Callable[..., Any]:
         doc = (func.__doc__ or "").strip().splitlines()
@@ -141,6 +173,8 @@ def task(
                 concurrency=_concurrency(name, concurrency),
                 rate_limit=parse_rate_limit(name, rate_limit),
                 webhook_url=_webhook_url(name, webhook_url),
+                internal=internal or name.startswith(INTERNAL_PREFIX),
+                check=check,
             )
         )
         return func

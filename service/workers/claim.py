@@ -104,6 +104,11 @@ return 1
 """
 
 
+def raw_id(job_id: str) -> bytes:
+    """`job_id` as the bytes Redis holds (an id read from Redis keeps bytes that are not UTF-8 as surrogates)."""
+    return job_id.encode("utf-8", "surrogateescape")
+
+
 def now_utc(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
@@ -178,12 +183,14 @@ class Claimer:
             keys=[self.key, CLAIMERS_KEY, self.worker_key, self.executions_key],
             args=[now, self.worker_name, execution_id, utcformat(now_utc(now)), ttl_seconds, *lanes],
         )
-        if not reply[0]:
+        if reply[0] is None:  # nothing claimed (an empty id is still a claim)
             earliest = float(reply[1])
             return earliest if earliest >= 0 else None
         flat = reply[2]
         raw = dict(zip(flat[::2], flat[1::2], strict=True))
-        return Claim(reply[0].decode(), reply[1].decode(), raw, execution_id if reply[3] else None)
+        # An id that is not UTF-8 keeps its bytes as surrogates: it is discarded, not a reason to stop.
+        job_id = reply[0].decode("utf-8", "surrogateescape")
+        return Claim(job_id, reply[1].decode(), raw, execution_id if reply[3] else None)
 
     def wait(self, lanes: Sequence[str], timeout_seconds: float) -> None:
         """Block until a lane's doorbell rings or the timeout passes (the token only wakes us)."""
@@ -199,7 +206,7 @@ class Claimer:
 
     def drop(self, job_id: str) -> None:
         """Forget a claimed id whose job no longer exists or must not run."""
-        self.connection.lrem(self.key, 1, job_id)
+        self.connection.lrem(self.key, 1, raw_id(job_id))
 
     def claimed(self, key: str | None = None) -> list[str]:
-        return [i.decode() for i in self.connection.lrange(key or self.key, 0, -1)]
+        return [i.decode("utf-8", "surrogateescape") for i in self.connection.lrange(key or self.key, 0, -1)]

@@ -9,6 +9,7 @@ writes are made by one Lua call; anything else takes RQ's own path.
 
 from __future__ import annotations
 
+from base64 import b64encode
 from typing import Any
 
 from redis import Redis
@@ -22,6 +23,26 @@ from service.core import metrics
 from service.core.keys import claimed_key
 
 HISTOGRAM = "job_duration_seconds"
+# A larger result fails its job: Redis refuses a value over 512 MB by closing
+# the connection, which a worker would take for an outage and retry forever.
+RESULT_MAX_BYTES = 16 * 1024 * 1024
+
+
+class ResultRefused(Exception):
+    """Raised when a task's result cannot be stored (not JSON, or over RESULT_MAX_BYTES); its job fails with it."""
+
+
+def encode_result(serializer: Any, value: Any) -> bytes:
+    """The stored form of a task's result; ResultRefused when it is not JSON or too large."""
+    try:
+        encoded = bytes(serializer.dumps(value))
+    except Exception as exc:  # RQ would store "Unserializable return value" and call the job finished
+        raise ResultRefused(f"the task returned a value that is not JSON ({type(exc).__name__}: {exc})"[:300]) from None
+    if len(encoded) > RESULT_MAX_BYTES:
+        raise ResultRefused(f"the task's result is {len(encoded)} bytes of JSON; at most {RESULT_MAX_BYTES} are stored")
+    return encoded
+
+
 # The duration buckets as Python names them in the metrics hash ("le=0.005", "le=1.0", ...).
 BUCKET_NAMES = [f"{bound}" for bound in metrics.HISTOGRAMS[HISTOGRAM][2]]
 
@@ -119,18 +140,21 @@ class Finisher:
     ) -> int:
         """Mark `job` finished with its result; return how many dependents it has."""
         assert job.started_at and job.ended_at
+        encoded = encode_result(job.serializer, job._result)
         result = Result(
             job_id=job.id,
             type=Result.Type.SUCCESSFUL,
             connection=job.connection,
-            return_value=job._result,
             worker_name=self.worker_name,
             serializer=job.serializer,
             execution_id=execution.id,
             execution_started_at=execution.created_at,
             execution_ended_at=job.ended_at,
         )
-        pairs = [str(part) for item in result.serialize().items() for part in item]
+        fields = result.serialize()
+        if job._result is not None:  # as Result.serialize() stores it, serialized once
+            fields["return_value"] = b64encode(encoded).decode()
+        pairs = [str(part) for item in fields.items() for part in item]
         score = "+inf" if result_ttl < 0 else current_timestamp() + result_ttl
         working = (job.ended_at - job.started_at).total_seconds()
         return int(

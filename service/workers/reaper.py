@@ -30,9 +30,11 @@ from rq.registry import StartedJobRegistry
 
 from service.core import metrics
 from service.core.keys import CLAIMERS_KEY, claimed_key
+from service.core.lanes import LANES
+from service.core.outage import REDIS_DOWN
+from service.jobs.damage import is_job_id
 from service.jobs.model import ServiceJob, ServiceQueue
-from service.tasks.registry import REGISTRY
-from service.workers import limits
+from service.workers import limits, poison
 from service.workers.claim import Claimer
 
 log = logging.getLogger("service.worker")
@@ -84,36 +86,60 @@ class Reaper:
         recovered = 0
         try:
             for raw in self.connection.smembers(CLAIMERS_KEY):
-                name = raw.decode()
-                if self.connection.exists(alive_key(name)):
-                    continue
-                key = claimed_key(name)
-                for job_id in self._claimer.claimed(key):
-                    self.recover(job_id, key, f"worker {name} died (no heartbeat) while running this job")
-                    recovered += 1
-                if not self.connection.llen(key):
-                    self.connection.srem(CLAIMERS_KEY, name)
+                name = raw.decode("utf-8", "surrogateescape")
+                try:
+                    recovered += self._reap_worker(name)
+                except REDIS_DOWN:
+                    raise
+                except Exception:  # one worker's list must not keep the others' jobs from coming back
+                    log.exception("Reaper: could not go through the claims of worker %r", name[:100])
         finally:
             self._release_lock(keys=[LOCK_KEY], args=[token])
         return recovered
 
+    def _reap_worker(self, name: str) -> int:
+        """Recover every job claimed by worker `name` if it is dead; return how many."""
+        if self.connection.exists(alive_key(name)):
+            return 0
+        key = claimed_key(name)
+        reason = f"worker {name} died (no heartbeat) while running this job"
+        jobs = self._claimer.claimed(key)
+        for job_id in jobs:
+            try:
+                self.recover(job_id, key, reason)
+            except REDIS_DOWN:
+                raise
+            except Exception as exc:  # whatever the job holds, it leaves the list: failed alone
+                log.exception("Reaper: job %r of worker %s could not be recovered", job_id[:100], name)
+                poison.fail(self.connection, key, job_id, None, f"{type(exc).__name__}: {exc}", None, name)
+        if not self.connection.llen(key):
+            self.connection.srem(CLAIMERS_KEY, name)
+        return len(jobs)
+
     def recover(self, job_id: str, key: str, reason: str) -> str:
         """Bring back one claimed job whose runner died; return what was done."""
+        if not is_job_id(job_id):
+            poison.discard(self.connection, key, job_id, None, None, "reaper")
+            return "discarded"
         job = ServiceJob.fetch_many([job_id], connection=self.connection)[0]
         if job is None or job.get_status(refresh=False) in ENDED:
             self.connection.lrem(key, 1, job_id)  # gone, or its outcome is already stored
             return "dropped"
+        if job.damage or job.origin not in LANES:  # it cannot run: no crash allowance, no retry
+            message = f"JobDamaged: the stored job is damaged ({job.damage}); not run"
+            poison.fail(self.connection, key, job_id, None, message, None, "reaper")
+            return "failed"
         lane = job.origin
         if job.get_status(refresh=False) != JobStatus.STARTED:
             self._claimer.requeue(job_id, lane, key=key)
             log.warning("Reaper: job %s was claimed but not started; back at the front of %s", job_id, lane)
             return "requeued"
         crashes = int(self.connection.hincrby(job.key, CRASHES_FIELD, 1))
-        spec = REGISTRY._tasks.get(job.func_name) if isinstance(job.func_name, str) else None
+        spec = job.spec
         with self.connection.pipeline() as pipe:
             _forget_execution(self.connection, job, pipe)
             limits.release(pipe, spec, job_id)
-            task = spec.name if spec else "?"
+            task = job.task_name
             if crashes <= self.crash_retries:
                 metrics.count(pipe, "jobs_redelivered", task, lane)
                 pipe.execute()
@@ -130,7 +156,7 @@ class Reaper:
             message = f"WorkerDied: {reason}; {crashes} crashes, no attempts left (poison job?)"
             record_job_failure(job, message, pipe)
             metrics.count(pipe, "jobs_failed", task, lane)
-            pipe.hincrby(POISON_METRIC_KEY, job.func_name if isinstance(job.func_name, str) else "?", 1)
+            pipe.hincrby(POISON_METRIC_KEY, task, 1)
             pipe.execute()
         log.error("Reaper: job %s failed: %s", job_id, message)
         return "failed"

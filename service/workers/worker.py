@@ -42,13 +42,14 @@ from rq.worker import Worker, WorkerStatus
 from service.core import metrics
 from service.core.connection import connect, connect_like
 from service.core.keys import waiting_key
+from service.core.lanes import LANES
 from service.core.outage import REDIS_DOWN, Outage
+from service.jobs.damage import is_job_id
 from service.jobs.model import ServiceJob, ServiceQueue
 from service.ops import hooks
-from service.tasks.registry import REGISTRY, TaskSpec
-from service.workers import limits
+from service.workers import limits, poison
 from service.workers.claim import Claim, Claimer, LaneOrder
-from service.workers.finish import Finisher, is_plain
+from service.workers.finish import Finisher, encode_result, is_plain
 from service.workers.forkserver import ForkServer, ForkServerGone
 from service.workers.heartbeat import Heartbeat
 from service.workers.limits import Limiter
@@ -82,6 +83,8 @@ SCHEDULER_CHECK_SECONDS = 5.0
 HORSE_UNWIND_SECONDS = 3.0
 # A pipe holds 64 KiB; a larger outcome is stored by the horse itself.
 OUTCOME_PIPE_BYTES = 60_000
+# A failure's traceback is stored with at most this many characters from each end.
+EXC_STRING_KEEP = 16_000
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -216,7 +219,7 @@ class ServiceWorker(Worker):
             self._requeue_own_claims()
             self._resync = False
         if self.should_run_maintenance_tasks:
-            self.run_maintenance_tasks()
+            self._maintain()
         elif not burst and self._scheduler_gone():
             self.scheduler.acquire_locks(auto_start=True)  # type: ignore[union-attr]
         result = self.claimer.claim(self.order.next(), self.get_heartbeat_ttl(None))
@@ -229,6 +232,17 @@ class ServiceWorker(Worker):
         timeout = IDLE_WAKE_SECONDS if result is None else min(IDLE_WAKE_SECONDS, max(0.01, result - time.time()))
         self.claimer.wait(self.lane_names, timeout)
         return "idle"
+
+    def _maintain(self) -> None:
+        """RQ's registry maintenance; if an entry breaks it (a planted id), it waits for its next round."""
+        try:
+            self.run_maintenance_tasks()
+        except (*REDIS_DOWN, StopRequested):
+            raise
+        except Exception:
+            log.exception("Worker %s: registry maintenance failed; next try in %s s", self.name,
+                          self.maintenance_interval)  # fmt: skip
+            self.last_cleaned_at = now()
 
     def _scheduler_gone(self) -> bool:
         """True (at most every SCHEDULER_CHECK_SECONDS) when no RQ scheduler child of ours is running.
@@ -243,21 +257,43 @@ class ServiceWorker(Worker):
         return process is None or not process.is_alive()
 
     def _run_claim(self, claim: Claim) -> bool:
-        """Run a claimed job (or put it aside); True when it ran."""
+        """Run a claimed job (or put it aside); True when it ran.
+
+        Whatever the lane or the job hash holds, the claim ends here: an id no
+        job can have is discarded, and a job that cannot be loaded, run or
+        finished fails alone with the reason (service.workers.poison).
+        """
+        if not is_job_id(claim.job_id):
+            poison.discard(self.connection, self.claimer.key, claim.job_id, claim.lane, claim.execution_id, self.name)
+            return False
+        try:
+            return self._run_loaded(claim)
+        except (*REDIS_DOWN, StopRequested):
+            raise
+        except Exception as exc:
+            log.exception("Worker %s: job %s could not be run or its outcome stored", self.name, claim.job_id)
+            reason = f"{type(exc).__name__}: {exc}"
+            poison.fail(self.connection, self.claimer.key, claim.job_id, claim.lane, reason, claim.execution_id,
+                        self.name)  # fmt: skip
+            self.executions.pop(claim.execution_id or "", None)
+            return True
+
+    def _run_loaded(self, claim: Claim) -> bool:
         if not claim.raw:
             self.claimer.drop(claim.job_id)  # deleted while queued
             return False
-        job = self.job_class(claim.job_id, connection=self.connection, serializer=self.serializer)
-        job.restore(claim.raw)
+        job = self.load(claim.job_id, claim.lane, claim.raw)
         if claim.execution_id is None:
-            # Not queued: canceled, already ended, or a duplicate id of a job running elsewhere.
-            log.warning("Worker %s: job %s is %s, not queued; dropped", self.name, job.id, job.get_status(False))
-            self.claimer.drop(claim.job_id)
+            if job.damage:
+                self._fail_unstarted(job, claim)
+            else:  # canceled, already ended, or a duplicate id of a job running elsewhere
+                log.warning("Worker %s: job %s is %s, not queued; dropped", self.name, job.id, job.get_status(False))
+                self.claimer.drop(claim.job_id)
             return False
         execution = Execution(claim.execution_id, job.id, self.connection, worker_name=self.name)
         self.executions[execution.id] = execution
-        spec = spec_of(job)
-        if spec is not None and limits.is_limited(spec):
+        spec = job.spec
+        if spec is not None and limits.is_limited(spec) and not job.damage:
             wait = self.limiter.acquire(spec, job.id, float(job.timeout or spec.timeout_seconds))
             if wait > 0:
                 self._hold_back(job, claim.lane, execution, wait)
@@ -268,6 +304,26 @@ class ServiceWorker(Worker):
         finally:
             self.running_lane, self._claim = None, None
         return True
+
+    def load(self, job_id: str, lane: str, raw: dict[bytes, bytes]) -> ServiceJob:
+        """The job claimed from `lane` (damaged, not raising, whatever its hash holds)."""
+        job = self.job_class(job_id, connection=self.connection, serializer=self.serializer)
+        job.restore(raw)
+        if job.origin != lane:  # the lane it was in is where its outcome goes
+            job.damage = "; ".join(filter(None, (job.damage, f"origin is not {lane!r}, the lane it was in")))
+            job.origin = lane
+        return job
+
+    def _fail_unstarted(self, job: ServiceJob, claim: Claim) -> None:
+        """Fail a damaged job that the claim did not start (its status is not queued) with the damage as reason."""
+        reason = f"JobDamaged: the stored job is damaged ({job.damage}); not run"
+        with self.connection.pipeline() as pipe:
+            job.set_status(JobStatus.FAILED, pipeline=pipe)
+            job._handle_failure(reason, pipeline=pipe, worker_name=self.name)
+            pipe.lrem(self.claimer.key, 1, job.id)
+            metrics.count(pipe, "jobs_failed", job.task_name, claim.lane)
+            pipe.execute()
+        log.error("Worker %s: %s: job %s failed: %s", self.name, claim.lane, job.id, reason[:500])
 
     def _hold_back(self, job: Job, lane: str, execution: Execution, wait_seconds: float) -> None:
         """Undo the start of a job over its task's limit and park it in the lane's waiting set."""
@@ -281,12 +337,29 @@ class ServiceWorker(Worker):
     def _requeue_own_claims(self) -> None:
         """Put back whatever our claimed list holds that we are not running (after an outage, at exit)."""
         for job_id in self.claimer.claimed():
-            job = ServiceJob.fetch_many([job_id], connection=self.connection)[0]
-            if job is None or job.get_status(refresh=False) in (JobStatus.FINISHED, JobStatus.FAILED):
-                self.claimer.drop(job_id)
-                continue
-            self.claimer.requeue(job_id, job.origin)
-            log.warning("Worker %s: job %s put back at the front of %s", self.name, job_id, job.origin)
+            try:
+                self._requeue_claim(job_id)
+            except (*REDIS_DOWN, StopRequested):
+                raise
+            except Exception as exc:  # e.g. a key under the id that is not a job hash: it fails alone
+                reason = f"{type(exc).__name__}: {exc}"
+                poison.fail(self.connection, self.claimer.key, job_id, self.lane_names[0], reason, None, self.name)
+
+    def _requeue_claim(self, job_id: str) -> None:
+        if not is_job_id(job_id):
+            poison.discard(self.connection, self.claimer.key, job_id, None, None, self.name)
+            return
+        job = ServiceJob.fetch_many([job_id], connection=self.connection)[0]
+        if job is None or job.get_status(refresh=False) in (JobStatus.FINISHED, JobStatus.FAILED):
+            self.claimer.drop(job_id)
+            return
+        if job.damage:  # it can never run (its claim may even have failed on it): no loop, it fails
+            lane = job.origin if job.origin in LANES else self.lane_names[0]
+            reason = f"JobDamaged: the stored job is damaged ({job.damage}); not run"
+            poison.fail(self.connection, self.claimer.key, job_id, lane, reason, None, self.name)
+            return
+        self.claimer.requeue(job_id, job.origin)
+        log.warning("Worker %s: job %s put back at the front of %s", self.name, job_id, job.origin)
 
     def _should_restart(self, completed: int, max_jobs: int | None) -> bool:
         if max_jobs and completed >= max_jobs:
@@ -395,8 +468,7 @@ class ServiceWorker(Worker):
         self._outcome_fd = outcome_fd
         os.environ["RQ_WORKER_ID"] = self.name
         os.environ["RQ_JOB_ID"] = job_id
-        job = self.job_class(job_id, connection=self.connection, serializer=self.serializer)
-        job.restore(raw)
+        job = self.load(job_id, lane, raw)
         execution = Execution(execution_id, job_id, self.connection, worker_name=self.name)
         execution.created_at = datetime.fromtimestamp(created_at, UTC)
         self.executions = {execution.id: execution}
@@ -465,7 +537,14 @@ class ServiceWorker(Worker):
             return False
         if self._is_horse and self._ship_success(job, return_value):
             return True
-        self._until_redis(lambda: self._store_success(job, queue, execution, return_value))
+        try:
+            self._until_redis(lambda: self._store_success(job, queue, execution, return_value))
+        except REDIS_DOWN:
+            raise
+        except Exception:  # the outcome cannot be stored (a result not JSON or too large...): a failure
+            exc_info = sys.exc_info()
+            self._until_redis(lambda: self._finalize_failure(job, queue, execution, exc_info))
+            return False
         return True
 
     def _store_success(
@@ -474,6 +553,8 @@ class ServiceWorker(Worker):
         """Store the outcome: one Lua call for a plain job, RQ's own path otherwise."""
         result_ttl = job.get_result_ttl(self.default_result_ttl)
         if isinstance(return_value, Retry) or not is_plain(job, result_ttl):
+            if result_ttl != 0 and not isinstance(return_value, Retry):
+                encode_result(job.serializer, return_value)
             self._finalize_success(job, queue, execution, return_value)
             self._count_outcome(job, "jobs_retried" if isinstance(return_value, Retry) else "jobs_finished")
             hooks.job_event("job.retried" if isinstance(return_value, Retry) else "job.succeeded", job)
@@ -481,9 +562,9 @@ class ServiceWorker(Worker):
             return
         job.ended_at = ended_at or now()
         job._result = return_value
-        spec = spec_of(job)
+        spec = job.spec
         slot_key = limits.running_key(spec.name if spec is not None and spec.concurrency else "-")
-        dependents = self.finisher.finish(job, execution, result_ttl, slot_key, task_name(job))
+        dependents = self.finisher.finish(job, execution, result_ttl, slot_key, job.task_name)
         job._status = JobStatus.FINISHED
         self.executions.pop(execution.id, None)
         if dependents:
@@ -499,7 +580,7 @@ class ServiceWorker(Worker):
     def _count_outcome(self, job: Job, counter: str, pipe: Any = None) -> None:
         """Count an execution's outcome and duration in the metrics (in `pipe`, or on its own)."""
         target = pipe if pipe is not None else self.connection.pipeline()
-        task, lane = task_name(job), job.origin
+        task, lane = job.task_name, job.origin
         seconds = (job.ended_at - job.started_at).total_seconds() if job.ended_at and job.started_at else 0.0
         metrics.count(target, "jobs_started", task, lane)
         metrics.count(target, counter, task, lane)
@@ -529,7 +610,7 @@ class ServiceWorker(Worker):
         """RQ's cleanup, plus: leave our claimed list and free the task's concurrency slot, atomically."""
         super().cleanup_execution(job, pipeline, execution)
         pipeline.lrem(self.claimer.key, 1, job.id)
-        limits.release(pipeline, spec_of(job), job.id)
+        limits.release(pipeline, job.spec, job.id)
 
     def handle_job_failure(
         self, job: Job, queue: Any, started_job_registry: Any = None, exc_string: str = "", execution: Any = None
@@ -540,7 +621,7 @@ class ServiceWorker(Worker):
             return
         retries_left = job.retries_left
         try:
-            self._store_failure(job, queue, exc_string, execution)
+            self._store_failure(job, queue, clip(exc_string), execution)
         except REDIS_DOWN:
             job.retries_left = retries_left
             raise
@@ -670,33 +751,20 @@ class ServiceWorker(Worker):
             signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR2)
 
 
-def task_name(job: Job) -> str:
-    """The job's task name for metrics and logs ('?' when unreadable)."""
-    spec = spec_of(job)
-    if spec is not None:
-        return spec.name
-    try:
-        return str(job.func_name)[:100]
-    except Exception:
-        return "?"
+def clip(text: str, keep: int = EXC_STRING_KEEP) -> str:
+    """`text` cut to its first and last `keep` characters (a traceback's end says what failed)."""
+    if len(text) <= 2 * keep:
+        return text
+    return f"{text[:keep]}\n... [{len(text) - 2 * keep} characters cut] ...\n{text[-keep:]}"
 
 
 def log_finished(worker_name: str, job: Job) -> None:
     """Log a finished job with its id, task, lane and duration as fields (LOG_FORMAT=json shows them)."""
     started, ended = job.started_at, job.ended_at
     duration_ms = round((ended - started).total_seconds() * 1000, 3) if started and ended else None
-    fields = {"job_id": job.id, "task": task_name(job), "queue": job.origin, "duration_ms": duration_ms}
+    fields = {"job_id": job.id, "task": job.task_name, "queue": job.origin, "duration_ms": duration_ms}
     log.info("Worker %s: %s: job %s (%s) finished in %s ms", worker_name, job.origin, job.id, fields["task"],
              duration_ms, extra=fields)  # fmt: skip
-
-
-def spec_of(job: Job) -> TaskSpec | None:
-    """The registered task of `job`, or None (unregistered or unreadable: it fails when run)."""
-    try:
-        name = job.func_name
-    except Exception:
-        return None
-    return REGISTRY._tasks.get(name) if isinstance(name, str) else None
 
 
 def rss_mb() -> float:
