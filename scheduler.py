@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 
 import click
 from redis import Redis
-from redis.exceptions import RedisError
 
 from service.core.errors import ConfigError
+from service.core.outage import Outage
 from service.ops.process import start
 from service.schedules.declared import sync
 from service.schedules.scheduler import ServiceScheduler
@@ -30,18 +29,11 @@ def main(burst: bool) -> None:
 
 def sync_declared(connection: Redis, path: str) -> None:
     """Sync SCHEDULES_FILE; exit 2 on a bad file, wait for Redis if it is not there yet."""
-    delay = 0.5
-    while True:
-        try:
-            changed = sync(connection, path)
-            break
-        except ConfigError as exc:
-            print(f"scheduler: configuration error: {exc.message}", file=sys.stderr)
-            raise SystemExit(2) from None
-        except RedisError as exc:
-            log.warning("Redis unavailable (%s); syncing the declared schedules in %.1f s", type(exc).__name__, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
+    try:
+        changed = Outage(log, "scheduler: syncing the declared schedules").retry(lambda: sync(connection, path))
+    except ConfigError as exc:
+        print(f"scheduler: configuration error: {exc.message}", file=sys.stderr)
+        raise SystemExit(2) from None
     log.info("declared schedules synced: %s", {k: len(v) for k, v in changed.items()})
 
 

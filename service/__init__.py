@@ -40,14 +40,17 @@ def create_app(settings: Settings | None = None, *, connection: Redis | None = N
 
     from service import api
     from service.api import paths
+    from service.core import compat
     from service.core.config import Settings
     from service.core.connection import connect
     from service.core.logs import configure_logging
     from service.dashboard import mount as dashboard
+    from service.dashboard import origin
     from service.tasks.registry import load_task_modules
 
     settings = settings or Settings.from_env(role="web")
     configure_logging(settings, role="web")
+    compat.check_versions()
     load_task_modules(settings.task_modules)
     app = Flask(__name__)
     if settings.trusted_proxy_hops:
@@ -56,7 +59,10 @@ def create_app(settings: Settings | None = None, *, connection: Redis | None = N
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops)
     app.extensions["settings"] = settings
     app.extensions["redis"] = connection or connect(settings.redis_url, role="web")
+    # Request checks run in this order: auth (API, dashboard), path ids (404),
+    # then the dashboard's method and same-origin checks of state changes.
     api.init_app(app)
     dashboard.init_app(app, settings)
     paths.init_app(app)
+    origin.init_app(app)
     return app

@@ -53,9 +53,19 @@ def mode(path: Path) -> int:
 
 
 def redis_servers(children: list[psutil.Process]) -> list[psutil.Process]:
-    """The children running the selected server's binary (its process title differs between servers)."""
+    """The children running the selected server's binary (matched by executable: titles differ by server).
+
+    A child that exits meanwhile (e.g. RQ's scheduler) is skipped.
+    """
     binary = os.path.realpath(server_binary())
-    return [c for c in children if c.exe() == binary]
+    found = []
+    for child in children:
+        try:
+            if child.exe() == binary:
+                found.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return found
 
 
 def test_run_serves_the_whole_service_privately_and_ctrl_c_stops_it_all_with_exit_0(

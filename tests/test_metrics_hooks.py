@@ -14,6 +14,8 @@ from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.ops import hooks
+from service.schedules import runs as schedule_runs
+from service.schedules.runs import Entry
 from tests.api import Api
 from tests.conftest import AUTH
 from tests.helpers import wait_until
@@ -158,20 +160,22 @@ def test_schedule_runs_and_lag_reach_the_metrics(client: FlaskClient, processes:
     assert found[("scheduler_lag_seconds_bucket", (("le", "+Inf"),))] == found[("scheduler_lag_seconds_count", ())]
 
 
-def test_missed_and_skipped_schedule_notices_become_hook_events() -> None:
+def test_a_firing_reports_its_schedule_events_to_hooks() -> None:
     events: list[dict[str, Any]] = []
-    hooks.on("schedule.missed")(events.append)
-    hooks.on("schedule.skipped")(events.append)
+    names = ("schedule.fired", "schedule.missed", "schedule.coalesced", "schedule.skipped")
+    for name in names:
+        hooks.on(name)(events.append)
+    due = Entry("nightly", "due", records=[(1, "missed"), (2, "missed"), (3, "coalesced")])
     try:
-        from service.schedules import runs as schedule_runs
-
-        schedule_runs.emit("missed", "nightly", 2)
-        schedule_runs.emit("dropped", "nightly", 1)
-        schedule_runs.emit("fired", "nightly", 1)
+        assert schedule_runs.report(due, [1, 0, 1]) == 1  # one run created, one dropped (a run was buffered)
+        assert schedule_runs.report(Entry("nightly", "manual"), [1, 0, 1]) == 2
     finally:
-        hooks.unsubscribe("schedule.missed", events.append)
-        hooks.unsubscribe("schedule.skipped", events.append)
-    assert [(e["event"], e["schedule_id"], e["count"]) for e in events] == [
-        ("schedule.missed", "nightly", 2),
-        ("schedule.skipped", "nightly", 1),
+        for name in names:
+            hooks.unsubscribe(name, events.append)
+    assert [(e["event"], e["schedule_id"], e["count"], e.get("reason")) for e in events] == [
+        ("schedule.missed", "nightly", 2, None),
+        ("schedule.coalesced", "nightly", 1, None),
+        ("schedule.skipped", "nightly", 1, "dropped"),
+        ("schedule.fired", "nightly", 1, None),
+        ("schedule.fired", "nightly", 2, None),
     ]

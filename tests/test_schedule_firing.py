@@ -9,15 +9,16 @@ from redis import Redis
 
 import service.tasks.diag  # noqa: F401 - registers diag.*
 from service.core.errors import InvalidField
+from service.core.keys import SCHEDULER_LOCK_KEY as LEASE_KEY
 from service.core.keys import ScheduleKeys, doorbell_key
 from service.jobs.context import scheduled_for
 from service.jobs.describe import describe
 from service.jobs.model import get_lanes
 from service.jobs.operations import fetch
+from service.ops import hooks
 from service.schedules import operations as schedules
-from service.schedules import runs as schedule_runs
 from service.schedules.runs import Firing, plan_due
-from service.schedules.scheduler import LEASE_KEY, ServiceScheduler
+from service.schedules.scheduler import ServiceScheduler
 from service.schedules.spec import to_ms
 from service.schedules.store import read
 from service.tasks.registry import task
@@ -332,18 +333,32 @@ def test_bulk_upsert_validates_everything_before_writing(connection: Redis) -> N
     assert connection.keys("svc:*") == []
 
 
-def test_events_reach_listeners_and_totals_are_kept_for_metrics(
-    connection: Redis, clock: Clock, scheduler: ServiceScheduler, monkeypatch: pytest.MonkeyPatch
+def test_events_reach_hooks_and_totals_are_kept_for_metrics(
+    connection: Redis, clock: Clock, scheduler: ServiceScheduler
 ) -> None:
-    events: list[tuple[str, str, int]] = []
-    monkeypatch.setattr(schedule_runs, "LISTENERS", [])
-    schedule_runs.on_schedule_event(lambda *event: events.append(event))
-    add(connection, "ev", interval=10, misfire_grace_time=15)
-    clock.advance(40)  # :10 and :20 are too late, :30 coalesces into :40
-    scheduler.enqueue_jobs()
-    clock.advance(10)  # :50 comes while :40 is still queued
-    scheduler.enqueue_jobs()
-    assert events == [("missed", "ev", 2), ("coalesced", "ev", 1), ("fired", "ev", 1), ("skipped", "ev", 1)]
+    events: list[tuple[str, str, int, str | None]] = []
+
+    def record(event: dict) -> None:
+        events.append((event["event"], event["schedule_id"], event["count"], event.get("reason")))
+
+    names = ("schedule.fired", "schedule.missed", "schedule.coalesced", "schedule.skipped")
+    for name in names:
+        hooks.on(name)(record)
+    try:
+        add(connection, "ev", interval=10, misfire_grace_time=15)
+        clock.advance(40)  # :10 and :20 are too late, :30 coalesces into :40
+        scheduler.enqueue_jobs()
+        clock.advance(10)  # :50 comes while :40 is still queued
+        scheduler.enqueue_jobs()
+    finally:
+        for name in names:
+            hooks.unsubscribe(name, record)
+    assert events == [
+        ("schedule.missed", "ev", 2, None),
+        ("schedule.coalesced", "ev", 1, None),
+        ("schedule.fired", "ev", 1, None),
+        ("schedule.skipped", "ev", 1, "skipped"),
+    ]
     totals = {k.decode(): int(v) for k, v in connection.hgetall(ScheduleKeys.stats).items()}
     assert totals["runs"] == 1 and totals["missed"] == 2 and totals["coalesced"] == 1 and totals["skipped"] == 1
     assert totals["lag_count"] == 1 and sum(v for k, v in totals.items() if k.startswith("lag_ms_bucket_")) == 1

@@ -12,10 +12,10 @@ import pytest
 from redis import Redis
 
 import service.tasks.diag  # noqa: F401 - registers diag.*
+from service.core.keys import SCHEDULER_LOCK_KEY as LEASE_KEY
 from service.jobs.describe import describe
 from service.jobs.operations import fetch
 from service.schedules import operations as schedules
-from service.schedules.scheduler import LEASE_KEY
 from tests.helpers import wait_until
 from tests.processes import Processes, ServiceProcess
 

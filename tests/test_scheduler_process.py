@@ -7,7 +7,7 @@ import signal
 import pytest
 from redis import Redis
 
-from service.schedules.scheduler import LEASE_KEY
+from service.core.keys import SCHEDULER_LOCK_KEY as LEASE_KEY
 from tests.helpers import wait_until
 from tests.processes import Processes
 

@@ -1,15 +1,152 @@
-"""Keys: the Redis key names the service adds beside RQ's own, in one place.
+"""Keys: every Redis key name the service reads or writes, RQ's and its own, in one place.
 
-RQ's key names come from RQ's own classes (service.core.compat names them);
-the service's keys all start with `svc:`.
+RQ's key shapes are taken from RQ's own classes and templates, so RQ's
+`RQ_KEY_PREFIX` or an RQ release that renames a key changes them here and
+nowhere else; a shape this module cannot split (the id no longer at its
+end) fails at import, not in production. The service's own keys start with
+`svc:`. Lua scripts never spell a key: they get it in KEYS, or, for a key
+made from data (a claimed job's hash), its prefix in ARGV from here.
+docs/redis.md lists every key with its type, writer and TTL.
 """
 
 from __future__ import annotations
 
-CLAIMED_KEY = "svc:claimed:{worker}"
-CLAIMERS_KEY = "svc:claimers"
-DOORBELL_KEY = "svc:doorbell:{lane}"
-WAITING_KEY = "svc:waiting:{lane}"
+from redis import Redis
+from rq.command import PUBSUB_CHANNEL_TEMPLATE
+from rq.defaults import RQ_KEY_PREFIX
+from rq.executions import WORKER_EXECUTIONS_KEY_TEMPLATE, Execution, ExecutionRegistry
+from rq.job import Job
+from rq.queue import Queue
+from rq.registry import (
+    CanceledJobRegistry,
+    DeferredJobRegistry,
+    FailedJobRegistry,
+    FinishedJobRegistry,
+    ScheduledJobRegistry,
+    StartedJobRegistry,
+)
+from rq.results import Result
+from rq.suspension import WORKERS_SUSPENDED
+from rq.worker import Worker
+from rq.worker_registration import REDIS_WORKER_KEYS
+
+
+def _prefix(shape: str, marker: str = "{0}") -> str:
+    """The part of RQ's key `shape` before its id; RuntimeError if the id is not at the end."""
+    head, found, tail = shape.partition(marker)
+    if not found or tail:
+        raise RuntimeError(f"RQ's key shape {shape!r} no longer ends with its id: update service/core/keys.py")
+    return head
+
+
+# -- RQ's keys (RQ_KEY_PREFIX is "rq" unless set in the environment) ---------------------------
+
+RQ_PREFIX = RQ_KEY_PREFIX
+QUEUE_PREFIX = Queue.redis_queue_namespace_prefix  # list of job ids, one per lane
+QUEUES_KEY = Queue.redis_queues_keys  # set of queue keys
+JOB_PREFIX = Job.redis_job_namespace_prefix  # job hash
+WORKER_PREFIX = Worker.redis_worker_namespace_prefix  # worker hash
+WORKERS_KEY = REDIS_WORKER_KEYS  # set of worker keys
+STARTED_PREFIX = _prefix(StartedJobRegistry.key_template)  # "wip": started jobs' executions
+FINISHED_PREFIX = _prefix(FinishedJobRegistry.key_template)
+FAILED_PREFIX = _prefix(FailedJobRegistry.key_template)
+SCHEDULED_PREFIX = _prefix(ScheduledJobRegistry.key_template)
+DEFERRED_PREFIX = _prefix(DeferredJobRegistry.key_template)
+CANCELED_PREFIX = _prefix(CanceledJobRegistry.key_template)
+EXECUTIONS_PREFIX = _prefix(ExecutionRegistry.key_template)  # a job's executions
+RESULTS_PREFIX = _prefix(Result.get_key("{0}"))  # a job's result stream
+PUBSUB_PREFIX = _prefix(PUBSUB_CHANNEL_TEMPLATE, "%s")  # a worker's command channel
+WORKERS_SUSPENDED_KEY = WORKERS_SUSPENDED  # `rq suspend` sets it: workers take no new job
+
+
+def _execution_prefix() -> str:
+    """RQ's execution hash prefix: the key is this + "<job id>:<execution id>" (RQ's composite key)."""
+    execution = Execution("{1}", "{0}", connection=None)  # type: ignore[arg-type] - only key names are read
+    if execution.composite_key != "{0}:{1}":
+        raise RuntimeError(f"RQ's execution composite key changed ({execution.composite_key!r}): update keys.py")
+    return _prefix(execution.key, execution.composite_key)
+
+
+EXECUTION_PREFIX = _execution_prefix()
+
+
+# A valid RQ job id that stands for any job's id in key shapes and job templates.
+PLACEHOLDER_ID = "0job0id0placeholder0"
+
+
+def _around_id(shape: str) -> tuple[str, str]:
+    """RQ's key `shape` for PLACEHOLDER_ID, split around the id (for a script to join with any id)."""
+    before, found, after = shape.partition(PLACEHOLDER_ID)
+    if not found:
+        raise RuntimeError(f"RQ's key shape {shape!r} has no job id: update service/core/keys.py")
+    return before, after
+
+
+DEPENDENTS_SHAPE = _around_id(Job.dependents_key_for(PLACEHOLDER_ID))  # set of a parent's dependent ids
+# Never connects: only the key name is read.
+DEPENDENCIES_SHAPE = _around_id(Job(PLACEHOLDER_ID, connection=Redis()).dependencies_key)  # set of its parents
+
+# rq-scheduler 0.14 names these itself (Scheduler.scheduler_lock_key and
+# .scheduled_jobs_key), outside RQ_KEY_PREFIX; workers never import
+# rq-scheduler, so they are restated here and a test checks they match.
+SCHEDULER_LOCK_KEY = "rq:scheduler_lock"
+SCHEDULED_JOBS_KEY = "rq:scheduler:scheduled_jobs"
+
+
+def queue_key(lane: str) -> str:
+    return QUEUE_PREFIX + lane
+
+
+def job_key(job_id: str) -> str:
+    return JOB_PREFIX + job_id
+
+
+def worker_key(worker_name: str) -> str:
+    return WORKER_PREFIX + worker_name
+
+
+def worker_executions_key(worker_name: str) -> str:
+    return WORKER_EXECUTIONS_KEY_TEMPLATE.format(worker_name)
+
+
+def started_key(lane: str) -> str:
+    return STARTED_PREFIX + lane
+
+
+def finished_key(lane: str) -> str:
+    return FINISHED_PREFIX + lane
+
+
+def scheduled_key(lane: str) -> str:
+    return SCHEDULED_PREFIX + lane
+
+
+def deferred_key(lane: str) -> str:
+    return DEFERRED_PREFIX + lane
+
+
+def executions_key(job_id: str) -> str:
+    return EXECUTIONS_PREFIX + job_id
+
+
+def results_key(job_id: str) -> str:
+    return RESULTS_PREFIX + job_id
+
+
+# -- the service's own keys -----------------------------------------------------------------------
+
+CLAIMED_KEY = "svc:claimed:{worker}"  # list: ids a worker took from the lanes and has not finished
+CLAIMERS_KEY = "svc:claimers"  # set: workers that may hold claimed ids
+DOORBELL_KEY = "svc:doorbell:{lane}"  # list: one wake-up token per push
+WAITING_KEY = "svc:waiting:{lane}"  # zset: jobs held back by a limit, scored by when to retry
+ALIVE_KEY = "svc:alive:{worker}"  # string with a short TTL: the worker's heartbeat
+REAPER_LOCK_KEY = "svc:reaper:lock"  # lock: one reaper pass at a time
+LIMIT_RUNNING_KEY = "svc:limit:{task}:running"  # zset: running job ids, scored by slot expiry
+LIMIT_STARTS_KEY = "svc:limit:{task}:starts"  # zset: recent starts, scored by start time
+IDEMPOTENCY_PREFIX = "svc:idem:"  # string: idempotency key -> job id
+UNIQUE_PREFIX = "svc:unique:"  # string: unique task + arguments -> job id
+METRICS_KEY = "svc:metrics"  # hash: counters and histograms (service.core.metrics)
+POISON_JOBS_KEY = "svc:metrics:poison_jobs"  # hash: task -> jobs failed for crashing their workers
 
 
 def claimed_key(worker_name: str) -> str:
@@ -27,6 +164,19 @@ def waiting_key(lane: str) -> str:
     return WAITING_KEY.format(lane=lane)
 
 
+def alive_key(worker_name: str) -> str:
+    """The liveness key worker `worker_name` renews while it lives."""
+    return ALIVE_KEY.format(worker=worker_name)
+
+
+def limit_running_key(task: str) -> str:
+    return LIMIT_RUNNING_KEY.format(task=task)
+
+
+def limit_starts_key(task: str) -> str:
+    return LIMIT_STARTS_KEY.format(task=task)
+
+
 class ScheduleKeys:
     """Key shapes of the schedule store, in one place (the Lua scripts receive them as arguments)."""
 
@@ -35,20 +185,25 @@ class ScheduleKeys:
     # rq-scheduler's own ZSET is `rq:scheduler:scheduled_jobs`; schedules sit
     # beside it, not in it: stock Scheduler.get_jobs() deletes every member
     # that is not an RQ job hash, and a schedule is not one.
-    due = "rq:scheduler:scheduled_jobs:schedules"
+    due = SCHEDULED_JOBS_KEY + ":schedules"
     buffered = "svc:schedules:buffered"
     wakeup = "svc:schedules:wakeup"
+    declared = "svc:schedules:declared"
     # Totals over all schedules for metrics: runs, missed, skipped, dropped,
     # coalesced, and a lag histogram (lag_ms_bucket_<upper bound>, _sum, _count).
     stats = "svc:schedules:stats"
+    # The lease key a firing without a leader (run now, backfill) names: never set, so never checked.
+    no_lease = "svc:no-lease"
 
     @classmethod
     def schedule(cls, schedule_id: str) -> str:
         return cls.prefix + schedule_id
 
+    runs_suffix = ":runs"
+
     @classmethod
     def runs(cls, schedule_id: str) -> str:
-        return cls.prefix + schedule_id + ":runs"
+        return cls.prefix + schedule_id + cls.runs_suffix
 
 
 # The audit log: a stream capped with XADD MAXLEN ~ (service.ops.audit).

@@ -1,53 +1,40 @@
 """Lease: a Redis lock owned by one process, renewed while it lives, released only by its owner.
 
-Used for scheduler leadership. Acquire-or-renew and release are Lua scripts
-that check the owner token, so a process that lost the lease (paused, cut
-off) can neither renew nor delete someone else's.
+Used for scheduler leadership and for one reaper pass at a time. It is
+redis-py's Lock with a fixed owner token: renewing (`reacquire`) and
+releasing check the token inside Redis, so a process that lost the lease
+(paused, cut off) can neither renew nor delete someone else's. The token
+stays the same for the life of the Lease, so scripts can fence on it (the
+scheduler's firing script refuses to fire unless the key still holds it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 
 from redis import Redis
-
-_ACQUIRE_OR_RENEW = """
-local owner = redis.call('GET', KEYS[1])
-if owner == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-if owner then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 2
-"""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
+from redis.exceptions import LockError
 
 
 class Lease:
     """A lock at `key` held by `owner` for `ttl_ms` after each renewal."""
 
     def __init__(self, connection: Redis, key: str, ttl_ms: int, owner: str | None = None) -> None:
-        self.connection = connection
-        self.key = key
-        self.ttl_ms = ttl_ms
         self.owner = owner or uuid.uuid4().hex
-        self._acquire = connection.register_script(_ACQUIRE_OR_RENEW)
-        self._release = connection.register_script(_RELEASE)
+        self._lock = connection.lock(key, timeout=ttl_ms / 1000, thread_local=False)
         self.held = False
 
     def acquire_or_renew(self) -> bool:
-        """Take the lease if free, extend it if ours; return whether we hold it now."""
-        self.held = bool(self._acquire(keys=[self.key], args=[self.owner, self.ttl_ms]))
+        """Extend the lease if it is still ours, else take it if it is free; return whether we hold it now."""
+        try:
+            self.held = self._lock.reacquire()
+        except LockError:  # never taken, released, expired, or another owner's now
+            self.held = self._lock.acquire(blocking=False, token=self.owner)
         return self.held
 
     def release(self) -> None:
         """Give the lease up, if it is still ours."""
-        self._release(keys=[self.key], args=[self.owner])
         self.held = False
+        with contextlib.suppress(LockError):  # not ours (any more): nothing to give up
+            self._lock.release()

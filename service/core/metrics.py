@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-METRICS_KEY = "svc:metrics"
+from service.core.keys import METRICS_KEY
+
 SEP = "|"
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
-# The scheduler's firing script keeps its own totals (service.schedules.runs): one
+# The scheduler's firing script keeps its own totals (keys.ScheduleKeys.stats): one
 # observation per lag bucket in milliseconds, turned into a cumulative histogram here.
-SCHEDULE_STATS_KEY = "svc:schedules:stats"
 LAG_BUCKETS_MS = (10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
 # name -> (help, label names)

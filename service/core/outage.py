@@ -1,10 +1,17 @@
-"""Outage: back off while Redis is unreachable, and log once per state change, not once per retry."""
+"""Outage: back off while Redis is unreachable, and log once per state change, not once per retry.
+
+Every loop that must ride out a Redis outage uses it: `retry()` runs one step
+until Redis answers (a worker's or scheduler's start-up, storing a job's
+outcome, syncing declared schedules); a loop of its own (the worker's claim
+loop, the heartbeat) calls `down()` and `up()` around each turn.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -14,6 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 FIRST_DELAY_SECONDS = 0.25
 MAX_DELAY_SECONDS = 5.0
+T = TypeVar("T")
 
 
 class Outage:
@@ -44,3 +52,19 @@ class Outage:
     @property
     def is_down(self) -> bool:
         return self.down_since is not None
+
+    def retry(self, step: Callable[[], T], stop: Callable[[], bool] = lambda: False) -> T:
+        """Run `step` until it gets through to Redis and return its result, backing off meanwhile.
+
+        When `stop()` is true after a failed attempt, the error is raised instead of retried.
+        """
+        while True:
+            try:
+                result = step()
+            except REDIS_DOWN as exc:
+                if stop():
+                    raise
+                self.down(exc)
+                continue
+            self.up()
+            return result

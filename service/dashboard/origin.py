@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from flask import Response, request
+from flask import Flask, Response, request
 
 from service.api.errors import error_response
 
@@ -75,3 +75,8 @@ def refuse_unsafe_request() -> Response | None:
     if not same_origin():
         return error_response(403, "forbidden", "a dashboard state change needs a same-origin Origin or Referer header")
     return None
+
+
+def init_app(app: Flask) -> None:
+    """Refuse unsafe dashboard requests (after authentication and the path check: a bad id is a 404 first)."""
+    app.before_request(refuse_unsafe_request)

@@ -16,6 +16,7 @@ from rq_dashboard.version import VERSION as rq_dashboard_version
 from rq_dashboard.web import inject_interval
 from werkzeug.wrappers import Response
 
+from service.core.keys import job_key
 from service.dashboard.seam import instance_labels
 from service.schedules import operations as schedules
 
@@ -46,7 +47,7 @@ def last_statuses(items: list[dict[str, Any]]) -> dict[str, str | None]:
     ids = [s.get("last_job_id") for s in items]
     with redis.pipeline(transaction=False) as pipe:
         for job_id in ids:
-            pipe.hget(f"rq:job:{job_id}", "status") if job_id else pipe.echo("")
+            pipe.hget(job_key(job_id), "status") if job_id else pipe.echo("")
         found = pipe.execute()
     return {s["id"]: (v.decode() if v else None) for s, v in zip(items, found, strict=True)}
 

@@ -15,6 +15,8 @@ from redis import Redis
 from service.core.keys import ScheduleKeys
 from service.core.lua import script
 
+PAUSE = script("pause_schedule")
+
 # The failure callback of runs whose schedule has pause_on_failure. The name
 # is stored in run jobs' hashes, so it keeps the module path of the first release.
 PAUSE_ON_FAILURE = "service.schedule_runs.on_run_failed"
@@ -23,7 +25,7 @@ PAUSE_ON_FAILURE = "service.schedule_runs.on_run_failed"
 def pause_schedule(connection: Redis, schedule_id: str, note: str) -> bool:
     """Pause schedule `schedule_id` with `note`; False when it does not exist."""
     keys = [ScheduleKeys.schedule(schedule_id), ScheduleKeys.due]
-    return bool(script(connection, "pause_schedule")(keys=keys, args=[schedule_id, note, ScheduleKeys.wakeup]))
+    return bool(PAUSE(keys=keys, args=[schedule_id, note, ScheduleKeys.wakeup], client=connection))
 
 
 def pause_on_failure(job: Any, connection: Redis, *exc_info: Any) -> None:

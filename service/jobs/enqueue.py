@@ -14,7 +14,6 @@ import hashlib
 import inspect
 import json
 import math
-import random
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -24,23 +23,22 @@ from typing import TYPE_CHECKING, Any
 
 from redis import Redis
 from redis.client import Pipeline
-from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from service.core.config import Limits
 from service.core.errors import InvalidField
+from service.core.keys import IDEMPOTENCY_PREFIX, UNIQUE_PREFIX, job_key
 from service.core.lanes import check_lane, lane_for
 from service.jobs.model import ServiceJob
-from service.jobs.writer import IDEMPOTENCY_PREFIX, Planned, Submitted, check_written, compress, write
-from service.tasks.registry import REGISTRY, TaskSpec
+from service.jobs.template import JobOptions
+from service.jobs.writer import Planned, Submitted, check_written, compress, write
+from service.tasks.registry import REGISTRY, RetryPolicy, TaskSpec
 
 if TYPE_CHECKING:  # requests are validated by the caller: workers enqueue without loading pydantic
     from service.jobs.schemas import JobRequest
 
-UNIQUE_PREFIX = "svc:unique:"
 ALIVE = frozenset({"queued", "scheduled", "deferred", "started"})
-EXPONENTIAL_BASE_SECONDS = 10
-EXPONENTIAL_CAP_SECONDS = 3600
+NO_RETRY = RetryPolicy(0, ())
 # Calls with at most this many positional and keyword arguments have their fit checked once per shape.
 SMALL_CALL_ARGS = 8
 
@@ -101,7 +99,7 @@ def plan(request: Request, field: str = "", limits: Limits | None = None) -> Pla
     if limits is not None:
         check_limits(request, spec, limits, prefix)
     args, kwargs = list(request.args), dict(request.kwargs)
-    retry_max, backoff = retry_policy(request, spec)
+    retry = retry_policy(request, spec)
     timeout = request.timeout or spec.timeout_seconds
     result_ttl = spec.result_ttl_seconds if request.result_ttl is None else request.result_ttl
     p = Planned(
@@ -110,12 +108,12 @@ def plan(request: Request, field: str = "", limits: Limits | None = None) -> Pla
         lane=lane,
         args=args,
         kwargs=kwargs,
-        options=(spec.name, spec.failure_ttl_seconds, lane, timeout, result_ttl, retry_max, backoff),
+        options=JobOptions(spec.name, lane, timeout, result_ttl, spec.failure_ttl_seconds, spec.name, retry),
         data=compress(JSONSerializer.dumps((spec.name, None, args, kwargs))),
         run_at=run_at(request, prefix),
     )
-    if retry_max and backoff == "exponential":
-        p.extra["retry_intervals"] = json.dumps(exponential_intervals(retry_max))
+    if retry.jittered:
+        p.extra["retry_intervals"] = json.dumps(retry.intervals())
     if request.depends_on:
         if p.run_at is not None:
             raise InvalidField(prefix + "depends_on", "cannot be combined with delay or at")
@@ -184,23 +182,15 @@ def signature(func: Any) -> inspect.Signature:
     return inspect.signature(func)
 
 
-def retry_policy(request: Request, spec: TaskSpec) -> tuple[int, tuple[int, ...] | str]:
-    """Return (max retries, backoff) for the request's policy, or the task's default one."""
+def retry_policy(request: Request, spec: TaskSpec) -> RetryPolicy:
+    """Return the request's retry policy, or the task's default one (one value for "no retry")."""
     if request.retry is not None:
         max_retries, backoff = request.retry.max, request.retry.backoff
     else:
         max_retries, backoff = spec.retry.max, spec.retry.backoff
     if max_retries == 0:
-        return 0, ()
-    return max_retries, backoff if isinstance(backoff, str) else tuple(backoff)
-
-
-def exponential_intervals(max_retries: int) -> list[int]:
-    """Return exponential retry intervals with +-25% jitter, so failed jobs do not retry in lockstep."""
-    return [
-        round(min(EXPONENTIAL_BASE_SECONDS * 2**i, EXPONENTIAL_CAP_SECONDS) * random.uniform(0.75, 1.25))
-        for i in range(max_retries)
-    ]
+        return NO_RETRY
+    return RetryPolicy(max_retries, backoff if isinstance(backoff, str) else tuple(backoff))
 
 
 def run_at(request: Request, prefix: str = "") -> datetime | None:
@@ -230,7 +220,7 @@ def commit(connection: Redis, planned: list[Planned], max_queued: int | None = N
         return write(connection, planned, {}, set(), max_queued)
     # WATCH the claims and the parents: if another client takes a claim or a
     # parent finishes before EXEC, the transaction runs again on fresh reads.
-    watched = claims + [Job.key_for(d) for d in parents]
+    watched = claims + [job_key(d) for d in parents]
     outcomes: list[Submitted] = []
 
     def claim_and_write(pipe: Pipeline) -> None:
@@ -270,7 +260,7 @@ def unfinished_parents(pipe: Pipeline, parents: list[str]) -> set[str]:
     """Return the parents that have not finished; InvalidField when one does not exist."""
     unfinished = set()
     for parent in parents:
-        status = pipe.hget(Job.key_for(parent), "status")
+        status = pipe.hget(job_key(parent), "status")
         if status is None:
             raise InvalidField("depends_on", f"no job with id {parent!r}")
         if status != b"finished":

@@ -9,20 +9,15 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import UTC, datetime
 from typing import Any
 
-import rq.job
-import rq.queue
-import rq.registry
-import rq.results
 from redis import Redis
 from rq.exceptions import DeserializationError
 from rq.job import UNEVALUATED, Job
 from rq.queue import Queue
-from rq.serializers import JSONSerializer, resolve_serializer
-from rq.utils import str_to_date
+from rq.serializers import JSONSerializer
 
+from service.core import compat
 from service.core.keys import doorbell_key
 from service.core.lanes import LANES, check_lane
 from service.jobs import callbacks, damage
@@ -32,44 +27,9 @@ from service.tasks.registry import REGISTRY, TaskSpec
 JOB_ID_MAX_LENGTH = 200
 JOB_ID = re.compile(rf"[A-Za-z0-9_-]{{1,{JOB_ID_MAX_LENGTH}}}")
 
-_RESOLVED: dict[Any, Any] = {}
-
-
-def resolve_serializer_once(serializer: Any = None) -> Any:
-    """RQ's resolve_serializer, remembered per serializer.
-
-    RQ resolves the serializer in every Job, Queue, Result and registry it
-    builds, and its isinstance check against a runtime Protocol costs tens of
-    microseconds each time: several times per job on every path. The answer
-    for a given serializer never changes, so it is worked out once.
-    """
-    try:
-        return _RESOLVED[serializer]
-    except KeyError:
-        resolved = _RESOLVED[serializer] = resolve_serializer(serializer)
-        return resolved
-    except TypeError:  # an unhashable serializer object: not remembered
-        return resolve_serializer(serializer)
-
-
-for _module in (rq.job, rq.queue, rq.registry, rq.results):
-    _module.resolve_serializer = resolve_serializer_once  # type: ignore[attr-defined]
-
-
-def parse_rq_date(value: bytes | str) -> datetime:
-    """RQ's str_to_date for its own timestamps ('2026-01-02T03:04:05.123456Z'), without strptime.
-
-    Restoring a job parses up to five timestamps, and strptime is most of a
-    restore's time; any other shape still goes through RQ's parser.
-    """
-    text = value.decode() if isinstance(value, bytes) else value
-    rq_shape = isinstance(text, str) and len(text) == 27 and text[10] == "T" and text[19] == "." and text[26] == "Z"
-    if rq_shape and text[20:26].isdigit():
-        return datetime.fromisoformat(text[:26]).replace(tzinfo=UTC)
-    return str_to_date(value)
-
-
-rq.job.str_to_date = parse_rq_date  # type: ignore[attr-defined]
+# RQ's serializer resolution and date parsing, sped up process-wide (every
+# process that builds jobs imports this module).
+compat.patch_rq()
 
 
 class JobExpired(Exception):

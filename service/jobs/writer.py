@@ -20,108 +20,24 @@ from typing import Any
 
 from redis import Redis
 from redis.client import Pipeline
-from redis.commands.core import Script
-from rq.job import JobStatus, Retry
-from rq.registry import DeferredJobRegistry, ScheduledJobRegistry
 from rq.utils import utcformat
 
-from service.core import metrics
+from service.core import keys, metrics
 from service.core.errors import Conflict, QueueFull
+from service.core.keys import IDEMPOTENCY_PREFIX, PLACEHOLDER_ID
+from service.core.lua import script
 from service.jobs.describe import describe, isotime
 from service.jobs.model import ServiceJob, ServiceQueue
+from service.jobs.template import JobOptions, template
 from service.tasks.registry import TaskSpec
 
-IDEMPOTENCY_PREFIX = "svc:idem:"
+WRITE = script("write_jobs")
 # A claim outlives any job it can point to; a claim on a vanished job is free again.
 CLAIM_TTL_SECONDS = 30 * 24 * 3600
-# A valid RQ job id that stands for each job's own id in templates and key shapes.
-PLACEHOLDER = "0job0id0placeholder0"
-# Fields that differ per job; everything else comes from the template.
-PER_JOB_FIELDS = frozenset({"created_at", "enqueued_at", "data", "meta", "retry_intervals"})
 # zlib.compress() sets up a 32 KB window and a 128 KB hash table for every
 # payload (~60 us each); a payload that fits a 4 KB window compresses the
 # same with a small one, and zlib.decompress (RQ) reads either.
 SMALL_PAYLOAD_BYTES = 3800
-
-# ARGV[1]: JSON header: batch time, templates, claims, counters, queues, key
-# shapes, and per job [id, template index, score, data size, [extra field,
-# value, ...], [parent, ...]]; with max_queued, per lane receiving jobs [its
-# list, scheduled and deferred keys, jobs added, lane]. ARGV[2]: every job's
-# data, one after another. Returns 1, or {'queue_full', lane, waiting} having
-# written nothing when a lane would hold more than max_queued waiting jobs.
-# A template's commands are RQ's own for its status: the lane push and doorbell
-# (ServiceQueue.push_job_id) for queued; the scheduled registry for scheduled;
-# the deferred registry and dependency sets (Job.register_dependency) for deferred.
-# The script is atomic, so the order of the writes within it is invisible.
-WRITE_SCRIPT = """
-local h = cjson.decode(ARGV[1])
-local blobs = ARGV[2]
-local now, templates, placeholder = h.now, h.templates, h.placeholder
-if h.max_queued then
-    for _, lane in ipairs(h.lanes) do
-        local waiting = redis.call('LLEN', lane[1]) + redis.call('ZCARD', lane[2]) + redis.call('ZCARD', lane[3])
-        if waiting + lane[4] > h.max_queued then
-            return {'queue_full', lane[5], waiting}
-        end
-    end
-end
-for _, claim in ipairs(h.claims) do
-    redis.call('SET', claim[1], claim[2], 'EX', h.claim_ttl)
-end
--- One field list per template, reused: each job's values overwrite its last slots.
-for _, t in ipairs(templates) do
-    local fields = t.fields
-    fields[#fields + 1], fields[#fields + 2] = 'created_at', now
-    if t.status == 'queued' then
-        fields[#fields + 1], fields[#fields + 2] = 'enqueued_at', now
-    end
-    fields[#fields + 1] = 'data'
-    t.data_slot = #fields + 1
-end
--- Pushes to one list are collected and sent as one command: RPUSH k a b is RPUSH k a; RPUSH k b.
-local pushes, push_order = {}, {}
-local offset = 1
-for _, job in ipairs(h.jobs) do
-    local id, t, score, size, extra, parents = job[1], templates[job[2]], job[3], job[4], job[5], job[6]
-    local fields, slot = t.fields, t.data_slot
-    fields[slot] = string.sub(blobs, offset, offset + size - 1)
-    offset = offset + size
-    for j = 1, #extra do
-        fields[slot + j] = extra[j]
-    end
-    redis.call('HSET', h.job_prefix .. id, unpack(fields, 1, slot + #extra))
-    if t.status == 'queued' then
-        for _, command in ipairs(t.push) do
-            local list = command[1] .. ' ' .. command[2]
-            local values = pushes[list]
-            if not values then
-                values = {command[1], command[2]}
-                pushes[list] = values
-                push_order[#push_order + 1] = list
-            end
-            values[#values + 1] = (command[3] == placeholder) and id or command[3]
-        end
-    elseif t.status == 'scheduled' then
-        redis.call('ZADD', t.registry, score, id)
-    else
-        redis.call('ZADD', t.registry, h.deferred_score, id)
-        for _, parent in ipairs(parents) do
-            redis.call('SADD', h.dependents[1] .. parent .. h.dependents[2], id)
-            redis.call('SADD', h.dependencies[1] .. id .. h.dependencies[2], parent)
-        end
-    end
-end
-for _, list in ipairs(push_order) do
-    redis.call(unpack(pushes[list]))
-end
-for _, c in ipairs(h.counts) do
-    redis.call('HINCRBY', h.metrics, c[1], c[2])
-end
-if #h.queues > 0 then
-    redis.call('SADD', h.queues_key, unpack(h.queues))
-end
-return 1
-"""
 
 
 @dataclass
@@ -133,7 +49,7 @@ class Planned:
     lane: str
     args: list[Any]
     kwargs: dict[str, Any]
-    options: tuple[Any, ...]  # the template key, without the status
+    options: JobOptions
     data: bytes
     extra: dict[str, str] = field(default_factory=dict)
     parents: tuple[str, ...] = ()
@@ -201,70 +117,36 @@ def compress(payload: bytes) -> bytes:
     return compressor.compress(payload) + compressor.flush()
 
 
-@lru_cache(maxsize=4096)
-def template(options: tuple[Any, ...], status: str) -> tuple[str, ...]:
-    """Return the hash fields (name, value, ...) RQ's Job.to_dict() writes for every job with these options.
-
-    RQ itself builds them, from a job created the way Queue.create_job would;
-    the per-job fields (PER_JOB_FIELDS) are left out.
-    """
-    name, failure_ttl, lane, timeout, result_ttl, retry_max, backoff = options
-    intervals = [0] if backoff == "exponential" else list(backoff)
-    job = ServiceJob.create(
-        name,
-        args=[],
-        kwargs={},
-        connection=Redis(),  # never used to connect: only to_dict() is called
-        timeout=timeout,
-        result_ttl=result_ttl,
-        failure_ttl=failure_ttl,
-        description=name,
-        id=PLACEHOLDER,
-        origin=lane,
-        status=JobStatus(status),
-        retry=Retry(max=retry_max, interval=intervals) if retry_max else None,
-    )
-    fields: list[str] = []
-    for key, value in job.to_dict().items():
-        if key in PER_JOB_FIELDS and not (key == "retry_intervals" and backoff != "exponential"):
-            continue
-        fields += [key, value.value if isinstance(value, JobStatus) else str(value)]
-    return tuple(fields)
-
-
+# What the write script needs to build a job's keys from its id (RQ's shapes, from service.core.keys).
+KEY_SHAPES = {
+    "job_prefix": keys.JOB_PREFIX,
+    "placeholder": PLACEHOLDER_ID,
+    "dependents": keys.DEPENDENTS_SHAPE,
+    "dependencies": keys.DEPENDENCIES_SHAPE,
+}
 _LANE_KEYS: dict[str, dict[str, Any]] = {}
 
 
 def lane_keys(lane: str) -> dict[str, Any]:
-    """Return the keys a job in `lane` is written to, as RQ and ServiceQueue name them."""
-    keys = _LANE_KEYS.get(lane)
-    if keys is None:
-        queue = ServiceQueue(lane, connection=Redis())  # never used to connect: only key names are read
-        keys = _LANE_KEYS[lane] = {
-            "queue": queue.key,
+    """Return the keys a job in `lane` is written to, and ServiceQueue's push commands for it."""
+    found = _LANE_KEYS.get(lane)
+    if found is None:
+        queue = ServiceQueue(lane, connection=Redis())  # never used to connect: only its commands are recorded
+        found = _LANE_KEYS[lane] = {
+            "queue": keys.queue_key(lane),
             "push": push_commands(queue),
-            "scheduled": ScheduledJobRegistry(queue=queue).key,
-            "deferred": DeferredJobRegistry(queue=queue).key,
+            "scheduled": keys.scheduled_key(lane),
+            "deferred": keys.deferred_key(lane),
         }
-    return keys
+    return found
 
 
 def push_commands(queue: ServiceQueue) -> list[list[str]]:
-    """Return ServiceQueue's push commands for PLACEHOLDER, checked to be (list command, key, value)."""
-    commands = queue.push_commands(PLACEHOLDER)
+    """Return ServiceQueue's push commands for PLACEHOLDER_ID, checked to be (list command, key, value)."""
+    commands = queue.push_commands(PLACEHOLDER_ID)
     if any(len(c) != 3 or c[0] not in ("RPUSH", "LPUSH") for c in commands):
         raise RuntimeError(f"the write script cannot replay {commands!r}")
     return commands
-
-
-@lru_cache(maxsize=1)
-def dependency_key_shapes() -> dict[str, list[str]]:
-    """Return RQ's dependents and dependencies keys split around the job id, for the script to join."""
-    job = ServiceJob(PLACEHOLDER, connection=Redis())  # never used to connect: only key names are read
-    return {
-        "dependents": ServiceJob.dependents_key_for(PLACEHOLDER).split(PLACEHOLDER),
-        "dependencies": job.dependencies_key.split(PLACEHOLDER),
-    }
 
 
 def write(
@@ -282,7 +164,7 @@ def write(
     """
     now = datetime.now(UTC)
     now_rq = utcformat(now.replace(tzinfo=None))
-    templates: dict[tuple[Any, ...], int] = {}
+    templates: dict[tuple[JobOptions, str], int] = {}
     header: dict[str, Any] = {"now": now_rq, "templates": [], "claims": [], "counts": []}
     counts: dict[tuple[str, str], int] = {}
     added: dict[str, int] = {}
@@ -321,20 +203,16 @@ def write(
             jobs=jobs,
             counts=[[metrics.field("jobs_enqueued", *key), amount] for key, amount in counts.items()],
             queues=list(queues),
-            queues_key=ServiceQueue.redis_queues_keys,
-            metrics=metrics.METRICS_KEY,
-            job_prefix=ServiceJob.redis_job_namespace_prefix,
-            placeholder=PLACEHOLDER,
             claim_ttl=CLAIM_TTL_SECONDS,
             deferred_score=str(int(now.timestamp())),
-            **dependency_key_shapes(),
+            **KEY_SHAPES,
         )
         if max_queued is not None:
             header["max_queued"] = max_queued
             header["lanes"] = [[*waiting_keys(lane), count, lane] for lane, count in added.items()]
         # Two arguments, not several per job: redis-py packs each argument in Python.
         args = [json.dumps(header, separators=(",", ":")), b"".join(blobs)]
-        reply = write_script(client)(args=args, client=client)
+        reply = WRITE(keys=[keys.QUEUES_KEY, keys.METRICS_KEY], args=args, client=client)
         if not isinstance(client, Pipeline):
             check_written(reply)
     return outcome
@@ -342,8 +220,7 @@ def write(
 
 def waiting_keys(lane: str) -> tuple[str, str, str]:
     """The keys whose jobs count as waiting in `lane`: its list, its scheduled and its deferred registries."""
-    keys = lane_keys(lane)
-    return keys["queue"], keys["scheduled"], keys["deferred"]
+    return keys.queue_key(lane), keys.scheduled_key(lane), keys.deferred_key(lane)
 
 
 def check_written(reply: Any) -> None:
@@ -365,12 +242,12 @@ def _pairs(extra: dict[str, str]) -> list[str]:
 
 
 def _template_header(p: Planned, status: str) -> dict[str, Any]:
-    keys = lane_keys(p.lane)
+    lane = lane_keys(p.lane)
     return {
         "fields": list(template(p.options, status)),
         "status": status,
-        "push": keys["push"],
-        "registry": keys["scheduled"] if status == "scheduled" else keys["deferred"],
+        "push": lane["push"],
+        "registry": lane["scheduled"] if status == "scheduled" else lane["deferred"],
     }
 
 
@@ -391,14 +268,3 @@ def check_fingerprint(p: Planned, holder: ServiceJob | None, earlier: Submitted 
     if theirs not in (None, "", p.fingerprint):
         key = (p.claim_key or "").removeprefix(IDEMPOTENCY_PREFIX)
         raise Conflict(f"idempotency key {key!r} was already used for a different request")
-
-
-_SCRIPTS: dict[str, Script] = {}
-
-
-def write_script(client: Redis | Pipeline) -> Script:
-    """Return the write script (one Script object; every call names its client)."""
-    script = _SCRIPTS.get("write")
-    if script is None:
-        script = _SCRIPTS["write"] = Script(client, WRITE_SCRIPT)
-    return script

@@ -1,10 +1,15 @@
-"""Hooks: user code subscribes to job and schedule events; failures can also go to a webhook.
+"""Hooks: the service's one event bus: user code subscribes to job and schedule events.
 
     from service.ops.hooks import on
 
     @on("job.failed")
     def page_someone(event: dict) -> None: ...
 
+Every event is a dict with `event`, `time` and its fields: a job event has
+`job_id`, `task`, `queue`, `attempts` (and `error` on failure); a schedule
+event has `schedule_id` and `count` (runs fired, missed, coalesced into a
+later run, or skipped; `schedule.skipped` has `reason`: `skipped` by the
+overlap policy or `dropped` because one run was already buffered).
 Subscribers run in the process where the event happens (a worker for job
 events, the leading scheduler for schedule events). A subscriber that raises
 is logged and ignored: a hook never changes a job's outcome. A task's
@@ -24,7 +29,15 @@ from service.jobs.enqueue import InternalRequest, enqueue
 
 log = logging.getLogger(__name__)
 
-EVENTS = ("job.succeeded", "job.failed", "job.retried", "schedule.missed", "schedule.skipped")
+EVENTS = (
+    "job.succeeded",
+    "job.failed",
+    "job.retried",
+    "schedule.fired",
+    "schedule.missed",
+    "schedule.coalesced",
+    "schedule.skipped",
+)
 
 Subscriber = Callable[[dict[str, Any]], None]
 _subscribers: dict[str, list[Subscriber]] = {event: [] for event in EVENTS}
@@ -49,18 +62,27 @@ def unsubscribe(event: str, func: Subscriber) -> None:
         _subscribers[event].remove(func)
 
 
-def emit(event: str, **fields: Any) -> dict[str, Any]:
+def emit(event: str, **fields: Any) -> None:
     """Call every subscriber of `event` with the event's fields; errors are logged, never raised."""
-    payload = {"event": event, "time": datetime.now(UTC).isoformat(timespec="milliseconds"), **fields}
-    for subscriber in list(_subscribers.get(event, ())):
+    subscribers = _subscribers.get(event)
+    if subscribers:  # no event is built when nobody listens (the scheduler emits one per schedule fired)
+        deliver(subscribers, payload(event, fields))
+
+
+def payload(event: str, fields: dict[str, Any]) -> dict[str, Any]:
+    return {"event": event, "time": datetime.now(UTC).isoformat(timespec="milliseconds"), **fields}
+
+
+def deliver(subscribers: list[Subscriber], event: dict[str, Any]) -> None:
+    for subscriber in list(subscribers):
         try:
-            subscriber(payload)
+            subscriber(event)
         except Exception:
-            log.exception("hook %s for %s failed; ignored", getattr(subscriber, "__name__", subscriber), event)
-    return payload
+            name = getattr(subscriber, "__name__", subscriber)
+            log.exception("hook %s for %s failed; ignored", name, event["event"])
 
 
-def job_event(event: str, job: Any, **extra: Any) -> dict[str, Any]:
+def job_event(event: str, job: Any, **extra: Any) -> None:
     """Emit a job event with the job's id, task, lane and attempts (and its schedule, for a run)."""
     meta = job.meta or {}
     fields = {
@@ -71,26 +93,18 @@ def job_event(event: str, job: Any, **extra: Any) -> dict[str, Any]:
         **{k: meta[k] for k in ("schedule_id", "scheduled_for") if k in meta},
         **extra,
     }
-    payload = emit(event, **fields)
+    found = payload(event, fields)
+    deliver(_subscribers[event], found)
     if event == "job.failed":
-        queue_webhook(job, payload)
-    return payload
+        queue_webhook(job, found)
 
 
-def queue_webhook(job: Any, payload: dict[str, Any]) -> None:
+def queue_webhook(job: Any, event: dict[str, Any]) -> None:
     """Enqueue delivery of a failure event to the task's webhook_url, if it has one; never raises."""
     spec = job.spec
     if spec is None or spec.webhook_url is None:
         return
     try:
-        enqueue(job.connection, InternalRequest(task="hooks.webhook", args=[spec.webhook_url, payload]))
+        enqueue(job.connection, InternalRequest(task="hooks.webhook", args=[spec.webhook_url, event]))
     except Exception:
         log.exception("could not queue the failure webhook of job %s", job.id)
-
-
-def forward_schedule_event(event: str, schedule_id: str, count: int) -> None:
-    """Turn the scheduler's missed/skipped/dropped notices into hook events (service.schedules.runs.emit calls it)."""
-    if event == "missed":
-        emit("schedule.missed", schedule_id=schedule_id, count=count)
-    elif event in ("skipped", "dropped"):
-        emit("schedule.skipped", schedule_id=schedule_id, count=count, reason=event)

@@ -17,8 +17,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from redis import Redis
 
+from service.core.keys import METRICS_KEY, WORKERS_KEY, ScheduleKeys, job_key, queue_key
 from service.core.lanes import LANES
-from service.core.metrics import COUNTERS, HISTOGRAMS, LAG_BUCKETS_MS, METRICS_KEY, SCHEDULE_STATS_KEY, SEP
+from service.core.metrics import COUNTERS, HISTOGRAMS, LAG_BUCKETS_MS, SEP
 
 
 class RedisCollector:
@@ -31,7 +32,7 @@ class RedisCollector:
         raw = {k.decode(): v.decode() for k, v in self.connection.hgetall(METRICS_KEY).items()}
         yield from counters(raw)
         yield from histograms(raw)
-        yield from schedule_families(self.connection.hgetall(SCHEDULE_STATS_KEY))
+        yield from schedule_families(self.connection.hgetall(ScheduleKeys.stats))
         yield from gauges(self.connection)
 
 
@@ -86,9 +87,9 @@ def gauges(connection: Redis) -> Iterable[GaugeMetricFamily]:
     """Queue depth and oldest job age per lane, and live workers, read now."""
     with connection.pipeline(transaction=False) as pipe:
         for lane in LANES:
-            pipe.llen(f"rq:queue:{lane}")
-            pipe.lindex(f"rq:queue:{lane}", 0)
-        pipe.scard("rq:workers")
+            pipe.llen(queue_key(lane))
+            pipe.lindex(queue_key(lane), 0)
+        pipe.scard(WORKERS_KEY)
         found = pipe.execute()
     depth = GaugeMetricFamily("queue_depth", "Jobs waiting in each lane.", labels=["queue"])
     age = GaugeMetricFamily("queue_oldest_job_age_seconds", "Age of the oldest waiting job per lane.", labels=["queue"])
@@ -112,7 +113,7 @@ def oldest_enqueued_at(connection: Redis, job_ids: dict[str, str]) -> dict[str, 
         return {}
     with connection.pipeline(transaction=False) as pipe:
         for job_id in job_ids.values():
-            pipe.hget(f"rq:job:{job_id}", "enqueued_at")
+            pipe.hget(job_key(job_id), "enqueued_at")
         stamps = pipe.execute()
     found = {}
     for lane, stamp in zip(job_ids, stamps, strict=True):

@@ -6,6 +6,7 @@ import sys
 
 from redis import Redis
 
+from service.core import compat
 from service.core.config import Settings
 from service.core.connection import connect
 from service.core.errors import ConfigError
@@ -23,5 +24,6 @@ def start(role: str) -> tuple[Settings, Redis]:
         print(f"{role}: configuration error: {exc.message}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(settings, role=role)
+    compat.check_versions()  # warns, never refuses: an unchecked release may still work
     outbound.allow(settings.outbound_allow)
     return settings, connect(settings.redis_url, role=role)

@@ -26,11 +26,10 @@ import yaml
 from redis import Redis
 
 from service.core.errors import ConfigError, InvalidField
+from service.core.keys import ScheduleKeys
 from service.schedules.operations import delete, save
 from service.schedules.spec import ScheduleSpec, check_schedule_id, parse_spec
 from service.schedules.store import read
-
-DECLARED_KEY = "svc:schedules:declared"
 
 
 def load_file(path: str | Path) -> dict[str, ScheduleSpec]:
@@ -79,8 +78,8 @@ def sync(connection: Redis, path: str | Path) -> dict[str, list[str]]:
         elif before is not None and after is not None and before.spec_json != after.spec_json:
             changed["updated"].append(schedule_id)
         if after is not None and after.state.get("origin") == "file":
-            connection.sadd(DECLARED_KEY, schedule_id)
-    for member in connection.smembers(DECLARED_KEY):
+            connection.sadd(ScheduleKeys.declared, schedule_id)
+    for member in connection.smembers(ScheduleKeys.declared):
         schedule_id = member.decode()
         if schedule_id in specs:
             continue
@@ -88,5 +87,5 @@ def sync(connection: Redis, path: str | Path) -> dict[str, list[str]]:
         if stored is not None and stored.state.get("origin") == "file":
             delete(connection, schedule_id)
             changed["removed"].append(schedule_id)
-        connection.srem(DECLARED_KEY, schedule_id)
+        connection.srem(ScheduleKeys.declared, schedule_id)
     return changed

@@ -13,14 +13,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import WatchError
+from redis.client import Pipeline
 
 from service.core.config import Limits
 from service.core.errors import InvalidField, ScheduleLimitReached, ScheduleNotFound
-from service.core.keys import ScheduleKeys
+from service.core.keys import ScheduleKeys, job_key
 from service.jobs.callbacks import pause_schedule
 from service.jobs.context import scheduled_for
-from service.jobs.model import ServiceJob
 from service.schedules.runs import fire_manual, jittered, run_job_id
 from service.schedules.spec import (
     LATEST,
@@ -95,27 +94,27 @@ def save(
     spec_json = dump_spec(spec)
     key = ScheduleKeys.schedule(schedule_id)
     watched = (key, ScheduleKeys.index) if max_schedules is not None else (key,)
-    with connection.pipeline() as pipe:
-        while True:
-            try:
-                pipe.watch(*watched)
-                current = from_raw(schedule_id, pipe.hgetall(key))
-                created = current is None
-                wanted = _paused(spec, current, paused)
-                if current is not None and current.spec_json == spec_json and current.paused == wanted:
-                    pipe.unwatch()
-                    return describe(current), False
-                if created and max_schedules is not None and pipe.zcard(ScheduleKeys.index) >= max_schedules:
-                    pipe.unwatch()
-                    raise ScheduleLimitReached(
-                        f"{max_schedules} schedules exist (MAX_SCHEDULES): delete one or replace an existing id"
-                    )
-                pipe.multi()
-                _write(pipe, schedule_id, spec, spec_json, current, wanted, origin, now)
-                pipe.execute()
-                break
-            except WatchError:
-                continue
+
+    def write_if_changed(pipe: Pipeline) -> tuple[StoredSchedule | None, bool]:
+        """Inside WATCH: read the schedule; unchanged: return it; else MULTI, write it, return (None, created?)."""
+        current = from_raw(schedule_id, pipe.hgetall(key))
+        wanted = _paused(spec, current, paused)
+        if current is not None and current.spec_json == spec_json and current.paused == wanted:
+            pipe.unwatch()
+            return current, False
+        if current is None and max_schedules is not None and pipe.zcard(ScheduleKeys.index) >= max_schedules:
+            pipe.unwatch()
+            raise ScheduleLimitReached(
+                f"{max_schedules} schedules exist (MAX_SCHEDULES): delete one or replace an existing id"
+            )
+        pipe.multi()
+        _write(pipe, schedule_id, spec, spec_json, current, wanted, origin, now)
+        return None, current is None
+
+    # A concurrent change to the schedule (or, with a cap, to the index) between the read and EXEC runs it again.
+    unchanged, created = connection.transaction(write_if_changed, *watched, value_from_callable=True)
+    if unchanged is not None:
+        return describe(unchanged), False
     stored = read(connection, schedule_id)
     assert stored is not None
     return describe(stored), created
@@ -363,7 +362,7 @@ def runs(connection: Redis, schedule_id: str, limit: int = 50) -> dict[str, Any]
     records = [json.loads(r) for r in connection.lrange(ScheduleKeys.runs(schedule_id), 0, limit - 1)]
     pipe = connection.pipeline(transaction=False)
     for record in records:
-        pipe.hget(ServiceJob.redis_job_namespace_prefix + record.get("job_id", ""), "status")
+        pipe.hget(job_key(record.get("job_id", "")), "status")
     for record, status in zip(records, pipe.execute(), strict=True):
         record.setdefault("job_id", None)
         if record["status"] == "enqueued":

@@ -25,21 +25,24 @@ import functools
 import json
 import logging
 import random
-from collections.abc import Callable
+import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from redis import Redis
-from rq import Retry
-from rq.callbacks import Callback
-from rq.defaults import RQ_KEY_PREFIX
+from rq.serializers import JSONSerializer
 from rq.utils import utcformat
 
-from service.core.keys import ScheduleKeys
+from service.core import keys
+from service.core.keys import PLACEHOLDER_ID, QUEUES_KEY, ScheduleKeys, queue_key
+from service.core.lua import script
+from service.core.metrics import LAG_BUCKETS_MS
 from service.jobs.callbacks import PAUSE_ON_FAILURE
 from service.jobs.context import scheduled_for  # noqa: F401 - kept importable from here
-from service.jobs.model import ServiceJob, ServiceQueue
+from service.jobs.model import ServiceQueue
+from service.jobs.template import JobOptions, template
+from service.ops import hooks
 from service.schedules.spec import ScheduleSpec, from_ms, isoformat, to_ms, to_us
 from service.schedules.store import RUNS_KEPT, StoredSchedule, due_times, load_spec
 from service.tasks.registry import REGISTRY, RetryPolicy, TaskSpec
@@ -49,277 +52,35 @@ log = logging.getLogger(__name__)
 # Catch-up after downtime enumerates at most this many due times per
 # schedule per pass; the rest are handled by the next pass (nothing lost).
 MAX_CATCHUP = 1000
-JOB_ID_PLACEHOLDER = "<job-id>"
 # A run in one of these states is "still queued or running" for the overlap policy.
 ACTIVE_STATUSES = frozenset({"queued", "started", "scheduled", "deferred"})
 # Variadic commands whose calls for one key the fire script may merge into one (same result, same order).
 FOLDABLE_COMMANDS = frozenset({"RPUSH", "LPUSH", "SADD"})
-# Job hash fields the fire script sets per run (or per call) rather than copying from the template.
-PER_RUN_FIELDS = frozenset({"created_at", "enqueued_at", "meta", "data"})
-
-FIRE_SCRIPT = """
-local lease, due_key, buffered_key, queues_key, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local owner, now_ms, now_iso, now_rq = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local prefix, job_prefix, rq_prefix, keep = ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8])
-if owner ~= '' and redis.call('GET', lease) ~= owner then return '[-1]' end
-local LAG_BUCKETS = {10, 50, 100, 250, 500, 1000, 2500, 5000, 10000}
--- A schedule's state is read with one HMGET, changed in a Lua table and
--- written back with one HSET (and HDEL), instead of a command per change.
-local STATE = {'paused', 'last_job_id', 'buffered_due', 'runs', 'missed', 'skipped', 'dropped', 'coalesced',
-  'lag_sum_ms', 'lag_count', 'lag_max_ms'}
-local WRITTEN = {'last_job_id', 'buffered_due', 'runs', 'missed', 'skipped', 'dropped', 'coalesced',
-  'lag_sum_ms', 'lag_count', 'lag_max_ms', 'lag_last_ms', 'last_run_at', 'next_due'}
-local JOB_ID, null = '<job-id>', cjson.null
-local function int(x) return string.format('%d', x) end
-local function opt(v) if v == null then return nil end return v end
-
--- One job hash layout per distinct spec; only the meta value changes per run.
-local templates = {}
-for n, t in ipairs(cjson.decode(ARGV[9])) do
-  local hash = {}
-  for _, v in ipairs(t[1]) do hash[#hash + 1] = v end
-  for _, v in ipairs({'created_at', now_rq, 'enqueued_at', now_rq, 'data', ARGV[10 + n], 'meta', ''}) do
-    hash[#hash + 1] = v
-  end
-  local folds = {}
-  for i, op in ipairs(t[3]) do folds[i] = op[1] .. ' ' .. op[2] end
-  templates[n] = {hash = hash, queue_key = t[2], push = t[3], fold = t[4], folds = folds}
-end
-
--- Batch totals (stats hash) and lane pushes are sent once per call, not per run.
-local totals, pending, pending_keys, queued = {}, {}, {}, {}
-local function total(name, n) totals[name] = (totals[name] or 0) + n end
-
-local function flush()
-  for _, k in ipairs(pending_keys) do redis.call(unpack(pending[k])) end
-  pending, pending_keys = {}, {}
-end
-
-local function push(tpl, job_id)
-  if not queued[tpl.queue_key] then redis.call('SADD', queues_key, tpl.queue_key); queued[tpl.queue_key] = true end
-  for i, op in ipairs(tpl.push) do
-    if tpl.fold then
-      -- RPUSH/LPUSH/SADD k a, then k b == one call with a b: same order, same result.
-      local k = tpl.folds[i]
-      local acc = pending[k]
-      if not acc then acc = {op[1], op[2]}; pending[k] = acc; pending_keys[#pending_keys + 1] = k end
-      if op[3] == JOB_ID then acc[#acc + 1] = job_id else acc[#acc + 1] = op[3] end
-      if #acc > 1000 then flush() end
-    else
-      local call = {}
-      for n, v in ipairs(op) do if v == JOB_ID then call[n] = job_id else call[n] = v end end
-      flush()
-      redis.call(unpack(call))
-    end
-  end
-end
-
-local function load(sk)
-  local v = redis.call('HMGET', sk, unpack(STATE))
-  return {paused = v[1], last_job_id = v[2], buffered_due = v[3], runs = v[4], missed = v[5], skipped = v[6],
-    dropped = v[7], coalesced = v[8], lag_sum_ms = v[9], lag_count = v[10], lag_max_ms = v[11], dirty = {}, log = {}}
-end
-
-local function set(s, name, value) s[name] = value; s.dirty[name] = true end
-local function add(s, name, n) set(s, name, (tonumber(s[name]) or 0) + n) end
-
-local function save(sk, s)
-  local hset, hdel = {}, {}
-  for _, name in ipairs(WRITTEN) do
-    if s.dirty[name] then
-      local v = s[name]
-      if v == false then hdel[#hdel + 1] = name
-      else hset[#hset + 1] = name; hset[#hset + 1] = type(v) == 'number' and int(v) or v end
-    end
-  end
-  if #hset > 0 then redis.call('HSET', sk, unpack(hset)) end
-  if #hdel > 0 then redis.call('HDEL', sk, unpack(hdel)) end
-  if #s.log > 0 then
-    local key = sk .. ':runs'
-    if redis.call('LPUSH', key, unpack(s.log)) > keep then redis.call('LTRIM', key, 0, keep - 1) end
-  end
-end
-
-local function record(s, rec) s.log[#s.log + 1] = cjson.encode(rec) end
-
-local function active(s)
-  local last = s.last_job_id
-  if not last then return nil end
-  local st = redis.call('HGET', job_prefix .. last, 'status')
-  if st == 'queued' or st == 'started' or st == 'scheduled' or st == 'deferred' then return last, st end
-  return nil
-end
-
-local function cancel(job_id, st)
-  flush()  -- the job may have been pushed earlier in this call
-  local jk = job_prefix .. job_id
-  local origin = redis.call('HGET', jk, 'origin') or 'default'
-  if st == 'started' then
-    local worker = redis.call('HGET', jk, 'worker_name')
-    if worker and worker ~= '' then
-      redis.call('PUBLISH', rq_prefix .. ':pubsub:' .. worker, cjson.encode({command = 'stop-job', job_id = job_id}))
-    end
-  else
-    redis.call('LREM', rq_prefix .. ':queue:' .. origin, 0, job_id)
-    redis.call('ZREM', rq_prefix .. ':scheduled:' .. origin, job_id)
-    redis.call('ZREM', rq_prefix .. ':deferred:' .. origin, job_id)
-    redis.call('HSET', jk, 'status', 'canceled')
-    redis.call('ZADD', rq_prefix .. ':canceled:' .. origin, math.floor(now_ms / 1000) + 86400, job_id)
-  end
-end
-
--- A fire is {due ms, kind, lag target ms, due ISO, job id}.
-local function create(id, s, f, tpl, count_lag)
-  local job_id = f[5]
-  local jk = job_prefix .. job_id
-  if redis.call('EXISTS', jk) == 1 then return 0 end
-  local hash = tpl.hash
-  hash[#hash] = '{"schedule_id": "' .. id .. '", "scheduled_for": "' .. f[4] .. '"}'
-  redis.call('HSET', jk, unpack(hash))
-  push(tpl, job_id)
-  set(s, 'last_job_id', job_id)
-  set(s, 'last_run_at', f[1])
-  add(s, 'runs', 1)
-  total('runs', 1)
-  local rec = {scheduled_for = f[4], job_id = job_id, status = 'enqueued', enqueued_at = now_iso, kind = f[2]}
-  if count_lag then
-    local lag = math.max(0, now_ms - f[3])
-    rec.lag_ms = lag
-    add(s, 'lag_sum_ms', lag)
-    add(s, 'lag_count', 1)
-    set(s, 'lag_last_ms', lag)
-    set(s, 'lag_max_ms', math.max(lag, tonumber(s.lag_max_ms) or 0))
-    local bucket = 'lag_ms_bucket_inf'
-    for _, limit in ipairs(LAG_BUCKETS) do
-      if lag <= limit then bucket = 'lag_ms_bucket_' .. limit; break end
-    end
-    total(bucket, 1)
-    total('lag_ms_sum', lag)
-    total('lag_count', 1)
-  end
-  record(s, rec)
-  return 1
-end
-
-local function skip(s, iso, status)
-  add(s, status, 1)
-  total(status, 1)
-  record(s, {scheduled_for = iso, status = status, recorded_at = now_iso})
-end
-
-local function finished(s, limit) return limit and (tonumber(s.runs) or 0) >= limit end
-
--- An entry is {id, mode, template, fires, records, overlap, score, next_due, next_score, buffered, repeat}.
-local function fire_due(e, s, tpl)
-  local id, overlap, limit = e[1], e[6], opt(e[11])
-  local created, skipped, dropped = 0, 0, 0
-  local done = false
-  for _, r in ipairs(e[5]) do skip(s, r[1], r[2]) end
-  for _, f in ipairs(e[4]) do
-    if finished(s, limit) then done = true; break end
-    local last, st = active(s)
-    if f[2] == 'buffered' then
-      -- A run buffered earlier goes first once its predecessor has ended.
-      if not last and s.buffered_due and tonumber(s.buffered_due) == f[1] then
-        set(s, 'buffered_due', false)
-        redis.call('SREM', buffered_key, id)
-        created = created + create(id, s, f, tpl, false)
-      end
-    elseif last and overlap == 'skip' then
-      skip(s, f[4], 'skipped')
-      skipped = skipped + 1
-    elseif last and overlap == 'buffer_one' then
-      if s.buffered_due then
-        skip(s, f[4], 'dropped')
-        dropped = dropped + 1
-      else
-        set(s, 'buffered_due', f[1])
-        redis.call('SADD', buffered_key, id)
-        record(s, {scheduled_for = f[4], status = 'buffered', recorded_at = now_iso})
-      end
-    else
-      if last and overlap == 'cancel_other' then cancel(last, st) end
-      created = created + create(id, s, f, tpl, true)
-    end
-  end
-  local next_score = opt(e[9])
-  if done or finished(s, limit) or not next_score then
-    redis.call('ZREM', due_key, id)
-    set(s, 'next_due', '')
-  else
-    redis.call('ZADD', due_key, int(next_score), id)
-    set(s, 'next_due', opt(e[8]) or '')
-  end
-  return {created, skipped, dropped}
-end
-
-local function fire_entry(e)
-  local id, mode, tpl = e[1], e[2], templates[e[3]]
-  local sk = prefix .. id
-  if mode == 'due' then
-    local score = redis.call('ZSCORE', due_key, id)
-    if not score or tonumber(score) ~= e[7] then return -2 end
-    local s = load(sk)
-    if s.paused == '1' then redis.call('ZREM', due_key, id); return -2 end
-    local result = fire_due(e, s, tpl)
-    save(sk, s)
-    return result
-  end
-  if redis.call('EXISTS', sk) == 0 then return -3 end
-  local s = load(sk)
-  if mode == 'buffer' then
-    local buffered = opt(e[10])
-    if not s.buffered_due or tonumber(s.buffered_due) ~= buffered or active(s) then return -2 end
-    if s.paused == '1' then return -2 end
-    set(s, 'buffered_due', false)
-    redis.call('SREM', buffered_key, id)
-    local created = create(id, s, e[4][1], tpl, false)
-    save(sk, s)
-    return created
-  end
-  local created = {}
-  for n, f in ipairs(e[4]) do created[n] = create(id, s, f, tpl, false) end
-  save(sk, s)
-  return created
-end
-
-local results = {}
-for n, e in ipairs(cjson.decode(ARGV[10])) do results[n] = fire_entry(e) end
-flush()
-for name, n in pairs(totals) do redis.call('HINCRBY', stats, name, int(n)) end
-return cjson.encode(results)
-"""
+# What the fire script needs besides its KEYS (see fire.lua): RQ's and our key shapes for the keys it
+# builds from data (a run's job, a canceled job's lane and registries, a worker's command channel),
+# the id placeholder in push commands, and the lag histogram's buckets.
+CONFIG = json.dumps(
+    {
+        "keys": {
+            "schedule": [ScheduleKeys.prefix, ScheduleKeys.runs_suffix],
+            "job": keys.JOB_PREFIX,
+            "queue": keys.QUEUE_PREFIX,
+            "scheduled": keys.SCHEDULED_PREFIX,
+            "deferred": keys.DEFERRED_PREFIX,
+            "canceled": keys.CANCELED_PREFIX,
+            "pubsub": keys.PUBSUB_PREFIX,
+        },
+        "placeholder": PLACEHOLDER_ID,
+        "lag_buckets": LAG_BUCKETS_MS,
+    }
+)
+FIRE = script("fire")
 
 
-Listener = Callable[[str, str, int], None]
-LISTENERS: list[Listener] = []
-
-
-def on_schedule_event(listener: Listener) -> Listener:
-    """Subscribe `listener(event, schedule_id, count)` to what the scheduler does.
-
-    Events (in the scheduler process): fired, missed, coalesced, skipped, dropped.
-    Usable as a decorator; a listener that raises is logged and ignored.
-    """
-    LISTENERS.append(listener)
-    return listener
-
-
-def emit(event: str, schedule_id: str, count: int) -> None:
-    """Tell every listener about `count` runs of `schedule_id` that had `event`."""
-    if count <= 0:
-        return
-    if event == "missed":
-        log.warning("schedule %s: %d run(s) missed (later than misfire_grace_time)", schedule_id, count)
-    for listener in LISTENERS:
-        try:
-            listener(event, schedule_id, count)
-        except Exception:  # a user's hook must not stop the scheduler
-            log.exception("schedule event listener failed on %s %s", event, schedule_id)
-    # Imported here, not at the top: hooks is imported by every worker, which needs nothing of this module.
-    from service.ops import hooks
-
-    hooks.forward_schedule_event(event, schedule_id, count)
+def notify(event: str, schedule_id: str, count: int, **extra: Any) -> None:
+    """Emit hook event `event` for `count` runs of `schedule_id` (none for a count of 0)."""
+    if count > 0:
+        hooks.emit(event, schedule_id=schedule_id, count=count, **extra)
 
 
 def report(entry: Entry, result: Any) -> int:
@@ -328,14 +89,15 @@ def report(entry: Entry, result: Any) -> int:
         created, skipped, dropped = result
         if entry.records:
             missed = sum(1 for _, status in entry.records if status == "missed")
-            emit("missed", entry.schedule_id, missed)
-            emit("coalesced", entry.schedule_id, len(entry.records) - missed)
-        if skipped or dropped:
-            emit("skipped", entry.schedule_id, skipped)
-            emit("dropped", entry.schedule_id, dropped)
+            if missed:
+                log.warning("schedule %s: %d run(s) missed (later than misfire_grace_time)", entry.schedule_id, missed)
+            notify("schedule.missed", entry.schedule_id, missed)
+            notify("schedule.coalesced", entry.schedule_id, len(entry.records) - missed)
+        notify("schedule.skipped", entry.schedule_id, skipped, reason="skipped")
+        notify("schedule.skipped", entry.schedule_id, dropped, reason="dropped")
     else:
         created = max(int(result), 0) if isinstance(result, int) else sum(result)
-    emit("fired", entry.schedule_id, created)
+    notify("schedule.fired", entry.schedule_id, created)
     return created
 
 
@@ -360,16 +122,6 @@ def run_job_id(schedule_id: str, due_ms: int) -> str:
     return f"{schedule_id}-{due_ms // 1000}"
 
 
-def retry_for(policy: RetryPolicy) -> Retry | None:
-    if policy.max <= 0:
-        return None
-    if isinstance(policy.backoff, str):
-        intervals = [min(10 * 2**n, 3600) for n in range(policy.max)]
-    else:
-        intervals = list(policy.backoff) or [0]
-    return Retry(max=policy.max, interval=intervals)
-
-
 class Template(NamedTuple):
     """A spec's run job, minus what differs per run: flat hash fields, data blob, lane key, push commands."""
 
@@ -378,10 +130,11 @@ class Template(NamedTuple):
     queue_key: str
     push: list[list[str]]
     fold: bool  # every push command may be folded with the same command of other runs
+    retry: RetryPolicy | None  # a policy whose intervals each run draws (jitter), else None
 
 
 class JobTemplates:
-    """RQ job hash fields per stored spec, built once with RQ's own Job.to_dict(); the script copies them per run."""
+    """Run job templates per stored spec (service.jobs.template), built once; the script copies them per run."""
 
     def __init__(self, connection: Redis) -> None:
         self.connection = connection
@@ -397,27 +150,25 @@ class JobTemplates:
 
     def _build(self, spec: ScheduleSpec) -> Template:
         task = REGISTRY.get(spec.task) if spec.task in REGISTRY else TaskSpec(spec.task, func=print)
-        queue = ServiceQueue(spec.lane, connection=self.connection)
-        job = queue.create_job(
+        retry = task.retry if task.retry.max > 0 else RetryPolicy(0, ())
+        on_failure = PAUSE_ON_FAILURE if spec.pause_on_failure else None
+        options = JobOptions(
             spec.task,
-            args=list(spec.args),
-            kwargs=dict(spec.kwargs),
-            timeout=task.timeout_seconds,
-            result_ttl=task.result_ttl_seconds,
-            failure_ttl=getattr(task, "failure_ttl_seconds", None),
-            description=spec.description or spec.task,
-            job_id="template",
-            retry=retry_for(task.retry),
-            on_failure=Callback(PAUSE_ON_FAILURE) if spec.pause_on_failure else None,
+            spec.lane,
+            task.timeout_seconds,
+            task.result_ttl_seconds,
+            task.failure_ttl_seconds,
+            spec.description or spec.task,
+            retry,
+            on_failure,
         )
-        job.origin = queue.name
-        raw = job.to_dict()
-        fields = {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in raw.items() if k not in PER_RUN_FIELDS}
-        fields["status"] = "queued"
-        fields["origin"] = queue.name
-        push = queue.push_commands(JOB_ID_PLACEHOLDER)  # the lane and any wake-up, id as a placeholder
+        fields = list(template(options, "queued"))
+        # RQ's own encoding of the call (Job.to_dict), worked out once per spec.
+        data = zlib.compress(JSONSerializer.dumps((spec.task, None, list(spec.args), dict(spec.kwargs))))
+        queue = ServiceQueue(spec.lane, connection=self.connection)
+        push = queue.push_commands(PLACEHOLDER_ID)  # the lane and any wake-up, the id as a placeholder
         fold = all(op[0] in FOLDABLE_COMMANDS and len(op) == 3 for op in push)
-        return Template([x for item in fields.items() for x in item], raw["data"], queue.key, push, fold)
+        return Template(fields, data, queue_key(spec.lane), push, fold, retry if retry.jittered else None)
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -429,14 +180,11 @@ def iso_ms(due_ms: int) -> str:
 class Firing:
     """Runs batches of Entries through the fire script; the owner token fences a stale leader."""
 
-    def __init__(self, connection: Redis, owner: str = "", lease_key: str = "") -> None:
+    def __init__(self, connection: Redis, owner: str = "", lease_key: str = ScheduleKeys.no_lease) -> None:
         self.connection = connection
         self.owner = owner
-        self.lease_key = lease_key or "svc:no-lease"
         self.templates = JobTemplates(connection)
-        self.keys = [self.lease_key, ScheduleKeys.due, ScheduleKeys.buffered, ServiceQueue.redis_queues_keys]
-        self.keys.append(ScheduleKeys.stats)
-        self._script = connection.register_script(FIRE_SCRIPT)
+        self.keys = [lease_key, ScheduleKeys.due, ScheduleKeys.buffered, QUEUES_KEY, ScheduleKeys.stats]
 
     def run(self, entries: list[Entry], stored: dict[str, StoredSchedule], now: datetime) -> list[Any] | None:
         """Apply `entries` atomically; return per entry the jobs created (<0: not applied), None if the lease is lost.
@@ -446,25 +194,25 @@ class Firing:
         """
         if not entries:
             return []
-        return self._results(self._script(keys=self.keys, args=self._args(entries, stored, now)))
+        return self._results(FIRE(keys=self.keys, args=self._args(entries, stored, now), client=self.connection))
 
     def _args(self, entries: list[Entry], stored: dict[str, StoredSchedule], now: datetime) -> list[Any]:
-        numbers: dict[str, int] = {}
+        numbers: dict[str, tuple[int, RetryPolicy | None]] = {}
         templates: list[list[Any]] = []
         blobs: list[bytes] = []
         rows = []
         for entry in entries:
             schedule = stored[entry.schedule_id]
-            number = numbers.get(schedule.spec_json)
-            if number is None:
+            found = numbers.get(schedule.spec_json)
+            if found is None:
                 template = self.templates.get(schedule.spec_json)
-                number = numbers[schedule.spec_json] = len(templates) + 1
-                templates.append([template.fields, template.queue_key, template.push, template.fold])
+                found = numbers[schedule.spec_json] = (len(templates) + 1, template.retry)
+                fields = [template.fields, template.queue_key, template.push, template.fold, template.retry is not None]
+                templates.append(fields)
                 blobs.append(template.data)
-            rows.append(_row(entry, schedule.spec, number))
+            rows.append(_row(entry, schedule.spec, *found))
         now_rq = utcformat(now.astimezone(UTC).replace(tzinfo=None))
-        args: list[Any] = [self.owner, to_ms(now), isoformat(now), now_rq, ScheduleKeys.prefix]
-        args += [ServiceJob.redis_job_namespace_prefix, RQ_KEY_PREFIX, RUNS_KEPT]
+        args: list[Any] = [self.owner, to_ms(now), isoformat(now), now_rq, CONFIG, RUNS_KEPT]
         args += [json.dumps(templates, separators=(",", ":")), json.dumps(rows, separators=(",", ":")), *blobs]
         return args
 
@@ -475,8 +223,8 @@ class Firing:
         return [[] if isinstance(result, dict) else result for result in results]  # cjson: {} is an empty list
 
 
-def _row(entry: Entry, spec: ScheduleSpec, template: int) -> list[Any]:
-    """Return the script's description of `entry` (see the entry and fire layouts in FIRE_SCRIPT)."""
+def _row(entry: Entry, spec: ScheduleSpec, template: int, retry: RetryPolicy | None) -> list[Any]:
+    """Return the fire script's description of `entry` (see the entry and fire layouts in fire.lua)."""
     schedule_id, first_target, first_due = entry.schedule_id, entry.first_target, entry.first_due
     fires = [
         [
@@ -489,6 +237,9 @@ def _row(entry: Entry, spec: ScheduleSpec, template: int) -> list[Any]:
         ]
         for due, kind in entry.fires
     ]
+    if retry is not None:  # each run draws its own retry intervals
+        for fire in fires:
+            fire.append(json.dumps(retry.intervals()))
     records = [[iso_ms(due), status] for due, status in entry.records]
     return [
         schedule_id,

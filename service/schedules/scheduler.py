@@ -17,6 +17,7 @@ batches, then buffered runs, then any stock rq-scheduler jobs
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import signal
@@ -30,9 +31,9 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq_scheduler import Scheduler
 
-from service.core.keys import ScheduleKeys
+from service.core.keys import SCHEDULER_LOCK_KEY, ScheduleKeys, job_key
 from service.core.lease import Lease
-from service.core.outage import Outage
+from service.core.outage import REDIS_DOWN, Outage
 from service.jobs.model import ServiceJob, ServiceQueue
 from service.schedules.runs import ACTIVE_STATUSES, Entry, Firing, plan_due_ms, report
 from service.schedules.spec import to_ms, to_us
@@ -40,7 +41,6 @@ from service.schedules.store import StoredSchedule, read_due, read_for_firing
 
 log = logging.getLogger(__name__)
 
-LEASE_KEY = "rq:scheduler_lock"
 # The leader renews every tick (1 s); a follower polls twice a second. A
 # SIGKILLed leader is replaced within LEASE_TTL + FOLLOWER_POLL (< 5 s),
 # and a leader stalled for up to 3 s (GC, noisy host) keeps its lease.
@@ -86,8 +86,9 @@ class ServiceScheduler(Scheduler):
         **kwargs: Any,
     ) -> None:
         super().__init__(connection=connection, interval=tick_seconds, job_class=ServiceJob, **kwargs)
-        self.lease = Lease(connection, LEASE_KEY, LEASE_TTL_MS)
-        self.firing = Firing(connection, owner=self.lease.owner, lease_key=LEASE_KEY)
+        # rq-scheduler's own lock key: a stock rq-scheduler sharing the database is kept out too.
+        self.lease = Lease(connection, SCHEDULER_LOCK_KEY, LEASE_TTL_MS)
+        self.firing = Firing(connection, owner=self.lease.owner, lease_key=SCHEDULER_LOCK_KEY)
         self.clock = clock or (lambda: datetime.now(UTC))
         self.tick_seconds = tick_seconds
         self._stopping = False
@@ -189,7 +190,7 @@ class ServiceScheduler(Scheduler):
         pipe = self.connection.pipeline(transaction=False)
         for schedule_id in ids:
             last = stored[schedule_id].state.get("last_job_id", "") if stored[schedule_id] else ""
-            pipe.hget(ServiceJob.redis_job_namespace_prefix + last, "status")
+            pipe.hget(job_key(last), "status")
         entries = []
         for schedule_id, status in zip(ids, pipe.execute(), strict=True):
             schedule = stored[schedule_id]
@@ -213,7 +214,9 @@ class ServiceScheduler(Scheduler):
     def run(self, burst: bool = False) -> None:
         """Fire due work while leader; sleep until the next due time or a wake-up; stop on SIGTERM/SIGINT."""
         self._install_signal_handlers()
-        self._until_redis(self.register_birth)
+        outage = Outage(log, f"scheduler {self.key}", sleep=self._wait)
+        with contextlib.suppress(*REDIS_DOWN):  # raised only when stopped before Redis came back
+            outage.retry(self.register_birth, stop=lambda: self._stopping)
         try:
             while not self._stopping:
                 self._tick()
@@ -223,17 +226,6 @@ class ServiceScheduler(Scheduler):
         finally:
             self._stopping = True
             self._shutdown()
-
-    def _until_redis(self, step: Callable[[], Any]) -> None:
-        """Run `step`, retrying with backoff while Redis is unavailable (a scheduler never exits over it)."""
-        outage = Outage(log, f"scheduler {self.key}", sleep=self._wait)
-        while not self._stopping:
-            try:
-                step()
-                outage.up()
-                return
-            except RedisError as exc:
-                outage.down(exc)
 
     def _tick(self) -> None:
         try:

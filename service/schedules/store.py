@@ -1,4 +1,4 @@
-"""Schedule storage: the Redis key shapes of schedules and reading them back.
+"""Schedule storage: how schedules are laid out in Redis (names in service.core.keys) and reading them back.
 
 One hash per schedule holds its spec (JSON) and its state (next due time,
 paused, note, last run, counters); a list per schedule holds its recent
@@ -17,6 +17,7 @@ from typing import Any
 from redis import Redis
 
 from service.core.keys import ScheduleKeys
+from service.core.lua import script
 from service.schedules.spec import DueTimes, ScheduleSpec
 
 RUNS_KEPT = 100
@@ -104,29 +105,7 @@ def read_for_firing(connection: Redis, schedule_ids: list[str]) -> list[StoredSc
     return found
 
 
-# The due batch in one call and one reply: ZRANGEBYSCORE, then what planning
-# needs of each schedule. A reply of one JSON string is parsed by the json C
-# module; the same batch as RESP (5 elements per schedule) costs redis-py's
-# Python parser far more. Specs shared by many schedules travel once.
-_READ_DUE = """
-local members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[3]))
-if #members == 0 then return '[[],[]]' end
-local specs, numbers, rows = {}, {}, {}  -- rows: id, score, spec number, next_due, buffered_due, id, ...
-for i = 1, #members, 2 do
-  local values = redis.call('HMGET', ARGV[1] .. members[i], 'spec', 'next_due', 'buffered_due')
-  local spec, n = values[1], 0
-  if spec then
-    n = numbers[spec]
-    if not n then
-      specs[#specs + 1] = spec
-      n = #specs
-      numbers[spec] = n
-    end
-  end
-  for _, v in ipairs({members[i], members[i + 1], n, values[2] or '', values[3] or ''}) do rows[#rows + 1] = v end
-end
-return cjson.encode({specs, rows})
-"""
+READ_DUE = script("read_due")
 
 
 def read_due(connection: Redis, max_score_ms: int, limit: int) -> list[tuple[str, int, StoredSchedule | None]]:
@@ -135,8 +114,8 @@ def read_due(connection: Redis, max_score_ms: int, limit: int) -> list[tuple[str
     A schedule carries only next_due and buffered_due in its state; None where
     a due member has no schedule hash (deleted meanwhile, or a stray member).
     """
-    script = connection.register_script(_READ_DUE)
-    specs, rows = json.loads(script(keys=[ScheduleKeys.due], args=[ScheduleKeys.prefix, max_score_ms, limit]))
+    reply = READ_DUE(keys=[ScheduleKeys.due], args=[ScheduleKeys.prefix, max_score_ms, limit], client=connection)
+    specs, rows = json.loads(reply)
     found: list[tuple[str, int, StoredSchedule | None]] = []
     for start in range(0, len(rows), 5):  # flat: one list for the batch, not one per schedule
         schedule_id, score, number, next_due, buffered_due = rows[start : start + 5]

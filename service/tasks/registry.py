@@ -8,6 +8,7 @@ path is ever built from input.
 from __future__ import annotations
 
 import importlib
+import random
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -24,14 +25,36 @@ DEFAULT_TIMEOUT_SECONDS = 180
 DEFAULT_RESULT_TTL_SECONDS = 500
 # RQ keeps failed jobs a year by default; a week is enough to look and requeue.
 DEFAULT_FAILURE_TTL_SECONDS = 7 * 24 * 3600
+EXPONENTIAL_BASE_SECONDS = 10
+EXPONENTIAL_CAP_SECONDS = 3600
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How often a failed job is run again, and how long to wait before each retry."""
+    """How often a failed job is run again, and how long to wait before each retry.
+
+    `backoff` is seconds before each retry (the last repeats), or "exponential":
+    10 s doubling per retry, capped at an hour, each interval drawn within
+    +-25% so that jobs that failed together (an API batch, a burst of
+    schedule runs against one dead endpoint) do not retry in lockstep.
+    """
 
     max: int = 0
     backoff: tuple[int, ...] | str = (10, 60, 300)
+
+    @property
+    def jittered(self) -> bool:
+        """True when every job draws its own intervals (exponential backoff)."""
+        return self.max > 0 and isinstance(self.backoff, str)
+
+    def intervals(self) -> list[int]:
+        """The seconds to wait before each retry (a fresh draw for exponential backoff)."""
+        if isinstance(self.backoff, str):
+            return [
+                round(min(EXPONENTIAL_BASE_SECONDS * 2**i, EXPONENTIAL_CAP_SECONDS) * random.uniform(0.75, 1.25))
+                for i in range(self.max)
+            ]
+        return list(self.backoff) or [0]
 
     def to_dict(self) -> dict[str, Any]:
         backoff = self.backoff if isinstance(self.backoff, str) else list(self.backoff)

@@ -16,6 +16,7 @@ from redis import Redis
 from rq.executions import Execution
 from rq.registry import StartedJobRegistry
 
+from service.core import keys
 from service.core.outage import REDIS_DOWN, Outage
 from service.workers.reaper import Reaper
 
@@ -26,7 +27,7 @@ log = logging.getLogger("service.worker")
 
 
 class Heartbeat(threading.Thread):
-    """Every `interval` s: liveness key, worker hash TTL, running execution; every `reap_every` s: the reaper."""
+    """Every `interval` s: liveness, worker TTLs, running execution, suspension; every `reap_every` s: the reaper."""
 
     def __init__(
         self, worker: ServiceWorker, connection: Redis, *, interval: float, ttl: float, reap_every: float
@@ -60,14 +61,17 @@ class Heartbeat(threading.Thread):
             self._stopping.wait(self.interval)
 
     def beat(self) -> None:
+        """Renew what RQ's own heartbeat renews (worker hash, its executions set) and ours; note `rq suspend`."""
         worker = self.worker
         with self.connection.pipeline(transaction=False) as pipe:
-            pipe.set(f"svc:alive:{worker.name}", 1, px=int(self.ttl * 1000))
+            pipe.exists(keys.WORKERS_SUSPENDED_KEY)
+            pipe.set(keys.alive_key(worker.name), 1, px=int(self.ttl * 1000))
             pipe.expire(worker.key, int(self.ttl) + 60)
+            pipe.expire(worker.executions_key, int(self.ttl) + 60)
             pipe.hset(worker.key, "last_heartbeat", time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime()))
             for execution in list(worker.executions.values()):
                 self._extend(execution, worker.running_lane, pipe)
-            pipe.execute()
+            worker.suspended = bool(pipe.execute()[0])
 
     def _extend(self, execution: Execution, lane: str | None, pipe: object) -> None:
         if lane is None:

@@ -19,54 +19,17 @@ import time
 
 from redis import Redis
 
+from service.core.keys import limit_running_key as running_key
+from service.core.keys import limit_starts_key
+from service.core.lua import script
 from service.tasks.registry import TaskSpec
 
-RUNNING_KEY = "svc:limit:{task}:running"
-STARTS_KEY = "svc:limit:{task}:starts"
+ACQUIRE = script("acquire_limits")
 # A slot is held at most this long past the job's timeout if its worker
 # vanished without the reaper noticing (a backstop; the reaper frees it first).
 SLOT_GRACE_SECONDS = 120
 # How long a job over its concurrency limit waits before it is tried again.
 CONCURRENCY_RETRY_SECONDS = 0.5
-
-# KEYS: running zset, starts zset. ARGV: now, job id, concurrency (0 = none),
-# slot expiry, max starts (0 = none), period seconds.
-# Returns 0 when the job may start (its slot and start are recorded), else the
-# seconds to wait: until the oldest start leaves the window, or -1 when
-# concurrency is the limit (the caller picks a short retry).
-ACQUIRE_SCRIPT = """
-local now = tonumber(ARGV[1])
-local concurrency = tonumber(ARGV[3])
-local max_starts = tonumber(ARGV[5])
-local period = tonumber(ARGV[6])
-if concurrency > 0 then
-    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-    if redis.call('ZSCORE', KEYS[1], ARGV[2]) == false and redis.call('ZCARD', KEYS[1]) >= concurrency then
-        return '-1'
-    end
-end
-if max_starts > 0 then
-    redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - period)
-    if redis.call('ZCARD', KEYS[2]) >= max_starts then
-        local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-        return tostring(tonumber(oldest[2]) + period - now)
-    end
-    redis.call('ZADD', KEYS[2], now, ARGV[2] .. ':' .. ARGV[1])
-    redis.call('PEXPIRE', KEYS[2], math.ceil(period * 1000) + 1000)
-end
-if concurrency > 0 then
-    redis.call('ZADD', KEYS[1], tonumber(ARGV[4]), ARGV[2])
-end
-return '0'
-"""
-
-
-def running_key(task: str) -> str:
-    return RUNNING_KEY.format(task=task)
-
-
-def starts_key(task: str) -> str:
-    return STARTS_KEY.format(task=task)
 
 
 def is_limited(spec: TaskSpec) -> bool:
@@ -78,15 +41,14 @@ class Limiter:
 
     def __init__(self, connection: Redis) -> None:
         self.connection = connection
-        self._acquire = connection.register_script(ACQUIRE_SCRIPT)
 
     def acquire(self, spec: TaskSpec, job_id: str, timeout_seconds: float) -> float:
         """Return 0 if job `job_id` may start now (slot taken), else seconds to wait before trying again."""
         now = time.time()
         max_starts, period = spec.rate_limit or (0, 0.0)
         wait = float(
-            self._acquire(
-                keys=[running_key(spec.name), starts_key(spec.name)],
+            ACQUIRE(
+                keys=[running_key(spec.name), limit_starts_key(spec.name)],
                 args=[
                     now,
                     job_id,
@@ -95,6 +57,7 @@ class Limiter:
                     max_starts,
                     period,
                 ],
+                client=self.connection,
             )
         )
         if wait < 0:

@@ -1,7 +1,7 @@
 """Reaper: bring back the jobs of workers that died (SIGKILL, OOM, lost machine).
 
-Every worker writes a liveness key `svc:alive:<worker>` with a short TTL from
-a heartbeat thread. The reaper (run by every worker on a timer, one at a time
+Every worker writes a liveness key (keys.alive_key) with a short TTL from a
+heartbeat thread. The reaper (run by every worker on a timer, one at a time
 through a lock) looks at each worker that holds claimed jobs: if its liveness
 key is gone, each job in its claimed list is recovered:
 
@@ -12,7 +12,7 @@ key is gone, each job in its claimed list is recovered:
   crash alone never fails a job that would have succeeded. Past the
   allowance the job's retry policy is used, and when that is spent too the
   job fails with a reason that says its worker died (a poison job: it is
-  counted in `svc:metrics:poison_jobs` by task).
+  counted by task in keys.POISON_JOBS_KEY).
 
 Detection bound: liveness TTL + reaper period (production: 20 s + 10 s, so a
 killed worker's job is back in its lane within 30 s; SPEC §8 asks for 60 s).
@@ -21,16 +21,15 @@ killed worker's job is back in its lane within 30 s; SPEC §8 asks for 60 s).
 from __future__ import annotations
 
 import logging
-import uuid
 
 from redis import Redis
 from rq.job import JobStatus
 from rq.job_lifecycle import record_job_failure
-from rq.registry import StartedJobRegistry
 
-from service.core import metrics
-from service.core.keys import CLAIMERS_KEY, claimed_key
+from service.core import keys, metrics
+from service.core.keys import CLAIMERS_KEY, alive_key, claimed_key
 from service.core.lanes import LANES
+from service.core.lease import Lease
 from service.core.outage import REDIS_DOWN
 from service.jobs.damage import is_job_id
 from service.jobs.model import ServiceJob, ServiceQueue
@@ -39,23 +38,12 @@ from service.workers.claim import Claimer
 
 log = logging.getLogger("service.worker")
 
-ALIVE_KEY = "svc:alive:{worker}"
-LOCK_KEY = "svc:reaper:lock"
-POISON_METRIC_KEY = "svc:metrics:poison_jobs"
+# One reaper pass at a time: the lease lasts this long and is renewed before each dead
+# worker's list, so a reaper killed mid-pass holds up the others for seconds, not a round.
+LOCK_SECONDS = 5
 CRASHES_FIELD = "crashes"
 DEFAULT_CRASH_RETRIES = 3
 ENDED = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
-
-RELEASE_LOCK_SCRIPT = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
-
-def alive_key(worker_name: str) -> str:
-    return ALIVE_KEY.format(worker=worker_name)
 
 
 class Reaper:
@@ -65,11 +53,7 @@ class Reaper:
         self.connection = connection
         self.crash_retries = crash_retries
         self._claimer = Claimer(connection, "reaper")
-        self._release_lock = connection.register_script(RELEASE_LOCK_SCRIPT)
-
-    def beat(self, worker_name: str, ttl_seconds: float) -> None:
-        """Mark `worker_name` alive for `ttl_seconds`."""
-        self.connection.set(alive_key(worker_name), 1, px=int(ttl_seconds * 1000))
+        self._lease = Lease(connection, keys.REAPER_LOCK_KEY, LOCK_SECONDS * 1000)
 
     def forget(self, worker_name: str) -> None:
         """Drop a worker that stopped cleanly (its claimed list is empty)."""
@@ -78,15 +62,16 @@ class Reaper:
             pipe.srem(CLAIMERS_KEY, worker_name)
             pipe.execute()
 
-    def reap(self, lock_seconds: float = 30.0) -> int:
-        """Recover the claimed jobs of every dead worker; return how many were recovered."""
-        token = uuid.uuid4().hex
-        if not self.connection.set(LOCK_KEY, token, nx=True, px=int(lock_seconds * 1000)):
+    def reap(self) -> int:
+        """Recover the claimed jobs of every dead worker (unless another reaper is at it); return how many."""
+        if not self._lease.acquire_or_renew():
             return 0
         recovered = 0
         try:
             for raw in self.connection.smembers(CLAIMERS_KEY):
                 name = raw.decode("utf-8", "surrogateescape")
+                if not self._lease.acquire_or_renew():  # lost (a long pause): another reaper carries on
+                    break
                 try:
                     recovered += self._reap_worker(name)
                 except REDIS_DOWN:
@@ -94,7 +79,7 @@ class Reaper:
                 except Exception:  # one worker's list must not keep the others' jobs from coming back
                     log.exception("Reaper: could not go through the claims of worker %r", name[:100])
         finally:
-            self._release_lock(keys=[LOCK_KEY], args=[token])
+            self._lease.release()
         return recovered
 
     def _reap_worker(self, name: str) -> int:
@@ -156,7 +141,7 @@ class Reaper:
             message = f"WorkerDied: {reason}; {crashes} crashes, no attempts left (poison job?)"
             record_job_failure(job, message, pipe)
             metrics.count(pipe, "jobs_failed", task, lane)
-            pipe.hincrby(POISON_METRIC_KEY, task, 1)
+            pipe.hincrby(keys.POISON_JOBS_KEY, task, 1)
             pipe.execute()
         log.error("Reaper: job %s failed: %s", job_id, message)
         return "failed"
@@ -164,8 +149,8 @@ class Reaper:
 
 def _forget_execution(connection: Redis, job: ServiceJob, pipe: object) -> None:
     """Remove the dead execution's entries from the lane's started registry."""
-    registry = StartedJobRegistry(job.origin, connection=connection)
+    registry = keys.started_key(job.origin)
     prefix = f"{job.id}:".encode()
-    for member in connection.zrange(registry.key, 0, -1):
+    for member in connection.zrange(registry, 0, -1):
         if member.startswith(prefix):
-            pipe.zrem(registry.key, member)  # type: ignore[attr-defined]
+            pipe.zrem(registry, member)  # type: ignore[attr-defined]

@@ -146,6 +146,7 @@ class ServiceWorker(Worker):
         self._claim: Claim | None = None
         self._horse_outcome = b""
         self._next_scheduler_check = 0.0
+        self.suspended = False  # `rq suspend` is in force (read by the heartbeat thread)
 
     # -- connection -------------------------------------------------------
 
@@ -218,6 +219,11 @@ class ServiceWorker(Worker):
         if self._resync:
             self._requeue_own_claims()
             self._resync = False
+        if self.suspended:  # seen by the heartbeat: wait for `rq resume` (or a stop) as RQ's worker does
+            self.check_for_suspension(burst)
+            self.suspended = False
+            if self._stop_requested:
+                return "idle"
         if self.should_run_maintenance_tasks:
             self._maintain()
         elif not burst and self._scheduler_gone():
@@ -299,10 +305,13 @@ class ServiceWorker(Worker):
                 self._hold_back(job, claim.lane, execution, wait)
                 return False
         self.running_lane, self._claim = claim.lane, claim
+        self._state = WorkerStatus.BUSY  # written by the claim script
         try:
             self.execute_job(job, self._queues_by_name[claim.lane])
         finally:
             self.running_lane, self._claim = None, None
+        if self._state != WorkerStatus.IDLE:  # a plain success's finish script already set it
+            self.set_state(WorkerStatus.IDLE)
         return True
 
     def load(self, job_id: str, lane: str, raw: dict[bytes, bytes]) -> ServiceJob:
@@ -388,15 +397,7 @@ class ServiceWorker(Worker):
 
     def _until_redis(self, step: Any) -> Any:
         """Run `step` until it gets through to Redis (or a stop is requested)."""
-        while True:
-            try:
-                result = step()
-                self.outage.up()
-                return result
-            except REDIS_DOWN as exc:
-                if self._stop_requested:
-                    raise
-                self.outage.down(exc)
+        return self.outage.retry(step, stop=lambda: self._stop_requested)
 
     # -- execution ------------------------------------------------------------
 
@@ -565,7 +566,7 @@ class ServiceWorker(Worker):
         spec = job.spec
         slot_key = limits.running_key(spec.name if spec is not None and spec.concurrency else "-")
         dependents = self.finisher.finish(job, execution, result_ttl, slot_key, job.task_name)
-        job._status = JobStatus.FINISHED
+        job._status, self._state = JobStatus.FINISHED, WorkerStatus.IDLE
         self.executions.pop(execution.id, None)
         if dependents:
             self._enqueue_dependents_safely(queue, job)
@@ -574,8 +575,9 @@ class ServiceWorker(Worker):
 
     def handle_execution_ended(self, job: Job, queue: Any, heartbeat_ttl: int) -> None:
         # RQ also writes a heartbeat here (one more round trip per job); the
-        # heartbeat thread keeps the job's registry entry alive instead.
-        job.ended_at = now()
+        # heartbeat thread keeps the job's registry entry alive instead, and
+        # the job hash gets RQ's last_heartbeat when its outcome is saved.
+        job.ended_at = job.last_heartbeat = now()
 
     def _count_outcome(self, job: Job, counter: str, pipe: Any = None) -> None:
         """Count an execution's outcome and duration in the metrics (in `pipe`, or on its own)."""
@@ -645,6 +647,8 @@ class ServiceWorker(Worker):
                     execution_ended_at=job.ended_at,
                 )
             self.increment_failed_job_count(pipe)
+            if job.started_at and job.ended_at:
+                self.increment_total_working_time(job.ended_at - job.started_at, pipe)
             if retry:
                 job.retry(queue, pipe)
             self._count_outcome(job, "jobs_retried" if retry else "jobs_failed", pipe)
@@ -779,14 +783,7 @@ def rss_mb() -> float:
 def make_worker(connection: Redis, options: WorkerOptions) -> ServiceWorker:
     """Build a ServiceWorker for `options`, waiting for Redis if it is down at start."""
     queues = [ServiceQueue(lane, connection=connection) for lane in options.lanes]
-    outage = Outage(log, "Worker start")
-    while True:
-        try:
-            worker = ServiceWorker(queues, connection=connection, options=options)
-            outage.up()
-            return worker
-        except REDIS_DOWN as exc:
-            outage.down(exc)
+    return Outage(log, "Worker start").retry(lambda: ServiceWorker(queues, connection=connection, options=options))
 
 
 def run_worker(redis_url: str, options: WorkerOptions) -> str | None:

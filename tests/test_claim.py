@@ -1,0 +1,167 @@
+"""The claim and requeue scripts on a real Redis, and the lane order a worker claims in."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from redis import Redis
+
+from service.core import keys
+from service.workers.claim import CLAIM, CLAIM_PREFIXES, Claim, Claimer, LaneOrder, parse_weights
+
+LANES = ["high", "default", "low"]
+TTL = 100
+
+
+@pytest.fixture
+def claimer(connection: Redis) -> Claimer:
+    return Claimer(connection, "w1")
+
+
+def put(connection: Redis, lane: str, *job_ids: str, status: str = "queued") -> None:
+    """Job hashes in `status`, their ids pushed to `lane` with one doorbell token each (as ServiceQueue does)."""
+    for job_id in job_ids:
+        connection.hset(keys.job_key(job_id), mapping={"status": status, "origin": lane})
+        connection.rpush(keys.queue_key(lane), job_id)
+        connection.rpush(keys.doorbell_key(lane), 1)
+
+
+def claimed(claimer: Claimer, lanes: list[str] = LANES) -> Claim:
+    found = claimer.claim(lanes, TTL)
+    assert isinstance(found, Claim), found
+    return found
+
+
+def test_a_claim_takes_the_head_of_the_first_non_empty_lane_in_the_order_given(
+    connection: Redis, claimer: Claimer
+) -> None:
+    put(connection, "default", "d1", "d2")
+    put(connection, "low", "l1")
+    assert claimed(claimer).job_id == "d1"
+    assert claimed(claimer, ["low", "high", "default"]).job_id == "l1"
+    found = claimed(claimer)
+    assert (found.job_id, found.lane) == ("d2", "default")
+    assert connection.lrange(keys.claimed_key("w1"), 0, -1) == [b"d1", b"l1", b"d2"]
+    assert connection.smembers(keys.CLAIMERS_KEY) == {b"w1"}
+
+
+def test_a_claim_starts_a_queued_job_as_rq_would(connection: Redis, claimer: Claimer) -> None:
+    put(connection, "default", "j1")
+    connection.expire(keys.job_key("j1"), 1000)
+    before = time.time()
+    found = claimed(claimer)
+    assert found.execution_id is not None and found.raw[b"status"] == b"started"
+    job = connection.hgetall(keys.job_key("j1"))
+    assert job[b"status"] == b"started" and job[b"worker_name"] == b"w1" and job[b"attempts"] == b"1"
+    assert job[b"started_at"] == job[b"last_heartbeat"] and job[b"started_at"].endswith(b"Z")
+    assert connection.ttl(keys.job_key("j1")) == -1  # persisted while it runs
+    composite = f"j1:{found.execution_id}"
+    execution = connection.hgetall(keys.EXECUTION_PREFIX + composite)
+    assert execution[b"id"].decode() == found.execution_id and execution[b"job_id"] == b"j1"
+    assert execution[b"worker_name"] == b"w1" and float(execution[b"created_at"]) >= before
+    assert 0 < connection.ttl(keys.EXECUTION_PREFIX + composite) <= TTL
+    assert connection.zscore(keys.executions_key("j1"), found.execution_id) >= before + TTL + 60
+    assert connection.zscore(keys.started_key("default"), composite) >= before + TTL
+    assert connection.smembers(keys.worker_executions_key("w1")) == {composite.encode()}
+    assert connection.hget(keys.worker_key("w1"), "state") == b"busy"
+
+
+def test_a_job_that_is_not_queued_is_claimed_but_not_started(connection: Redis, claimer: Claimer) -> None:
+    put(connection, "default", "gone", status="canceled")
+    found = claimed(claimer)
+    assert found.execution_id is None and found.raw[b"status"] == b"canceled"
+    assert connection.hget(keys.job_key("gone"), "attempts") is None
+    assert connection.zcard(keys.started_key("default")) == 0
+    assert not connection.exists(keys.worker_key("w1"), keys.executions_key("gone"))
+
+
+def test_an_id_whose_job_hash_vanished_is_claimed_with_an_empty_hash(connection: Redis, claimer: Claimer) -> None:
+    connection.rpush(keys.queue_key("low"), "ghost")
+    found = claimed(claimer)
+    assert (found.job_id, found.raw, found.execution_id) == ("ghost", {}, None)
+    assert not connection.exists(keys.job_key("ghost"))
+
+
+def test_a_claim_consumes_one_doorbell_token_and_clears_those_of_empty_lanes(
+    connection: Redis, claimer: Claimer
+) -> None:
+    put(connection, "default", "d1", "d2")
+    connection.rpush(keys.doorbell_key("high"), 1, 1)  # stale: its lane is empty
+    connection.rpush(keys.doorbell_key("low"), 1)  # not reached: default comes first
+    claimed(claimer)
+    assert connection.llen(keys.doorbell_key("default")) == 1
+    assert not connection.exists(keys.doorbell_key("high"))
+    assert connection.llen(keys.doorbell_key("low")) == 1
+
+
+def test_waiting_jobs_whose_time_has_come_go_back_to_the_front_of_their_lane(
+    connection: Redis, claimer: Claimer
+) -> None:
+    put(connection, "default", "fresh")
+    for job_id in ("due", "later"):
+        connection.hset(keys.job_key(job_id), "status", "queued")
+    now = time.time()
+    connection.zadd(keys.waiting_key("default"), {"due": now - 1, "later": now + 3600})
+    assert claimed(claimer).job_id == "due"
+    assert connection.lrange(keys.queue_key("default"), 0, -1) == [b"fresh"]
+    assert connection.zrange(keys.waiting_key("default"), 0, -1) == [b"later"]
+
+
+def test_empty_lanes_give_none_or_the_earliest_waiting_time(connection: Redis, claimer: Claimer) -> None:
+    assert claimer.claim(LANES, TTL) is None
+    connection.zadd(keys.waiting_key("low"), {"later": 5_000_000_000, "sooner": 4_000_000_000})
+    assert claimer.claim(LANES, TTL) == 4_000_000_000
+    assert claimer.claim(["high"], TTL) is None  # only the lanes tried count
+
+
+def test_the_claim_script_takes_its_keys_from_the_caller(connection: Redis) -> None:
+    put(connection, "x", "j1")
+    lane = [keys.queue_key("x"), keys.waiting_key("x"), keys.doorbell_key("x"), keys.started_key("x")]
+    worker = [keys.claimed_key("w9"), keys.CLAIMERS_KEY, keys.worker_key("w9"), keys.worker_executions_key("w9")]
+    reply = CLAIM(
+        keys=worker + lane,
+        args=[time.time(), "w9", "e1", "2030-01-01T00:00:00.000000Z", TTL, *CLAIM_PREFIXES],
+        client=connection,
+    )
+    assert reply[0] == b"j1" and reply[1] == 1 and reply[3] == 1
+    assert connection.lrange(keys.claimed_key("w9"), 0, -1) == [b"j1"]
+    assert connection.zrange(keys.started_key("x"), 0, -1) == [b"j1:e1"]
+
+
+def test_requeue_puts_a_claimed_job_back_at_the_front_queued_and_rings(connection: Redis, claimer: Claimer) -> None:
+    put(connection, "default", "j1", "j2")
+    claimed(claimer)
+    claimer.requeue("j1", "default")
+    assert connection.lrange(keys.queue_key("default"), 0, -1) == [b"j1", b"j2"]
+    assert connection.llen(keys.claimed_key("w1")) == 0
+    assert connection.hget(keys.job_key("j1"), "status") == b"queued"
+    assert connection.llen(keys.doorbell_key("default")) == 2
+
+
+def test_requeue_of_a_vanished_job_does_not_recreate_its_hash(connection: Redis, claimer: Claimer) -> None:
+    connection.rpush(keys.claimed_key("w1"), "ghost")
+    claimer.requeue("ghost", "low")
+    assert connection.lrange(keys.queue_key("low"), 0, -1) == [b"ghost"]
+    assert not connection.exists(keys.job_key("ghost"))
+
+
+def test_strict_order_is_always_the_lanes_as_given() -> None:
+    order = LaneOrder(LANES)
+    assert [order.next() for _ in range(3)] == [LANES] * 3
+
+
+def test_weighted_order_prefers_each_lane_by_its_weight_and_falls_back_in_priority_order() -> None:
+    order = LaneOrder(LANES, {"high": 6, "default": 3, "low": 1})
+    first = [order.next() for _ in range(10)]
+    assert [lanes[0] for lanes in first].count("high") == 6
+    assert [lanes[0] for lanes in first].count("default") == 3
+    assert [lanes[0] for lanes in first].count("low") == 1
+    assert first[0] == ["high", "default", "low"] and ["low", "high", "default"] in first
+
+
+def test_weights_are_parsed_and_bad_ones_named() -> None:
+    assert parse_weights("high=6, low=2", LANES) == {"high": 6, "default": 1, "low": 2}
+    for bad in ("high=0", "urgent=3", "high", "low=x"):
+        with pytest.raises(ValueError, match="expected <lane>="):
+            parse_weights(bad, LANES)

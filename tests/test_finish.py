@@ -1,0 +1,94 @@
+"""The finish script on a real Redis: what a plain job's success leaves behind, as RQ's own path would."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+from redis import Redis
+from rq.executions import Execution
+from rq.results import Result
+from rq.utils import now
+
+import service.tasks.diag  # noqa: F401 - registers diag.*
+from service.core import keys, metrics
+from service.jobs.enqueue import InternalRequest, enqueue
+from service.jobs.model import ServiceJob
+from service.workers.claim import Claim, Claimer
+from service.workers.finish import Finisher
+
+WORKER = "w1"
+
+
+def started(connection: Redis, result_ttl: int = 500) -> tuple[ServiceJob, Execution]:
+    """A diag.echo job claimed and started by worker w1, run for 20 ms, returning {"ok": 1}."""
+    job_id = enqueue(connection, InternalRequest(task="diag.echo", result_ttl=result_ttl)).id
+    claim = Claimer(connection, WORKER).claim(["default"], 100)
+    assert isinstance(claim, Claim) and claim.job_id == job_id and claim.execution_id
+    job = ServiceJob(job_id, connection=connection)
+    job.restore(claim.raw)
+    job.started_at = now()
+    job.ended_at = job.started_at + timedelta(milliseconds=20)
+    job._result = {"ok": 1}
+    return job, Execution(claim.execution_id, job_id, connection, worker_name=WORKER)
+
+
+def finish(connection: Redis, job: ServiceJob, execution: Execution, result_ttl: int = 500) -> int:
+    slot = keys.limit_running_key("diag.echo")
+    connection.zadd(slot, {job.id: time.time() + 60})
+    return Finisher(connection, WORKER, keys.worker_key(WORKER)).finish(job, execution, result_ttl, slot, "diag.echo")
+
+
+def test_the_job_is_finished_in_its_registry_with_its_result(connection: Redis) -> None:
+    job, execution = started(connection)
+    assert finish(connection, job, execution) == 0
+    stored = connection.hgetall(job.key)
+    assert stored[b"status"] == b"finished" and stored[b"ended_at"].endswith(b"Z")
+    assert 490 < connection.ttl(job.key) <= 500
+    assert connection.zscore(keys.finished_key("default"), job.id) == pytest.approx(time.time() + 500, abs=5)
+    result = Result.fetch_latest(ServiceJob.fetch(job.id, connection=connection), serializer=job.serializer)
+    assert result is not None and result.type == Result.Type.SUCCESSFUL and result.return_value == {"ok": 1}
+    assert result.worker_name == WORKER and result.execution_id == execution.id
+    assert 490 < connection.ttl(keys.results_key(job.id)) <= 500
+
+
+def test_the_execution_and_the_claim_are_gone(connection: Redis) -> None:
+    job, execution = started(connection)
+    finish(connection, job, execution)
+    assert not connection.exists(execution.key)
+    assert connection.zcard(keys.started_key("default")) == 0
+    assert connection.zcard(keys.executions_key(job.id)) == 0
+    assert connection.scard(keys.worker_executions_key(WORKER)) == 0
+    assert connection.llen(keys.claimed_key(WORKER)) == 0
+    assert connection.zcard(keys.limit_running_key("diag.echo")) == 0
+
+
+def test_the_worker_and_the_metrics_count_it(connection: Redis) -> None:
+    job, execution = started(connection)
+    finish(connection, job, execution)
+    worker = connection.hgetall(keys.worker_key(WORKER))
+    assert worker[b"successful_job_count"] == b"1" and float(worker[b"total_working_time"]) == pytest.approx(0.02)
+    counted = {k.decode(): float(v) for k, v in connection.hgetall(keys.METRICS_KEY).items()}
+    labels = ("diag.echo", "default")
+    assert counted[metrics.field("jobs_started", *labels)] == 1
+    assert counted[metrics.field("jobs_finished", *labels)] == 1
+    histogram = metrics.field("job_duration_seconds", *labels)
+    assert counted[f"{histogram}|count"] == 1 and counted[f"{histogram}|sum"] == pytest.approx(0.02)
+    buckets = {b for b in metrics.HISTOGRAMS["job_duration_seconds"][2]}
+    assert {b for b in buckets if f"{histogram}|le={b}" in counted} == {b for b in buckets if b >= 0.02}
+
+
+def test_a_result_kept_forever_has_no_ttl_and_an_infinite_score(connection: Redis) -> None:
+    job, execution = started(connection, result_ttl=-1)
+    finish(connection, job, execution, result_ttl=-1)
+    assert connection.ttl(job.key) == -1 and connection.ttl(keys.results_key(job.id)) == -1
+    assert connection.zscore(keys.finished_key("default"), job.id) == float("inf")
+
+
+def test_it_returns_how_many_dependents_wait_and_expires_their_set(connection: Redis) -> None:
+    job, execution = started(connection)
+    child = enqueue(connection, InternalRequest(task="diag.echo", depends_on=[job.id]))
+    assert connection.hget(child.key, "status") == b"deferred"
+    assert finish(connection, job, execution) == 1
+    assert 490 < connection.ttl(job.dependents_key) <= 500
