@@ -301,7 +301,7 @@ def _modules(value: str) -> tuple[str, ...]:
     bad = [m for m in modules if not MODULE_NAME.fullmatch(m)]
     if bad:
         raise ConfigError(f"TASK_MODULES: not a module name: {bad[0]!r}")
-    # The diagnostic tasks (SPEC §3) and the webhook delivery task are always registered.
+    # The diagnostic tasks and the webhook delivery task are always registered.
     return tuple(dict.fromkeys((*ALWAYS_LOADED, *(modules or DEFAULT_TASK_MODULES))))
 
 

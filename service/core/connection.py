@@ -2,7 +2,7 @@
 
 Each process makes one client and passes it to every queue, worker and
 scheduler. The timeouts are what keep a frozen Redis from hanging anything:
-a web request fails within about 3 s (SPEC §8) and answers 503.
+a web request fails within about 3 s and answers 503.
 
 A `redis+sentinel://` URL gives a client whose connections ask the sentinels
 for the current primary each time they connect, and drop a connection whose

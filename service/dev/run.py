@@ -6,11 +6,13 @@ file 0600); the embedded Redis listens on a unix socket only. Ctrl-C stops every
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from redis import Redis
@@ -80,9 +82,42 @@ def embedded_redis(env: dict[str, str]) -> tuple[EmbeddedRedis | None, str]:
     return redis, f"embedded {redis.server}, AOF on, data in {DATA_DIR / 'redis'} ({redis.url})"
 
 
+def take_terminal() -> Callable[[], None]:
+    """In a terminal, make our own process group the terminal's foreground; return how to give it back.
+
+    Ctrl-C then reaches this runner and the service, not `make`: make would
+    otherwise die of the SIGINT itself (exit 130) although everything stopped
+    cleanly. Ctrl-Z would stop the service's processes under make's feet, so
+    it only prints how to stop.
+    """
+    try:
+        fd = sys.stdin.fileno()
+        if not os.isatty(fd):
+            return lambda: None
+        previous = os.tcgetpgrp(fd)
+        os.setpgid(0, 0)
+        signal.signal(signal.SIGTTOU, signal.SIG_IGN)  # a background group may then set the foreground
+        os.tcsetpgrp(fd, os.getpgrp())
+    except (OSError, ValueError):  # no terminal, or a session leader already: nothing to take
+        return lambda: None
+
+    def resume(signum: int, _: object) -> None:
+        os.killpg(os.getpgrp(), signal.SIGCONT)  # the terminal stopped our whole group: carry on
+        print("make run: Ctrl-Z does not suspend the service; Ctrl-C stops it", flush=True)
+
+    signal.signal(signal.SIGTSTP, resume)
+
+    def give_back() -> None:
+        with contextlib.suppress(OSError):
+            os.tcsetpgrp(fd, previous)
+
+    return give_back
+
+
 def main() -> int:
     """Start the whole service in the foreground; Ctrl-C (or SIGTERM) stops all of it and exits 0."""
     os.umask(PRIVATE_UMASK)
+    give_back_terminal = take_terminal()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.setdefault("PORT", "8000")
     redis, redis_note = None, "REDIS_URL from the environment"
@@ -109,6 +144,7 @@ def main() -> int:
     finally:
         if redis is not None:
             redis.stop()
+        give_back_terminal()
     return 0 if stopping else code
 
 
