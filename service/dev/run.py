@@ -79,7 +79,7 @@ def embedded_redis(env: dict[str, str]) -> tuple[EmbeddedRedis | None, str]:
     if running_embedded(redis):
         return None, f"embedded, already running ({redis.url})"
     redis.start()
-    return redis, f"embedded redis-server, AOF on, data in {DATA_DIR / 'redis'} ({redis.url})"
+    return redis, f"embedded {redis.server}, AOF on, data in {DATA_DIR / 'redis'} ({redis.url})"
 
 
 def take_terminal() -> Callable[[], None]:
