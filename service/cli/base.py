@@ -107,6 +107,37 @@ def fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+@contextmanager
+def progress_bar(label: str) -> Iterator[Callable[[int, int], None]]:
+    """A `progress(done, total)` callback that draws a bar on standard error when that is a terminal.
+
+    In a script or a pipe (standard error not a terminal) it draws and prints nothing.
+    """
+    if not sys.stderr.isatty():
+        yield lambda done, total: None
+        return
+    bars: list[Any] = []
+
+    def progress(done: int, total: int) -> None:
+        if not bars:
+            bar = click.progressbar(
+                length=total,
+                label=label,
+                file=sys.stderr,
+                show_pos=True,
+                show_percent=True,
+                update_min_steps=max(1, total // 200),  # redraw about 200 times, whatever the length
+            )
+            bars.append(bar.__enter__())
+        bars[0].update(done - bars[0].pos)
+
+    try:
+        yield progress
+    finally:
+        if bars:
+            bars[0].render_finish()
+
+
 def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True))
 
