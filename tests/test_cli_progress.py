@@ -18,6 +18,7 @@ import pytest
 from redis import Redis
 from rq.registry import FailedJobRegistry
 
+from service.core.keys import ScheduleKeys
 from service.jobs.enqueue import enqueue
 from service.jobs.schemas import JobRequest
 from service.schedules import operations as schedules
@@ -64,7 +65,7 @@ def test_schedules_sync_shows_a_bar_only_on_a_terminal(
     code, out, err = run_cli(process_env, "schedules", "sync", str(declared_file(tmp_path, 300)), terminal=terminal)
     assert code == 0, err
     assert json.loads(out) == {"created": 300, "updated": 0, "removed": 0}
-    assert connection.zcard("svc:schedules") == 300
+    assert connection.zcard(ScheduleKeys.index) == 300
     if terminal:
         assert "syncing schedules" in err and "300/300" in err and "100%" in err
     else:
@@ -78,7 +79,7 @@ def test_schedules_sync_removes_what_the_file_no_longer_declares(
     code, out, err = run_cli(process_env, "schedules", "sync", str(declared_file(tmp_path, 5)), terminal=True)
     assert code == 0 and json.loads(out) == {"created": 0, "updated": 0, "removed": 15}
     assert "20/20" in err  # 5 declared + 15 looked at for removal
-    assert connection.zcard("svc:schedules") == 5
+    assert connection.zcard(ScheduleKeys.index) == 5
 
 
 def test_a_bad_schedules_file_exits_2_and_writes_nothing(
