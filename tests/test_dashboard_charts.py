@@ -148,6 +148,30 @@ def test_charts_are_drawn_with_every_lane_readable_in_light_and_dark(
             assert contrast(tuple(series["color"]), background) >= 3, (chart["id"], series)  # and readable
 
 
+@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="chromium is not installed")
+def test_a_value_between_gaps_is_drawn_as_a_point(processes: Processes, connection: Redis) -> None:
+    # A few minutes after `make run`: four summaries, the scheduler's first run counted just before the last.
+    connection.sadd(WORKERS_KEY, "rq:worker:w1")
+    now = time.time()
+    for minute in range(4):
+        if minute == 3:
+            connection.hset(ScheduleKeys.stats, mapping={"lag_ms_bucket_10": 3, "lag_count": 3, "lag_ms_sum": 6})
+        at = now - (3 - minute) * 60
+        assert Rollup(connection, lambda at=at: at).tick()
+    port = free_port()
+    processes.web(port)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(http_credentials={"username": "ops", "password": TOKEN})
+        page = context.new_page()
+        page.goto(f"http://127.0.0.1:{port}/dashboard/charts")
+        expect(page.locator("#charts")).to_have_attribute("data-points", "4")
+        drawn = {chart["id"]: chart["series"] for chart in page.evaluate(DRAWN)}
+        browser.close()
+    assert [series["pixels"] > 10 for series in drawn["chart-lag"]] == [True, True]  # dots: no line to draw on
+    assert drawn["chart-workers"][0]["pixels"] > 10
+
+
 def save_screenshots(page: Page, base: str, folder: Path, scheme: str) -> None:
     """The charts (last hour; light and dark) and the schedules view (light), small PNGs for the docs."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -48,10 +48,28 @@
         return [data.t].concat(linesOf(chart, data).map(function (line) { return line.values; }));
     }
 
+    // uPlot hides points where they are dense; a value with no neighbour (one minute between gaps, or the
+    // first summary) would then be invisible, so those are always drawn as dots.
+    function lonely(u, seriesIdx, show) {
+        if (show) {
+            return null;  // uPlot draws every point itself
+        }
+        var values = u.data[seriesIdx];
+        var found = [];
+        for (var i = 0; i < values.length; i++) {
+            if (values[i] != null && values[i - 1] == null && values[i + 1] == null) {
+                found.push(i);
+            }
+        }
+        return found.length ? found : null;
+    }
+
     function options(chart, data, palette, width) {
         var axis = {stroke: palette.text, grid: {stroke: palette.grid, width: 1}, ticks: {stroke: palette.grid, width: 1}};
         var series = linesOf(chart, data).map(function (line) {
-            var one = {label: line.label, stroke: palette[line.color], width: 2, spanGaps: false};
+            var color = palette[line.color];
+            var one = {label: line.label, stroke: color, width: 2, spanGaps: false,
+                       points: {filter: lonely, fill: color, size: 6}};
             if (line.dashed) {
                 one.dash = [6, 4];
             }
