@@ -86,9 +86,12 @@ def test_a_bad_schedules_file_exits_2_and_writes_nothing(
     process_env: dict[str, str], connection: Redis, tmp_path: Path
 ) -> None:
     path = tmp_path / "bad.toml"
-    path.write_text('[schedules.ok]\ntask = "diag.echo"\ninterval = 60\n[schedules.bad]\ntask = "os.system"\n')
+    path.write_text(
+        '[schedules.ok]\ntask = "diag.echo"\ninterval = 60\n[schedules.bad]\ntask = "os.system"\ninterval = 60\n'
+    )
     code, out, err = run_cli(process_env, "schedules", "sync", str(path), terminal=False)
-    assert code == 2 and out == "" and "bad" in err and err.count("\n") == 1
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith("error: bad.toml: schedule 'bad': ") and "os.system" in err
     assert connection.dbsize() == 0
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from service.cli.base import Context, cli, command, echo_json, parse_value, pass_context, progress_bar
-from service.core.errors import InvalidField
+from service.core.errors import ConfigError, InvalidField
 from service.schedules import operations as domain
 
 
@@ -184,6 +184,9 @@ def sync_command(ctx: Context, path: str) -> None:
 
     connection = ctx.connection
     with progress_bar("syncing schedules") as progress:
-        changed = sync(connection, path, progress)
+        try:
+            changed = sync(connection, path, progress)
+        except ConfigError as exc:  # the file's problem, named by the file rather than by SCHEDULES_FILE
+            raise InvalidField(Path(path).name, exc.message.removeprefix("SCHEDULES_FILE: ")) from None
     ctx.audit("schedules.sync", Path(path).name)
     echo_json({name: len(ids) for name, ids in changed.items()})
