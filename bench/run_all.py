@@ -195,6 +195,18 @@ def rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str, s
                  f"{a['commands_per_job']}; {a['round_trips_per_job']}; {a['redis_cpu_us_per_job']} us",
                  f"{b['commands_per_job']}; {b['round_trips_per_job']}; {b['redis_cpu_us_per_job']} us", "-", target)
             )  # fmt: skip
+        r = c.get("rollup")
+        if r:
+            w, o = r["writer_per_minute"], r["other_process_per_minute"]
+            out.append(
+                (f"charts rollup, per minute (not per job): the writer ({r['metrics_hash_fields']} counter fields) / "
+                 "each other worker or scheduler: commands; round trips; Redis CPU",
+                 f"{w['commands_per_job']}; {w['round_trips_per_job']}; {w['redis_cpu_us_per_job']} us / "
+                 f"{o['commands_per_job']}; {o['round_trips_per_job']}; {o['redis_cpu_us_per_job']} us",
+                 "-", "-", "nothing on the job path")
+            )  # fmt: skip
+            out.append((f"charts rollup: Redis memory for 24 h ({r['summaries_kept']:,} summaries)",
+                        fmt(r["bytes_24h"] / 1000, " kB"), "-", "-", "-"))  # fmt: skip
         ceiling = c["ceiling"]
         for key in ("lpush_c1_p1_ops_per_s", "lpush_c2_p16_ops_per_s", "redis_py_lpush_1_per_round_trip_ops_per_s"):
             if key in ceiling:

@@ -48,6 +48,7 @@ ISO_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)
 ALWAYS: dict[Item, str] = {
     ("svc:metrics", "*"): "the service's job counters and durations (GET /metrics)",
     ("svc:doorbell:default", "*"): "wake-up tokens for idle workers, one per push into the lane",
+    ("svc:rollup*", "*"): "the dashboard charts' summary of the minute, written by a worker's heartbeat",
     ("rq:job:*", "attempts"): "the service counts a job's starts in its hash (GET /jobs shows them)",
     ("rq:job:*", "data.function"): "a job names its registered task, never an import path",
     ("Job.fetch *", "function"): "a job names its registered task, never an import path",

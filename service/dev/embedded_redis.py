@@ -24,6 +24,8 @@ from pathlib import Path
 from redis import Redis
 from redis.exceptions import RedisError
 
+from service.core.config import DEV_REDIS_SOCKET
+
 # AF_UNIX paths are limited to 108 bytes on Linux; leave room for the NUL.
 MAX_SOCKET_PATH = 100
 # Files the server creates (AOF, log, socket) are the owner's alone.
@@ -112,7 +114,7 @@ class EmbeddedRedis:
         self.server = server or selected_server()
         self.binary = server_binary(self.server)
         self.data_dir = Path(data_dir).resolve()
-        self.socket_path = self.data_dir / "redis.sock"
+        self.socket_path = self.data_dir / DEV_REDIS_SOCKET
         if use_socket and len(str(self.socket_path)) >= MAX_SOCKET_PATH:
             raise ValueError(
                 f"the Redis socket path would be {len(str(self.socket_path))} bytes, over the {MAX_SOCKET_PATH} "

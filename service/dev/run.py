@@ -15,13 +15,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from redis import Redis
-from redis.exceptions import RedisError
-
+from service.core.config import dev_data_dir, dev_redis_dir
+from service.core.connection import dev_redis_url
 from service.dev.embedded_redis import PRIVATE_UMASK, EmbeddedRedis
 
-# The data folder is project-local and git-ignored; DATA_DIR moves it (tests do).
-DATA_DIR = Path(os.environ.get("DATA_DIR", "data"))
+# The data folder is project-local and git-ignored; DATA_DIR moves it (tests do). The CLI finds the
+# embedded Redis in it by the same rule (service.core.config.dev_redis_dir).
+DATA_DIR = dev_data_dir()
 TOKEN_FILE = DATA_DIR / "dev-token"
 
 
@@ -45,16 +45,6 @@ def dev_token() -> str:
     return TOKEN_FILE.read_text().strip()
 
 
-def running_embedded(redis: EmbeddedRedis) -> bool:
-    """Return True when an embedded Redis from an earlier run still answers on our socket."""
-    if not redis.socket_path.exists():
-        return False
-    try:
-        return bool(Redis.from_url(redis.url, socket_timeout=0.5).ping())
-    except RedisError:
-        return False
-
-
 def banner(port: str, token: str, redis_note: str) -> str:
     base = f"http://localhost:{port}"
     return "\n".join(
@@ -74,12 +64,13 @@ def banner(port: str, token: str, redis_note: str) -> str:
 
 def embedded_redis(env: dict[str, str]) -> tuple[EmbeddedRedis | None, str]:
     """Start (or reuse) the embedded Redis on its socket; set REDIS_URL; return the server we started and a note."""
-    redis = EmbeddedRedis(private_dir(DATA_DIR) / "redis", use_socket=True)
+    private_dir(DATA_DIR)
+    redis = EmbeddedRedis(dev_redis_dir(env), use_socket=True)
     env["REDIS_URL"] = redis.url
-    if running_embedded(redis):
+    if dev_redis_url(env):  # an embedded Redis from an earlier run still answers on our socket
         return None, f"embedded, already running ({redis.url})"
     redis.start()
-    return redis, f"embedded {redis.server}, AOF on, data in {DATA_DIR / 'redis'} ({redis.url})"
+    return redis, f"embedded {redis.server}, AOF on, data in {dev_redis_dir(env)} ({redis.url})"
 
 
 def take_terminal() -> Callable[[], None]:
