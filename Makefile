@@ -35,13 +35,21 @@ system-deps:
 	  else echo "cannot install$$missing here: the tests that need them will be skipped"; fi; \
 	fi
 
-test: $(INSTALLED) system-deps  ## lint and the layer contract, then the whole test suite on real Redis and real processes
+# The servers the tests marked `matrix` also run on: every one but the suite's own
+# (REDIS_SERVER, else the embedded default); Debian's only where it is installed, or under CI=true.
+OTHER_SERVERS = $(shell $(BIN)/python -c 'from service.dev.embedded_redis import other_servers; print(*other_servers())')
+
+test: $(INSTALLED) system-deps  ## lint, the layer contract, the whole suite on the embedded Redis, then the fault and scheduler tests on the other servers
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-cache
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+	@for server in $(OTHER_SERVERS); do \
+	  echo "REDIS_SERVER=$$server pytest -m matrix"; \
+	  REDIS_SERVER=$$server PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m matrix || exit 1; \
+	done
 
-soak: $(INSTALLED)  ## 10 minutes of mixed load, worker restarts and a Redis outage (SOAK_SECONDS to change)
+soak: $(INSTALLED) system-deps  ## 10 minutes of mixed load, worker restarts, a Redis outage, a clock jump and a full Redis (SOAK_SECONDS to change)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python tests/soak.py
 
 # Benchmark-only tools (Celery, py-spy) on top of the test tools; wrk comes from Debian when root.

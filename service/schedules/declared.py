@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import tomllib
+from collections.abc import Callable
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -82,21 +83,19 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def sync(connection: Redis, path: str | Path) -> dict[str, list[str]]:
-    """Upsert every declared calendar and schedule, remove file-created ones no longer declared; return changes."""
+def sync(
+    connection: Redis, path: str | Path, progress: Callable[[int, int], None] | None = None
+) -> dict[str, list[str]]:
+    """Upsert every declared calendar and schedule, remove file-created ones no longer declared; return changes.
+
+    `progress(done, total)` after each schedule upserted or looked at for removal.
+    """
     specs, bodies = load_file(path)
-    named = {c: schedule_id for schedule_id, spec in specs.items() for c in spec.skip_calendars if c not in bodies}
-    absent = calendars.missing(connection, named)
-    if absent:
-        raise ConfigError(
-            f"SCHEDULES_FILE: schedule {named[absent[0]]!r}: skip_calendars: {absent[0]!r} is not a calendar"
-        )
     changed: dict[str, list[str]] = {"created": [], "updated": [], "removed": []}
-    for calendar_id, body in bodies.items():
-        if calendars.save(connection, calendar_id, body, origin="file")[1]:
-            changed["created"].append(f"calendar {calendar_id}")
-        connection.sadd(CalendarKeys.declared, calendar_id)
-    for schedule_id, spec in specs.items():
+    changed["created"] += _sync_calendars(connection, specs, bodies)
+    undeclared = [m.decode() for m in connection.smembers(ScheduleKeys.declared) if m.decode() not in specs]
+    total = len(specs) + len(undeclared)
+    for done, (schedule_id, spec) in enumerate(specs.items(), start=1):
         before = read(connection, schedule_id)
         _, created = save(connection, schedule_id, spec, origin="file")
         after = read(connection, schedule_id)
@@ -106,23 +105,34 @@ def sync(connection: Redis, path: str | Path) -> dict[str, list[str]]:
             changed["updated"].append(schedule_id)
         if after is not None and after.origin == "file":
             connection.sadd(ScheduleKeys.declared, schedule_id)
-    changed["removed"] += _remove_undeclared_schedules(connection, specs)
+        if progress:
+            progress(done, total)
+    for done, schedule_id in enumerate(undeclared, start=len(specs) + 1):
+        stored = read(connection, schedule_id)
+        if stored is not None and stored.origin == "file":
+            delete(connection, schedule_id)
+            changed["removed"].append(schedule_id)
+        connection.srem(ScheduleKeys.declared, schedule_id)
+        if progress:
+            progress(done, total)
     changed["removed"] += _remove_undeclared_calendars(connection, bodies)
     return changed
 
 
-def _remove_undeclared_schedules(connection: Redis, specs: dict[str, ScheduleSpec]) -> list[str]:
-    removed = []
-    for member in connection.smembers(ScheduleKeys.declared):
-        schedule_id = member.decode()
-        if schedule_id in specs:
-            continue
-        stored = read(connection, schedule_id)
-        if stored is not None and stored.origin == "file":
-            delete(connection, schedule_id)
-            removed.append(schedule_id)
-        connection.srem(ScheduleKeys.declared, schedule_id)
-    return removed
+def _sync_calendars(connection: Redis, specs: dict[str, ScheduleSpec], bodies: dict[str, CalendarBody]) -> list[str]:
+    """Upsert the declared calendars, once every calendar a schedule names is known to exist; return those created."""
+    named = {c: schedule_id for schedule_id, spec in specs.items() for c in spec.skip_calendars if c not in bodies}
+    absent = calendars.missing(connection, named)
+    if absent:
+        raise ConfigError(
+            f"SCHEDULES_FILE: schedule {named[absent[0]]!r}: skip_calendars: {absent[0]!r} is not a calendar"
+        )
+    created = []
+    for calendar_id, body in bodies.items():
+        if calendars.save(connection, calendar_id, body, origin="file")[1]:
+            created.append(f"calendar {calendar_id}")
+        connection.sadd(CalendarKeys.declared, calendar_id)
+    return created
 
 
 def _remove_undeclared_calendars(connection: Redis, bodies: dict[str, CalendarBody]) -> list[str]:

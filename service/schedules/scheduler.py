@@ -39,6 +39,7 @@ from service.core.keys import SCHEDULER_LOCK_KEY, ScheduleKeys, job_key
 from service.core.lease import Lease
 from service.core.outage import REDIS_DOWN, Outage, write_refused
 from service.jobs.model import ServiceJob, ServiceQueue
+from service.ops.rollup import Rollup
 from service.schedules.calendars import CalendarCache, skip_key
 from service.schedules.migrate import migrate, migrate_all
 from service.schedules.runs import ACTIVE_STATUSES, BUFFERED, Entry, Firing, plan_due_ms, report, run_job_id
@@ -101,6 +102,7 @@ class ServiceScheduler(Scheduler):
         self.firing = Firing(connection, owner=self.lease.owner, lease_key=SCHEDULER_LOCK_KEY)
         self.calendars = CalendarCache()
         self.clock = clock or ServerClock(connection)
+        self.rollup = Rollup(connection)  # the charts' summary goes on while no worker runs, too
         self.tick_seconds = tick_seconds
         self._stopping = False
         self._pubsub: Any = None
@@ -255,6 +257,7 @@ class ServiceScheduler(Scheduler):
     def _tick(self) -> None:
         try:
             self.heartbeat()
+            self.rollup.tick()
             if self.acquire_lock():
                 self.enqueue_jobs()
         except RedisError as exc:
