@@ -362,6 +362,8 @@ def delete(connection: Redis, schedule_id: str) -> None:
     def remove(pipe: Pipeline) -> None:
         current = _current(connection, pipe, schedule_id)
         pipe.multi()
+        if current is not None:  # a write Redis refuses when full, queued first: the whole MULTI is refused, not half
+            pipe.hincrby(ScheduleKeys.template_refs, current.fields["t"], 0)
         pipe.delete(key)
         pipe.zrem(ScheduleKeys.index, schedule_id)
         pipe.zrem(ScheduleKeys.due, schedule_id)
