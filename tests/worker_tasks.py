@@ -44,3 +44,30 @@ def sleep_once(key: str, seconds: float) -> str:
 def suicide() -> None:
     """Kill the process running it (a poison job: it takes its worker down every time)."""
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _redis_time() -> float:
+    seconds, micros = _connection().time()
+    return seconds + micros / 1e6
+
+
+@task("workertest.stamp")
+def stamp(key: str) -> None:
+    """Record [Redis's time, this host's time] at the start in diag:<key>."""
+    _connection().rpush(f"diag:{key}", json.dumps([_redis_time(), time.time()]))
+
+
+@task("workertest.rated_stamp", rate_limit="4/s")
+def rated_stamp(key: str) -> None:
+    """As stamp, at most 4 starts per second across workers."""
+    _connection().rpush(f"diag:{key}", json.dumps([_redis_time(), time.time()]))
+
+
+@task("workertest.run_then_touch")
+def run_then_touch(key: str, path: str, seconds: float) -> str:
+    """Count the run in diag:<key>, sleep `seconds`, then create the file `path` (the run's end, seen without Redis)."""
+    _connection().rpush(f"diag:{key}", 1)
+    time.sleep(seconds)
+    with open(path, "w") as marker:
+        marker.write("done")
+    return "done"

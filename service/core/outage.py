@@ -1,9 +1,15 @@
-"""Outage: back off while Redis is unreachable, and log once per state change, not once per retry.
+"""Outage: back off while Redis is unreachable or refuses writes; log once per state change, not per retry.
 
 Every loop that must ride out a Redis outage uses it: `retry()` runs one step
 until Redis answers (a worker's or scheduler's start-up, storing a job's
 outcome, syncing declared schedules); a loop of its own (the worker's claim
 loop, the heartbeat) calls `down()` and `up()` around each turn.
+
+A Redis that answers but refuses writes is treated like one that does not
+answer: out of memory (`maxmemory` reached with `noeviction`: OOM) or unable
+to persist (`MISCONF` after a failed save). Its refusals arrive as plain
+ResponseErrors (inside a script, redis-py cannot tell them apart by class),
+so `refuses_writes()` reads the message.
 """
 
 from __future__ import annotations
@@ -14,11 +20,34 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 # Errors that mean "Redis is not answering right now" (BusyLoadingError, while
 # Redis loads its AOF after a restart, is a ConnectionError).
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
+# What Redis says when it refuses a write: OOM (redis-py drops the "OOM " of a
+# plain command's error, a script's keeps it) and MISCONF, on Redis 6.2, 7 and Valkey.
+REFUSED_WRITE_MARKS = ("command not allowed when used memory", "MISCONF ")
+
+
+class RedisRefusesWrites(RedisConnectionError):
+    """Raised by Outage.retry, when told to stop, for a step Redis refused to write (full, or MISCONF).
+
+    A ConnectionError, so every `except REDIS_DOWN` treats it as the outage it is.
+    """
+
+
+def refuses_writes(exc: BaseException) -> bool:
+    """True when `exc` is Redis refusing a write: out of memory (noeviction) or MISCONF (a failed save)."""
+    return isinstance(exc, ResponseError) and any(mark in str(exc) for mark in REFUSED_WRITE_MARKS)
+
+
+def unavailable(exc: BaseException) -> bool:
+    """True when `exc` means Redis cannot serve us right now: unreachable, frozen, or refusing writes."""
+    return isinstance(exc, REDIS_DOWN) or refuses_writes(exc)
+
+
 FIRST_DELAY_SECONDS = 0.25
 MAX_DELAY_SECONDS = 5.0
 T = TypeVar("T")
@@ -33,20 +62,28 @@ class Outage:
         self.sleep = sleep  # how to wait out a backoff (a scheduler's wait returns early on a stop signal)
         self.down_since: float | None = None
         self.delay = FIRST_DELAY_SECONDS
+        self.state = ""  # "", or what is wrong: "unavailable" or "refusing writes"
 
-    def down(self, exc: BaseException) -> None:
-        """Note a failed Redis call, log it if Redis was up, and sleep the current backoff."""
+    def down(self, exc: BaseException, wait: bool = True) -> None:
+        """Note a failed Redis call, log it if the state changed, and (`wait`) sleep the current backoff."""
+        state = "refusing writes" if refuses_writes(exc) else "unavailable"
         if self.down_since is None:
             self.down_since = time.monotonic()
-            self.log.error("%s: Redis unavailable (%s: %s); retrying with backoff", self.what, type(exc).__name__, exc)
-        self.sleep(self.delay)
-        self.delay = min(self.delay * 2, MAX_DELAY_SECONDS)
+        if state != self.state:
+            self.state = state
+            reason = str(exc).splitlines()[0][:300] if str(exc) else ""
+            self.log.error("%s: Redis %s (%s: %s); retrying with backoff", self.what, state, type(exc).__name__, reason)
+        if wait:
+            self.sleep(self.delay)
+            self.delay = min(self.delay * 2, MAX_DELAY_SECONDS)
 
     def up(self) -> None:
-        """Note a successful Redis call; log the recovery if Redis was down."""
+        """Note a successful Redis call; log the recovery if Redis was down or refusing writes."""
         if self.down_since is not None:
-            self.log.warning("%s: Redis is back after %.1f s", self.what, time.monotonic() - self.down_since)
+            back = "is back" if self.state == "unavailable" else "accepts writes again"
+            self.log.warning("%s: Redis %s after %.1f s", self.what, back, time.monotonic() - self.down_since)
             self.down_since = None
+            self.state = ""
             self.delay = FIRST_DELAY_SECONDS
 
     @property
@@ -56,7 +93,9 @@ class Outage:
     def retry(self, step: Callable[[], T], stop: Callable[[], bool] = lambda: False) -> T:
         """Run `step` until it gets through to Redis and return its result, backing off meanwhile.
 
-        When `stop()` is true after a failed attempt, the error is raised instead of retried.
+        When `stop()` is true after a failed attempt, the error is raised instead of retried (a
+        refused write as RedisRefusesWrites). A refused write changed nothing: Redis refuses a
+        script at its first write, and a transaction whole.
         """
         while True:
             try:
@@ -64,6 +103,13 @@ class Outage:
             except REDIS_DOWN as exc:
                 if stop():
                     raise
+                self.down(exc)
+                continue
+            except ResponseError as exc:
+                if not refuses_writes(exc):
+                    raise
+                if stop():
+                    raise RedisRefusesWrites(str(exc)) from exc
                 self.down(exc)
                 continue
             self.up()

@@ -14,7 +14,6 @@ import hashlib
 import inspect
 import json
 import math
-import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -25,6 +24,7 @@ from redis import Redis
 from redis.client import Pipeline
 from rq.serializers import JSONSerializer
 
+from service.core import clock
 from service.core.config import Limits
 from service.core.errors import InvalidField
 from service.core.keys import IDEMPOTENCY_PREFIX, UNIQUE_PREFIX, job_key
@@ -122,7 +122,7 @@ def plan(request: Request, field: str = "", limits: Limits | None = None) -> Pla
         p.extra["dependency_ids"] = json.dumps(list(p.parents))
     meta: dict[str, Any] = {}
     if request.ttl is not None:
-        meta["expires_at"] = time.time() + request.ttl + (request.delay or 0)
+        meta["expires_at"] = clock.now() + request.ttl + (request.delay or 0)
     if request.idempotency_key:
         p.claim_key = IDEMPOTENCY_PREFIX + request.idempotency_key
         p.claim_any_status = True
@@ -195,15 +195,16 @@ def retry_policy(request: Request, spec: TaskSpec) -> RetryPolicy:
 
 def run_at(request: Request, prefix: str = "") -> datetime | None:
     """Return when a delayed job may start, rounded up to RQ's whole seconds (never early)."""
+    now = clock.utcnow()
     if request.delay:
-        moment = datetime.now(UTC) + timedelta(seconds=request.delay)
+        moment = now + timedelta(seconds=request.delay)
     elif request.at is not None:
         moment = request.at.astimezone(UTC)
-        if moment <= datetime.now(UTC):
+        if moment <= now:
             return None  # a time already past means now
     else:
         return None
-    if moment - datetime.now(UTC) > timedelta(days=366):
+    if moment - now > timedelta(days=366):
         raise InvalidField(prefix + ("at" if request.at else "delay"), "must be within 366 days")
     return datetime.fromtimestamp(math.ceil(moment.timestamp()), UTC)
 

@@ -8,7 +8,6 @@ function name is a registered task name, looked up in the task registry.
 from __future__ import annotations
 
 import re
-import time
 from typing import Any
 
 from redis import Redis
@@ -17,7 +16,7 @@ from rq.job import UNEVALUATED, Job
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
 
-from service.core import compat
+from service.core import clock, compat
 from service.core.keys import doorbell_key
 from service.core.lanes import LANES, check_lane
 from service.jobs import callbacks, damage
@@ -96,7 +95,7 @@ class ServiceJob(Job):
     @property
     def expired(self) -> bool:
         expires_at = (self.meta or {}).get("expires_at")
-        return expires_at is not None and time.time() > float(expires_at)
+        return expires_at is not None and clock.now() > float(expires_at)
 
     @property
     def should_retry(self) -> bool:

@@ -14,7 +14,7 @@ import calendar
 import json
 import zlib
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -22,7 +22,7 @@ from redis import Redis
 from redis.client import Pipeline
 from rq.utils import utcformat
 
-from service.core import keys, metrics
+from service.core import clock, keys, metrics
 from service.core.errors import Conflict, QueueFull
 from service.core.keys import IDEMPOTENCY_PREFIX, PLACEHOLDER_ID
 from service.core.lua import script
@@ -162,7 +162,7 @@ def write(
     (queued, scheduled, deferred): run here, that raises QueueFull; queued in a MULTI, the caller
     passes the script's reply to check_written().
     """
-    now = datetime.now(UTC)
+    now = clock.utcnow()
     now_rq = utcformat(now.replace(tzinfo=None))
     templates: dict[tuple[JobOptions, str], int] = {}
     header: dict[str, Any] = {"now": now_rq, "templates": [], "claims": [], "counts": []}

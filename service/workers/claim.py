@@ -15,12 +15,11 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from redis import Redis
 from rq.utils import utcformat
 
-from service.core import keys
+from service.core import clock, keys
 from service.core.keys import CLAIMERS_KEY, claimed_key, doorbell_key
 from service.core.lua import script
 
@@ -34,10 +33,6 @@ CLAIM_PREFIXES = tuple(prefix.encode() for prefix in (keys.JOB_PREFIX, keys.EXEC
 def raw_id(job_id: str) -> bytes:
     """`job_id` as the bytes Redis holds (an id read from Redis keeps bytes that are not UTF-8 as surrogates)."""
     return job_id.encode("utf-8", "surrogateescape")
-
-
-def now_utc(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, UTC)
 
 
 def parse_weights(text: str, lanes: Sequence[str]) -> dict[str, int]:
@@ -103,14 +98,19 @@ class Claimer:
         self._lane_keys: dict[tuple[str, ...], list[bytes]] = {}
 
     def claim(self, lanes: Sequence[str], ttl_seconds: int) -> Claim | float | None:
-        """Claim and start the head of the first non-empty lane; else the earliest waiting time (or None)."""
-        now = time.time()
+        """Claim and start the head of the first non-empty lane; else the earliest waiting time (or None).
+
+        Times are Redis's: the script reads TIME and answers it, and the
+        process's clock (service.core.clock) learns its offset from it.
+        """
+        sent_at = time.time()
         execution_id = uuid.uuid4().hex
         reply = CLAIM(
             keys=self._keys(tuple(lanes)),
-            args=[now, self._name, execution_id, utcformat(now_utc(now)), ttl_seconds, *CLAIM_PREFIXES],
+            args=[self._name, execution_id, utcformat(clock.utcnow()), ttl_seconds, *CLAIM_PREFIXES],
             client=self.connection,
         )
+        clock.learn(float(reply[-1]), sent_at)
         if reply[0] is None:  # nothing claimed (an empty id is still a claim)
             earliest = float(reply[1])
             return earliest if earliest >= 0 else None

@@ -17,9 +17,9 @@ from redis import Redis
 from rq.executions import Execution
 from rq.job import Job
 from rq.results import Result
-from rq.utils import current_timestamp, utcformat
+from rq.utils import utcformat
 
-from service.core import keys, metrics
+from service.core import clock, keys, metrics
 from service.core.lua import script
 
 FINISH = script("finish")
@@ -91,7 +91,7 @@ class Finisher:
         if job._result is not None:  # as Result.serialize() stores it, serialized once
             fields["return_value"] = b64encode(encoded).decode()
         pairs = [str(part) for item in fields.items() for part in item]
-        score = "+inf" if result_ttl < 0 else current_timestamp() + result_ttl
+        score = "+inf" if result_ttl < 0 else clock.timestamp() + result_ttl
         working = (job.ended_at - job.started_at).total_seconds()
         return int(
             FINISH(

@@ -15,7 +15,6 @@ jobs as holding a slot, and has no starts-per-period limit.
 from __future__ import annotations
 
 import random
-import time
 
 from redis import Redis
 
@@ -44,19 +43,11 @@ class Limiter:
 
     def acquire(self, spec: TaskSpec, job_id: str, timeout_seconds: float) -> float:
         """Return 0 if job `job_id` may start now (slot taken), else seconds to wait before trying again."""
-        now = time.time()
         max_starts, period = spec.rate_limit or (0, 0.0)
         wait = float(
             ACQUIRE(
                 keys=[running_key(spec.name), limit_starts_key(spec.name)],
-                args=[
-                    now,
-                    job_id,
-                    spec.concurrency or 0,
-                    now + timeout_seconds + SLOT_GRACE_SECONDS,
-                    max_starts,
-                    period,
-                ],
+                args=[job_id, spec.concurrency or 0, timeout_seconds + SLOT_GRACE_SECONDS, max_starts, period],
                 client=self.connection,
             )
         )

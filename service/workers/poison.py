@@ -18,7 +18,6 @@ only a Redis outage escapes.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from redis import Redis
@@ -27,9 +26,9 @@ from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 from rq.results import Result
 from rq.serializers import JSONSerializer
-from rq.utils import now, utcformat
+from rq.utils import utcformat
 
-from service.core import metrics
+from service.core import clock, metrics
 from service.core.lanes import LANES
 from service.tasks.registry import DEFAULT_FAILURE_TTL_SECONDS
 from service.workers.claim import raw_id
@@ -77,9 +76,9 @@ def fail(
         _forget_claim(connection, pipe, claimed_key, job_id, execution_id, worker_name)
         if status is not None and status not in ENDED:
             ttl = DEFAULT_FAILURE_TTL_SECONDS
-            pipe.hset(job_key, mapping={"status": JobStatus.FAILED.value, "ended_at": utcformat(now())})
+            pipe.hset(job_key, mapping={"status": JobStatus.FAILED.value, "ended_at": utcformat(clock.utcnow())})
             pipe.expire(job_key, ttl)
-            pipe.zadd(FailedJobRegistry.key_template.format(lane), {raw_id(job_id): time.time() + ttl})
+            pipe.zadd(FailedJobRegistry.key_template.format(lane), {raw_id(job_id): clock.now() + ttl})
             result = Result(job_id, Result.Type.FAILED, connection, exc_string=reason, worker_name=worker_name,
                             serializer=JSONSerializer, execution_id=execution_id)  # fmt: skip
             pipe.xadd(raw_id(Result.get_key(job_id)), result.serialize(), maxlen=10)

@@ -1,8 +1,10 @@
 -- Claim: take the head of the first non-empty lane into a worker's claimed list, and start it.
 -- KEYS: claimed list, claimers set, worker hash, worker executions set, then per lane tried,
 --       in order: lane list, waiting zset, doorbell list, started registry (RQ's wip).
--- ARGV: now (epoch s), worker name, execution id, now (RQ's ISO format), execution ttl (s),
+-- ARGV: worker name, execution id, now (RQ's ISO format, for started_at), execution ttl (s),
 --       job hash prefix, execution hash prefix, executions registry prefix.
+-- Time is Redis's (TIME): held-back jobs fall due, and executions expire, on the clock every
+-- process shares, whatever the worker host's clock says.
 -- 1. Waiting (limited) jobs whose time has come, up to 100 a lane, go back to the front of their lane.
 -- 2. The first non-empty lane's head moves into the claimed list (LMOVE: atomic, so the id is
 --    never only in this script's hands); its doorbell token is consumed. Empty lanes' doorbells
@@ -10,11 +12,13 @@
 -- 3. A queued job is marked started in the same call, as RQ's prepare_execution and
 --    prepare_job_execution would (status, started_at, worker_name, attempts, execution hash and
 --    registries, started registry, worker state): claim and start cost one round trip.
--- Returns {id, lane number (1 = the first tried), job hash fields, 1 if started else 0},
--- or {false, earliest waiting time or -1}.
-local now = tonumber(ARGV[1])
-local worker, execution_id, now_iso, ttl = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
-local job_prefix, execution_prefix, executions_prefix = ARGV[6], ARGV[7], ARGV[8]
+-- Returns {id, lane number (1 = the first tried), job hash fields, 1 if started else 0, Redis's time},
+-- or {false, earliest waiting time or -1, Redis's time} (times in epoch seconds, as strings).
+local time = redis.call('TIME')
+local now_text = time[1] .. '.' .. string.format('%06d', tonumber(time[2]))
+local now = tonumber(now_text)
+local worker, execution_id, now_iso, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local job_prefix, execution_prefix, executions_prefix = ARGV[5], ARGV[6], ARGV[7]
 local lanes = (#KEYS - 4) / 4
 local function lane_key(n, which) return KEYS[4 + 4 * (n - 1) + which] end
 
@@ -46,8 +50,8 @@ for n = 1, lanes do
             redis.call('HINCRBY', job_key, 'attempts', 1)
             redis.call('PERSIST', job_key)
             local execution_key = execution_prefix .. composite
-            redis.call('HSET', execution_key, 'id', execution_id, 'job_id', id, 'created_at', ARGV[1],
-                       'last_heartbeat', ARGV[1], 'worker_name', worker)
+            redis.call('HSET', execution_key, 'id', execution_id, 'job_id', id, 'created_at', now_text,
+                       'last_heartbeat', now_text, 'worker_name', worker)
             redis.call('EXPIRE', execution_key, ttl)
             local executions_key = executions_prefix .. id
             redis.call('ZADD', executions_key, now + ttl + 60, execution_id)
@@ -57,8 +61,8 @@ for n = 1, lanes do
             redis.call('EXPIRE', KEYS[4], ttl + 60)
             redis.call('HSET', KEYS[3], 'state', 'busy')
         end
-        return {id, n, redis.call('HGETALL', job_key), started}
+        return {id, n, redis.call('HGETALL', job_key), started, now_text}
     end
     redis.call('DEL', lane_key(n, 3))
 end
-return {false, tostring(earliest)}
+return {false, tostring(earliest), now_text}
