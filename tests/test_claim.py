@@ -136,6 +136,7 @@ def test_empty_lanes_give_none_or_the_earliest_waiting_time(connection: Redis, c
 def test_the_claim_script_takes_its_keys_from_the_caller(connection: Redis) -> None:
     put(connection, "x", "j1")
     lane = [keys.queue_key("x"), keys.waiting_key("x"), keys.doorbell_key("x"), keys.started_key("x")]
+    lane += [keys.groups_key("x"), keys.held_groups_key("x")]
     worker = [keys.claimed_key("w9"), keys.CLAIMERS_KEY, keys.worker_key("w9"), keys.worker_executions_key("w9")]
     reply = CLAIM(
         keys=worker + lane,

@@ -15,6 +15,7 @@ import service.tasks.diag  # noqa: F401 - registers diag.*
 from service.core import keys, metrics
 from service.jobs.enqueue import InternalRequest, enqueue
 from service.jobs.model import ServiceJob
+from service.workers import limits
 from service.workers.claim import Claim, Claimer
 from service.workers.finish import Finisher
 
@@ -37,7 +38,8 @@ def started(connection: Redis, result_ttl: int = 500) -> tuple[ServiceJob, Execu
 def finish(connection: Redis, job: ServiceJob, execution: Execution, result_ttl: int = 500) -> int:
     slot = keys.limit_running_key("diag.echo")
     connection.zadd(slot, {job.id: time.time() + 60})
-    return Finisher(connection, WORKER, keys.worker_key(WORKER)).finish(job, execution, result_ttl, slot, "diag.echo")
+    slots = (slot, limits.NO_SLOT, "")
+    return Finisher(connection, WORKER, keys.worker_key(WORKER)).finish(job, execution, result_ttl, slots, "diag.echo")
 
 
 def test_the_job_is_finished_in_its_registry_with_its_result(connection: Redis) -> None:

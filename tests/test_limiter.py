@@ -15,7 +15,9 @@ RUNNING, STARTS = keys.limit_running_key("t"), keys.limit_starts_key("t")
 
 def acquire(connection: Redis, job_id: str, concurrency: int = 0, starts: int = 0, period: float = 0) -> float:
     """One call of the acquire script (slots are held an hour at most)."""
-    reply = ACQUIRE(keys=[RUNNING, STARTS], args=[job_id, concurrency, 3600, starts, period], client=connection)
+    reply = ACQUIRE(
+        keys=[RUNNING, STARTS, limits.NO_SLOT], args=[job_id, concurrency, 3600, starts, period, 0], client=connection
+    )
     return float(reply)
 
 
@@ -69,20 +71,36 @@ def test_the_limiter_holds_a_slot_for_the_job_timeout_plus_grace(connection: Red
     spec = TaskSpec("t", func=print, concurrency=1)
     limiter = Limiter(connection)
     before = redis_now(connection)
-    assert limiter.acquire(spec, "a", timeout_seconds=30) == 0
+    assert limiter.acquire(spec, "a", timeout_seconds=30) == (0, False)
     expiry = connection.zscore(RUNNING, "a")
     assert before + 30 + SLOT_GRACE_SECONDS <= expiry <= redis_now(connection) + 30 + SLOT_GRACE_SECONDS
-    wait = limiter.acquire(spec, "b", timeout_seconds=30)
-    assert 0.5 * CONCURRENCY_RETRY_SECONDS <= wait <= 1.5 * CONCURRENCY_RETRY_SECONDS
+    wait, group_held = limiter.acquire(spec, "b", timeout_seconds=30)
+    assert 0.5 * CONCURRENCY_RETRY_SECONDS <= wait <= 1.5 * CONCURRENCY_RETRY_SECONDS and not group_held
     with connection.pipeline() as pipe:
         limits.release(pipe, spec, "a")
         pipe.execute()
-    assert limiter.acquire(spec, "b", timeout_seconds=30) == 0
+    assert limiter.acquire(spec, "b", timeout_seconds=30) == (0, False)
 
 
 def test_the_limiter_waits_for_the_rate_window(connection: Redis) -> None:
     spec = TaskSpec("t", func=print, rate_limit=(1, 60.0))
     limiter = Limiter(connection)
-    assert limiter.acquire(spec, "a", timeout_seconds=30) == 0
-    assert limiter.acquire(spec, "b", timeout_seconds=30) == pytest.approx(60, abs=5)
+    assert limiter.acquire(spec, "a", timeout_seconds=30) == (0, False)
+    assert limiter.acquire(spec, "b", timeout_seconds=30)[0] == pytest.approx(60, abs=5)
     assert not connection.exists(RUNNING)
+
+
+def test_a_group_cap_holds_per_group_and_names_the_group_as_the_limit(connection: Redis) -> None:
+    spec = TaskSpec("t", func=print, group_concurrency=1)
+    limiter = Limiter(connection)
+    assert limiter.acquire(spec, "a1", timeout_seconds=30, group="a") == (0, False)
+    assert limiter.acquire(spec, "b1", timeout_seconds=30, group="b") == (0, False)  # another group: its own cap
+    wait, group_held = limiter.acquire(spec, "a2", timeout_seconds=30, group="a")
+    assert wait > 0 and group_held
+    assert limiter.acquire(spec, "x", timeout_seconds=30) == (0, False)  # no group: no group cap
+    connection.hset(keys.held_groups_key("default"), "a", 1)
+    with connection.pipeline() as pipe:
+        limits.release(pipe, spec, "a1", "a", "default")
+        pipe.execute()
+    assert limiter.acquire(spec, "a2", timeout_seconds=30, group="a") == (0, False)
+    assert not connection.hexists(keys.held_groups_key("default"), "a")  # the group is no longer held

@@ -71,3 +71,13 @@ def run_then_touch(key: str, path: str, seconds: float) -> str:
     with open(path, "w") as marker:
         marker.write("done")
     return "done"
+
+
+@task("workertest.group_capped", group_concurrency=1)
+def group_capped(key: str, seconds: float) -> None:
+    """Run `seconds`, at most one per group at a time; record [group, start, end] in diag:<key>."""
+    job = get_current_job()
+    assert job is not None
+    started = time.time()
+    time.sleep(seconds)
+    job.connection.rpush(f"diag:{key}", json.dumps([getattr(job, "group", None), started, time.time()]))

@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 _offset = 0.0  # Redis's clock minus this host's, in seconds
+# A reading that differs from the known offset by less than this (plus its round trip) is noise.
+MAX_DRIFT_SECONDS = 0.001
 
 
 def now() -> float:
@@ -52,8 +54,16 @@ def server_seconds(reply: Sequence[Any]) -> float:
 
 
 def learn(server: float, sent_at: float) -> None:
-    """Learn the offset from `server` (epoch s), read by Redis between `sent_at` (host time) and now."""
-    set_offset(server - (sent_at + time.time()) / 2)
+    """Learn the offset from `server` (epoch s), read by Redis between `sent_at` (host time) and now.
+
+    A reading within the round trip's uncertainty of the offset already known
+    changes nothing: the clock does not jitter back and forth between
+    readings (a start stamped after an end).
+    """
+    received_at = time.time()
+    offset = server - (sent_at + received_at) / 2
+    if abs(offset - _offset) > (received_at - sent_at) / 2 + MAX_DRIFT_SECONDS:
+        set_offset(offset)
 
 
 def sync(connection: Any) -> float:

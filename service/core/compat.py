@@ -191,6 +191,8 @@ REACHES: tuple[Reach, ...] = (
     Reach("rq_dashboard.web.list_workers", "service.dashboard.mount.init_app", RELY, "workers.json: Worker.all without a serializer, so a running JSON job's call string is unpickled", "c1718df5ebcc"),
     Reach("rq_dashboard.web.inject_interval", "service.dashboard.schedules.schedules_page", RELY, "a blueprint-scoped context processor: our schedules page must pass poll_interval itself", "05618608aa5c"),
     Reach("rq_dashboard.web.queues_overview", "service.dashboard.schedules.schedules_page", RELY, "the endpoint name our navbar links to", "3debcdb084d4"),
+    Reach("rq_dashboard.web.serialize_queues", "service.dashboard.seam.serialize_queues", PATCH, "wrapped: each queue row gets `groups` (fair share); its rows are dicts with `name`", "7fe9d44d5633"),
+    Reach("rq_dashboard:templates/rq_dashboard/queues.html", "service/dashboard/templates/rq_dashboard/queues.html", COPY, "a full copy plus a Groups column: shadows upstream's queues page", "df57de14c3a1"),
     Reach("rq_dashboard:templates/rq_dashboard/navbar.html", "service/dashboard/templates/rq_dashboard/navbar.html", COPY, "a full copy plus a Schedules link: shadows upstream's navbar", "a4723e800d40"),
 )
 # fmt: on

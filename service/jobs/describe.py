@@ -58,6 +58,7 @@ def describe(job: ServiceJob, latest: Result | None = UNREAD) -> dict[str, Any]:
         "result": result,
         "error": error,
         "attempts": job.attempts,
+        "group": job.group,
         "enqueued_at": isotime(job.enqueued_at),
         "started_at": isotime(job.started_at),
         "ended_at": isotime(job.ended_at),

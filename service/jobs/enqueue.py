@@ -28,7 +28,8 @@ from service.core import clock
 from service.core.config import Limits
 from service.core.errors import InvalidField
 from service.core.keys import IDEMPOTENCY_PREFIX, UNIQUE_PREFIX, job_key
-from service.core.lanes import check_lane, lane_for
+from service.core.lanes import check_group, check_lane, lane_for
+from service.jobs.damage import GROUP_FIELD
 from service.jobs.model import ServiceJob
 from service.jobs.template import JobOptions
 from service.jobs.writer import Planned, Submitted, check_written, compress, write
@@ -59,6 +60,7 @@ class InternalRequest:
     retry: Any = None
     idempotency_key: None = None
     depends_on: list[str] | None = None
+    group: str | None = None
 
 
 if TYPE_CHECKING:
@@ -114,12 +116,7 @@ def plan(request: Request, field: str = "", limits: Limits | None = None) -> Pla
     )
     if retry.jittered:
         p.extra["retry_intervals"] = json.dumps(retry.intervals())
-    if request.depends_on:
-        if p.run_at is not None:
-            raise InvalidField(prefix + "depends_on", "cannot be combined with delay or at")
-        p.parents = tuple(dict.fromkeys(request.depends_on))
-        p.extra["dependency_id"] = p.parents[0]
-        p.extra["dependency_ids"] = json.dumps(list(p.parents))
+    add_links(p, request, prefix)
     meta: dict[str, Any] = {}
     if request.ttl is not None:
         meta["expires_at"] = clock.now() + request.ttl + (request.delay or 0)
@@ -133,6 +130,19 @@ def plan(request: Request, field: str = "", limits: Limits | None = None) -> Pla
     if meta:
         p.extra["meta"] = JSONSerializer.dumps(meta).decode()
     return p
+
+
+def add_links(p: Planned, request: Request, prefix: str = "") -> None:
+    """The job's parents (depends_on) and its fair-share group, as per-job fields."""
+    if request.depends_on:
+        if p.run_at is not None:
+            raise InvalidField(prefix + "depends_on", "cannot be combined with delay or at")
+        p.parents = tuple(dict.fromkeys(request.depends_on))
+        p.extra["dependency_id"] = p.parents[0]
+        p.extra["dependency_ids"] = json.dumps(list(p.parents))
+    if request.group is not None:
+        p.group = check_group(request.group, prefix + "group")
+        p.extra[GROUP_FIELD] = p.group
 
 
 def check_arguments(spec: TaskSpec, args: list[Any], kwargs: dict[str, Any], prefix: str = "") -> None:

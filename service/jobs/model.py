@@ -48,6 +48,7 @@ class ServiceJob(Job):
     def __init__(self, id: str | None = None, connection: Redis | None = None, serializer: Any = None) -> None:
         super().__init__(id, connection=connection, serializer=serializer or JSONSerializer)
         self.attempts = 0
+        self.group: str | None = None  # the fair-share group within its lane (service.workers.claim)
         # What is wrong with the stored hash (None: nothing): the job fails with it instead of running.
         self.damage: str | None = None
 
@@ -132,6 +133,7 @@ class ServiceJob(Job):
             result = super().restore({k: v for k, v in fields.items() if k in ("data", "origin", "status")})
         self.webhooks = []  # RQ would POST to URLs stored in the hash, outside the outbound fence
         self.attempts = int(fields.get("attempts") or 0)
+        self.group = fields[damage.GROUP_FIELD].decode() if damage.GROUP_FIELD in fields else None
         self.damage = "; ".join(problems) or None
         return result
 

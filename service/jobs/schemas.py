@@ -26,6 +26,7 @@ MAX_TTL_SECONDS = 366 * 24 * 3600
 MAX_RETRIES = 25
 # pydantic matches `pattern` with Rust's regex, whose `$` is the very end of the text (not before a final newline).
 KEY_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+GROUP_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 
 
 def _ascii_whole(value: Any) -> Any:
@@ -83,6 +84,9 @@ class JobRequest(Strict):
     retry: RetryRequest | None = None
     idempotency_key: str | None = Field(default=None, pattern=KEY_PATTERN)
     depends_on: list[str] | None = Field(default=None, max_length=100, description="ids of jobs to wait for")
+    group: str | None = Field(
+        default=None, pattern=GROUP_PATTERN, description="fair share within the lane: groups take turns"
+    )
 
     @field_validator("kwargs")
     @classmethod
@@ -145,6 +149,7 @@ class JobOut(BaseModel):
     result: Any = None
     error: str | None = None
     attempts: int
+    group: str | None = None
     enqueued_at: str | None
     started_at: str | None
     ended_at: str | None

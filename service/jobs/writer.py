@@ -57,6 +57,7 @@ class Planned:
     claim_key: str | None = None
     claim_any_status: bool = False
     fingerprint: str = ""
+    group: str | None = None
 
 
 @dataclass
@@ -86,6 +87,7 @@ class Submitted:
             "result": None,
             "error": None,
             "attempts": 0,
+            "group": p.group,
             "enqueued_at": batch_isotime(self.at) if self.status == "queued" else None,
             "started_at": None,
             "ended_at": None,
@@ -123,6 +125,9 @@ KEY_SHAPES = {
     "placeholder": PLACEHOLDER_ID,
     "dependents": keys.DEPENDENTS_SHAPE,
     "dependencies": keys.DEPENDENCIES_SHAPE,
+    "group_separator": keys.GROUP_SUFFIX.format(group=""),
+    "lane_head": keys.LANE_HEAD,
+    "ungrouped": keys.UNGROUPED,
 }
 _LANE_KEYS: dict[str, dict[str, Any]] = {}
 
@@ -137,6 +142,7 @@ def lane_keys(lane: str) -> dict[str, Any]:
             "push": push_commands(queue),
             "scheduled": keys.scheduled_key(lane),
             "deferred": keys.deferred_key(lane),
+            "groups": keys.groups_key(lane),
         }
     return found
 
@@ -186,7 +192,7 @@ def write(
             index = templates[(p.options, status)] = len(templates) + 1
             header["templates"].append(_template_header(p, status))
         score = str(calendar.timegm(p.run_at.utctimetuple())) if p.run_at is not None else ""
-        jobs.append([p.id, index, score, len(p.data), _pairs(p.extra), p.parents])
+        jobs.append([p.id, index, score, len(p.data), _pairs(p.extra), p.parents, p.group or ""])
         blobs.append(p.data)
         if p.claim_key:
             header["claims"].append([p.claim_key, p.id])
@@ -248,6 +254,7 @@ def _template_header(p: Planned, status: str) -> dict[str, Any]:
         "status": status,
         "push": lane["push"],
         "registry": lane["scheduled"] if status == "scheduled" else lane["deferred"],
+        "groups": lane["groups"],
     }
 
 

@@ -20,6 +20,7 @@ from redis import Redis
 from service.core.keys import METRICS_KEY, WORKERS_KEY, ScheduleKeys, job_key, queue_key
 from service.core.lanes import LANES
 from service.core.metrics import COUNTERS, HISTOGRAMS, LAG_BUCKETS_MS, SEP
+from service.ops.monitor import group_counts
 
 
 class RedisCollector:
@@ -104,7 +105,10 @@ def gauges(connection: Redis) -> Iterable[GaugeMetricFamily]:
         age.add_metric([lane], max(0.0, now - enqueued[lane]) if lane in enqueued else 0.0)
     workers = GaugeMetricFamily("workers_alive", "Workers registered with a live heartbeat.")
     workers.add_metric([], float(found[-1]))
-    return [depth, age, workers]
+    groups = GaugeMetricFamily("queue_groups", "Groups with waiting jobs per lane (fair share).", labels=["queue"])
+    for lane, count in group_counts(connection).items():
+        groups.add_metric([lane], float(count))
+    return [depth, age, workers, groups]
 
 
 def oldest_enqueued_at(connection: Redis, job_ids: dict[str, str]) -> dict[str, float]:

@@ -7,6 +7,11 @@ in-progress list (keys.claimed_key), so at every instant the id is in a
 lane, in a claimed list or has an outcome. An idle worker blocks on a
 per-lane *doorbell* list (a wake-up hint that ServiceQueue.push_job_id rings
 with every push), never on the lane itself, so blocking cannot lose a job.
+
+Fair share within a lane (SPEC 11): jobs with a `group` are also indexed
+per group, and the lane's groups take turns (keys.groups_key); the lane
+list still holds every waiting job, as RQ's tools count them. See
+service/core/lua/claim.lua for the turns and docs/workers.md for the cost.
 """
 
 from __future__ import annotations
@@ -22,12 +27,20 @@ from rq.utils import utcformat
 from service.core import clock, keys
 from service.core.keys import CLAIMERS_KEY, claimed_key, doorbell_key
 from service.core.lua import script
+from service.jobs.damage import GROUP_FIELD
 
 CLAIM = script("claim")
 REQUEUE = script("requeue")
-# The claim script's job, execution and executions-registry prefixes (it builds those keys from a claimed id).
-# Its arguments that never change are passed as bytes: redis-py then sends them without encoding each call.
-CLAIM_PREFIXES = tuple(prefix.encode() for prefix in (keys.JOB_PREFIX, keys.EXECUTION_PREFIX, keys.EXECUTIONS_PREFIX))
+# The claim script's arguments that never change: the job, execution and executions-registry prefixes
+# (it builds those keys from a claimed id) and the fair-share names (service.core.keys). Passed as bytes:
+# redis-py then sends them without encoding each call.
+CLAIM_PREFIXES = tuple(
+    part.encode()
+    for part in (
+        keys.JOB_PREFIX, keys.EXECUTION_PREFIX, keys.EXECUTIONS_PREFIX,
+        keys.LANE_HEAD, keys.GROUP_SUFFIX.format(group=""), GROUP_FIELD, keys.UNGROUPED,
+    )
+)  # fmt: skip
 
 
 def raw_id(job_id: str) -> bytes:
@@ -127,7 +140,14 @@ class Claimer:
             lane_keys = [
                 key
                 for lane in lanes
-                for key in (keys.queue_key(lane), keys.waiting_key(lane), doorbell_key(lane), keys.started_key(lane))
+                for key in (
+                    keys.queue_key(lane),
+                    keys.waiting_key(lane),
+                    doorbell_key(lane),
+                    keys.started_key(lane),
+                    keys.groups_key(lane),
+                    keys.held_groups_key(lane),
+                )  # fmt: skip
             ]
             found = self._lane_keys[lanes] = [key.encode() for key in self._worker_keys + lane_keys]
         return found

@@ -73,8 +73,11 @@ class Finisher:
         self.worker_key = worker_key
         self.connection = connection
 
-    def finish(self, job: Job, execution: Execution, result_ttl: int, slot_key: str, task: str) -> int:
-        """Mark `job` finished with its result; return how many dependents it has."""
+    def finish(self, job: Job, execution: Execution, result_ttl: int, slots: tuple[str, str, str], task: str) -> int:
+        """Mark `job` finished with its result; return how many dependents it has.
+
+        `slots`: the task's slot key, its group slot key (limits.NO_SLOT for none) and the job's group ('').
+        """
         assert job.started_at and job.ended_at
         encoded = encode_result(job.serializer, job._result)
         result = Result(
@@ -106,9 +109,11 @@ class Finisher:
                     keys.finished_key(job.origin),
                     keys.results_key(job.id),
                     job.dependents_key,
-                    slot_key,
+                    slots[0],
                     keys.METRICS_KEY,
                     job.dependencies_key,
+                    slots[1],
+                    keys.held_groups_key(job.origin),
                 ],
                 args=[
                     job.id,
@@ -121,7 +126,8 @@ class Finisher:
                     BUCKET_NAMES,
                 ]
                 + [len(pairs), *pairs]
-                + outcome_metrics("jobs_finished", task, job.origin, working),
+                + outcome_metrics("jobs_finished", task, job.origin, working)
+                + [slots[2]],
                 client=self.connection,
             )
         )

@@ -127,7 +127,7 @@ class Reaper:
         spec = job.spec
         with self.connection.pipeline() as pipe:
             _forget_execution(self.connection, job, pipe)
-            limits.release(pipe, spec, job_id)
+            limits.release(pipe, spec, job_id, job.group, job.origin)
             task = job.task_name
             if crashes <= self.crash_retries:
                 metrics.count(pipe, "jobs_redelivered", task, lane)

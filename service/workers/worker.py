@@ -41,7 +41,7 @@ from rq.worker import Worker, WorkerStatus
 
 from service.core import clock, metrics
 from service.core.connection import connect, connect_like
-from service.core.keys import waiting_key
+from service.core.keys import held_groups_key, waiting_key
 from service.core.lanes import LANES
 from service.core.outage import REDIS_DOWN, Outage, refuses_writes, unavailable
 from service.jobs.damage import is_job_id
@@ -316,10 +316,11 @@ class ServiceWorker(Worker):
         execution = Execution(claim.execution_id, job.id, self.connection, worker_name=self.name)
         self.executions[execution.id] = execution
         spec = job.spec
-        if spec is not None and limits.is_limited(spec) and not job.damage:
-            wait = self.limiter.acquire(spec, job.id, float(job.timeout or spec.timeout_seconds))
+        if spec is not None and limits.is_limited(spec, job.group) and not job.damage:
+            timeout = float(job.timeout or spec.timeout_seconds)
+            wait, group_held = self.limiter.acquire(spec, job.id, timeout, job.group)
             if wait > 0:
-                self._hold_back(job, claim.lane, execution, wait)
+                self._hold_back(job, claim.lane, execution, wait, job.group if group_held else None)
                 return False
         self.running_lane, self._claim = claim.lane, claim
         self._state = WorkerStatus.BUSY  # written by the claim script
@@ -351,13 +352,19 @@ class ServiceWorker(Worker):
             pipe.execute()
         log.error("Worker %s: %s: job %s failed: %s", self.name, claim.lane, job.id, reason[:500])
 
-    def _hold_back(self, job: Job, lane: str, execution: Execution, wait_seconds: float) -> None:
-        """Undo the start of a job over its task's limit and park it in the lane's waiting set."""
+    def _hold_back(
+        self, job: Job, lane: str, execution: Execution, wait_seconds: float, held_group: str | None = None
+    ) -> None:
+        """Undo the start of a job over a limit and park it in the lane's waiting set (its group held, if
+        its group's cap is the limit: the group passes its turns meanwhile)."""
+        until = clock.now() + max(wait_seconds, 0.01)
         with self.connection.pipeline() as pipe:
             self.cleanup_execution(job, pipe, execution)
             pipe.hset(job.key, "status", JobStatus.QUEUED.value)
             pipe.hincrby(job.key, "attempts", -1)
-            pipe.zadd(waiting_key(lane), {job.id: clock.now() + max(wait_seconds, 0.01)})
+            pipe.zadd(waiting_key(lane), {job.id: until})
+            if held_group:
+                pipe.hset(held_groups_key(lane), held_group, until)
             pipe.execute()
 
     def _requeue_own_claims(self) -> None:
@@ -585,8 +592,9 @@ class ServiceWorker(Worker):
         job.ended_at = ended_at or clock.utcnow()
         job._result = return_value
         spec = job.spec
-        slot_key = limits.running_key(spec.name if spec is not None and spec.concurrency else "-")
-        dependents = self.finisher.finish(job, execution, result_ttl, slot_key, job.task_name)
+        slot_key = limits.running_key(spec.name) if spec is not None and spec.concurrency else limits.NO_SLOT
+        slots = (slot_key, limits.group_slot_key(spec, job.group), job.group or "")
+        dependents = self.finisher.finish(job, execution, result_ttl, slots, job.task_name)
         job._status, self._state = JobStatus.FINISHED, WorkerStatus.IDLE
         self.executions.pop(execution.id, None)
         if dependents:
@@ -633,7 +641,7 @@ class ServiceWorker(Worker):
         """RQ's cleanup, plus: leave our claimed list and free the task's concurrency slot, atomically."""
         super().cleanup_execution(job, pipeline, execution)
         pipeline.lrem(self.claimer.key, 1, job.id)
-        limits.release(pipeline, job.spec, job.id)
+        limits.release(pipeline, job.spec, job.id, job.group, job.origin)
 
     def handle_job_failure(
         self, job: Job, queue: Any, started_job_registry: Any = None, exc_string: str = "", execution: Any = None

@@ -1,14 +1,23 @@
--- Claim: take the head of the first non-empty lane into a worker's claimed list, and start it.
+-- Claim: take a job from the first lane that has one into a worker's claimed list, and start it.
 -- KEYS: claimed list, claimers set, worker hash, worker executions set, then per lane tried,
---       in order: lane list, waiting zset, doorbell list, started registry (RQ's wip).
+--       in order: lane list, waiting zset, doorbell list, started registry (RQ's wip),
+--       group turns list, held groups hash.
 -- ARGV: worker name, execution id, now (RQ's ISO format, for started_at), execution ttl (s),
---       job hash prefix, execution hash prefix, executions registry prefix.
+--       job hash prefix, execution hash prefix, executions registry prefix,
+--       the lane head's turn, the separator between a turns key and a group, the job hash's group
+--       field, the ungrouped group.
 -- Time is Redis's (TIME): held-back jobs fall due, and executions expire, on the clock every
 -- process shares, whatever the worker host's clock says.
 -- 1. Waiting (limited) jobs whose time has come, up to 100 a lane, go back to the front of their lane.
--- 2. The first non-empty lane's head moves into the claimed list (LMOVE: atomic, so the id is
---    never only in this script's hands); its doorbell token is consumed. Empty lanes' doorbells
---    are cleared: their tokens are stale.
+-- 2. In a lane whose groups take turns (the turns list exists), the next group in turn gives its
+--    oldest job: its id leaves the group's index and the lane list (LREM: the lane list holds
+--    every waiting job, as RQ counts them) and goes into the claimed list. A group held at a
+--    task's group cap passes its turn; stale index entries (a job canceled or taken as the lane
+--    head) are skipped. The lane head's turn, or no turns list, takes the lane's head (LMOVE):
+--    jobs RQ itself puts in a lane (retries, delayed jobs, requeues) are never left behind; a
+--    head that also heads its group's index leaves that index too.
+--    Either way the id is never only in this script's hands. The lane's doorbell token is
+--    consumed; empty lanes' doorbells are cleared: their tokens are stale.
 -- 3. A queued job is marked started in the same call, as RQ's prepare_execution and
 --    prepare_job_execution would (status, started_at, worker_name, attempts, execution hash and
 --    registries, started registry, worker state): claim and start cost one round trip.
@@ -19,8 +28,87 @@ local now_text = time[1] .. '.' .. string.format('%06d', tonumber(time[2]))
 local now = tonumber(now_text)
 local worker, execution_id, now_iso, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local job_prefix, execution_prefix, executions_prefix = ARGV[5], ARGV[6], ARGV[7]
-local lanes = (#KEYS - 4) / 4
-local function lane_key(n, which) return KEYS[4 + 4 * (n - 1) + which] end
+local lane_head, separator, group_field, ungrouped = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
+local PER_LANE = 6
+local MAX_TURNS = 32
+local lanes = (#KEYS - 4) / PER_LANE
+local function lane_key(n, which) return KEYS[4 + PER_LANE * (n - 1) + which] end
+
+-- The group at the turns list's tail (the one whose turn it was) has no indexed job left.
+local function leave_turns(turns)
+    redis.call('RPOP', turns)
+    if redis.call('LLEN', turns) == 1 then  -- only the lane head's turn is left
+        redis.call('DEL', turns)
+    end
+end
+
+-- A group's turn: its oldest indexed job still in the lane, taken out of the lane; stale entries
+-- (a job canceled or taken as the lane head) are dropped on the way, `budget` of them at most.
+local function group_turn(queue, turns, group, budget)
+    local index = turns .. separator .. group
+    for _ = 1, budget do
+        local id = redis.call('LPOP', index)
+        if redis.call('LLEN', index) == 0 then
+            leave_turns(turns)
+        end
+        if not id or redis.call('LREM', queue, 1, id) == 1 then
+            return id
+        end
+    end
+    return nil
+end
+
+-- The next turn of lane n: an id taken out of the lane, true for the lane head's turn, or nil
+-- when the lane's groups take no turns.
+local function next_turn(n)
+    local queue, turns, held = lane_key(n, 1), lane_key(n, 5), lane_key(n, 6)
+    local group = redis.call('LMOVE', turns, turns, 'LEFT', 'RIGHT')
+    if not group then
+        return nil
+    end
+    for turn = 1, math.min(redis.call('LLEN', turns), MAX_TURNS) do
+        if turn > 1 then
+            group = redis.call('LMOVE', turns, turns, 'LEFT', 'RIGHT')
+        end
+        if not group or group == lane_head then
+            return true
+        end
+        local held_until = tonumber(redis.call('HGET', held, group) or '0')
+        if held_until <= now then
+            if held_until > 0 then
+                redis.call('HDEL', held, group)
+            end
+            local id = group_turn(queue, turns, group, MAX_TURNS)
+            if id then
+                return id
+            end
+        end
+    end
+    return true
+end
+
+-- The lane head's turn took `id`: if it heads its group's index, it leaves it (no stale entry left).
+local function unindex(turns, id)
+    local group = redis.call('HGET', job_prefix .. id, group_field) or ungrouped
+    local index = turns .. separator .. group
+    if redis.call('LINDEX', index, 0) == id then
+        redis.call('LPOP', index)
+        if redis.call('LLEN', index) == 0 then
+            redis.call('LREM', turns, 1, group)
+            if redis.call('LLEN', turns) == 1 then
+                redis.call('DEL', turns)
+            end
+        end
+    end
+end
+
+-- A lane that is empty while its turns list exists: what the indexes hold is stale.
+local function drop_turns(turns)
+    for _, group in ipairs(redis.call('LRANGE', turns, 0, -1)) do
+        redis.call('DEL', turns .. separator .. group)
+    end
+    redis.call('DEL', turns)
+end
 
 local earliest = -1
 for n = 1, lanes do
@@ -36,7 +124,19 @@ for n = 1, lanes do
     end
 end
 for n = 1, lanes do
-    local id = redis.call('LMOVE', lane_key(n, 1), KEYS[1], 'LEFT', 'RIGHT')
+    local turn = next_turn(n)
+    local id
+    if type(turn) == 'string' then
+        id = turn
+        redis.call('RPUSH', KEYS[1], id)
+    else
+        id = redis.call('LMOVE', lane_key(n, 1), KEYS[1], 'LEFT', 'RIGHT')
+        if turn and id then
+            unindex(lane_key(n, 5), id)
+        elseif turn then
+            drop_turns(lane_key(n, 5))
+        end
+    end
     if id then
         redis.call('SADD', KEYS[2], worker)
         redis.call('LPOP', lane_key(n, 3))

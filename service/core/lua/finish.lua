@@ -1,12 +1,14 @@
 -- Finish: store a plain job's success in one call, as RQ's handle_job_success would.
 -- KEYS: job hash, started registry, execution hash, executions registry, worker hash,
 --       worker executions set, claimed list, finished registry, result stream, dependents set,
---       the task's concurrency slots (or any unused key), metrics hash, dependencies set.
+--       the task's concurrency slots (or any unused key), metrics hash, dependencies set,
+--       the task's slots in the job's group (or any unused key), the lane's held groups hash.
 -- ARGV: job id, execution composite key, execution id, ended_at (RQ's ISO format),
 --       result ttl (-1 = forever), finished registry score, working seconds,
 --       the duration histogram's bucket bounds (a JSON list of strings, as the metrics hash names them),
 --       N = the number of result stream arguments, those N field/value arguments, then the metrics:
---       started counter field, outcome counter field, histogram field prefix, duration in seconds.
+--       started counter field, outcome counter field, histogram field prefix, duration in seconds,
+--       then the job's group ('' for none).
 -- The worker's state goes back to idle, as RQ's SimpleWorker sets it after a job.
 -- Returns the number of dependents (the caller enqueues them through RQ).
 local ttl = tonumber(ARGV[5])
@@ -49,6 +51,10 @@ redis.call('ZREM', KEYS[4], ARGV[3])
 redis.call('SREM', KEYS[6], ARGV[2])
 redis.call('LREM', KEYS[7], 1, ARGV[1])
 redis.call('ZREM', KEYS[11], ARGV[1])
+if ARGV[m + 4] ~= '' then  -- its group's slot is free: the group is held no longer
+    redis.call('ZREM', KEYS[14], ARGV[1])
+    redis.call('HDEL', KEYS[15], ARGV[m + 4])
+end
 redis.call('HINCRBY', KEYS[5], 'successful_job_count', 1)
 redis.call('HINCRBYFLOAT', KEYS[5], 'total_working_time', ARGV[7])
 redis.call('HSET', KEYS[5], 'state', 'idle')
