@@ -81,3 +81,19 @@ def group_capped(key: str, seconds: float) -> None:
     started = time.time()
     time.sleep(seconds)
     job.connection.rpush(f"diag:{key}", json.dumps([getattr(job, "group", None), started, time.time()]))
+
+
+@task("workertest.on_batch")
+def on_batch(key: str, batch: dict) -> None:  # type: ignore[type-arg]
+    """A batch's callback: record its tally in diag:<key>."""
+    _connection().rpush(f"diag:{key}", json.dumps(batch, sort_keys=True))
+
+
+@task("workertest.together")
+def together(key: str, count: int) -> None:
+    """Arrive at barrier diag:<key>, then end as soon as `count` jobs have arrived (they end at once)."""
+    connection = _connection()
+    connection.rpush(f"diag:{key}", 1)
+    deadline = time.monotonic() + 30
+    while connection.llen(f"diag:{key}") < count and time.monotonic() < deadline:
+        time.sleep(0.001)

@@ -4,7 +4,20 @@ from __future__ import annotations
 
 from flask import Flask
 
-from service.api import audit, auth, body, errors, jobs, monitor, openapi, paths, replication, schedules, system
+from service.api import (
+    audit,
+    auth,
+    batches,
+    body,
+    errors,
+    jobs,
+    monitor,
+    openapi,
+    paths,
+    replication,
+    schedules,
+    system,
+)
 
 
 def init_app(app: Flask) -> None:
@@ -19,6 +32,7 @@ def init_app(app: Flask) -> None:
     auth.init_app(app)
     app.register_blueprint(system.bp)
     app.register_blueprint(jobs.bp)
+    app.register_blueprint(batches.bp)
     app.register_blueprint(schedules.bp)
     app.register_blueprint(monitor.bp)
     openapi.init_app(app)

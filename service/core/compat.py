@@ -162,6 +162,11 @@ REACHES: tuple[Reach, ...] = (
     Reach("rq.results.Result.fetch_latest", "service.jobs.describe.describe_many", COPY, "XREVRANGE COUNT 1 of many jobs in one pipeline, through Result.restore", "7623e39a6aac"),
     Reach("rq.job.Job.cancel", "service.schedules.runs.Firing.run", COPY, "fire.lua's cancel_other: status canceled, out of the lane and registries, canceled registry", "226071baca07"),
     Reach("rq.command.send_stop_job_command", "service.schedules.runs.Firing.run", COPY, "fire.lua's cancel_other publishes RQ's stop-job command for a running job", "1c944c461d59"),
+    # -- batches: every path that stores a job's end counts it in the same transaction ------------------
+    Reach("rq.worker.base.BaseWorker.handle_job_success", "service.workers.worker.ServiceWorker.cleanup_execution", RELY, "calls cleanup_execution inside its success MULTI: a non-plain success's batch count rides there", "9dda7c7d3ca1"),
+    Reach("rq.job.Job.cancel", "service.jobs.operations.cancel", RELY, "given our MULTI pipeline it buffers its writes there and does not execute it; its status read uses the job's own client", "226071baca07"),
+    Reach("rq.job.Job.delete", "service.dashboard.records.DashboardJob.delete", OVERRIDE, "super() with our pipeline (it buffers, does not execute), plus the batch count", "1a15005871aa"),
+    Reach("rq.queue.Queue.empty", "service.dashboard.records.DashboardQueue.empty", OVERRIDE, "super() once the lane's batch jobs are counted canceled", "4f75cf0722d5"),
     # -- key names and prefixes written or read by our code ---------------------------------------------
     Reach("rq.worker.base.BaseWorker.redis_worker_namespace_prefix", "service.core.keys.WORKER_PREFIX", KEY, "'rq:worker:'", "df9730424ad6"),
     Reach("rq.queue.Queue.redis_queue_namespace_prefix", "service.core.keys.QUEUE_PREFIX", KEY, "'rq:queue:'", "328e6a8241d4"),

@@ -152,6 +152,8 @@ HELD_GROUPS_KEY = "svc:groups-held:{lane}"  # hash: group -> until when (epoch s
 LIMIT_GROUP_KEY = "svc:limit:{task}:group:{group}"  # zset: running jobs of a task in a group, by slot expiry
 LANE_HEAD = "*"  # the turn that takes the lane's head, whatever it is (jobs RQ itself put back)
 UNGROUPED = "~"  # the group of the jobs without one (never a group name: not in [A-Za-z0-9_.:-])
+BATCH_KEY = "svc:batch:{batch}"  # hash: a batch's total, tally, its on_complete job's fields (service.jobs.batches)
+BATCH_PENDING_KEY = "svc:batch:{batch}:pending"  # set: the ids of its jobs that have not ended
 METRICS_KEY = "svc:metrics"  # hash: counters and histograms (service.core.metrics)
 POISON_JOBS_KEY = "svc:metrics:poison_jobs"  # hash: task -> jobs failed for crashing their workers
 
@@ -192,6 +194,14 @@ def held_groups_key(lane: str) -> str:
 
 def limit_group_key(task: str, group: str) -> str:
     return LIMIT_GROUP_KEY.format(task=task, group=group)
+
+
+def batch_key(batch_id: str) -> str:
+    return BATCH_KEY.format(batch=batch_id)
+
+
+def batch_pending_key(batch_id: str) -> str:
+    return BATCH_PENDING_KEY.format(batch=batch_id)
 
 
 def limit_running_key(task: str) -> str:

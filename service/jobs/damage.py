@@ -27,6 +27,8 @@ MAX_SECONDS = 10 * 366 * 24 * 3600
 MAX_COUNT = 1000
 # The service's field for a job's fair-share group (RQ's own `group_id` is its batch container).
 GROUP_FIELD = "svc_group"
+# The service's field naming the batch a job belongs to (service.jobs.batches).
+BATCH_FIELD = "svc_batch"
 STATUSES = frozenset(status.value for status in JobStatus)
 
 
@@ -88,6 +90,7 @@ FIELDS: dict[str, tuple[str, Callable[[bytes], bool]]] = {
     "meta": ("a JSON object (with a numeric expires_at, if any)", _json(_meta)),
     "exc_info": ("UTF-8 text", _exc_info),
     GROUP_FIELD: (GROUP_RULE, lambda raw: GROUP.fullmatch(raw.decode()) is not None),
+    BATCH_FIELD: ("a batch id", lambda raw: is_job_id(raw.decode())),
 }
 # RQ would POST to URLs stored here, outside the outbound fence: never read.
 IGNORED = frozenset({"webhooks"})

@@ -49,6 +49,10 @@ class ServiceJob(Job):
         super().__init__(id, connection=connection, serializer=serializer or JSONSerializer)
         self.attempts = 0
         self.group: str | None = None  # the fair-share group within its lane (service.workers.claim)
+        self.batch_id: str | None = None  # the batch it belongs to (service.jobs.batches)
+        # Set by the worker when the outcome it stores ends the job (finished, failed, canceled): the
+        # store's transaction then counts the end in the job's batch (ServiceWorker.cleanup_execution).
+        self.batch_outcome: str | None = None
         # What is wrong with the stored hash (None: nothing): the job fails with it instead of running.
         self.damage: str | None = None
 
@@ -134,6 +138,7 @@ class ServiceJob(Job):
         self.webhooks = []  # RQ would POST to URLs stored in the hash, outside the outbound fence
         self.attempts = int(fields.get("attempts") or 0)
         self.group = fields[damage.GROUP_FIELD].decode() if damage.GROUP_FIELD in fields else None
+        self.batch_id = fields[damage.BATCH_FIELD].decode() if damage.BATCH_FIELD in fields else None
         self.damage = "; ".join(problems) or None
         return result
 

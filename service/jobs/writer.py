@@ -26,6 +26,7 @@ from service.core import clock, keys, metrics
 from service.core.errors import Conflict, QueueFull
 from service.core.keys import IDEMPOTENCY_PREFIX, PLACEHOLDER_ID
 from service.core.lua import script
+from service.jobs.damage import BATCH_FIELD
 from service.jobs.describe import describe, isotime
 from service.jobs.model import ServiceJob, ServiceQueue
 from service.jobs.template import JobOptions, template
@@ -88,6 +89,7 @@ class Submitted:
             "error": None,
             "attempts": 0,
             "group": p.group,
+            "batch_id": p.extra.get(BATCH_FIELD),
             "enqueued_at": batch_isotime(self.at) if self.status == "queued" else None,
             "started_at": None,
             "ended_at": None,

@@ -21,6 +21,7 @@ from rq.utils import utcformat
 
 from service.core import clock, keys, metrics
 from service.core.lua import script
+from service.jobs import batches
 
 FINISH = script("finish")
 HISTOGRAM = "job_duration_seconds"
@@ -96,38 +97,42 @@ class Finisher:
         pairs = [str(part) for item in fields.items() for part in item]
         score = "+inf" if result_ttl < 0 else clock.timestamp() + result_ttl
         working = (job.ended_at - job.started_at).total_seconds()
-        return int(
-            FINISH(
-                keys=[
-                    job.key,
-                    keys.started_key(job.origin),
-                    execution.key,
-                    keys.executions_key(job.id),
-                    self.worker_key,
-                    keys.worker_executions_key(self.worker_name),
-                    keys.claimed_key(self.worker_name),
-                    keys.finished_key(job.origin),
-                    keys.results_key(job.id),
-                    job.dependents_key,
-                    slots[0],
-                    keys.METRICS_KEY,
-                    job.dependencies_key,
-                    slots[1],
-                    keys.held_groups_key(job.origin),
-                ],
-                args=[
-                    job.id,
-                    execution.composite_key,
-                    execution.id,
-                    utcformat(job.ended_at),
-                    result_ttl,
-                    score,
-                    working,
-                    BUCKET_NAMES,
-                ]
-                + [len(pairs), *pairs]
-                + outcome_metrics("jobs_finished", task, job.origin, working)
-                + [slots[2]],
-                client=self.connection,
-            )
+        call = dict(
+            keys=[
+                job.key,
+                keys.started_key(job.origin),
+                execution.key,
+                keys.executions_key(job.id),
+                self.worker_key,
+                keys.worker_executions_key(self.worker_name),
+                keys.claimed_key(self.worker_name),
+                keys.finished_key(job.origin),
+                keys.results_key(job.id),
+                job.dependents_key,
+                slots[0],
+                keys.METRICS_KEY,
+                job.dependencies_key,
+                slots[1],
+                keys.held_groups_key(job.origin),
+            ],
+            args=[
+                job.id,
+                execution.composite_key,
+                execution.id,
+                utcformat(job.ended_at),
+                result_ttl,
+                score,
+                working,
+                BUCKET_NAMES,
+            ]
+            + [len(pairs), *pairs]
+            + outcome_metrics("jobs_finished", task, job.origin, working)
+            + [slots[2]],
         )
+        batch_id = getattr(job, "batch_id", None)
+        if not batch_id:
+            return int(FINISH(**call, client=self.connection))
+        with self.connection.pipeline() as pipe:  # MULTI: the outcome and its count in its batch, at once
+            FINISH(**call, client=pipe)
+            batches.end(pipe, job.id, batch_id, "finished")
+            return int(pipe.execute()[0])

@@ -30,6 +30,8 @@ from rq.utils import utcformat
 
 from service.core import clock, metrics
 from service.core.lanes import LANES
+from service.jobs import batches
+from service.jobs.damage import BATCH_FIELD, is_job_id
 from service.tasks.registry import DEFAULT_FAILURE_TTL_SECONDS
 from service.workers.claim import raw_id
 
@@ -70,7 +72,7 @@ def fail(
     """
     job_key = raw_id(Job.key_for(job_id))
     is_hash = connection.type(job_key) == b"hash"  # another type there is no job: only the claim goes
-    status, origin = connection.hmget(job_key, ["status", "origin"]) if is_hash else (None, None)
+    status, origin, batch = connection.hmget(job_key, ["status", "origin", BATCH_FIELD]) if is_hash else (None,) * 3
     lane = lane or (origin.decode() if origin in LANE_NAMES else LANES[1])
     with connection.pipeline() as pipe:
         _forget_claim(connection, pipe, claimed_key, job_id, execution_id, worker_name)
@@ -84,6 +86,8 @@ def fail(
             pipe.xadd(raw_id(Result.get_key(job_id)), result.serialize(), maxlen=10)
             pipe.expire(raw_id(Result.get_key(job_id)), ttl)
             metrics.count(pipe, "jobs_failed", "?", lane)
+            if batch and is_job_id(batch.decode("utf-8", "replace")):
+                batches.end(pipe, job_id, batch.decode(), "failed")
         pipe.execute()
     log.error("%s: %s: job %r failed alone: %s", worker_name, lane, job_id[:200], reason[:500])
 

@@ -31,6 +31,7 @@ from service.core.keys import CLAIMERS_KEY, alive_key, claimed_key
 from service.core.lanes import LANES
 from service.core.lease import Lease
 from service.core.outage import REDIS_DOWN, refuses_writes
+from service.jobs import batches
 from service.jobs.damage import is_job_id
 from service.jobs.model import ServiceJob, ServiceQueue
 from service.workers import limits, poison
@@ -145,6 +146,7 @@ class Reaper:
             message = f"WorkerDied: {reason}; {crashes} crashes, no attempts left (poison job?)"
             record_job_failure(job, message, pipe)
             metrics.count(pipe, "jobs_failed", task, lane)
+            batches.end(pipe, job.id, job.batch_id, "failed")
             pipe.hincrby(keys.POISON_JOBS_KEY, task, 1)
             pipe.execute()
         log.error("Reaper: job %s failed: %s", job_id, message)

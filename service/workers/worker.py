@@ -44,6 +44,7 @@ from service.core.connection import connect, connect_like
 from service.core.keys import held_groups_key, waiting_key
 from service.core.lanes import LANES
 from service.core.outage import REDIS_DOWN, Outage, refuses_writes, unavailable
+from service.jobs import batches
 from service.jobs.damage import is_job_id
 from service.jobs.model import ServiceJob, ServiceQueue
 from service.ops import hooks
@@ -349,6 +350,7 @@ class ServiceWorker(Worker):
             job._handle_failure(reason, pipeline=pipe, worker_name=self.name)
             pipe.lrem(self.claimer.key, 1, job.id)
             metrics.count(pipe, "jobs_failed", job.task_name, claim.lane)
+            batches.end(pipe, job.id, job.batch_id, "failed")
             pipe.execute()
         log.error("Worker %s: %s: job %s failed: %s", self.name, claim.lane, job.id, reason[:500])
 
@@ -584,6 +586,8 @@ class ServiceWorker(Worker):
         if isinstance(return_value, Retry) or not is_plain(job, result_ttl):
             if result_ttl != 0 and not isinstance(return_value, Retry):
                 encode_result(job.serializer, return_value)
+            ends = not isinstance(return_value, Retry) and not job.repeats_left
+            job.batch_outcome = "finished" if ends else None  # counted in RQ's success transaction
             self._finalize_success(job, queue, execution, return_value)
             self._count_outcome(job, "jobs_retried" if isinstance(return_value, Retry) else "jobs_finished")
             hooks.job_event("job.retried" if isinstance(return_value, Retry) else "job.succeeded", job)
@@ -638,10 +642,14 @@ class ServiceWorker(Worker):
         self._finalize_failure(job, queue, execution, exc_info)
 
     def cleanup_execution(self, job: Job, pipeline: Any, execution: Execution | None = None) -> None:
-        """RQ's cleanup, plus: leave our claimed list and free the task's concurrency slot, atomically."""
+        """RQ's cleanup, plus, atomically: leave our claimed list, free the task's slots, and when the
+        outcome being stored ends the job (job.batch_outcome), count that end in its batch."""
         super().cleanup_execution(job, pipeline, execution)
         pipeline.lrem(self.claimer.key, 1, job.id)
         limits.release(pipeline, job.spec, job.id, job.group, job.origin)
+        outcome, job.batch_outcome = job.batch_outcome, None
+        if outcome:
+            batches.end(pipeline, job.id, job.batch_id, outcome)
 
     def handle_job_failure(
         self, job: Job, queue: Any, started_job_registry: Any = None, exc_string: str = "", execution: Any = None
@@ -665,6 +673,7 @@ class ServiceWorker(Worker):
                 job.set_status(JobStatus.STOPPED, pipeline=pipe)
             elif not retry:
                 job.set_status(JobStatus.FAILED, pipeline=pipe)
+            job.batch_outcome = None if retry else "canceled" if job_is_stopped else "failed"
             self.cleanup_execution(job, pipeline=pipe, execution=execution)
             if not retry:
                 job._handle_failure(
