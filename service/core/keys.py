@@ -156,6 +156,10 @@ BATCH_KEY = "svc:batch:{batch}"  # hash: a batch's total, tally, its on_complete
 BATCH_PENDING_KEY = "svc:batch:{batch}:pending"  # set: the ids of its jobs that have not ended
 METRICS_KEY = "svc:metrics"  # hash: counters and histograms (service.core.metrics)
 POISON_JOBS_KEY = "svc:metrics:poison_jobs"  # hash: task -> jobs failed for crashing their workers
+# The dashboard's charts (service.ops.rollup): one summary per minute, written by one process a minute.
+ROLLUP_KEY = "svc:rollup"  # list: JSON summaries, newest first, the last 24 h kept
+ROLLUP_MINUTE_KEY = "svc:rollup:minute"  # string: the last minute (epoch minutes) a process claimed
+ROLLUP_TOTALS_KEY = "svc:rollup:totals"  # string: the counters' totals at the last summary (JSON)
 
 
 def claimed_key(worker_name: str) -> str:

@@ -1,4 +1,4 @@
-"""Heartbeat: the worker's background thread that proves it is alive and runs the reaper.
+"""Heartbeat: the worker's background thread that proves it is alive, runs the reaper and the charts' rollup.
 
 It runs beside the job (no-fork mode runs the job in the main thread, fork
 mode waits on the horse), on its own Redis client, so a long job never stops
@@ -19,6 +19,7 @@ from rq.utils import utcformat
 
 from service.core import clock, keys
 from service.core.outage import REDIS_DOWN, Outage, refuses_writes
+from service.ops.rollup import Rollup
 from service.workers.reaper import Reaper
 
 if TYPE_CHECKING:
@@ -28,7 +29,8 @@ log = logging.getLogger("service.worker")
 
 
 class Heartbeat(threading.Thread):
-    """Every `interval` s: liveness, worker TTLs, running execution, suspension; every `reap_every` s: the reaper."""
+    """Every `interval` s: liveness, worker TTLs, running execution, suspension; every `reap_every` s: the reaper;
+    once a minute, if no other process has: the dashboard's rollup (service.ops.rollup)."""
 
     def __init__(
         self, worker: ServiceWorker, connection: Redis, *, interval: float, ttl: float, reap_every: float
@@ -40,6 +42,7 @@ class Heartbeat(threading.Thread):
         self.ttl = ttl
         self.reap_every = reap_every
         self.reaper = Reaper(connection, crash_retries=worker.crash_retries)
+        self.rollup = Rollup(connection)
         self.outage = Outage(log, f"Worker {worker.name} heartbeat")
         self._stopping = threading.Event()
         self._connected_since: float | None = None
@@ -53,6 +56,7 @@ class Heartbeat(threading.Thread):
                 if self._connected_since is None:
                     self._connected_since = time.monotonic()
                 self.maybe_reap()
+                self.rollup.tick()
             except REDIS_DOWN as exc:
                 self._connected_since = None
                 self.outage.down(exc)
