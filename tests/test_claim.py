@@ -138,9 +138,10 @@ def test_the_claim_script_takes_its_keys_from_the_caller(connection: Redis) -> N
     lane = [keys.queue_key("x"), keys.waiting_key("x"), keys.doorbell_key("x"), keys.started_key("x")]
     lane += [keys.groups_key("x"), keys.held_groups_key("x")]
     worker = [keys.claimed_key("w9"), keys.CLAIMERS_KEY, keys.worker_key("w9"), keys.worker_executions_key("w9")]
+    worker.append(keys.METRICS_KEY)
     reply = CLAIM(
         keys=worker + lane,
-        args=["w9", "e1", "2030-01-01T00:00:00.000000Z", TTL, *CLAIM_PREFIXES],
+        args=["w9", "e1", "2030-01-01T00:00:00.000000Z", TTL, *CLAIM_PREFIXES, "job_wait_seconds|x|"],
         client=connection,
     )
     assert reply[0] == b"j1" and reply[1] == 1 and reply[3] == 1

@@ -24,12 +24,13 @@ from dataclasses import dataclass
 from redis import Redis
 from rq.utils import utcformat
 
-from service.core import clock, keys
+from service.core import clock, keys, metrics
 from service.core.keys import CLAIMERS_KEY, claimed_key, doorbell_key
 from service.core.lua import script
 from service.jobs.damage import GROUP_FIELD
 
 CLAIM = script("claim")
+WAIT = "job_wait_seconds"  # the claim script counts each started job's enqueue-to-start wait in it
 REQUEUE = script("requeue")
 # The claim script's arguments that never change: the job, execution and executions-registry prefixes
 # (it builds those keys from a claimed id) and the fair-share names (service.core.keys). Passed as bytes:
@@ -39,6 +40,7 @@ CLAIM_PREFIXES = tuple(
     for part in (
         keys.JOB_PREFIX, keys.EXECUTION_PREFIX, keys.EXECUTIONS_PREFIX,
         keys.LANE_HEAD, keys.GROUP_SUFFIX.format(group=""), GROUP_FIELD, keys.UNGROUPED,
+        " ".join(str(bound) for bound in metrics.HISTOGRAMS[WAIT][2]),
     )
 )  # fmt: skip
 
@@ -107,8 +109,9 @@ class Claimer:
         self.key = claimed_key(worker_name)
         self._name = worker_name.encode()
         self._worker_keys = [self.key, CLAIMERS_KEY, keys.worker_key(worker_name)]
-        self._worker_keys.append(keys.worker_executions_key(worker_name))
+        self._worker_keys += [keys.worker_executions_key(worker_name), keys.METRICS_KEY]
         self._lane_keys: dict[tuple[str, ...], list[bytes]] = {}
+        self._lane_args: dict[tuple[str, ...], list[bytes]] = {}
 
     def claim(self, lanes: Sequence[str], ttl_seconds: int) -> Claim | float | None:
         """Claim and start the head of the first non-empty lane; else the earliest waiting time (or None).
@@ -120,7 +123,14 @@ class Claimer:
         execution_id = uuid.uuid4().hex
         reply = CLAIM(
             keys=self._keys(tuple(lanes)),
-            args=[self._name, execution_id, utcformat(clock.utcnow()), ttl_seconds, *CLAIM_PREFIXES],
+            args=[
+                self._name,
+                execution_id,
+                utcformat(clock.utcnow()),
+                ttl_seconds,
+                *CLAIM_PREFIXES,
+                *self._args(lanes),
+            ],
             client=self.connection,
         )
         clock.learn(float(reply[-1]), sent_at)
@@ -150,6 +160,14 @@ class Claimer:
                 )  # fmt: skip
             ]
             found = self._lane_keys[lanes] = [key.encode() for key in self._worker_keys + lane_keys]
+        return found
+
+    def _args(self, lanes: Sequence[str]) -> list[bytes]:
+        """The claim script's per-lane arguments: each lane's wait histogram field prefix (encoded once per order)."""
+        order = tuple(lanes)
+        found = self._lane_args.get(order)
+        if found is None:
+            found = self._lane_args[order] = [(metrics.field(WAIT, lane) + metrics.SEP).encode() for lane in order]
         return found
 
     def wait(self, lanes: Sequence[str], timeout_seconds: float) -> None:

@@ -9,7 +9,6 @@ writes are made by one Lua call; anything else takes RQ's own path.
 
 from __future__ import annotations
 
-import json
 from base64 import b64encode
 from typing import Any
 
@@ -45,14 +44,16 @@ def encode_result(serializer: Any, value: Any) -> bytes:
     return encoded
 
 
-# The duration buckets as the metrics hash names them ("le=0.005", "le=1.0", ...), for the script.
-BUCKET_NAMES = json.dumps([f"{bound}" for bound in metrics.HISTOGRAMS[HISTOGRAM][2]])
-
-
 def outcome_metrics(counter: str, task: str, lane: str, seconds: float) -> list[Any]:
-    """The metric arguments of one execution's outcome for the finish script, which fills in the buckets."""
-    prefix = metrics.field(HISTOGRAM, task, lane) + metrics.SEP
-    return [metrics.field("jobs_started", task, lane), metrics.field(counter, task, lane), prefix, seconds]
+    """The metric fields of one execution's outcome for the finish script: two counters, a bucket and a sum."""
+    bucket = metrics.bucket_of(seconds, metrics.HISTOGRAMS[HISTOGRAM][2])
+    return [
+        metrics.field("jobs_started", task, lane),
+        metrics.field(counter, task, lane),
+        metrics.field(HISTOGRAM, task, lane, bucket),
+        metrics.field(HISTOGRAM, task, lane, "sum"),
+        seconds,
+    ]
 
 
 def is_plain(job: Job, result_ttl: int) -> bool:
@@ -123,7 +124,6 @@ class Finisher:
                 result_ttl,
                 score,
                 working,
-                BUCKET_NAMES,
             ]
             + [len(pairs), *pairs]
             + outcome_metrics("jobs_finished", task, job.origin, working)

@@ -1,11 +1,12 @@
 -- Claim: take a job from the first lane that has one into a worker's claimed list, and start it.
--- KEYS: claimed list, claimers set, worker hash, worker executions set, then per lane tried,
+-- KEYS: claimed list, claimers set, worker hash, worker executions set, metrics hash, then per lane tried,
 --       in order: lane list, waiting zset, doorbell list, started registry (RQ's wip),
 --       group turns list, held groups hash.
 -- ARGV: worker name, execution id, now (RQ's ISO format, for started_at), execution ttl (s),
 --       job hash prefix, execution hash prefix, executions registry prefix,
 --       the lane head's turn, the separator between a turns key and a group, the job hash's group
---       field, the ungrouped group.
+--       field, the ungrouped group, the wait histogram's bounds (space-separated, as the metrics hash
+--       names them), then per lane tried its wait histogram's field prefix (`job_wait_seconds|<lane>|`).
 -- Time is Redis's (TIME): held-back jobs fall due, and executions expire, on the clock every
 -- process shares, whatever the worker host's clock says.
 -- 1. Waiting (limited) jobs whose time has come, up to 100 a lane, go back to the front of their lane.
@@ -20,7 +21,9 @@
 --    consumed; empty lanes' doorbells are cleared: their tokens are stale.
 -- 3. A queued job is marked started in the same call, as RQ's prepare_execution and
 --    prepare_job_execution would (status, started_at, worker_name, attempts, execution hash and
---    registries, started registry, worker state): claim and start cost one round trip.
+--    registries, started registry, worker state): claim and start cost one round trip. Its wait,
+--    enqueue (enqueued_at) to start (Redis's TIME), goes into the lane's wait histogram as
+--    service.core.metrics.observe stores one: its bucket and the sum.
 -- Returns {id, lane number (1 = the first tried), job hash fields, 1 if started else 0, Redis's time},
 -- or {false, earliest waiting time or -1, Redis's time} (times in epoch seconds, as strings).
 local time = redis.call('TIME')
@@ -29,10 +32,53 @@ local now = tonumber(now_text)
 local worker, execution_id, now_iso, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local job_prefix, execution_prefix, executions_prefix = ARGV[5], ARGV[6], ARGV[7]
 local lane_head, separator, group_field, ungrouped = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
+local wait_bounds = ARGV[12]
+local WORKER_KEYS = 5
 local PER_LANE = 6
 local MAX_TURNS = 32
-local lanes = (#KEYS - 4) / PER_LANE
-local function lane_key(n, which) return KEYS[4 + PER_LANE * (n - 1) + which] end
+local lanes = (#KEYS - WORKER_KEYS) / PER_LANE
+local function lane_key(n, which) return KEYS[WORKER_KEYS + PER_LANE * (n - 1) + which] end
+
+-- Epoch seconds of an ISO 8601 UTC time as RQ writes it (2026-12-07T06:03:47.123456Z), or nil.
+local function epoch(iso)
+    local y, mo, d, h, mi, sec = string.match(iso or '', '^(%d+)-(%d+)-(%d+)T(%d+):(%d+):([%d.]+)')
+    if not y then
+        return nil
+    end
+    y, mo = tonumber(y), tonumber(mo)
+    if mo <= 2 then
+        y = y - 1
+    end
+    local era = math.floor(y / 400)
+    local yoe = y - era * 400
+    local doy = math.floor((153 * ((mo + 9) % 12) + 2) / 5) + tonumber(d) - 1
+    local days = era * 146097 + yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy - 719468
+    return days * 86400 + tonumber(h) * 3600 + tonumber(mi) * 60 + (tonumber(sec) or 0)
+end
+
+-- Count a started job's wait (from its hash fields, a flat list) in lane n's wait histogram.
+local function observe_wait(n, fields)
+    for i = 1, #fields, 2 do
+        if fields[i] == 'enqueued_at' then
+            local enqueued = epoch(fields[i + 1])
+            if not enqueued then
+                return
+            end
+            local wait = math.max(0, now - enqueued)
+            local bucket = '+Inf'
+            for bound in string.gmatch(wait_bounds, '%S+') do
+                if wait <= tonumber(bound) then
+                    bucket = bound
+                    break
+                end
+            end
+            local prefix = ARGV[12 + n]
+            redis.call('HINCRBY', KEYS[5], prefix .. 'in=' .. bucket, 1)
+            redis.call('HINCRBYFLOAT', KEYS[5], prefix .. 'sum', string.format('%.6f', wait))
+            return
+        end
+    end
+end
 
 -- The group at the turns list's tail (the one whose turn it was) has no indexed job left.
 local function leave_turns(turns)
@@ -161,7 +207,11 @@ for n = 1, lanes do
             redis.call('EXPIRE', KEYS[4], ttl + 60)
             redis.call('HSET', KEYS[3], 'state', 'busy')
         end
-        return {id, n, redis.call('HGETALL', job_key), started, now_text}
+        local fields = redis.call('HGETALL', job_key)
+        if started == 1 then
+            observe_wait(n, fields)
+        end
+        return {id, n, fields, started, now_text}
     end
     redis.call('DEL', lane_key(n, 3))
 end

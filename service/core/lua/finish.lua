@@ -5,10 +5,9 @@
 --       the task's slots in the job's group (or any unused key), the lane's held groups hash.
 -- ARGV: job id, execution composite key, execution id, ended_at (RQ's ISO format),
 --       result ttl (-1 = forever), finished registry score, working seconds,
---       the duration histogram's bucket bounds (a JSON list of strings, as the metrics hash names them),
 --       N = the number of result stream arguments, those N field/value arguments, then the metrics:
---       started counter field, outcome counter field, histogram field prefix, duration in seconds,
---       then the job's group ('' for none).
+--       started counter field, outcome counter field, the duration's histogram bucket field and sum
+--       field, duration in seconds (service.core.metrics.observe's shape), then the job's group ('' for none).
 -- The worker's state goes back to idle, as RQ's SimpleWorker sets it after a job.
 -- Returns the number of dependents (the caller enqueues them through RQ).
 local ttl = tonumber(ARGV[5])
@@ -21,24 +20,16 @@ else
     redis.call('PERSIST', KEYS[1])
 end
 redis.call('ZADD', KEYS[8], ARGV[6], ARGV[1])
-local buckets = cjson.decode(ARGV[8])
-local n = tonumber(ARGV[9])
+local n = tonumber(ARGV[8])
 local fields = {}
-for i = 10, 9 + n do
+for i = 9, 8 + n do
     fields[#fields + 1] = ARGV[i]
 end
-local m = 10 + n
-local histogram, seconds = ARGV[m + 2], ARGV[m + 3]
-redis.call('HINCRBYFLOAT', KEYS[12], histogram .. 'sum', seconds)
+local m = 9 + n
 redis.call('HINCRBY', KEYS[12], ARGV[m], 1)
 redis.call('HINCRBY', KEYS[12], ARGV[m + 1], 1)
-local s = tonumber(seconds)
-for _, bound in ipairs(buckets) do
-    if s <= tonumber(bound) then
-        redis.call('HINCRBY', KEYS[12], histogram .. 'le=' .. bound, 1)
-    end
-end
-redis.call('HINCRBY', KEYS[12], histogram .. 'count', 1)
+redis.call('HINCRBY', KEYS[12], ARGV[m + 2], 1)
+redis.call('HINCRBYFLOAT', KEYS[12], ARGV[m + 3], ARGV[m + 4])
 redis.call('XADD', KEYS[9], 'MAXLEN', '~', '10', '*', unpack(fields))
 if ttl > 0 then
     redis.call('EXPIRE', KEYS[9], ttl)
@@ -51,9 +42,9 @@ redis.call('ZREM', KEYS[4], ARGV[3])
 redis.call('SREM', KEYS[6], ARGV[2])
 redis.call('LREM', KEYS[7], 1, ARGV[1])
 redis.call('ZREM', KEYS[11], ARGV[1])
-if ARGV[m + 4] ~= '' then  -- its group's slot is free: the group is held no longer
+if ARGV[m + 5] ~= '' then  -- its group's slot is free: the group is held no longer
     redis.call('ZREM', KEYS[14], ARGV[1])
-    redis.call('HDEL', KEYS[15], ARGV[m + 4])
+    redis.call('HDEL', KEYS[15], ARGV[m + 5])
 end
 redis.call('HINCRBY', KEYS[5], 'successful_job_count', 1)
 redis.call('HINCRBYFLOAT', KEYS[5], 'total_working_time', ARGV[7])
