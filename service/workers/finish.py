@@ -21,6 +21,7 @@ from rq.utils import utcformat
 from service.core import clock, keys, metrics
 from service.core.lua import script
 from service.jobs import batches
+from service.workers.limits import NO_SLOT
 
 FINISH = script("finish")
 HISTOGRAM = "job_duration_seconds"
@@ -127,7 +128,7 @@ class Finisher:
             ]
             + [len(pairs), *pairs]
             + outcome_metrics("jobs_finished", task, job.origin, working)
-            + [slots[2]],
+            + [slots[2], "1" if job._dependency_ids else "", "" if slots[0] == NO_SLOT else "1"],
         )
         batch_id = getattr(job, "batch_id", None)
         if not batch_id:

@@ -56,28 +56,23 @@ local function epoch(iso)
     return days * 86400 + tonumber(h) * 3600 + tonumber(mi) * 60 + (tonumber(sec) or 0)
 end
 
--- Count a started job's wait (from its hash fields, a flat list) in lane n's wait histogram.
-local function observe_wait(n, fields)
-    for i = 1, #fields, 2 do
-        if fields[i] == 'enqueued_at' then
-            local enqueued = epoch(fields[i + 1])
-            if not enqueued then
-                return
-            end
-            local wait = math.max(0, now - enqueued)
-            local bucket = '+Inf'
-            for bound in string.gmatch(wait_bounds, '%S+') do
-                if wait <= tonumber(bound) then
-                    bucket = bound
-                    break
-                end
-            end
-            local prefix = ARGV[12 + n]
-            redis.call('HINCRBY', KEYS[5], prefix .. 'in=' .. bucket, 1)
-            redis.call('HINCRBYFLOAT', KEYS[5], prefix .. 'sum', string.format('%.6f', wait))
-            return
+-- Count a started job's wait (from its enqueued_at) in lane n's wait histogram.
+local function observe_wait(n, enqueued_at)
+    local enqueued = epoch(enqueued_at)
+    if not enqueued then
+        return
+    end
+    local wait = math.max(0, now - enqueued)
+    local bucket = '+Inf'
+    for bound in string.gmatch(wait_bounds, '%S+') do
+        if wait <= tonumber(bound) then
+            bucket = bound
+            break
         end
     end
+    local prefix = ARGV[12 + n]
+    redis.call('HINCRBY', KEYS[5], prefix .. 'in=' .. bucket, 1)
+    redis.call('HINCRBYFLOAT', KEYS[5], prefix .. 'sum', string.format('%.6f', wait))
 end
 
 -- The group at the turns list's tail (the one whose turn it was) has no indexed job left.
@@ -156,17 +151,27 @@ local function drop_turns(turns)
     redis.call('DEL', turns)
 end
 
-local earliest = -1
-for n = 1, lanes do
+-- Lane n's earliest waiting time (or nil); due jobs, up to 100, go back to the front of the lane first.
+-- One command for a lane with nothing due, the usual case.
+local function promote_due(n)
     local queue, waiting = lane_key(n, 1), lane_key(n, 2)
-    local due = redis.call('ZRANGEBYSCORE', waiting, '-inf', now, 'LIMIT', 0, 100)
-    for _, id in ipairs(due) do
+    local next_due = redis.call('ZRANGE', waiting, 0, 0, 'WITHSCORES')
+    if not next_due[2] or tonumber(next_due[2]) > now then
+        return next_due[2] and tonumber(next_due[2])
+    end
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', waiting, '-inf', now, 'LIMIT', 0, 100)) do
         redis.call('ZREM', waiting, id)
         redis.call('LPUSH', queue, id)
     end
-    local next_due = redis.call('ZRANGE', waiting, 0, 0, 'WITHSCORES')
-    if next_due[2] and (earliest < 0 or tonumber(next_due[2]) < earliest) then
-        earliest = tonumber(next_due[2])
+    next_due = redis.call('ZRANGE', waiting, 0, 0, 'WITHSCORES')
+    return next_due[2] and tonumber(next_due[2])
+end
+
+local earliest = -1
+for n = 1, lanes do
+    local due = promote_due(n)
+    if due and (earliest < 0 or due < earliest) then
+        earliest = due
     end
 end
 for n = 1, lanes do
@@ -187,14 +192,23 @@ for n = 1, lanes do
         redis.call('SADD', KEYS[2], worker)
         redis.call('LPOP', lane_key(n, 3))
         local job_key = job_prefix .. id
+        local fields = redis.call('HGETALL', job_key)
+        local job = {}
+        for i = 1, #fields, 2 do
+            job[fields[i]] = fields[i + 1]
+        end
         local started = 0
-        if redis.call('HGET', job_key, 'status') == 'queued' then
+        if job['status'] == 'queued' then
             started = 1
             local composite = id .. ':' .. execution_id
-            redis.call('HSET', job_key, 'status', 'started', 'started_at', now_iso, 'worker_name', worker,
-                       'last_heartbeat', now_iso)
-            redis.call('HINCRBY', job_key, 'attempts', 1)
+            local attempts = tostring((tonumber(job['attempts'] or '0') or 0) + 1)
+            local changed = {'status', 'started', 'started_at', now_iso, 'worker_name', worker,
+                             'last_heartbeat', now_iso, 'attempts', attempts}
+            redis.call('HSET', job_key, unpack(changed))
             redis.call('PERSIST', job_key)
+            for _, value in ipairs(changed) do  -- the reply's fields as the hash holds them now (last one wins)
+                fields[#fields + 1] = value
+            end
             local execution_key = execution_prefix .. composite
             redis.call('HSET', execution_key, 'id', execution_id, 'job_id', id, 'created_at', now_text,
                        'last_heartbeat', now_text, 'worker_name', worker)
@@ -206,10 +220,7 @@ for n = 1, lanes do
             redis.call('SADD', KEYS[4], composite)
             redis.call('EXPIRE', KEYS[4], ttl + 60)
             redis.call('HSET', KEYS[3], 'state', 'busy')
-        end
-        local fields = redis.call('HGETALL', job_key)
-        if started == 1 then
-            observe_wait(n, fields)
+            observe_wait(n, job['enqueued_at'])
         end
         return {id, n, fields, started, now_text}
     end
