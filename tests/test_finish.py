@@ -55,6 +55,15 @@ def test_the_job_is_finished_in_its_registry_with_its_result(connection: Redis) 
     assert 490 < connection.ttl(keys.results_key(job.id)) <= 500
 
 
+def test_on_the_embedded_server_a_kept_result_takes_no_preallocated_stream_node(connection: Redis) -> None:
+    """stream-node-max-bytes 256: the one-entry result stream stays well under the 4 kB node Redis preallocates."""
+    job, execution = started(connection)
+    finish(connection, job, execution)
+    assert connection.config_get("stream-node-max-bytes") == {"stream-node-max-bytes": "256"}
+    assert connection.memory_usage(keys.results_key(job.id)) < 2048  # 4,392-4,784 bytes with the default 4096
+    assert ServiceJob.fetch(job.id, connection=connection).latest_result().return_value == {"ok": 1}
+
+
 def test_the_execution_and_the_claim_are_gone(connection: Redis) -> None:
     job, execution = started(connection)
     finish(connection, job, execution)
