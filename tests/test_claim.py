@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from redis import Redis
 
-from service.core import keys
+from service.core import clock, keys
 from service.workers.claim import CLAIM, CLAIM_PREFIXES, Claim, Claimer, LaneOrder, parse_weights
 
 LANES = ["high", "default", "low"]
@@ -25,6 +23,11 @@ def put(connection: Redis, lane: str, *job_ids: str, status: str = "queued") -> 
         connection.hset(keys.job_key(job_id), mapping={"status": status, "origin": lane})
         connection.rpush(keys.queue_key(lane), job_id)
         connection.rpush(keys.doorbell_key(lane), 1)
+
+
+def redis_now(connection: Redis) -> float:
+    seconds, micros = connection.time()
+    return seconds + micros / 1e6
 
 
 def claimed(claimer: Claimer, lanes: list[str] = LANES) -> Claim:
@@ -49,7 +52,7 @@ def test_a_claim_takes_the_head_of_the_first_non_empty_lane_in_the_order_given(
 def test_a_claim_starts_a_queued_job_as_rq_would(connection: Redis, claimer: Claimer) -> None:
     put(connection, "default", "j1")
     connection.expire(keys.job_key("j1"), 1000)
-    before = time.time()
+    before = redis_now(connection)
     found = claimed(claimer)
     assert found.execution_id is not None and found.raw[b"status"] == b"started"
     job = connection.hgetall(keys.job_key("j1"))
@@ -65,6 +68,21 @@ def test_a_claim_starts_a_queued_job_as_rq_would(connection: Redis, claimer: Cla
     assert connection.zscore(keys.started_key("default"), composite) >= before + TTL
     assert connection.smembers(keys.worker_executions_key("w1")) == {composite.encode()}
     assert connection.hget(keys.worker_key("w1"), "state") == b"busy"
+
+
+def test_a_claim_keeps_redis_time_and_teaches_it_to_the_process_clock(connection: Redis, claimer: Claimer) -> None:
+    put(connection, "default", "j1")
+    clock.set_offset(300.0)  # this process believes it is five minutes ahead
+    try:
+        before = redis_now(connection)
+        found = claimed(claimer)
+        after = redis_now(connection)
+        composite = f"j1:{found.execution_id}"
+        assert before <= float(connection.hget(keys.EXECUTION_PREFIX + composite, "created_at") or 0) <= after
+        assert before + TTL <= (connection.zscore(keys.started_key("default"), composite) or 0) <= after + TTL
+        assert abs(clock.now() - redis_now(connection)) < 1  # learnt from the claim's answer
+    finally:
+        clock.set_offset(0.0)
 
 
 def test_a_job_that_is_not_queued_is_claimed_but_not_started(connection: Redis, claimer: Claimer) -> None:
@@ -101,7 +119,7 @@ def test_waiting_jobs_whose_time_has_come_go_back_to_the_front_of_their_lane(
     put(connection, "default", "fresh")
     for job_id in ("due", "later"):
         connection.hset(keys.job_key(job_id), "status", "queued")
-    now = time.time()
+    now = redis_now(connection)
     connection.zadd(keys.waiting_key("default"), {"due": now - 1, "later": now + 3600})
     assert claimed(claimer).job_id == "due"
     assert connection.lrange(keys.queue_key("default"), 0, -1) == [b"fresh"]
@@ -118,10 +136,12 @@ def test_empty_lanes_give_none_or_the_earliest_waiting_time(connection: Redis, c
 def test_the_claim_script_takes_its_keys_from_the_caller(connection: Redis) -> None:
     put(connection, "x", "j1")
     lane = [keys.queue_key("x"), keys.waiting_key("x"), keys.doorbell_key("x"), keys.started_key("x")]
+    lane += [keys.groups_key("x"), keys.held_groups_key("x")]
     worker = [keys.claimed_key("w9"), keys.CLAIMERS_KEY, keys.worker_key("w9"), keys.worker_executions_key("w9")]
+    worker.append(keys.METRICS_KEY)
     reply = CLAIM(
         keys=worker + lane,
-        args=[time.time(), "w9", "e1", "2030-01-01T00:00:00.000000Z", TTL, *CLAIM_PREFIXES],
+        args=["w9", "e1", "2030-01-01T00:00:00.000000Z", TTL, *CLAIM_PREFIXES, "job_wait_seconds|x|"],
         client=connection,
     )
     assert reply[0] == b"j1" and reply[1] == 1 and reply[3] == 1

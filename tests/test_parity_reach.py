@@ -24,6 +24,7 @@ import rq.job
 import rq.queue
 import rq.registry
 import rq.results
+import rq.scheduler
 import rq.utils
 import rq_scheduler
 from rq.worker import Worker
@@ -33,6 +34,7 @@ from service.core import compat
 from service.core.compat import REACHES, Reach
 from service.jobs.model import ServiceJob, ServiceQueue
 from service.schedules.scheduler import ServiceScheduler
+from service.workers.delayed import DelayedJobs
 from service.workers.pool import ServiceWorkerPool
 from service.workers.worker import ServiceWorker
 from tests.helpers import wait_until
@@ -47,6 +49,7 @@ SUBCLASSES = [
     (ServiceQueue, rq.queue.Queue),
     (ServiceWorkerPool, WorkerPool),
     (ServiceScheduler, rq_scheduler.Scheduler),
+    (DelayedJobs, rq.scheduler.RQScheduler),
 ]
 
 

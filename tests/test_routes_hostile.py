@@ -52,6 +52,7 @@ HOSTILE_NUMBERS = {
 # A valid value of each path argument; a rule with an argument missing here fails the walk.
 EXAMPLES = {
     "job_id": "no-such-job",
+    "batch_id": "no-such-batch",
     "schedule_id": "nightly",
     "calendar_id": "holidays",
     "queue_name": "default",

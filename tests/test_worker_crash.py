@@ -9,11 +9,13 @@ import pytest
 from redis import Redis
 from rq.registry import FinishedJobRegistry
 
+import service.tasks.diag  # noqa: F401 - registers diag.*
+from service.jobs.enqueue import InternalRequest
+from service.jobs.enqueue import enqueue_many as write_jobs
 from tests.helpers import wait_until
 from tests.processes import Processes
 from tests.worker_fixtures import (
     enqueue,
-    enqueue_many,
     kill_group,
     lanes_and_claims_empty,
     recorded,
@@ -74,10 +76,17 @@ def test_a_job_that_kills_its_horse_every_time_stops_after_its_attempts(
 
 
 def test_many_sigkills_while_draining_three_lanes_lose_no_job(connection: Redis, processes: Processes) -> None:
-    # The issue's figures: 60 SIGKILLs of a three-lane worker draining 4,000 jobs.
+    # The issue's figures: 60 SIGKILLs of a three-lane worker draining 4,000 jobs. Most jobs have a
+    # fair-share group (7 of them), so kills land in grouped claims and in the lane head's turns too.
     jobs, kills = 4000, 60
     lanes = ("high", "default", "low")
-    enqueue_many(connection, "diag.record", [(lanes[i % 3], ("drain", f"v{i}")) for i in range(jobs)])
+    calls = [
+        InternalRequest(
+            "diag.record", args=["drain", f"v{i}"], queue=lanes[i % 3], group=f"g{i % 7}" if i % 4 else None
+        )
+        for i in range(jobs)
+    ]
+    write_jobs(connection, calls)
     rng = random.Random(5)
     for round_ in range(kills):
         worker = start_worker(processes, "high", "default", "low", "--mode", "weighted", name=f"w{round_}")
@@ -90,6 +99,8 @@ def test_many_sigkills_while_draining_three_lanes_lose_no_job(connection: Redis,
     start_worker(processes, "high", "default", "low", name="final")
     wait_until(lambda: len(set(recorded(connection, "drain"))) == jobs, timeout=120, what="every job to run")
     wait_until(lambda: lanes_and_claims_empty(connection), timeout=30, what="lanes and claimed lists to empty")
+    # Every group's turns and index go with the lanes (an idle worker's next claim drops stale ones).
+    wait_until(lambda: not connection.keys("svc:groups*"), timeout=10, what="the groups' turns to go")
     values = recorded(connection, "drain")
     assert set(values) == {f"v{i}" for i in range(jobs)}
     print(f"{kills} kills, {jobs} jobs: {len(values) - jobs} re-executions")

@@ -44,3 +44,56 @@ def sleep_once(key: str, seconds: float) -> str:
 def suicide() -> None:
     """Kill the process running it (a poison job: it takes its worker down every time)."""
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _redis_time() -> float:
+    seconds, micros = _connection().time()
+    return seconds + micros / 1e6
+
+
+@task("workertest.stamp")
+def stamp(key: str) -> None:
+    """Record [Redis's time, this host's time] at the start in diag:<key>."""
+    _connection().rpush(f"diag:{key}", json.dumps([_redis_time(), time.time()]))
+
+
+@task("workertest.rated_stamp", rate_limit="4/s")
+def rated_stamp(key: str) -> None:
+    """As stamp, at most 4 starts per second across workers."""
+    _connection().rpush(f"diag:{key}", json.dumps([_redis_time(), time.time()]))
+
+
+@task("workertest.run_then_touch")
+def run_then_touch(key: str, path: str, seconds: float) -> str:
+    """Count the run in diag:<key>, sleep `seconds`, then create the file `path` (the run's end, seen without Redis)."""
+    _connection().rpush(f"diag:{key}", 1)
+    time.sleep(seconds)
+    with open(path, "w") as marker:
+        marker.write("done")
+    return "done"
+
+
+@task("workertest.group_capped", group_concurrency=1)
+def group_capped(key: str, seconds: float) -> None:
+    """Run `seconds`, at most one per group at a time; record [group, start, end] in diag:<key>."""
+    job = get_current_job()
+    assert job is not None
+    started = time.time()
+    time.sleep(seconds)
+    job.connection.rpush(f"diag:{key}", json.dumps([getattr(job, "group", None), started, time.time()]))
+
+
+@task("workertest.on_batch")
+def on_batch(key: str, batch: dict) -> None:  # type: ignore[type-arg]
+    """A batch's callback: record its tally in diag:<key>."""
+    _connection().rpush(f"diag:{key}", json.dumps(batch, sort_keys=True))
+
+
+@task("workertest.together")
+def together(key: str, count: int) -> None:
+    """Arrive at barrier diag:<key>, then end as soon as `count` jobs have arrived (they end at once)."""
+    connection = _connection()
+    connection.rpush(f"diag:{key}", 1)
+    deadline = time.monotonic() + 30
+    while connection.llen(f"diag:{key}") < count and time.monotonic() < deadline:
+        time.sleep(0.001)

@@ -7,6 +7,7 @@ from flask import Flask
 from service.api import (
     audit,
     auth,
+    batches,
     body,
     calendars,
     errors,
@@ -32,6 +33,7 @@ def init_app(app: Flask) -> None:
     auth.init_app(app)
     app.register_blueprint(system.bp)
     app.register_blueprint(jobs.bp)
+    app.register_blueprint(batches.bp)
     app.register_blueprint(schedules.bp)
     app.register_blueprint(calendars.bp)
     app.register_blueprint(monitor.bp)

@@ -16,8 +16,10 @@ from service.jobs.schemas import BatchRequest, ErrorOut, JobList, JobOut, JobReq
 bp = Blueprint("jobs", __name__)
 
 
-class BatchOut(JobList):
-    """POST /jobs/batch answer: the jobs in request order."""
+class BatchAnswer(JobList):
+    """POST /jobs/batch answer: the jobs in request order, and the batch's id when it has on_complete."""
+
+    batch_id: str | None = None
 
 
 @bp.post("/jobs")
@@ -29,12 +31,22 @@ def create_job() -> tuple[Response, int]:
 
 
 @bp.post("/jobs/batch")
-@document(202, BatchOut, json=BatchRequest, tags=("jobs",), also={429: ErrorOut})
+@document(202, BatchAnswer, json=BatchRequest, tags=("jobs",), also={429: ErrorOut})
 def create_jobs() -> tuple[Response, int]:
-    """Enqueue many jobs in one transaction; one invalid entry rejects the whole batch."""
+    """Enqueue many jobs in one transaction; one invalid entry rejects the whole batch.
+
+    With `on_complete`, the jobs form a batch (GET /batches/<id>) whose callback is enqueued once
+    every job has ended, with the keyword `batch`: {"id", "total", "finished", "failed", "canceled"}.
+    """
     batch = parse(BatchRequest)
-    outcomes = enqueue.submit(redis(), list(batch.jobs), batch=True, limits=settings().limits)
-    return jsonify({"jobs": [outcome.describe() for outcome in outcomes], "next_cursor": None}), 202
+    limits = settings().limits
+    batch_id = None
+    if batch.on_complete is None:
+        outcomes = enqueue.submit(redis(), list(batch.jobs), batch=True, limits=limits)
+    else:
+        outcomes, batch_id = enqueue.submit_batch(redis(), list(batch.jobs), batch.on_complete, limits=limits)
+    jobs = [outcome.describe() for outcome in outcomes]
+    return jsonify({"jobs": jobs, "batch_id": batch_id, "next_cursor": None}), 202
 
 
 @bp.get("/jobs")

@@ -25,6 +25,7 @@ class QueueOut(BaseModel):
     failed: int
     finished: int
     canceled: int
+    groups: int
 
 
 class QueueList(BaseModel):

@@ -17,7 +17,7 @@ from werkzeug.routing import IntegerConverter
 
 from service.api.context import settings
 from service.core.config import whole_number
-from service.core.errors import CalendarNotFound, JobNotFound, NotFound, ScheduleNotFound
+from service.core.errors import BatchNotFound, CalendarNotFound, JobNotFound, NotFound, ScheduleNotFound
 from service.core.lanes import LANES
 from service.jobs.model import JOB_ID
 from service.schedules.spec import SCHEDULE_ID
@@ -43,6 +43,8 @@ def _page(value: object) -> bool:
 # Each argument's rule, and how the 404 message states it.
 RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "job_id": (lambda v: isinstance(v, str) and JOB_ID.fullmatch(v) is not None, "1-200 letters, digits, '_' or '-'"),
+    # A batch id is a job-id-shaped uuid (service.jobs.batches).
+    "batch_id": (lambda v: isinstance(v, str) and JOB_ID.fullmatch(v) is not None, "1-200 letters, digits, '_' or '-'"),
     "schedule_id": (
         lambda v: isinstance(v, str) and SCHEDULE_ID.fullmatch(v) is not None,
         "1-100 letters, digits, '_' or '-'",
@@ -61,7 +63,12 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "filename": (lambda v: isinstance(v, str) and STATIC_FILE.fullmatch(v) is not None, "a dashboard file"),
 }
 # The error (and code) of an argument that names a thing the API has its own 404 for.
-NOT_FOUND = {"job_id": JobNotFound, "schedule_id": ScheduleNotFound, "calendar_id": CalendarNotFound}
+NOT_FOUND = {
+    "job_id": JobNotFound,
+    "schedule_id": ScheduleNotFound,
+    "calendar_id": CalendarNotFound,
+    "batch_id": BatchNotFound,
+}
 
 
 class AsciiIntegerConverter(IntegerConverter):

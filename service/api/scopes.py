@@ -37,6 +37,7 @@ ROUTES: dict[str, Route] = {
     "jobs.get_job": READ,
     "jobs.cancel_job": Route("operate", "job.cancel", "{job_id}"),
     "jobs.requeue_job": Route("operate", "job.requeue", "{job_id}"),
+    "batches.get_batch": READ,
     "schedules.list_schedules": READ,
     "schedules.get_schedule": READ,
     "schedules.schedule_runs": READ,

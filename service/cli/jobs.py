@@ -27,6 +27,7 @@ def tasks(ctx: Context) -> None:
 @click.option("--delay", type=float, default=None, help="Seconds to wait before the job may start.")
 @click.option("--retry", "retries", type=int, default=None, help="Retries after a failure (exponential backoff).")
 @click.option("--idempotency-key", default=None, help="Return the existing job for a repeated key.")
+@click.option("--group", default=None, help="Fair-share group within the lane (e.g. a customer id).")
 @pass_context
 def enqueue_command(
     ctx: Context,
@@ -37,6 +38,7 @@ def enqueue_command(
     delay: float | None,
     retries: int | None,
     idempotency_key: str | None,
+    group: str | None,
 ) -> None:
     """Enqueue TASK with ARGS (each read as JSON when it is JSON) and print the job."""
     from service.jobs.describe import describe
@@ -53,6 +55,7 @@ def enqueue_command(
         "queue": queue,
         "delay": delay,
         "idempotency_key": idempotency_key,
+        "group": group,
     }
     if retries is not None:
         body["retry"] = {"max": retries}
@@ -114,7 +117,7 @@ def queues_command(ctx: Context) -> None:
     from service.ops.monitor import queue_counts
 
     rows = queue_counts(ctx.connection)
-    columns = ["name", "queued", "started", "scheduled", "deferred", "failed", "finished", "canceled"]
+    columns = ["name", "queued", "started", "scheduled", "deferred", "failed", "finished", "canceled", "groups"]
     click.echo("  ".join(f"{c:>9}" for c in columns))
     for row in rows:
         click.echo("  ".join(f"{row[c]!s:>9}" for c in columns))

@@ -5,7 +5,7 @@ Commands call the same domain functions as the HTTP views and print JSON
 conflict), 2 bad usage or configuration, 3 Redis unavailable.
 """
 
-from service.cli import audit, calendars, jobs, schedules  # noqa: F401 - each module registers its commands on `cli`
+from service.cli import audit, batches, calendars, jobs, schedules  # noqa: F401 - each module registers its commands on `cli`
 from service.cli.base import cli
 
 __all__ = ["cli"]

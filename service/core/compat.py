@@ -14,8 +14,8 @@ checked), every name we override must be listed, and the parity tests
 service and compare what lands in Redis. An upgrade that changes anything
 listed here fails those tests; docs/upgrading-rq.md says what to do then.
 
-May import: the standard library and rq (never rq-scheduler or rq-dashboard,
-which a worker does not load: they are named here by their dotted paths).
+May import: the standard library, rq and service.core.clock (never rq-scheduler or
+rq-dashboard, which a worker does not load: they are named here by their dotted paths).
 """
 
 from __future__ import annotations
@@ -26,12 +26,21 @@ from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
 
+import rq.executions
+import rq.intermediate_queue
 import rq.job
 import rq.queue
+import rq.rate_limit
 import rq.registry
+import rq.repeat
 import rq.results
+import rq.scheduler
+import rq.worker.base
+import rq.worker.worker_classes
 from rq.serializers import resolve_serializer
 from rq.utils import str_to_date
+
+from service.core import clock
 
 log = logging.getLogger("service.compat")
 
@@ -97,7 +106,8 @@ REACHES: tuple[Reach, ...] = (
     Reach("rq.worker.base.BaseWorker._set_connection", "service.workers.worker.ServiceWorker._set_connection", PRIVATE, "keeps the client's socket timeout (RQ raises it to 415 s)", "38ebd371028a"),
     Reach("rq.worker.base.BaseWorker._install_signal_handlers", "service.workers.worker.ServiceWorker._install_signal_handlers", PRIVATE, "our handlers; only our work() calls it", "f30e3c58661a"),
     Reach("rq.worker.base.BaseWorker._pubsub_exception_handler", "service.workers.worker.ServiceWorker._pubsub_exception_handler", PRIVATE, "passed by subscribe() to redis-py; renamed, a Redis error kills the stop-job channel", "5213e36c3b77"),
-    Reach("rq.worker.base.BaseWorker._start_scheduler", "service.workers.worker.ServiceWorker.work", PRIVATE, "starts RQ's scheduler child (delayed jobs, retries with intervals)", "49c229109608"),
+    Reach("rq.worker.base.BaseWorker._start_scheduler", "service.workers.worker.ServiceWorker._start_scheduler", PRIVATE, "copied in service.workers.delayed.start_delayed_jobs with DelayedJobs for RQScheduler; work() calls it", "49c229109608"),
+    Reach("rq.scheduler.RQScheduler.work", "service.workers.delayed.DelayedJobs.work", OVERRIDE, "RQ's loop (register_birth, should_reacquire_locks, heartbeat, enqueue_scheduled_jobs, sleep, stop) on Redis's clock, through outages", "5d1810bdd439"),
     Reach("rq.scheduler.RQScheduler.start", "service.workers.worker.ServiceWorker._scheduler_gone", PRIVATE, "reads RQScheduler._process to restart a scheduler child that exited", "7995068483ae"),
     Reach("rq.worker.base.BaseWorker._finalize_failure", "service.workers.worker.ServiceWorker.perform_job", PRIVATE, "every failure: failure callback, handle_exception, handle_job_failure", "6d1b8bd1117e"),
     Reach("rq.worker.base.BaseWorker._finalize_success", "service.workers.worker.ServiceWorker._store_success", PRIVATE, "every success that is not plain: callback, retry or success path, webhooks", "ef21a613e808"),
@@ -120,6 +130,8 @@ REACHES: tuple[Reach, ...] = (
     Reach("rq.queue.Queue.push_job_id", "service.jobs.model.ServiceQueue.push_job_id", OVERRIDE, "rings the lane's doorbell; push_commands replays its rpush/lpush", "da2f59b7ff9a"),
     Reach("rq.serializers.resolve_serializer", "service.core.compat.resolve_serializer_once", PATCH, "patched into rq.job, rq.queue, rq.registry, rq.results: remembered per serializer", "b7e9d7f07791"),
     Reach("rq.utils.str_to_date", "service.core.compat.parse_rq_date", PATCH, "patched into rq.job: RQ's own timestamp shape parsed without strptime", "7e4d7f7531e2"),
+    Reach("rq.utils.now", "service.core.clock.utcnow", PATCH, "patched into every RQ module that reads it (RQ_CLOCK_MODULES): RQ's timestamps and expiries on Redis's clock", "77df3839f131"),
+    Reach("rq.utils.current_timestamp", "service.core.clock.timestamp", PATCH, "as rq.utils.now: registry scores (started, finished, scheduled due) on Redis's clock", "0e518e6dd261"),
     Reach("rq.utils.utcformat", "service.core.compat.parse_rq_date", RELY, "the timestamp shape parse_rq_date expects ('%Y-%m-%dT%H:%M:%S.%fZ')", "c29988f57cd7"),
     # -- storage steps copied into Lua or Python --------------------------------------------------------
     Reach("rq.queue.Queue.dequeue_any", "service.workers.claim.Claimer.claim", COPY, "claim.lua takes the head of the first non-empty lane (LMOVE, not BLPOP)", "2452e56ad519"),
@@ -150,6 +162,11 @@ REACHES: tuple[Reach, ...] = (
     Reach("rq.results.Result.fetch_latest", "service.jobs.describe.describe_many", COPY, "XREVRANGE COUNT 1 of many jobs in one pipeline, through Result.restore", "7623e39a6aac"),
     Reach("rq.job.Job.cancel", "service.schedules.runs.Firing.run", COPY, "fire.lua's cancel_other: status canceled, out of the lane and registries, canceled registry", "226071baca07"),
     Reach("rq.command.send_stop_job_command", "service.schedules.runs.Firing.run", COPY, "fire.lua's cancel_other publishes RQ's stop-job command for a running job", "1c944c461d59"),
+    # -- batches: every path that stores a job's end counts it in the same transaction ------------------
+    Reach("rq.worker.base.BaseWorker.handle_job_success", "service.workers.worker.ServiceWorker.cleanup_execution", RELY, "calls cleanup_execution inside its success MULTI: a non-plain success's batch count rides there", "9dda7c7d3ca1"),
+    Reach("rq.job.Job.cancel", "service.jobs.operations.cancel", RELY, "given our MULTI pipeline it buffers its writes there and does not execute it; its status read uses the job's own client", "226071baca07"),
+    Reach("rq.job.Job.delete", "service.dashboard.records.DashboardJob.delete", OVERRIDE, "super() with our pipeline (it buffers, does not execute), plus the batch count", "1a15005871aa"),
+    Reach("rq.queue.Queue.empty", "service.dashboard.records.DashboardQueue.empty", OVERRIDE, "super() once the lane's batch jobs are counted canceled", "4f75cf0722d5"),
     # -- key names and prefixes written or read by our code ---------------------------------------------
     Reach("rq.worker.base.BaseWorker.redis_worker_namespace_prefix", "service.core.keys.WORKER_PREFIX", KEY, "'rq:worker:'", "df9730424ad6"),
     Reach("rq.queue.Queue.redis_queue_namespace_prefix", "service.core.keys.QUEUE_PREFIX", KEY, "'rq:queue:'", "328e6a8241d4"),
@@ -180,6 +197,8 @@ REACHES: tuple[Reach, ...] = (
     Reach("rq_dashboard.web.list_workers", "service.dashboard.mount.init_app", RELY, "workers.json: Worker.all without a serializer, so a running JSON job's call string is unpickled", "c1718df5ebcc"),
     Reach("rq_dashboard.web.inject_interval", "service.dashboard.schedules.schedules_page", RELY, "a blueprint-scoped context processor: our schedules page must pass poll_interval itself", "05618608aa5c"),
     Reach("rq_dashboard.web.queues_overview", "service.dashboard.schedules.schedules_page", RELY, "the endpoint name our navbar links to", "3debcdb084d4"),
+    Reach("rq_dashboard.web.serialize_queues", "service.dashboard.seam.serialize_queues", PATCH, "wrapped: each queue row gets `groups` (fair share); its rows are dicts with `name`", "7fe9d44d5633"),
+    Reach("rq_dashboard:templates/rq_dashboard/queues.html", "service/dashboard/templates/rq_dashboard/queues.html", COPY, "a full copy plus a Groups column: shadows upstream's queues page", "df57de14c3a1"),
     Reach("rq_dashboard:templates/rq_dashboard/navbar.html", "service/dashboard/templates/rq_dashboard/navbar.html", COPY, "a full copy plus a Schedules link: shadows upstream's navbar", "a4723e800d40"),
 )
 # fmt: on
@@ -220,11 +239,27 @@ def parse_rq_date(value: bytes | str) -> datetime:
     return str_to_date(value)
 
 
+# Every RQ module that imports rq.utils' `now` or `current_timestamp` by name.
+RQ_CLOCK_MODULES = (
+    rq.executions, rq.intermediate_queue, rq.job, rq.queue, rq.rate_limit, rq.registry, rq.repeat, rq.results,
+    rq.scheduler, rq.worker.base, rq.worker.worker_classes,
+)  # fmt: skip
+
+
 def patch_rq() -> None:
-    """Install the patches above into RQ's modules (idempotent); every process does it by importing the job model."""
+    """Install the patches above into RQ's modules (idempotent); every process does it by importing the job model.
+
+    RQ reads the host's clock; patched, it reads service.core.clock, which is
+    the host's clock until the process learns Redis's (workers do at start).
+    """
     for module in (rq.job, rq.queue, rq.registry, rq.results):
         module.resolve_serializer = resolve_serializer_once  # type: ignore[attr-defined]
     rq.job.str_to_date = parse_rq_date  # type: ignore[attr-defined]
+    for module in RQ_CLOCK_MODULES:
+        if hasattr(module, "now"):
+            module.now = clock.utcnow  # type: ignore[attr-defined]
+        if hasattr(module, "current_timestamp"):
+            module.current_timestamp = clock.timestamp  # type: ignore[attr-defined]
 
 
 # -- the version check at process start ------------------------------------------------------------

@@ -60,6 +60,12 @@ class JobNotFound(NotFound):
     code = "job_not_found"
 
 
+class BatchNotFound(NotFound):
+    """Raised when a batch id names no stored batch (or it expired after its keep time)."""
+
+    code = "batch_not_found"
+
+
 class MethodNotAllowed(ServiceError):
     """Raised when a path exists but not for this HTTP method."""
 

@@ -145,6 +145,15 @@ LIMIT_RUNNING_KEY = "svc:limit:{task}:running"  # zset: running job ids, scored 
 LIMIT_STARTS_KEY = "svc:limit:{task}:starts"  # zset: recent starts, scored by start time
 IDEMPOTENCY_PREFIX = "svc:idem:"  # string: idempotency key -> job id
 UNIQUE_PREFIX = "svc:unique:"  # string: unique task + arguments -> job id
+# Fair share within a lane (service.workers.claim): the groups with waiting jobs take turns.
+GROUPS_KEY = "svc:groups:{lane}"  # list: the lane's turns: its groups with indexed jobs, LANE_HEAD, UNGROUPED
+GROUP_SUFFIX = ":{group}"  # after GROUPS_KEY: list of a group's waiting job ids, oldest first (an index)
+HELD_GROUPS_KEY = "svc:groups-held:{lane}"  # hash: group -> until when (epoch s) it is at a task's group cap
+LIMIT_GROUP_KEY = "svc:limit:{task}:group:{group}"  # zset: running jobs of a task in a group, by slot expiry
+LANE_HEAD = "*"  # the turn that takes the lane's head, whatever it is (jobs RQ itself put back)
+UNGROUPED = "~"  # the group of the jobs without one (never a group name: not in [A-Za-z0-9_.:-])
+BATCH_KEY = "svc:batch:{batch}"  # hash: a batch's total, tally, its on_complete job's fields (service.jobs.batches)
+BATCH_PENDING_KEY = "svc:batch:{batch}:pending"  # set: the ids of its jobs that have not ended
 METRICS_KEY = "svc:metrics"  # hash: counters and histograms (service.core.metrics)
 POISON_JOBS_KEY = "svc:metrics:poison_jobs"  # hash: task -> jobs failed for crashing their workers
 # The dashboard's charts (service.ops.rollup): one summary per minute, written by one process a minute.
@@ -171,6 +180,32 @@ def waiting_key(lane: str) -> str:
 def alive_key(worker_name: str) -> str:
     """The liveness key worker `worker_name` renews while it lives."""
     return ALIVE_KEY.format(worker=worker_name)
+
+
+def groups_key(lane: str) -> str:
+    """The turns of `lane`'s groups (a list rotated by each fair claim)."""
+    return GROUPS_KEY.format(lane=lane)
+
+
+def group_key(lane: str, group: str) -> str:
+    """The index of `group`'s waiting jobs in `lane` (the claim script joins groups_key and the group the same way)."""
+    return groups_key(lane) + GROUP_SUFFIX.format(group=group)
+
+
+def held_groups_key(lane: str) -> str:
+    return HELD_GROUPS_KEY.format(lane=lane)
+
+
+def limit_group_key(task: str, group: str) -> str:
+    return LIMIT_GROUP_KEY.format(task=task, group=group)
+
+
+def batch_key(batch_id: str) -> str:
+    return BATCH_KEY.format(batch=batch_id)
+
+
+def batch_pending_key(batch_id: str) -> str:
+    return BATCH_PENDING_KEY.format(batch=batch_id)
 
 
 def limit_running_key(task: str) -> str:

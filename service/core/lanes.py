@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from fnmatch import fnmatchcase
 
-from service.core.errors import UnknownQueue
+from service.core.errors import InvalidField, UnknownQueue
 
 LANES = ("high", "default", "low")
+# A job's fair-share group within its lane (a customer, an account).
+GROUP = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+GROUP_RULE = "1-64 characters of [A-Za-z0-9_.:-]"
 
 # (pattern, lane) pairs, first match wins; added by task modules with route().
 ROUTES: list[tuple[str, str]] = []
@@ -17,6 +21,13 @@ def check_lane(name: object, field: str = "queue") -> str:
     if not isinstance(name, str) or name not in LANES:
         raise UnknownQueue(name, field)
     return name
+
+
+def check_group(value: object, field: str = "group") -> str | None:
+    """Return `value` if it is None or a group name; raise InvalidField (naming `field`) otherwise."""
+    if value is None or (isinstance(value, str) and GROUP.fullmatch(value)):
+        return value
+    raise InvalidField(field, f"must be {GROUP_RULE}")
 
 
 def route(pattern: str, lane: str) -> None:

@@ -44,11 +44,27 @@ def count(pipe: Any, name: str, *labels: str, amount: int = 1) -> None:
     pipe.hincrby(METRICS_KEY, field(name, *labels), amount)
 
 
+def bucket_of(value: float, bounds: tuple[float, ...]) -> str:
+    """The field suffix of the one bucket `value` falls in: `in=<first bound it is within>`, or `in=+Inf`."""
+    return f"in={next((bound for bound in bounds if value <= bound), '+Inf')}"
+
+
 def observe(pipe: Any, name: str, value: float, *labels: str) -> None:
-    """Record `value` in histogram `name` (one HINCRBY per bucket it falls in, sum and count)."""
-    buckets = HISTOGRAMS[name][2]
-    for bound in buckets:
-        if value <= bound:
-            pipe.hincrby(METRICS_KEY, field(name, *labels, f"le={bound}"), 1)
+    """Record `value` in histogram `name`: its one bucket and the sum (two commands; see `cumulative`)."""
+    pipe.hincrby(METRICS_KEY, field(name, *labels, bucket_of(value, HISTOGRAMS[name][2])), 1)
     pipe.hincrbyfloat(METRICS_KEY, field(name, *labels, "sum"), value)
-    pipe.hincrby(METRICS_KEY, field(name, *labels, "count"), 1)
+
+
+def cumulative(data: dict[str, float], bounds: tuple[float, ...]) -> tuple[list[float], float]:
+    """One series' fields (suffix -> value) as Prometheus reads a histogram: counts up to each bound, and the count.
+
+    A value is stored once, in its own bucket (`in=<bound>`, `in=+Inf`): two
+    commands an observation instead of one per bucket it falls in. Fields an
+    older release wrote (cumulative `le=<bound>` and `count`) are added in, so
+    an upgrade keeps its counts.
+    """
+    running, counts = 0.0, []
+    for bound in bounds:
+        running += data.get(f"in={bound}", 0.0)
+        counts.append(running + data.get(f"le={bound}", 0.0))
+    return counts, running + data.get("in=+Inf", 0.0) + data.get("count", 0.0)

@@ -22,6 +22,8 @@ from rq.serializers import DefaultSerializer, JSONSerializer
 from rq_dashboard.web import format_job_description, serialize_date
 
 from service.core.lanes import LANES
+from service.jobs import batches
+from service.jobs.damage import BATCH_FIELD, is_job_id
 from service.jobs.describe import status_of
 from service.jobs.model import ServiceJob, ServiceQueue
 from service.jobs.operations import REGISTRIES
@@ -70,7 +72,12 @@ class DashboardJob(ServiceJob):
 
     def delete(self, pipeline: Any = None, remove_from_queue: bool = True, delete_dependents: bool = False) -> None:
         if not self.unreadable:
-            return super().delete(pipeline, remove_from_queue, delete_dependents)
+            # A job deleted before it ended is canceled for its batch (a job that had ended was counted then).
+            with self.connection.pipeline() as pipe:
+                super().delete(pipe, remove_from_queue, delete_dependents)
+                batches.end(pipe, self.id, self.batch_id, "canceled")
+                pipe.execute()
+            return None
         # RQ's delete reads the hash's origin and status; here neither can be trusted.
         with self.connection.pipeline() as pipe:
             for lane in LANES:
@@ -93,6 +100,20 @@ class DashboardQueue(ServiceQueue):
     def all(cls, connection: Redis, **_: Any) -> list[DashboardQueue]:  # type: ignore[override]
         # RQ lists the queues that ever held a job; a lane exists before its first one.
         return [cls(lane, connection=connection) for lane in LANES]
+
+    def empty(self) -> int:
+        """RQ's empty(); a batch's jobs deleted with the lane are canceled for their batch first."""
+        job_ids = [i.decode() for i in self.connection.lrange(self.key, 0, -1)]
+        with self.connection.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hget(self.job_class.key_for(job_id), BATCH_FIELD)
+            found = pipe.execute()
+        with self.connection.pipeline() as pipe:
+            for job_id, batch in zip(job_ids, found, strict=True):
+                batch_id = batch.decode("utf-8", "replace") if batch else None
+                batches.end(pipe, job_id, batch_id if is_job_id(batch_id) else None, "canceled")
+            pipe.execute()
+        return super().empty()
 
     def compact(self) -> None:
         # RQ renames the whole lane aside and pushes live ids back one by one:

@@ -39,6 +39,7 @@ from service.dashboard.records import (
 )
 from service.jobs import operations
 from service.jobs.model import ServiceJob
+from service.ops.monitor import group_counts
 
 CHECKED_VERSION = "0.9.0"
 REGISTRY_NAMES = ("queued", "scheduled", "deferred", "started", "finished", "failed", "canceled")
@@ -112,6 +113,16 @@ def job_info(instance_number: int, job_id: str) -> dict[str, Any]:
     return job_detail(DashboardJob.fetch(job_id, connection=current_app.redis_conn))  # type: ignore[attr-defined]
 
 
+def serialize_queues(instance_number: int, queues: list[Any]) -> list[dict[str, Any]]:
+    """rq-dashboard's queue rows, with each lane's number of groups with waiting jobs."""
+    rows = SERIALIZE_QUEUES(instance_number, queues)
+    groups = group_counts(current_app.redis_conn)  # type: ignore[attr-defined]
+    return [{**row, "groups": groups.get(row["name"], 0)} for row in rows]
+
+
+SERIALIZE_QUEUES = rq_dashboard.web.serialize_queues
+
+
 def install(app: Flask) -> None:
     """Point rq-dashboard (registered on `app`) at the service's readers and replace the two views."""
     web = rq_dashboard.web
@@ -125,6 +136,7 @@ def install(app: Flask) -> None:
     web.from_url = lambda url, **_: (None, current_app.extensions["redis"])
     web.Job, web.Queue, web.Worker = DashboardJob, DashboardQueue, DashboardWorker
     web.serialize_job, web.serialize_current_job = job_row, current_job
+    web.serialize_queues = serialize_queues
     web.requeue_job = requeue_job
     web.escape_format_instance_list = instance_labels
     app.view_functions["rq_dashboard.job_info"] = web.jsonify(job_info)

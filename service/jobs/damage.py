@@ -18,13 +18,17 @@ from typing import Any
 
 from rq.job import JobStatus
 
-from service.core.lanes import LANES
+from service.core.lanes import GROUP, GROUP_RULE, LANES
 from service.jobs.callbacks import CALLBACKS
 
 # RQ's job id characters, with the service's own length limit; checked as a whole string.
 JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")
 MAX_SECONDS = 10 * 366 * 24 * 3600
 MAX_COUNT = 1000
+# The service's field for a job's fair-share group (RQ's own `group_id` is its batch container).
+GROUP_FIELD = "svc_group"
+# The service's field naming the batch a job belongs to (service.jobs.batches).
+BATCH_FIELD = "svc_batch"
 STATUSES = frozenset(status.value for status in JobStatus)
 
 
@@ -85,6 +89,8 @@ FIELDS: dict[str, tuple[str, Callable[[bytes], bool]]] = {
     "dependency_ids": ("a JSON list of job ids", _json(lambda v: isinstance(v, list) and all(map(is_job_id, v)))),
     "meta": ("a JSON object (with a numeric expires_at, if any)", _json(_meta)),
     "exc_info": ("UTF-8 text", _exc_info),
+    GROUP_FIELD: (GROUP_RULE, lambda raw: GROUP.fullmatch(raw.decode()) is not None),
+    BATCH_FIELD: ("a batch id", lambda raw: is_job_id(raw.decode())),
 }
 # RQ would POST to URLs stored here, outside the outbound fence: never read.
 IGNORED = frozenset({"webhooks"})

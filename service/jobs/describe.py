@@ -58,6 +58,8 @@ def describe(job: ServiceJob, latest: Result | None = UNREAD) -> dict[str, Any]:
         "result": result,
         "error": error,
         "attempts": job.attempts,
+        "group": job.group,
+        "batch_id": job.batch_id,
         "enqueued_at": isotime(job.enqueued_at),
         "started_at": isotime(job.started_at),
         "ended_at": isotime(job.ended_at),

@@ -14,7 +14,6 @@ import hashlib
 import inspect
 import json
 import math
-import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -25,10 +24,13 @@ from redis import Redis
 from redis.client import Pipeline
 from rq.serializers import JSONSerializer
 
+from service.core import clock
 from service.core.config import Limits
-from service.core.errors import InvalidField
+from service.core.errors import InternalTask, InvalidField
 from service.core.keys import IDEMPOTENCY_PREFIX, UNIQUE_PREFIX, job_key
-from service.core.lanes import check_lane, lane_for
+from service.core.lanes import check_group, check_lane, lane_for
+from service.jobs import batches
+from service.jobs.damage import BATCH_FIELD, GROUP_FIELD
 from service.jobs.model import ServiceJob
 from service.jobs.template import JobOptions
 from service.jobs.writer import Planned, Submitted, check_written, compress, write
@@ -59,6 +61,7 @@ class InternalRequest:
     retry: Any = None
     idempotency_key: None = None
     depends_on: list[str] | None = None
+    group: str | None = None
 
 
 if TYPE_CHECKING:
@@ -84,6 +87,34 @@ def submit(
     """
     planned = [plan(request, field=f"jobs.{i}" if batch else "", limits=limits) for i, request in enumerate(requests)]
     return commit(connection, planned, limits.queue_length if limits else None)
+
+
+def submit_batch(
+    connection: Redis, requests: list[Request], on_complete: Request, limits: Limits | None = None
+) -> tuple[list[Submitted], str]:
+    """As submit(batch=True), and open a batch whose `on_complete` job is enqueued once every job has ended.
+
+    The jobs written get the batch's id; a job returned for a repeated idempotency key or a unique
+    task was not written by this batch and stays out of it. Returns the outcomes and the batch id.
+    """
+    planned = [plan(request, field=f"jobs.{i}", limits=limits) for i, request in enumerate(requests)]
+    opened = batches.prepare(plan_callback(on_complete, limits))
+    for p in planned:
+        p.extra[BATCH_FIELD] = opened.id
+    return commit(connection, planned, limits.queue_length if limits else None, opened), opened.id
+
+
+def plan_callback(request: Request, limits: Limits | None) -> Planned:
+    """Check a batch's on_complete request: a public task that takes the `batch` keyword; plan it."""
+    field = "on_complete"
+    if "batch" in request.kwargs:
+        raise InvalidField(field + ".kwargs", "'batch' is the batch's tally, set when the callback is enqueued")
+    if request.task in REGISTRY and REGISTRY.get(request.task).internal:
+        raise InternalTask(request.task, field + ".task")
+    probe = InternalRequest(request.task, list(request.args), {**request.kwargs, "batch": {}}, request.queue)
+    p = plan(probe, field=field, limits=limits)  # the signature must take `batch`
+    p.kwargs = dict(request.kwargs)
+    return p
 
 
 def plan(request: Request, field: str = "", limits: Limits | None = None) -> Planned:
@@ -114,15 +145,10 @@ def plan(request: Request, field: str = "", limits: Limits | None = None) -> Pla
     )
     if retry.jittered:
         p.extra["retry_intervals"] = json.dumps(retry.intervals())
-    if request.depends_on:
-        if p.run_at is not None:
-            raise InvalidField(prefix + "depends_on", "cannot be combined with delay or at")
-        p.parents = tuple(dict.fromkeys(request.depends_on))
-        p.extra["dependency_id"] = p.parents[0]
-        p.extra["dependency_ids"] = json.dumps(list(p.parents))
+    add_links(p, request, prefix)
     meta: dict[str, Any] = {}
     if request.ttl is not None:
-        meta["expires_at"] = time.time() + request.ttl + (request.delay or 0)
+        meta["expires_at"] = clock.now() + request.ttl + (request.delay or 0)
     if request.idempotency_key:
         p.claim_key = IDEMPOTENCY_PREFIX + request.idempotency_key
         p.claim_any_status = True
@@ -133,6 +159,19 @@ def plan(request: Request, field: str = "", limits: Limits | None = None) -> Pla
     if meta:
         p.extra["meta"] = JSONSerializer.dumps(meta).decode()
     return p
+
+
+def add_links(p: Planned, request: Request, prefix: str = "") -> None:
+    """The job's parents (depends_on) and its fair-share group, as per-job fields."""
+    if request.depends_on:
+        if p.run_at is not None:
+            raise InvalidField(prefix + "depends_on", "cannot be combined with delay or at")
+        p.parents = tuple(dict.fromkeys(request.depends_on))
+        p.extra["dependency_id"] = p.parents[0]
+        p.extra["dependency_ids"] = json.dumps(list(p.parents))
+    if request.group is not None:
+        p.group = check_group(request.group, prefix + "group")
+        p.extra[GROUP_FIELD] = p.group
 
 
 def check_arguments(spec: TaskSpec, args: list[Any], kwargs: dict[str, Any], prefix: str = "") -> None:
@@ -195,15 +234,16 @@ def retry_policy(request: Request, spec: TaskSpec) -> RetryPolicy:
 
 def run_at(request: Request, prefix: str = "") -> datetime | None:
     """Return when a delayed job may start, rounded up to RQ's whole seconds (never early)."""
+    now = clock.utcnow()
     if request.delay:
-        moment = datetime.now(UTC) + timedelta(seconds=request.delay)
+        moment = now + timedelta(seconds=request.delay)
     elif request.at is not None:
         moment = request.at.astimezone(UTC)
-        if moment <= datetime.now(UTC):
+        if moment <= now:
             return None  # a time already past means now
     else:
         return None
-    if moment - datetime.now(UTC) > timedelta(days=366):
+    if moment - now > timedelta(days=366):
         raise InvalidField(prefix + ("at" if request.at else "delay"), "must be within 366 days")
     return datetime.fromtimestamp(math.ceil(moment.timestamp()), UTC)
 
@@ -212,12 +252,21 @@ def fingerprint(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:32]
 
 
-def commit(connection: Redis, planned: list[Planned], max_queued: int | None = None) -> list[Submitted]:
-    """Write the planned jobs in one transaction; return each one's outcome (QueueFull: nothing written)."""
+def commit(
+    connection: Redis, planned: list[Planned], max_queued: int | None = None, batch: batches.Batch | None = None
+) -> list[Submitted]:
+    """Write the planned jobs (and open their batch) in one transaction; return each one's outcome
+    (QueueFull: nothing written)."""
     claims = [p.claim_key for p in planned if p.claim_key]
     parents = sorted({d for p in planned for d in p.parents})
-    if not claims and not parents:
+    if not claims and not parents and batch is None:
         return write(connection, planned, {}, set(), max_queued)
+    if not claims and not parents:
+        with connection.pipeline() as pipe:  # MULTI: the jobs and their batch, all or nothing
+            outcomes = write(pipe, planned, {}, set(), max_queued)
+            batches.open_batch(pipe, batch, [o.planned.id for o in outcomes if o.created and o.planned])
+            check_written(pipe.execute()[0])
+        return outcomes
     # WATCH the claims and the parents: if another client takes a claim or a
     # parent finishes before EXEC, the transaction runs again on fresh reads.
     watched = claims + [job_key(d) for d in parents]
@@ -225,6 +274,8 @@ def commit(connection: Redis, planned: list[Planned], max_queued: int | None = N
 
     def claim_and_write(pipe: Pipeline) -> None:
         outcomes[:] = _claim_and_write(connection, pipe, planned, parents, max_queued)
+        if batch is not None:
+            batches.open_batch(pipe, batch, [o.planned.id for o in outcomes if o.created and o.planned])
 
     for reply in connection.transaction(claim_and_write, *watched):
         check_written(reply)

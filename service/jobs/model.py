@@ -8,7 +8,6 @@ function name is a registered task name, looked up in the task registry.
 from __future__ import annotations
 
 import re
-import time
 from typing import Any
 
 from redis import Redis
@@ -17,7 +16,7 @@ from rq.job import UNEVALUATED, Job
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
 
-from service.core import compat
+from service.core import clock, compat
 from service.core.keys import doorbell_key
 from service.core.lanes import LANES, check_lane
 from service.jobs import callbacks, damage
@@ -49,6 +48,11 @@ class ServiceJob(Job):
     def __init__(self, id: str | None = None, connection: Redis | None = None, serializer: Any = None) -> None:
         super().__init__(id, connection=connection, serializer=serializer or JSONSerializer)
         self.attempts = 0
+        self.group: str | None = None  # the fair-share group within its lane (service.workers.claim)
+        self.batch_id: str | None = None  # the batch it belongs to (service.jobs.batches)
+        # Set by the worker when the outcome it stores ends the job (finished, failed, canceled): the
+        # store's transaction then counts the end in the job's batch (ServiceWorker.cleanup_execution).
+        self.batch_outcome: str | None = None
         # What is wrong with the stored hash (None: nothing): the job fails with it instead of running.
         self.damage: str | None = None
 
@@ -96,7 +100,7 @@ class ServiceJob(Job):
     @property
     def expired(self) -> bool:
         expires_at = (self.meta or {}).get("expires_at")
-        return expires_at is not None and time.time() > float(expires_at)
+        return expires_at is not None and clock.now() > float(expires_at)
 
     @property
     def should_retry(self) -> bool:
@@ -133,6 +137,8 @@ class ServiceJob(Job):
             result = super().restore({k: v for k, v in fields.items() if k in ("data", "origin", "status")})
         self.webhooks = []  # RQ would POST to URLs stored in the hash, outside the outbound fence
         self.attempts = int(fields.get("attempts") or 0)
+        self.group = fields[damage.GROUP_FIELD].decode() if damage.GROUP_FIELD in fields else None
+        self.batch_id = fields[damage.BATCH_FIELD].decode() if damage.BATCH_FIELD in fields else None
         self.damage = "; ".join(problems) or None
         return result
 

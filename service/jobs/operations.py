@@ -24,6 +24,7 @@ from rq.registry import (
 
 from service.core.errors import Conflict, InvalidField, JobNotFound
 from service.core.lanes import LANES, check_lane
+from service.jobs import batches
 from service.jobs.describe import STATUSES, status_of
 from service.jobs.model import JOB_ID, JOB_ID_MAX_LENGTH, ServiceJob, ServiceQueue
 
@@ -56,7 +57,10 @@ def cancel(connection: Redis, job_id: str) -> ServiceJob:
     job = fetch(connection, job_id)
     status = status_of(job)
     if status in CANCELABLE:
-        job.cancel()
+        with connection.pipeline() as pipe:  # MULTI: canceled, and counted in its batch, at once
+            job.cancel(pipeline=pipe)
+            batches.end(pipe, job.id, job.batch_id, "canceled")
+            pipe.execute()
     elif status == "started":
         send_stop_job_command(connection, job.id, serializer=job.serializer)
         _wait_for_status(job, "started")

@@ -26,6 +26,7 @@ MAX_TTL_SECONDS = 366 * 24 * 3600
 MAX_RETRIES = 25
 # pydantic matches `pattern` with Rust's regex, whose `$` is the very end of the text (not before a final newline).
 KEY_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+GROUP_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 
 
 def _ascii_whole(value: Any) -> Any:
@@ -83,6 +84,9 @@ class JobRequest(Strict):
     retry: RetryRequest | None = None
     idempotency_key: str | None = Field(default=None, pattern=KEY_PATTERN)
     depends_on: list[str] | None = Field(default=None, max_length=100, description="ids of jobs to wait for")
+    group: str | None = Field(
+        default=None, pattern=GROUP_PATTERN, description="fair share within the lane: groups take turns"
+    )
 
     @field_validator("kwargs")
     @classmethod
@@ -104,10 +108,25 @@ class JobRequest(Strict):
             raise InvalidField("at", "give either delay or at, not both")
 
 
+class OnCompleteRequest(Strict):
+    """A batch's callback: a task enqueued once every job of the batch has ended, with keyword `batch`."""
+
+    task: str = Field(min_length=1, max_length=200, description="a registered task that takes the keyword `batch`")
+    args: list[Any] = Field(default_factory=list, max_length=MAX_ARGS)
+    kwargs: dict[str, Any] = Field(default_factory=dict, max_length=MAX_ARGS)
+    queue: str | None = Field(default=None, description="high, default or low; the task's lane if omitted")
+
+    @field_validator("kwargs")
+    @classmethod
+    def _identifiers(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return JobRequest._identifiers(value)
+
+
 class BatchRequest(Strict):
-    """POST /jobs/batch: many jobs, validated all-or-nothing."""
+    """POST /jobs/batch: many jobs, validated all-or-nothing; with on_complete, a batch with a callback."""
 
     jobs: list[JobRequest] = Field(min_length=1, max_length=MAX_BATCH)
+    on_complete: OnCompleteRequest | None = None
 
 
 class CancelRequest(Strict):
@@ -145,6 +164,8 @@ class JobOut(BaseModel):
     result: Any = None
     error: str | None = None
     attempts: int
+    group: str | None = None
+    batch_id: str | None = None
     enqueued_at: str | None
     started_at: str | None
     ended_at: str | None
@@ -155,6 +176,18 @@ class JobOut(BaseModel):
 class JobList(BaseModel):
     jobs: list[JobOut]
     next_cursor: str | None
+
+
+class BatchOut(BaseModel):
+    """A batch's tally (GET /batches/<id>): total = finished + failed + canceled + pending."""
+
+    id: str
+    total: int
+    finished: int
+    failed: int
+    canceled: int
+    pending: int
+    on_complete_job_id: str | None
 
 
 class ErrorBody(BaseModel):

@@ -14,7 +14,7 @@ import calendar
 import json
 import zlib
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -22,10 +22,11 @@ from redis import Redis
 from redis.client import Pipeline
 from rq.utils import utcformat
 
-from service.core import keys, metrics
+from service.core import clock, keys, metrics
 from service.core.errors import Conflict, QueueFull
 from service.core.keys import IDEMPOTENCY_PREFIX, PLACEHOLDER_ID
 from service.core.lua import script
+from service.jobs.damage import BATCH_FIELD
 from service.jobs.describe import describe, isotime
 from service.jobs.model import ServiceJob, ServiceQueue
 from service.jobs.template import JobOptions, template
@@ -57,6 +58,7 @@ class Planned:
     claim_key: str | None = None
     claim_any_status: bool = False
     fingerprint: str = ""
+    group: str | None = None
 
 
 @dataclass
@@ -86,6 +88,8 @@ class Submitted:
             "result": None,
             "error": None,
             "attempts": 0,
+            "group": p.group,
+            "batch_id": p.extra.get(BATCH_FIELD),
             "enqueued_at": batch_isotime(self.at) if self.status == "queued" else None,
             "started_at": None,
             "ended_at": None,
@@ -123,6 +127,9 @@ KEY_SHAPES = {
     "placeholder": PLACEHOLDER_ID,
     "dependents": keys.DEPENDENTS_SHAPE,
     "dependencies": keys.DEPENDENCIES_SHAPE,
+    "group_separator": keys.GROUP_SUFFIX.format(group=""),
+    "lane_head": keys.LANE_HEAD,
+    "ungrouped": keys.UNGROUPED,
 }
 _LANE_KEYS: dict[str, dict[str, Any]] = {}
 
@@ -137,6 +144,7 @@ def lane_keys(lane: str) -> dict[str, Any]:
             "push": push_commands(queue),
             "scheduled": keys.scheduled_key(lane),
             "deferred": keys.deferred_key(lane),
+            "groups": keys.groups_key(lane),
         }
     return found
 
@@ -162,7 +170,7 @@ def write(
     (queued, scheduled, deferred): run here, that raises QueueFull; queued in a MULTI, the caller
     passes the script's reply to check_written().
     """
-    now = datetime.now(UTC)
+    now = clock.utcnow()
     now_rq = utcformat(now.replace(tzinfo=None))
     templates: dict[tuple[JobOptions, str], int] = {}
     header: dict[str, Any] = {"now": now_rq, "templates": [], "claims": [], "counts": []}
@@ -186,7 +194,7 @@ def write(
             index = templates[(p.options, status)] = len(templates) + 1
             header["templates"].append(_template_header(p, status))
         score = str(calendar.timegm(p.run_at.utctimetuple())) if p.run_at is not None else ""
-        jobs.append([p.id, index, score, len(p.data), _pairs(p.extra), p.parents])
+        jobs.append([p.id, index, score, len(p.data), _pairs(p.extra), p.parents, p.group or ""])
         blobs.append(p.data)
         if p.claim_key:
             header["claims"].append([p.claim_key, p.id])
@@ -248,6 +256,7 @@ def _template_header(p: Planned, status: str) -> dict[str, Any]:
         "status": status,
         "push": lane["push"],
         "registry": lane["scheduled"] if status == "scheduled" else lane["deferred"],
+        "groups": lane["groups"],
     }
 
 

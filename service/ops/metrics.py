@@ -17,8 +17,9 @@ from redis import Redis
 
 from service.core.keys import METRICS_KEY, ScheduleKeys
 from service.core.lanes import LANES
-from service.core.metrics import COUNTERS, HISTOGRAMS, LAG_BUCKETS_MS, SEP
+from service.core.metrics import COUNTERS, HISTOGRAMS, LAG_BUCKETS_MS, SEP, cumulative
 from service.ops.gauges import read as read_gauges
+from service.ops.monitor import group_counts
 
 
 class RedisCollector:
@@ -54,8 +55,8 @@ def histograms(raw: dict[str, str]) -> Iterable[HistogramMetricFamily]:
                 series[tuple(parts[1:-1])][parts[-1]] = float(value)
         family = HistogramMetricFamily(name, help_text, labels=list(labels))
         for label_values, data in sorted(series.items()):
-            total = data.get("count", 0.0)
-            buckets = [(str(b), data.get(f"le={b}", 0.0)) for b in bounds] + [("+Inf", total)]
+            counts, total = cumulative(data, bounds)
+            buckets = [(str(b), c) for b, c in zip(bounds, counts, strict=True)] + [("+Inf", total)]
             family.add_metric(list(label_values), buckets, data.get("sum", 0.0))
         yield family
 
@@ -73,10 +74,10 @@ def schedule_families(raw_stats: dict[bytes, bytes]) -> Iterable[Any]:
         family.add_metric([], sum(stats.get(f, 0.0) for f in fields))
         yield family
     lag = HistogramMetricFamily("scheduler_lag_seconds", "Delay between a run's due time and its enqueue.")
-    cumulative, buckets = 0.0, []
+    running, buckets = 0.0, []
     for limit in LAG_BUCKETS_MS:
-        cumulative += stats.get(f"lag_ms_bucket_{limit}", 0.0)
-        buckets.append((str(limit / 1000), cumulative))
+        running += stats.get(f"lag_ms_bucket_{limit}", 0.0)
+        buckets.append((str(limit / 1000), running))
     buckets.append(("+Inf", stats.get("lag_count", 0.0)))
     lag.add_metric([], buckets, stats.get("lag_ms_sum", 0.0) / 1000)
     yield lag
@@ -92,7 +93,10 @@ def gauges(connection: Redis) -> Iterable[GaugeMetricFamily]:
         age.add_metric([lane], now.oldest_age_seconds[lane])
     workers = GaugeMetricFamily("workers_alive", "Workers registered with a live heartbeat.")
     workers.add_metric([], float(now.workers_alive))
-    return [depth, age, workers]
+    groups = GaugeMetricFamily("queue_groups", "Groups with waiting jobs per lane (fair share).", labels=["queue"])
+    for lane, count in group_counts(connection).items():
+        groups.add_metric([lane], float(count))
+    return [depth, age, workers, groups]
 
 
 def render(connection: Redis) -> bytes:

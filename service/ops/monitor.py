@@ -7,6 +7,7 @@ from typing import Any
 from redis import Redis
 from rq.worker import Worker
 
+from service.core.keys import UNGROUPED, groups_key
 from service.core.lanes import LANES
 from service.jobs.describe import isotime
 from service.jobs.model import ServiceJob, ServiceQueue
@@ -26,19 +27,32 @@ class WorkerRecord(Worker):
 
 
 def queue_counts(connection: Redis) -> list[dict[str, Any]]:
-    """Return per lane the number of queued, started, scheduled, deferred, failed, finished, canceled jobs."""
+    """Return per lane the number of queued, started, scheduled, deferred, failed, finished, canceled jobs,
+    and of groups with waiting jobs."""
     with connection.pipeline(transaction=False) as pipe:
         for lane in LANES:
             pipe.llen(ServiceQueue(lane, connection=connection).key)
             for status in COUNTED:
                 pipe.zcard(REGISTRIES[status](lane, connection=connection, job_class=ServiceJob).key)
         counts = pipe.execute()
+    groups = group_counts(connection)
     width = 1 + len(COUNTED)
     rows = [counts[i * width : (i + 1) * width] for i in range(len(LANES))]
     return [
-        {"name": lane, "queued": row[0], **dict(zip(COUNTED, row[1:], strict=True))}
+        {"name": lane, "queued": row[0], **dict(zip(COUNTED, row[1:], strict=True)), "groups": groups[lane]}
         for lane, row in zip(LANES, rows, strict=True)
     ]
+
+
+def group_counts(connection: Redis) -> dict[str, int]:
+    """Per lane, the number of groups with waiting jobs (jobs without a group are not counted)."""
+    with connection.pipeline(transaction=False) as pipe:
+        for lane in LANES:
+            pipe.llen(groups_key(lane))
+            pipe.lpos(groups_key(lane), UNGROUPED)
+        found = pipe.execute()
+    # A lane's turns list holds its groups, the lane head's turn, and the ungrouped group's if any.
+    return {lane: max(0, found[2 * i] - 1 - (found[2 * i + 1] is not None)) for i, lane in enumerate(LANES)}
 
 
 def workers(connection: Redis) -> list[dict[str, Any]]:

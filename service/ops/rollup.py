@@ -28,7 +28,7 @@ from redis import Redis
 from service.core.keys import METRICS_KEY, ROLLUP_KEY, ROLLUP_MINUTE_KEY, ROLLUP_TOTALS_KEY, ScheduleKeys
 from service.core.lanes import LANES
 from service.core.lua import script
-from service.core.metrics import DURATION_BUCKETS, LAG_BUCKETS_MS, SEP
+from service.core.metrics import DURATION_BUCKETS, LAG_BUCKETS_MS, SEP, cumulative
 from service.ops import gauges
 
 log = logging.getLogger("service.rollup")
@@ -37,7 +37,6 @@ RETAIN_MINUTES = 24 * 60
 KEEP_SECONDS = RETAIN_MINUTES * 60 + 3600  # an idle installation's rollup expires a day after its last write
 GAP_SECONDS = 150  # summaries further apart than this were not written in between: the charts show a gap
 WAIT_BOUNDS = DURATION_BUCKETS
-WAIT_COLUMNS = {**{f"le={bound}": i for i, bound in enumerate(WAIT_BOUNDS)}, "count": len(WAIT_BOUNDS)}
 LAG_BOUNDS = tuple(ms / 1000 for ms in LAG_BUCKETS_MS)
 SERIES = ("finished", "failed", "depth", "age", "wait_p50", "wait_p95")  # one value per lane
 SINGLE = ("lag_mean", "lag_p95", "workers")  # one value
@@ -46,19 +45,21 @@ SINGLE = ("lag_mean", "lag_p95", "workers")  # one value
 def totals(metrics: dict[str, str], stats: dict[str, str]) -> dict[str, Any]:
     """The counters' running totals a summary is the difference of (per lane in LANES order)."""
     finished, failed = [0.0] * len(LANES), [0.0] * len(LANES)
-    wait = [[0.0] * (len(WAIT_BOUNDS) + 1) for _ in LANES]  # cumulative per bound, then the count
+    waits: list[dict[str, float]] = [{} for _ in LANES]
     for name, value in metrics.items():
         parts = name.split(SEP)
         if parts[0] in ("jobs_finished", "jobs_failed") and len(parts) == 3 and parts[2] in LANES:
             (finished if parts[0] == "jobs_finished" else failed)[LANES.index(parts[2])] += float(value)
         elif parts[0] == "job_wait_seconds" and len(parts) == 3 and parts[1] in LANES:
-            column = WAIT_COLUMNS.get(parts[2])
-            if column is not None:
-                wait[LANES.index(parts[1])][column] = float(value)
-    lag, cumulative = [], 0.0  # the scheduler counts one bucket per run: made cumulative here
+            waits[LANES.index(parts[1])][parts[2]] = float(value)
+    wait = []  # per lane: cumulative per bound, then the count
+    for data in waits:
+        counts, count = cumulative(data, WAIT_BOUNDS)
+        wait.append([*counts, count])
+    lag, running = [], 0.0  # the scheduler counts one bucket per run: made cumulative here
     for limit in LAG_BUCKETS_MS:
-        cumulative += float(stats.get(f"lag_ms_bucket_{limit}", 0))
-        lag.append(cumulative)
+        running += float(stats.get(f"lag_ms_bucket_{limit}", 0))
+        lag.append(running)
     lag.append(float(stats.get("lag_count", 0)))
     return {
         "finished": finished,

@@ -242,8 +242,8 @@ class ServiceScheduler(Scheduler):
         self._install_signal_handlers()
         outage = Outage(log, f"scheduler {self.key}", sleep=self._wait)
         with contextlib.suppress(*REDIS_DOWN):  # raised only when stopped before Redis came back
-            outage.retry(self.register_birth, stop=lambda: self._stopping, while_full=True)
-            outage.retry(lambda: migrate_all(self.connection), stop=lambda: self._stopping, while_full=True)
+            outage.retry(self.register_birth, stop=lambda: self._stopping)
+            outage.retry(lambda: migrate_all(self.connection), stop=lambda: self._stopping)
         try:
             while not self._stopping:
                 self._tick()

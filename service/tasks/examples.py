@@ -83,10 +83,13 @@ def fanout_within_limit(args: list[Any], kwargs: dict[str, Any], limits: Limits)
 
 @task("scrape.dispatch", queue="default", check=fanout_within_limit)
 def dispatch_scrapes(users: list[dict[str, str]]) -> list[str]:
-    """Fan out one scrape.user job per user, in the lane of the user's tier.
+    """Fan out one scrape.user job per user, in the lane of the user's tier, in the group of the user's account.
 
     The run's job ids are derived from the dispatcher's own id, so a dispatcher
     that runs twice (a retry, a second scheduler) does not scrape anyone twice.
+    Each job's group is the user's `account` (else the user): within a lane the
+    accounts take turns, so one account's thousands of users do not hold back
+    another account's next scrape.
     """
     from service.jobs.enqueue import enqueue_many
     from service.jobs.schemas import JobRequest
@@ -99,6 +102,7 @@ def dispatch_scrapes(users: list[dict[str, str]]) -> list[str]:
             args=[str(user["id"])],
             queue=TIER_LANES.get(str(user.get("tier")), "default"),
             idempotency_key=f"{job.id}-{user['id']}",
+            group=str(user.get("account") or user["id"]),
         )
         for user in users
     ]

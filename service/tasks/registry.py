@@ -78,6 +78,8 @@ class TaskSpec:
     concurrency: int | None = None
     # At most (starts, period_seconds) starts across all workers (None: no limit).
     rate_limit: tuple[int, float] | None = None
+    # At most this many jobs of the task run at once per group (a job's `group`) across all workers.
+    group_concurrency: int | None = None
     # Failure events of this task are POSTed here (service.ops.hooks); None: no webhook.
     webhook_url: str | None = None
     # Only the service enqueues it (hooks.webhook): the API, the CLI and schedules cannot name it.
@@ -105,6 +107,7 @@ class TaskSpec:
             "unique": self.unique,
             "description": self.description,
             "concurrency": self.concurrency,
+            "group_concurrency": self.group_concurrency,
             "rate_limit": (
                 {"max_starts": self.rate_limit[0], "period_seconds": self.rate_limit[1]} if self.rate_limit else None
             ),
@@ -168,6 +171,7 @@ def task(
     unique: bool = False,
     concurrency: int | None = None,
     rate_limit: str | tuple[int, float] | None = None,
+    group_concurrency: int | None = None,
     webhook_url: str | None = None,
     internal: bool = False,
     check: Callable[[list[Any], dict[str, Any], Limits], None] | None = None,
@@ -194,6 +198,7 @@ def task(
                 unique=unique,
                 description=doc[0] if doc else "",
                 concurrency=_concurrency(name, concurrency),
+                group_concurrency=_concurrency(name, group_concurrency, "group_concurrency"),
                 rate_limit=parse_rate_limit(name, rate_limit),
                 webhook_url=_webhook_url(name, webhook_url),
                 internal=internal or name.startswith(INTERNAL_PREFIX),
@@ -214,9 +219,9 @@ def _webhook_url(name: str, value: str | None) -> str | None:
     return value
 
 
-def _concurrency(name: str, value: int | None) -> int | None:
-    if value is not None and (not isinstance(value, int) or value < 1):
-        raise ValueError(f"task {name!r}: concurrency must be a whole number >= 1, got {value!r}")
+def _concurrency(name: str, value: int | None, option: str = "concurrency") -> int | None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ValueError(f"task {name!r}: {option} must be a whole number >= 1, got {value!r}")
     return value
 
 

@@ -7,6 +7,11 @@ in-progress list (keys.claimed_key), so at every instant the id is in a
 lane, in a claimed list or has an outcome. An idle worker blocks on a
 per-lane *doorbell* list (a wake-up hint that ServiceQueue.push_job_id rings
 with every push), never on the lane itself, so blocking cannot lose a job.
+
+Fair share within a lane (SPEC 11): jobs with a `group` are also indexed
+per group, and the lane's groups take turns (keys.groups_key); the lane
+list still holds every waiting job, as RQ's tools count them. See
+service/core/lua/claim.lua for the turns and docs/workers.md for the cost.
 """
 
 from __future__ import annotations
@@ -15,29 +20,34 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from redis import Redis
 from rq.utils import utcformat
 
-from service.core import keys
+from service.core import clock, keys, metrics
 from service.core.keys import CLAIMERS_KEY, claimed_key, doorbell_key
 from service.core.lua import script
+from service.jobs.damage import GROUP_FIELD
 
 CLAIM = script("claim")
+WAIT = "job_wait_seconds"  # the claim script counts each started job's enqueue-to-start wait in it
 REQUEUE = script("requeue")
-# The claim script's job, execution and executions-registry prefixes (it builds those keys from a claimed id).
-# Its arguments that never change are passed as bytes: redis-py then sends them without encoding each call.
-CLAIM_PREFIXES = tuple(prefix.encode() for prefix in (keys.JOB_PREFIX, keys.EXECUTION_PREFIX, keys.EXECUTIONS_PREFIX))
+# The claim script's arguments that never change: the job, execution and executions-registry prefixes
+# (it builds those keys from a claimed id) and the fair-share names (service.core.keys). Passed as bytes:
+# redis-py then sends them without encoding each call.
+CLAIM_PREFIXES = tuple(
+    part.encode()
+    for part in (
+        keys.JOB_PREFIX, keys.EXECUTION_PREFIX, keys.EXECUTIONS_PREFIX,
+        keys.LANE_HEAD, keys.GROUP_SUFFIX.format(group=""), GROUP_FIELD, keys.UNGROUPED,
+        " ".join(str(bound) for bound in metrics.HISTOGRAMS[WAIT][2]),
+    )
+)  # fmt: skip
 
 
 def raw_id(job_id: str) -> bytes:
     """`job_id` as the bytes Redis holds (an id read from Redis keeps bytes that are not UTF-8 as surrogates)."""
     return job_id.encode("utf-8", "surrogateescape")
-
-
-def now_utc(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, UTC)
 
 
 def parse_weights(text: str, lanes: Sequence[str]) -> dict[str, int]:
@@ -99,18 +109,31 @@ class Claimer:
         self.key = claimed_key(worker_name)
         self._name = worker_name.encode()
         self._worker_keys = [self.key, CLAIMERS_KEY, keys.worker_key(worker_name)]
-        self._worker_keys.append(keys.worker_executions_key(worker_name))
+        self._worker_keys += [keys.worker_executions_key(worker_name), keys.METRICS_KEY]
         self._lane_keys: dict[tuple[str, ...], list[bytes]] = {}
+        self._lane_args: dict[tuple[str, ...], list[bytes]] = {}
 
     def claim(self, lanes: Sequence[str], ttl_seconds: int) -> Claim | float | None:
-        """Claim and start the head of the first non-empty lane; else the earliest waiting time (or None)."""
-        now = time.time()
+        """Claim and start the head of the first non-empty lane; else the earliest waiting time (or None).
+
+        Times are Redis's: the script reads TIME and answers it, and the
+        process's clock (service.core.clock) learns its offset from it.
+        """
+        sent_at = time.time()
         execution_id = uuid.uuid4().hex
         reply = CLAIM(
             keys=self._keys(tuple(lanes)),
-            args=[now, self._name, execution_id, utcformat(now_utc(now)), ttl_seconds, *CLAIM_PREFIXES],
+            args=[
+                self._name,
+                execution_id,
+                utcformat(clock.utcnow()),
+                ttl_seconds,
+                *CLAIM_PREFIXES,
+                *self._args(lanes),
+            ],
             client=self.connection,
         )
+        clock.learn(float(reply[-1]), sent_at)
         if reply[0] is None:  # nothing claimed (an empty id is still a claim)
             earliest = float(reply[1])
             return earliest if earliest >= 0 else None
@@ -127,9 +150,24 @@ class Claimer:
             lane_keys = [
                 key
                 for lane in lanes
-                for key in (keys.queue_key(lane), keys.waiting_key(lane), doorbell_key(lane), keys.started_key(lane))
+                for key in (
+                    keys.queue_key(lane),
+                    keys.waiting_key(lane),
+                    doorbell_key(lane),
+                    keys.started_key(lane),
+                    keys.groups_key(lane),
+                    keys.held_groups_key(lane),
+                )  # fmt: skip
             ]
             found = self._lane_keys[lanes] = [key.encode() for key in self._worker_keys + lane_keys]
+        return found
+
+    def _args(self, lanes: Sequence[str]) -> list[bytes]:
+        """The claim script's per-lane arguments: each lane's wait histogram field prefix (encoded once per order)."""
+        order = tuple(lanes)
+        found = self._lane_args.get(order)
+        if found is None:
+            found = self._lane_args[order] = [(metrics.field(WAIT, lane) + metrics.SEP).encode() for lane in order]
         return found
 
     def wait(self, lanes: Sequence[str], timeout_seconds: float) -> None:

@@ -9,7 +9,6 @@ writes are made by one Lua call; anything else takes RQ's own path.
 
 from __future__ import annotations
 
-import json
 from base64 import b64encode
 from typing import Any
 
@@ -17,10 +16,12 @@ from redis import Redis
 from rq.executions import Execution
 from rq.job import Job
 from rq.results import Result
-from rq.utils import current_timestamp, utcformat
+from rq.utils import utcformat
 
-from service.core import keys, metrics
+from service.core import clock, keys, metrics
 from service.core.lua import script
+from service.jobs import batches
+from service.workers.limits import NO_SLOT
 
 FINISH = script("finish")
 HISTOGRAM = "job_duration_seconds"
@@ -44,14 +45,16 @@ def encode_result(serializer: Any, value: Any) -> bytes:
     return encoded
 
 
-# The duration buckets as the metrics hash names them ("le=0.005", "le=1.0", ...), for the script.
-BUCKET_NAMES = json.dumps([f"{bound}" for bound in metrics.HISTOGRAMS[HISTOGRAM][2]])
-
-
 def outcome_metrics(counter: str, task: str, lane: str, seconds: float) -> list[Any]:
-    """The metric arguments of one execution's outcome for the finish script, which fills in the buckets."""
-    prefix = metrics.field(HISTOGRAM, task, lane) + metrics.SEP
-    return [metrics.field("jobs_started", task, lane), metrics.field(counter, task, lane), prefix, seconds]
+    """The metric fields of one execution's outcome for the finish script: two counters, a bucket and a sum."""
+    bucket = metrics.bucket_of(seconds, metrics.HISTOGRAMS[HISTOGRAM][2])
+    return [
+        metrics.field("jobs_started", task, lane),
+        metrics.field(counter, task, lane),
+        metrics.field(HISTOGRAM, task, lane, bucket),
+        metrics.field(HISTOGRAM, task, lane, "sum"),
+        seconds,
+    ]
 
 
 def is_plain(job: Job, result_ttl: int) -> bool:
@@ -73,8 +76,11 @@ class Finisher:
         self.worker_key = worker_key
         self.connection = connection
 
-    def finish(self, job: Job, execution: Execution, result_ttl: int, slot_key: str, task: str) -> int:
-        """Mark `job` finished with its result; return how many dependents it has."""
+    def finish(self, job: Job, execution: Execution, result_ttl: int, slots: tuple[str, str, str], task: str) -> int:
+        """Mark `job` finished with its result; return how many dependents it has.
+
+        `slots`: the task's slot key, its group slot key (limits.NO_SLOT for none) and the job's group ('').
+        """
         assert job.started_at and job.ended_at
         encoded = encode_result(job.serializer, job._result)
         result = Result(
@@ -91,37 +97,43 @@ class Finisher:
         if job._result is not None:  # as Result.serialize() stores it, serialized once
             fields["return_value"] = b64encode(encoded).decode()
         pairs = [str(part) for item in fields.items() for part in item]
-        score = "+inf" if result_ttl < 0 else current_timestamp() + result_ttl
+        score = "+inf" if result_ttl < 0 else clock.timestamp() + result_ttl
         working = (job.ended_at - job.started_at).total_seconds()
-        return int(
-            FINISH(
-                keys=[
-                    job.key,
-                    keys.started_key(job.origin),
-                    execution.key,
-                    keys.executions_key(job.id),
-                    self.worker_key,
-                    keys.worker_executions_key(self.worker_name),
-                    keys.claimed_key(self.worker_name),
-                    keys.finished_key(job.origin),
-                    keys.results_key(job.id),
-                    job.dependents_key,
-                    slot_key,
-                    keys.METRICS_KEY,
-                    job.dependencies_key,
-                ],
-                args=[
-                    job.id,
-                    execution.composite_key,
-                    execution.id,
-                    utcformat(job.ended_at),
-                    result_ttl,
-                    score,
-                    working,
-                    BUCKET_NAMES,
-                ]
-                + [len(pairs), *pairs]
-                + outcome_metrics("jobs_finished", task, job.origin, working),
-                client=self.connection,
-            )
+        call = dict(
+            keys=[
+                job.key,
+                keys.started_key(job.origin),
+                execution.key,
+                keys.executions_key(job.id),
+                self.worker_key,
+                keys.worker_executions_key(self.worker_name),
+                keys.claimed_key(self.worker_name),
+                keys.finished_key(job.origin),
+                keys.results_key(job.id),
+                job.dependents_key,
+                slots[0],
+                keys.METRICS_KEY,
+                job.dependencies_key,
+                slots[1],
+                keys.held_groups_key(job.origin),
+            ],
+            args=[
+                job.id,
+                execution.composite_key,
+                execution.id,
+                utcformat(job.ended_at),
+                result_ttl,
+                score,
+                working,
+            ]
+            + [len(pairs), *pairs]
+            + outcome_metrics("jobs_finished", task, job.origin, working)
+            + [slots[2], "1" if job._dependency_ids else "", "" if slots[0] == NO_SLOT else "1"],
         )
+        batch_id = getattr(job, "batch_id", None)
+        if not batch_id:
+            return int(FINISH(**call, client=self.connection))
+        with self.connection.pipeline() as pipe:  # MULTI: the outcome and its count in its batch, at once
+            FINISH(**call, client=pipe)
+            batches.end(pipe, job.id, batch_id, "finished")
+            return int(pipe.execute()[0])

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING
 from redis import Redis
 from rq.executions import Execution
 from rq.registry import StartedJobRegistry
+from rq.utils import utcformat
 
-from service.core import keys
-from service.core.outage import REDIS_DOWN, Outage
+from service.core import clock, keys
+from service.core.outage import REDIS_DOWN, Outage, refuses_writes
 from service.ops.rollup import Rollup
 from service.workers.reaper import Reaper
 
@@ -60,22 +61,45 @@ class Heartbeat(threading.Thread):
                 self._connected_since = None
                 self.outage.down(exc)
                 continue
-            except Exception:  # never let the heartbeat die
-                log.exception("Worker %s: heartbeat error", self.worker.name)
+            except Exception as exc:  # never let the heartbeat die
+                if refuses_writes(exc):  # full or MISCONF: what could be renewed was; no reaping meanwhile
+                    self._connected_since = None
+                    self.outage.down(exc, wait=False)
+                else:
+                    log.exception("Worker %s: heartbeat error", self.worker.name)
             self._stopping.wait(self.interval)
 
     def beat(self) -> None:
-        """Renew what RQ's own heartbeat renews (worker hash, its executions set) and ours; note `rq suspend`."""
+        """Renew what RQ's own heartbeat renews (worker hash, its executions set) and ours; note `rq suspend`.
+
+        The beat also reads Redis's clock (TIME), so the process's clock
+        (service.core.clock) follows Redis's even while no job is claimed.
+        Liveness is renewed with PEXPIRE, which Redis allows when it is out
+        of memory (a SET would be refused), so a full Redis does not make
+        live workers look dead; the key is SET only when it is missing.
+        """
         worker = self.worker
+        sent_at = time.time()
+        alive, ttl_ms = keys.alive_key(worker.name), int(self.ttl * 1000)
         with self.connection.pipeline(transaction=False) as pipe:
+            pipe.time()
             pipe.exists(keys.WORKERS_SUSPENDED_KEY)
-            pipe.set(keys.alive_key(worker.name), 1, px=int(self.ttl * 1000))
+            pipe.pexpire(alive, ttl_ms)
             pipe.expire(worker.key, int(self.ttl) + 60)
             pipe.expire(worker.executions_key, int(self.ttl) + 60)
-            pipe.hset(worker.key, "last_heartbeat", time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime()))
+            pipe.hset(worker.key, "last_heartbeat", utcformat(clock.utcnow()))
             for execution in list(worker.executions.values()):
                 self._extend(execution, worker.running_lane, pipe)
-            worker.suspended = bool(pipe.execute()[0])
+            replies = pipe.execute(raise_on_error=False)  # each command counts on its own
+        if isinstance(replies[0], Exception):
+            raise replies[0]
+        clock.learn(clock.server_seconds(replies[0]), sent_at)
+        worker.suspended = replies[1] is True or replies[1] == 1
+        if replies[2] is not True and replies[2] != 1:  # first beat, or the key lapsed
+            self.connection.set(alive, 1, px=ttl_ms)
+        refused = next((r for r in replies if isinstance(r, Exception)), None)
+        if refused is not None:
+            raise refused
 
     def _extend(self, execution: Execution, lane: str | None, pipe: object) -> None:
         if lane is None:

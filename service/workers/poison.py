@@ -18,7 +18,6 @@ only a Redis outage escapes.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from redis import Redis
@@ -27,10 +26,12 @@ from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 from rq.results import Result
 from rq.serializers import JSONSerializer
-from rq.utils import now, utcformat
+from rq.utils import utcformat
 
-from service.core import metrics
+from service.core import clock, metrics
 from service.core.lanes import LANES
+from service.jobs import batches
+from service.jobs.damage import BATCH_FIELD, is_job_id
 from service.tasks.registry import DEFAULT_FAILURE_TTL_SECONDS
 from service.workers.claim import raw_id
 
@@ -71,20 +72,22 @@ def fail(
     """
     job_key = raw_id(Job.key_for(job_id))
     is_hash = connection.type(job_key) == b"hash"  # another type there is no job: only the claim goes
-    status, origin = connection.hmget(job_key, ["status", "origin"]) if is_hash else (None, None)
+    status, origin, batch = connection.hmget(job_key, ["status", "origin", BATCH_FIELD]) if is_hash else (None,) * 3
     lane = lane or (origin.decode() if origin in LANE_NAMES else LANES[1])
     with connection.pipeline() as pipe:
         _forget_claim(connection, pipe, claimed_key, job_id, execution_id, worker_name)
         if status is not None and status not in ENDED:
             ttl = DEFAULT_FAILURE_TTL_SECONDS
-            pipe.hset(job_key, mapping={"status": JobStatus.FAILED.value, "ended_at": utcformat(now())})
+            pipe.hset(job_key, mapping={"status": JobStatus.FAILED.value, "ended_at": utcformat(clock.utcnow())})
             pipe.expire(job_key, ttl)
-            pipe.zadd(FailedJobRegistry.key_template.format(lane), {raw_id(job_id): time.time() + ttl})
+            pipe.zadd(FailedJobRegistry.key_template.format(lane), {raw_id(job_id): clock.now() + ttl})
             result = Result(job_id, Result.Type.FAILED, connection, exc_string=reason, worker_name=worker_name,
                             serializer=JSONSerializer, execution_id=execution_id)  # fmt: skip
             pipe.xadd(raw_id(Result.get_key(job_id)), result.serialize(), maxlen=10)
             pipe.expire(raw_id(Result.get_key(job_id)), ttl)
             metrics.count(pipe, "jobs_failed", "?", lane)
+            if batch and is_job_id(batch.decode("utf-8", "replace")):
+                batches.end(pipe, job_id, batch.decode(), "failed")
         pipe.execute()
     log.error("%s: %s: job %r failed alone: %s", worker_name, lane, job_id[:200], reason[:500])
 

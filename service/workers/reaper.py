@@ -30,7 +30,8 @@ from service.core import keys, metrics
 from service.core.keys import CLAIMERS_KEY, alive_key, claimed_key
 from service.core.lanes import LANES
 from service.core.lease import Lease
-from service.core.outage import REDIS_DOWN
+from service.core.outage import REDIS_DOWN, refuses_writes
+from service.jobs import batches
 from service.jobs.damage import is_job_id
 from service.jobs.model import ServiceJob, ServiceQueue
 from service.workers import limits, poison
@@ -76,7 +77,9 @@ class Reaper:
                     recovered += self._reap_worker(name)
                 except REDIS_DOWN:
                     raise
-                except Exception:  # one worker's list must not keep the others' jobs from coming back
+                except Exception as exc:  # one worker's list must not keep the others' jobs from coming back
+                    if refuses_writes(exc):  # Redis is full: nothing can be recovered now
+                        raise
                     log.exception("Reaper: could not go through the claims of worker %r", name[:100])
         finally:
             self._lease.release()
@@ -95,6 +98,8 @@ class Reaper:
             except REDIS_DOWN:
                 raise
             except Exception as exc:  # whatever the job holds, it leaves the list: failed alone
+                if refuses_writes(exc):
+                    raise
                 log.exception("Reaper: job %r of worker %s could not be recovered", job_id[:100], name)
                 poison.fail(self.connection, key, job_id, None, f"{type(exc).__name__}: {exc}", None, name)
         if not self.connection.llen(key):
@@ -123,7 +128,7 @@ class Reaper:
         spec = job.spec
         with self.connection.pipeline() as pipe:
             _forget_execution(self.connection, job, pipe)
-            limits.release(pipe, spec, job_id)
+            limits.release(pipe, spec, job_id, job.group, job.origin)
             task = job.task_name
             if crashes <= self.crash_retries:
                 metrics.count(pipe, "jobs_redelivered", task, lane)
@@ -141,6 +146,7 @@ class Reaper:
             message = f"WorkerDied: {reason}; {crashes} crashes, no attempts left (poison job?)"
             record_job_failure(job, message, pipe)
             metrics.count(pipe, "jobs_failed", task, lane)
+            batches.end(pipe, job.id, job.batch_id, "failed")
             pipe.hincrby(keys.POISON_JOBS_KEY, task, 1)
             pipe.execute()
         log.error("Reaper: job %s failed: %s", job_id, message)

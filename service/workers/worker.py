@@ -32,23 +32,25 @@ from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
+from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.exceptions import StopRequested
 from rq.executions import Execution
 from rq.job import Job, JobStatus, Retry
 from rq.timeouts import JobTimeoutException
-from rq.utils import now
 from rq.worker import Worker, WorkerStatus
 
-from service.core import metrics
+from service.core import clock, metrics
 from service.core.connection import connect, connect_like
-from service.core.keys import waiting_key
+from service.core.keys import held_groups_key, waiting_key
 from service.core.lanes import LANES
-from service.core.outage import REDIS_DOWN, Outage
+from service.core.outage import REDIS_DOWN, Outage, refuses_writes, unavailable
+from service.jobs import batches
 from service.jobs.damage import is_job_id
 from service.jobs.model import ServiceJob, ServiceQueue
 from service.ops import hooks
 from service.workers import limits, poison
 from service.workers.claim import Claim, Claimer, LaneOrder
+from service.workers.delayed import start_delayed_jobs
 from service.workers.finish import Finisher, encode_result, is_plain
 from service.workers.forkserver import ForkServer, ForkServerGone
 from service.workers.heartbeat import Heartbeat
@@ -174,6 +176,7 @@ class ServiceWorker(Worker):
         if self.fork:  # before any thread starts: the server forks every horse from this image
             self._forkserver = ForkServer(self._run_horse)
             self._forkserver.start()
+        self._until_redis(lambda: clock.sync(self.connection))  # Redis's clock before anything is stamped
         self._until_redis(lambda: self.bootstrap(logging_level or self.options.log_level))
         if self.options.with_scheduler:
             self._until_redis(lambda: self._start_scheduler(burst, logging_level or self.options.log_level))
@@ -190,21 +193,8 @@ class ServiceWorker(Worker):
         completed = 0
         try:
             while not self._stop_requested:
-                try:
-                    outcome = self._step(burst)
-                    self.outage.up()
-                except REDIS_DOWN as exc:
-                    self._resync = True
-                    self.outage.down(exc)
-                    continue
-                except StopRequested:
-                    break
-                except Exception:  # a bug must not take the worker down; its claims go back
-                    log.exception("Worker %s: unexpected error; carrying on", self.name)
-                    self._resync = True
-                    time.sleep(1.0)
-                    continue
-                if outcome == "empty":
+                outcome = self._turn(burst)
+                if outcome in ("empty", "stop"):
                     break
                 if outcome == "ran":
                     completed += 1
@@ -213,6 +203,23 @@ class ServiceWorker(Worker):
         finally:
             self._teardown()
         return bool(completed)
+
+    def _turn(self, burst: bool) -> str:
+        """One step, riding out Redis (down, frozen, full, MISCONF) and bugs; as _step, or 'retry' or 'stop'."""
+        try:
+            outcome = self._step(burst)
+        except StopRequested:
+            return "stop"
+        except Exception as exc:  # a bug must not take the worker down; its claims go back
+            self._resync = True
+            if unavailable(exc):
+                self.outage.down(exc)
+            else:
+                log.exception("Worker %s: unexpected error; carrying on", self.name)
+                time.sleep(1.0)
+            return "retry"
+        self.outage.up()
+        return outcome
 
     def _step(self, burst: bool) -> str:
         """One turn of the loop: claim and run one job, or wait; return 'ran', 'idle' or 'empty'."""
@@ -235,7 +242,7 @@ class ServiceWorker(Worker):
             return "empty"
         if self.get_state() != WorkerStatus.IDLE:
             self.set_state(WorkerStatus.IDLE)
-        timeout = IDLE_WAKE_SECONDS if result is None else min(IDLE_WAKE_SECONDS, max(0.01, result - time.time()))
+        timeout = IDLE_WAKE_SECONDS if result is None else min(IDLE_WAKE_SECONDS, max(0.01, result - clock.now()))
         self.claimer.wait(self.lane_names, timeout)
         return "idle"
 
@@ -245,10 +252,19 @@ class ServiceWorker(Worker):
             self.run_maintenance_tasks()
         except (*REDIS_DOWN, StopRequested):
             raise
-        except Exception:
+        except Exception as exc:
+            if refuses_writes(exc):
+                raise
             log.exception("Worker %s: registry maintenance failed; next try in %s s", self.name,
                           self.maintenance_interval)  # fmt: skip
-            self.last_cleaned_at = now()
+            self.last_cleaned_at = clock.utcnow()
+
+    def _start_scheduler(
+        self, burst: bool = False, logging_level: Any = "INFO", date_format: str = "", log_format: str = ""
+    ) -> None:
+        """Start RQ's scheduler child for delayed jobs, as service.workers.delayed runs it."""
+        start_delayed_jobs(self, burst, logging_level, date_format or DEFAULT_LOGGING_DATE_FORMAT,
+                           log_format or DEFAULT_LOGGING_FORMAT)  # fmt: skip
 
     def _scheduler_gone(self) -> bool:
         """True (at most every SCHEDULER_CHECK_SECONDS) when no RQ scheduler child of ours is running.
@@ -277,6 +293,8 @@ class ServiceWorker(Worker):
         except (*REDIS_DOWN, StopRequested):
             raise
         except Exception as exc:
+            if refuses_writes(exc):  # the job is not at fault: it stays claimed and goes back (resync)
+                raise
             log.exception("Worker %s: job %s could not be run or its outcome stored", self.name, claim.job_id)
             reason = f"{type(exc).__name__}: {exc}"
             poison.fail(self.connection, self.claimer.key, claim.job_id, claim.lane, reason, claim.execution_id,
@@ -299,10 +317,11 @@ class ServiceWorker(Worker):
         execution = Execution(claim.execution_id, job.id, self.connection, worker_name=self.name)
         self.executions[execution.id] = execution
         spec = job.spec
-        if spec is not None and limits.is_limited(spec) and not job.damage:
-            wait = self.limiter.acquire(spec, job.id, float(job.timeout or spec.timeout_seconds))
+        if spec is not None and limits.is_limited(spec, job.group) and not job.damage:
+            timeout = float(job.timeout or spec.timeout_seconds)
+            wait, group_held = self.limiter.acquire(spec, job.id, timeout, job.group)
             if wait > 0:
-                self._hold_back(job, claim.lane, execution, wait)
+                self._hold_back(job, claim.lane, execution, wait, job.group if group_held else None)
                 return False
         self.running_lane, self._claim = claim.lane, claim
         self._state = WorkerStatus.BUSY  # written by the claim script
@@ -331,16 +350,23 @@ class ServiceWorker(Worker):
             job._handle_failure(reason, pipeline=pipe, worker_name=self.name)
             pipe.lrem(self.claimer.key, 1, job.id)
             metrics.count(pipe, "jobs_failed", job.task_name, claim.lane)
+            batches.end(pipe, job.id, job.batch_id, "failed")
             pipe.execute()
         log.error("Worker %s: %s: job %s failed: %s", self.name, claim.lane, job.id, reason[:500])
 
-    def _hold_back(self, job: Job, lane: str, execution: Execution, wait_seconds: float) -> None:
-        """Undo the start of a job over its task's limit and park it in the lane's waiting set."""
+    def _hold_back(
+        self, job: Job, lane: str, execution: Execution, wait_seconds: float, held_group: str | None = None
+    ) -> None:
+        """Undo the start of a job over a limit and park it in the lane's waiting set (its group held, if
+        its group's cap is the limit: the group passes its turns meanwhile)."""
+        until = clock.now() + max(wait_seconds, 0.01)
         with self.connection.pipeline() as pipe:
             self.cleanup_execution(job, pipe, execution)
             pipe.hset(job.key, "status", JobStatus.QUEUED.value)
             pipe.hincrby(job.key, "attempts", -1)
-            pipe.zadd(waiting_key(lane), {job.id: time.time() + max(wait_seconds, 0.01)})
+            pipe.zadd(waiting_key(lane), {job.id: until})
+            if held_group:
+                pipe.hset(held_groups_key(lane), held_group, until)
             pipe.execute()
 
     def _requeue_own_claims(self) -> None:
@@ -351,6 +377,8 @@ class ServiceWorker(Worker):
             except (*REDIS_DOWN, StopRequested):
                 raise
             except Exception as exc:  # e.g. a key under the id that is not a job hash: it fails alone
+                if refuses_writes(exc):
+                    raise
                 reason = f"{type(exc).__name__}: {exc}"
                 poison.fail(self.connection, self.claimer.key, job_id, self.lane_names[0], reason, None, self.name)
 
@@ -391,9 +419,11 @@ class ServiceWorker(Worker):
                     self.reaper.forget(self.name)
                 self.teardown()
                 return
-            except REDIS_DOWN as exc:
+            except Exception as exc:
+                if not unavailable(exc):
+                    raise
                 self.outage.down(exc)
-        log.error("Worker %s: Redis unreachable at exit; the reaper will recover our claimed jobs", self.name)
+        log.error("Worker %s: Redis unreachable or full at exit; the reaper will recover our claimed jobs", self.name)
 
     def _until_redis(self, step: Any) -> Any:
         """Run `step` until it gets through to Redis (or a stop is requested)."""
@@ -430,7 +460,7 @@ class ServiceWorker(Worker):
         """
         claim, execution = self._claim, self.prepare_execution(job)
         assert claim is not None and self._forkserver is not None
-        request = (job.id, claim.lane, execution.id, execution.created_at.timestamp(), claim.raw)
+        request = (job.id, claim.lane, execution.id, execution.created_at.timestamp(), claim.raw, clock.offset())
         self._horse_outcome = b""
         try:
             self._horse_pid = self._forkserver.submit(request)
@@ -463,9 +493,10 @@ class ServiceWorker(Worker):
         self._forkserver.stop()
         self._forkserver.start()
 
-    def _run_horse(self, request: tuple[str, str, str, float, dict[bytes, bytes]], outcome_fd: int) -> None:
+    def _run_horse(self, request: tuple[str, str, str, float, dict[bytes, bytes], float], outcome_fd: int) -> None:
         """In a horse (forked by the fork server): rebuild the claimed job and run it; never returns."""
-        job_id, lane, execution_id, created_at, raw = request
+        job_id, lane, execution_id, created_at, raw, clock_offset = request
+        clock.set_offset(clock_offset)  # the fork server was forked before the worker learnt Redis's clock
         self._outcome_fd = outcome_fd
         os.environ["RQ_WORKER_ID"] = self.name
         os.environ["RQ_JOB_ID"] = job_id
@@ -484,8 +515,8 @@ class ServiceWorker(Worker):
         if not is_plain(job, job.get_result_ttl(self.default_result_ttl)):
             return False
         try:
-            started = job.started_at.timestamp() if job.started_at else time.time()
-            payload = json.dumps({"value": return_value, "started": started, "ended": time.time()}).encode()
+            started = job.started_at.timestamp() if job.started_at else clock.now()
+            payload = json.dumps({"value": return_value, "started": started, "ended": clock.now()}).encode()
         except (TypeError, ValueError):
             return False
         if len(payload) > OUTCOME_PIPE_BYTES:  # fits the pipe: the write never waits for the reader
@@ -512,7 +543,7 @@ class ServiceWorker(Worker):
 
     def perform_job(self, job: Job, queue: Any, execution: Execution) -> bool:
         """Run the job's function, then store its outcome, retrying the store through Redis outages."""
-        job.started_at = now()
+        job.started_at = clock.utcnow()
         timeout = job.timeout or self.queue_class.DEFAULT_TIMEOUT
         try:
             self._job_running = True
@@ -528,13 +559,12 @@ class ServiceWorker(Worker):
             exc_info = sys.exc_info()
             self._until_redis(lambda: self._finalize_failure(job, queue, execution, exc_info))
             return False
-        except REDIS_DOWN:
+        except Exception as exc:
             exc_info = sys.exc_info()
-            self._until_redis(lambda: self._redeliver_or_fail(job, queue, execution, exc_info))
-            return False
-        except Exception:
-            exc_info = sys.exc_info()
-            self._until_redis(lambda: self._finalize_failure(job, queue, execution, exc_info))
+            if unavailable(exc):  # Redis went away (or refused the task's writes) under the job
+                self._until_redis(lambda: self._redeliver_or_fail(job, queue, execution, exc_info))
+            else:
+                self._until_redis(lambda: self._finalize_failure(job, queue, execution, exc_info))
             return False
         if self._is_horse and self._ship_success(job, return_value):
             return True
@@ -556,16 +586,19 @@ class ServiceWorker(Worker):
         if isinstance(return_value, Retry) or not is_plain(job, result_ttl):
             if result_ttl != 0 and not isinstance(return_value, Retry):
                 encode_result(job.serializer, return_value)
+            ends = not isinstance(return_value, Retry) and not job.repeats_left
+            job.batch_outcome = "finished" if ends else None  # counted in RQ's success transaction
             self._finalize_success(job, queue, execution, return_value)
             self._count_outcome(job, "jobs_retried" if isinstance(return_value, Retry) else "jobs_finished")
             hooks.job_event("job.retried" if isinstance(return_value, Retry) else "job.succeeded", job)
             log_finished(self.name, job)
             return
-        job.ended_at = ended_at or now()
+        job.ended_at = ended_at or clock.utcnow()
         job._result = return_value
         spec = job.spec
-        slot_key = limits.running_key(spec.name if spec is not None and spec.concurrency else "-")
-        dependents = self.finisher.finish(job, execution, result_ttl, slot_key, job.task_name)
+        slot_key = limits.running_key(spec.name) if spec is not None and spec.concurrency else limits.NO_SLOT
+        slots = (slot_key, limits.group_slot_key(spec, job.group), job.group or "")
+        dependents = self.finisher.finish(job, execution, result_ttl, slots, job.task_name)
         job._status, self._state = JobStatus.FINISHED, WorkerStatus.IDLE
         self.executions.pop(execution.id, None)
         if dependents:
@@ -577,7 +610,7 @@ class ServiceWorker(Worker):
         # RQ also writes a heartbeat here (one more round trip per job); the
         # heartbeat thread keeps the job's registry entry alive instead, and
         # the job hash gets RQ's last_heartbeat when its outcome is saved.
-        job.ended_at = job.last_heartbeat = now()
+        job.ended_at = job.last_heartbeat = clock.utcnow()
 
     def _count_outcome(self, job: Job, counter: str, pipe: Any = None) -> None:
         """Count an execution's outcome and duration in the metrics (in `pipe`, or on its own)."""
@@ -592,7 +625,7 @@ class ServiceWorker(Worker):
 
     def requeue_interrupted(self, job: Job, queue: Any, execution: Execution | None) -> None:
         """Put a job stopped by the end of the grace period back at the front of its lane (no retry used)."""
-        job.ended_at = job.ended_at or now()
+        job.ended_at = job.ended_at or clock.utcnow()
         with self.connection.pipeline() as pipe:
             self.cleanup_execution(job, pipe, execution)
             self._count_outcome(job, "jobs_redelivered", pipe)
@@ -609,10 +642,14 @@ class ServiceWorker(Worker):
         self._finalize_failure(job, queue, execution, exc_info)
 
     def cleanup_execution(self, job: Job, pipeline: Any, execution: Execution | None = None) -> None:
-        """RQ's cleanup, plus: leave our claimed list and free the task's concurrency slot, atomically."""
+        """RQ's cleanup, plus, atomically: leave our claimed list, free the task's slots, and when the
+        outcome being stored ends the job (job.batch_outcome), count that end in its batch."""
         super().cleanup_execution(job, pipeline, execution)
         pipeline.lrem(self.claimer.key, 1, job.id)
-        limits.release(pipeline, job.spec, job.id)
+        limits.release(pipeline, job.spec, job.id, job.group, job.origin)
+        outcome, job.batch_outcome = job.batch_outcome, None
+        if outcome:
+            batches.end(pipeline, job.id, job.batch_id, outcome)
 
     def handle_job_failure(
         self, job: Job, queue: Any, started_job_registry: Any = None, exc_string: str = "", execution: Any = None
@@ -624,7 +661,7 @@ class ServiceWorker(Worker):
         retries_left = job.retries_left
         try:
             self._store_failure(job, queue, clip(exc_string), execution)
-        except REDIS_DOWN:
+        except BaseException:  # nothing was stored (Redis down or full): the retry is taken again on the next try
             job.retries_left = retries_left
             raise
 
@@ -636,6 +673,7 @@ class ServiceWorker(Worker):
                 job.set_status(JobStatus.STOPPED, pipeline=pipe)
             elif not retry:
                 job.set_status(JobStatus.FAILED, pipeline=pipe)
+            job.batch_outcome = None if retry else "canceled" if job_is_stopped else "failed"
             self.cleanup_execution(job, pipeline=pipe, execution=execution)
             if not retry:
                 job._handle_failure(
@@ -705,13 +743,13 @@ class ServiceWorker(Worker):
 
     def request_stop(self, signum: int, frame: Any) -> None:
         """SIGTERM/SIGINT: stop taking jobs; the running one has the grace period. A second signal: now."""
-        if self._shutdown_requested_date and (now() - self._shutdown_requested_date).total_seconds() < 1:
+        if self._shutdown_requested_date and (clock.utcnow() - self._shutdown_requested_date).total_seconds() < 1:
             return  # the same shutdown, signalled twice (pool and process group)
         if self._stop_requested:
             log.warning("Worker %s: second stop signal; interrupting the running job now", self.name)
             self.grace.fire()
             return
-        self._shutdown_requested_date = now()
+        self._shutdown_requested_date = clock.utcnow()
         self._stop_requested = True
         busy = self._job_running or self._horse_pid
         log.info(
