@@ -31,7 +31,7 @@ def sync_declared(connection: Redis, path: str) -> None:
     """Sync SCHEDULES_FILE; exit 2 on a bad file, wait for Redis if it is not there yet or refuses writes."""
     try:
         outage = Outage(log, "scheduler: syncing the declared schedules")
-        changed = outage.retry(lambda: sync(connection, path), while_full=True)
+        changed = outage.retry(lambda: sync(connection, path))
     except ConfigError as exc:
         print(f"scheduler: configuration error: {exc.message}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -62,6 +62,6 @@ def test_a_worker_keeps_an_outcome_redis_refused_and_stores_it_once_redis_can_wr
     assert redis.hget(job.key, "crashes") is None
     assert sorted(recorded(redis, "after")) == [f"v{i}" for i in range(5)]
     assert FailedJobRegistry("default", connection=redis).get_job_ids() == []
-    assert busy.output().count("Worker busy: Redis refusing writes") == 1  # logged once per state change
+    assert busy.output().count("Worker busy: Redis refuses writes") == 1  # logged once per state change
     assert busy.output().count("Worker busy: Redis accepts writes again") == 1
     assert "Traceback" not in busy.output() + idle.output()  # nothing crashed, RQ's scheduler child neither

@@ -74,11 +74,11 @@ class Outage:
         self.sleep = sleep  # how to wait out a backoff (a scheduler's wait returns early on a stop signal)
         self.down_since: float | None = None
         self.delay = FIRST_DELAY_SECONDS
-        self.state = ""  # "", or what is wrong: "unavailable" or "refusing writes"
+        self.state = ""  # "", or what is wrong: "unavailable" or "refuses writes"
 
     def down(self, exc: BaseException, wait: bool = True) -> None:
         """Note a failed Redis call, log it if the state changed, and (`wait`) sleep the current backoff."""
-        state = "refusing writes" if refuses_writes(exc) else "unavailable"
+        state = "refuses writes" if refuses_writes(exc) else "unavailable"
         if self.down_since is None:
             self.down_since = time.monotonic()
         if state != self.state:
@@ -115,9 +115,9 @@ class Outage:
             except RedisError as exc:
                 if not unavailable(exc):
                     raise
-                if stop() and isinstance(exc, REDIS_DOWN):
-                    raise
                 if stop():
+                    if isinstance(exc, REDIS_DOWN):
+                        raise
                     raise RedisRefusesWrites(str(exc)) from exc
                 self.down(exc)
                 continue
