@@ -54,7 +54,10 @@ ALWAYS: dict[Item, str] = {
     ("*", "description"): "a job is described by its task name, not by a call string with its arguments",
     ("dashboard * jobs", "jobs.*.description"): "a job is described by its task name, not by a call string",
     ("dashboard workers", "workers.*.current_job.description"): "a job is described by its task name",
-    ("dashboard workers", "workers.*.current_job.call_string"): "a job's call names its registered task, not an import path",
+    (
+        "dashboard workers",
+        "workers.*.current_job.call_string",
+    ): "a job's call names its registered task, not an import path",
 }
 
 

@@ -9,7 +9,7 @@ from redis.exceptions import RedisError
 from rq.exceptions import NoSuchJobError
 from werkzeug.exceptions import HTTPException
 
-from service.core.errors import ServiceError
+from service.core.errors import ServiceError, redis_refusal
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,10 @@ def handle_http_exception(exc: HTTPException) -> Response:
 
 
 def handle_redis_error(exc: RedisError) -> Response:
-    log.warning("redis unavailable: %s", type(exc).__name__)
-    return error_response(503, "redis_unavailable", "Redis is unavailable; try again shortly")
+    """503 with Retry-After: Redis unreachable, full (OOM) or refusing writes (MISCONF, READONLY), each its own code."""
+    error = redis_refusal(exc)
+    log.warning("%s: %s", error.code, type(exc).__name__)
+    return handle_service_error(error)
 
 
 def handle_no_such_job(exc: NoSuchJobError) -> Response:

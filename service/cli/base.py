@@ -2,7 +2,7 @@
 
 Commands call the same domain functions as the HTTP views and print JSON
 (or a short table). Exit codes: 0 done, 1 the service said no (unknown id,
-conflict), 2 bad usage or configuration, 3 Redis unavailable.
+conflict), 2 bad usage or configuration, 3 Redis unavailable, full or refusing writes.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 
 from service.core.config import Limits, Settings
 from service.core.connection import connect
-from service.core.errors import ConfigError, InvalidField, ServiceError
+from service.core.errors import ConfigError, InvalidField, ServiceError, redis_refusal
 from service.ops import audit
 from service.tasks.registry import load_task_modules
 
@@ -82,7 +82,7 @@ def service_errors() -> Iterator[None]:
     except ServiceError as exc:
         fail(exc.message, 1)
     except RedisError as exc:
-        fail(f"Redis unavailable ({type(exc).__name__})", 3)
+        fail(redis_refusal(exc).message, 3)
 
 
 def fail(message: str, code: int) -> None:

@@ -113,6 +113,7 @@ REACHES: tuple[Reach, ...] = (
     Reach("rq.job.Job.stopped_callback", "service.jobs.model.ServiceJob.stopped_callback", OVERRIDE, "as success_callback", "39852cf148dc"),
     Reach("rq.job.Job.should_retry", "service.jobs.model.ServiceJob.should_retry", OVERRIDE, "an expired job is not retried; RQ must read should_retry, not retries_left", "cf765572a37a"),
     Reach("rq.job.Job.prepare_for_execution", "service.jobs.model.ServiceJob.prepare_for_execution", OVERRIDE, "counts attempts (dead path: the claim script starts jobs)", "4e8e0eca634d"),
+    Reach("rq.job.Job.fetch_many", "service.jobs.model.ServiceJob.fetch_many", OVERRIDE, "the same HGETALLs and restore, in a pipeline without MULTI (refused by a full Redis even for reads)", "04cf72c02cbd"),
     Reach("rq.job.Job.restore", "service.jobs.model.ServiceJob.restore", OVERRIDE, "reads our attempts field from the raw hash; fields not as the service writes them are left out and named in damage", "859daf950a3e"),
     Reach("rq.job.Job._deserialize_data", "service.jobs.model.ServiceJob._deserialize_data", PRIVATE, "a task call is exactly (name, None, [args], {kwargs}); anything else is a DeserializationError", "00c06178d415"),
     Reach("rq.job.Job.save", "service.jobs.model.ServiceJob.restore", RELY, "HSET mapping: our attempts and crashes fields in RQ's job hash survive saves", "94a90064c898"),

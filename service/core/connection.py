@@ -18,6 +18,7 @@ from typing import Any
 from redis import Redis
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
@@ -39,7 +40,10 @@ def connect(url: str, *, role: str = "web") -> Redis:
     options: dict[str, Any] = {
         "socket_connect_timeout": timeout,
         "socket_timeout": timeout,
-        "health_check_interval": 30,
+        # No PING health check before a command on an idle connection: a Redis that cannot persist (MISCONF)
+        # refuses PING itself, which would fail that command, a read included. A dead connection fails the
+        # command instead, and the retry below reconnects.
+        "health_check_interval": 0,
         "retry": Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=1),
         "retry_on_error": [RedisConnectionError, RedisTimeoutError],
     }
@@ -79,8 +83,13 @@ def connect_like(connection: Redis) -> Redis:
 
 
 def ping(connection: Redis) -> bool:
-    """Return True when Redis answers PING, False when it cannot be reached."""
+    """Return True when Redis answers PING, False when it cannot be reached.
+
+    An error reply is an answer: Redis refuses PING too while it cannot persist (MISCONF), and reads still work.
+    """
     try:
         return bool(connection.ping())
     except (RedisConnectionError, RedisTimeoutError):
         return False
+    except ResponseError:
+        return True

@@ -6,6 +6,10 @@ One handler (service.api.errors) turns a ServiceError into the JSON shape
 
 from __future__ import annotations
 
+import re
+
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError
+
 
 class ServiceError(Exception):
     """Raised when a request cannot be served; carries an HTTP status and a machine code."""
@@ -143,6 +147,48 @@ class RedisUnavailable(ServiceError):
 
     status = 503
     code = "redis_unavailable"
+
+
+class RedisFull(RedisUnavailable):
+    """Raised when Redis refuses a write because it is out of memory (maxmemory reached, noeviction policy)."""
+
+    code = "redis_full"
+    retry_after_seconds = 5
+
+
+class RedisReadOnly(RedisUnavailable):
+    """Raised when Redis refuses writes: it cannot persist to disk (MISCONF) or it is a read-only replica."""
+
+    code = "redis_read_only"
+    retry_after_seconds = 5
+
+
+# How each server words a refused write, plain or from inside a script (Redis 6.2 wraps a script's error as
+# "ERR Error running script ...: -OOM ...", 7.0 and Valkey append "script: ..."): matched on the error's code.
+OOM_REPLY = re.compile(r"(?:^|[\s-])OOM\b|used memory > 'maxmemory'")
+MISCONF_REPLY = re.compile(r"(?:^|[\s-])MISCONF\b")
+READONLY_REPLY = re.compile(r"(?:^|[\s-])READONLY\b")
+
+
+def redis_refusal(exc: RedisError) -> RedisUnavailable:
+    """The service error for a Redis error: full (OOM), refusing writes (MISCONF, READONLY) or unavailable.
+
+    The API answers each with a 503 and Retry-After; the CLI exits 3 with its message.
+    """
+    text = str(exc)
+    if isinstance(exc, OutOfMemoryError) or OOM_REPLY.search(text):
+        return RedisFull(
+            "Redis is full (maxmemory reached, noeviction policy): it refuses writes, so nothing was written; "
+            "retry later, or free memory or raise maxmemory"
+        )
+    if MISCONF_REPLY.search(text):
+        return RedisReadOnly(
+            "Redis refuses writes: it cannot persist to disk (MISCONF), so nothing was written; "
+            "retry once its disk problem is fixed"
+        )
+    if isinstance(exc, ReadOnlyError) or READONLY_REPLY.search(text):
+        return RedisReadOnly("Redis refuses writes: it is a read-only replica, so nothing was written; retry shortly")
+    return RedisUnavailable(f"Redis unavailable ({type(exc).__name__}); try again shortly")
 
 
 class ScheduleNotFound(NotFound):

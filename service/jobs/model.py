@@ -123,6 +123,22 @@ class ServiceJob(Job):
     def stopped_callback(self) -> Any:
         return callbacks.resolve(self._stopped_callback_name)
 
+    @classmethod
+    def fetch_many(cls, job_ids: Any, connection: Redis, serializer: Any = None) -> list[Any]:
+        """RQ's fetch_many in one pipeline without MULTI: Redis refuses MULTI while it is full, reads or not."""
+        ids = list(job_ids)
+        with connection.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hgetall(cls.key_for(job_id))
+            found = pipe.execute() if ids else []
+        jobs: list[ServiceJob | None] = []
+        for job_id, fields in zip(ids, found, strict=True):
+            job = cls(job_id, connection=connection, serializer=serializer) if fields else None
+            if job is not None:
+                job.restore(fields)
+            jobs.append(job)
+        return jobs
+
     def restore(self, raw_data: Any) -> Any:
         """Load a stored hash; a field that is not as the service writes it is left out and named in `damage`."""
         fields, problems = damage.inspect(raw_data)
