@@ -13,12 +13,13 @@ and client-certificate files (Settings folds REDIS_TLS_*_FILE into it).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from redis import Redis
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
@@ -32,6 +33,44 @@ PROCESS_TIMEOUT_SECONDS = 5.0
 # Asking a sentinel is one short round trip on loopback or a LAN; a dead one
 # must not eat the web's 3 s budget before the next sentinel is asked.
 SENTINEL_TIMEOUT_SECONDS = 0.3
+# After a connection attempt fails, the web opens no new connection for this long: requests answer 503 at
+# once instead of each knocking again (a Redis at maxclients refuses them all, a frozen one costs each 2 s).
+# Established connections keep serving meanwhile. Workers and schedulers back off in their loops instead.
+WEB_REFUSED_COOLDOWN_SECONDS = 1.0
+
+
+class ConnectGate:
+    """One process's memory of a failed connection attempt: new connections fail at once until the cool-down ends."""
+
+    def __init__(self, cooldown_seconds: float) -> None:
+        self.cooldown_seconds = cooldown_seconds
+        self.closed_until = 0.0
+        self.reason = ""
+
+    def check(self) -> None:
+        if time.monotonic() < self.closed_until:
+            raise RedisConnectionError(f"not connecting: the last attempt failed moments ago ({self.reason})")
+
+    def close(self, exc: RedisError) -> None:
+        self.reason = str(exc)[:200]
+        self.closed_until = time.monotonic() + self.cooldown_seconds
+
+    def guard(self, connection_class: type) -> type:
+        """A subclass of redis-py's `connection_class` whose new connections go through this gate."""
+        gate = self
+
+        class GatedConnection(connection_class):  # type: ignore[misc, valid-type]
+            def connect(self) -> None:
+                if self.is_connected:
+                    return
+                gate.check()
+                try:
+                    super().connect()
+                except RedisError as exc:
+                    gate.close(exc)
+                    raise
+
+        return GatedConnection
 
 
 def connect(url: str, *, role: str = "web") -> Redis:
@@ -50,8 +89,13 @@ def connect(url: str, *, role: str = "web") -> Redis:
     if not url.startswith("unix://"):
         options["socket_keepalive"] = True
     if url.startswith("redis+sentinel://"):
-        return _sentinel_client(url, options)
-    return Redis.from_url(url, **options)
+        client = _sentinel_client(url, options)
+    else:
+        client = Redis.from_url(url, **options)
+    if role == "web":
+        pool = client.connection_pool
+        pool.connection_class = ConnectGate(WEB_REFUSED_COOLDOWN_SECONDS).guard(pool.connection_class)
+    return client
 
 
 def _sentinel_client(url: str, options: dict[str, Any]) -> Redis:

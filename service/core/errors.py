@@ -188,6 +188,8 @@ def redis_refusal(exc: RedisError) -> RedisUnavailable:
         )
     if isinstance(exc, ReadOnlyError) or READONLY_REPLY.search(text):
         return RedisReadOnly("Redis refuses writes: it is a read-only replica, so nothing was written; retry shortly")
+    if "max number of clients reached" in text:
+        return RedisUnavailable("Redis unavailable: it refuses new connections (maxclients reached); try again shortly")
     return RedisUnavailable(f"Redis unavailable ({type(exc).__name__}); try again shortly")
 
 
