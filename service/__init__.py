@@ -1,7 +1,7 @@
 """A lightweight Redis queue service: the Flask app factory and the names task code uses.
 
 Task modules import what they need from here (`from service import task,
-RetryPolicy, route, on, scheduled_for`); each name is loaded on first use, so
+RetryPolicy, route, on, scheduled_for, progress`); each name is loaded on first use, so
 a worker or the scheduler that imports this package never loads Flask.
 """
 
@@ -23,6 +23,7 @@ PUBLIC = {
     "route": "service.core.lanes",
     "on": "service.ops.hooks",
     "scheduled_for": "service.jobs.context",
+    "progress": "service.jobs.context",
 }
 __all__ = ["create_app", *PUBLIC]
 

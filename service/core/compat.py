@@ -116,7 +116,7 @@ REACHES: tuple[Reach, ...] = (
     Reach("rq.job.Job.fetch_many", "service.jobs.model.ServiceJob.fetch_many", OVERRIDE, "the same HGETALLs and restore, in a pipeline without MULTI (refused by a full Redis even for reads)", "04cf72c02cbd"),
     Reach("rq.job.Job.restore", "service.jobs.model.ServiceJob.restore", OVERRIDE, "reads our attempts field from the raw hash; fields not as the service writes them are left out and named in damage", "859daf950a3e"),
     Reach("rq.job.Job._deserialize_data", "service.jobs.model.ServiceJob._deserialize_data", PRIVATE, "a task call is exactly (name, None, [args], {kwargs}); anything else is a DeserializationError", "00c06178d415"),
-    Reach("rq.job.Job.save", "service.jobs.model.ServiceJob.restore", RELY, "HSET mapping: our attempts and crashes fields in RQ's job hash survive saves", "94a90064c898"),
+    Reach("rq.job.Job.save", "service.jobs.model.ServiceJob.restore", RELY, "HSET mapping: our attempts, crashes and progress fields in RQ's job hash survive saves", "94a90064c898"),
     Reach("rq.queue.Queue.get_redis_server_version", "service.jobs.model.ServiceQueue.get_redis_server_version", OVERRIDE, "remembered per connection pool; sets redis_server_version", "8cf49db7fc89"),
     Reach("rq.queue.Queue.push_job_id", "service.jobs.model.ServiceQueue.push_job_id", OVERRIDE, "rings the lane's doorbell; push_commands replays its rpush/lpush", "da2f59b7ff9a"),
     Reach("rq.serializers.resolve_serializer", "service.core.compat.resolve_serializer_once", PATCH, "patched into rq.job, rq.queue, rq.registry, rq.results: remembered per serializer", "b7e9d7f07791"),
@@ -180,6 +180,7 @@ REACHES: tuple[Reach, ...] = (
     Reach("rq_dashboard.web.list_workers", "service.dashboard.mount.init_app", RELY, "workers.json: Worker.all without a serializer, so a running JSON job's call string is unpickled", "c1718df5ebcc"),
     Reach("rq_dashboard.web.inject_interval", "service.dashboard.schedules.schedules_page", RELY, "a blueprint-scoped context processor: our schedules page must pass poll_interval itself", "05618608aa5c"),
     Reach("rq_dashboard.web.queues_overview", "service.dashboard.schedules.schedules_page", RELY, "the endpoint name our navbar links to", "3debcdb084d4"),
+    Reach("rq_dashboard:templates/rq_dashboard/job.html", "service/dashboard/templates/rq_dashboard/job.html", COPY, "a full copy plus a Progress line: shadows upstream's job page", "d9de753e9d82"),
     Reach("rq_dashboard:templates/rq_dashboard/navbar.html", "service/dashboard/templates/rq_dashboard/navbar.html", COPY, "a full copy plus a Schedules link: shadows upstream's navbar", "a4723e800d40"),
 )
 # fmt: on

@@ -7,6 +7,7 @@ function name is a registered task name, looked up in the task registry.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from typing import Any
@@ -49,6 +50,7 @@ class ServiceJob(Job):
     def __init__(self, id: str | None = None, connection: Redis | None = None, serializer: Any = None) -> None:
         super().__init__(id, connection=connection, serializer=serializer or JSONSerializer)
         self.attempts = 0
+        self.progress_json: bytes | None = None  # what the task last gave service.progress(), as stored
         # What is wrong with the stored hash (None: nothing): the job fails with it instead of running.
         self.damage: str | None = None
 
@@ -97,6 +99,14 @@ class ServiceJob(Job):
     def expired(self) -> bool:
         expires_at = (self.meta or {}).get("expires_at")
         return expires_at is not None and time.time() > float(expires_at)
+
+    @property
+    def progress(self) -> Any:
+        """The task's latest progress (service.progress), None until it reports one (or if not JSON)."""
+        try:
+            return json.loads(self.progress_json) if self.progress_json else None
+        except ValueError:
+            return None
 
     @property
     def should_retry(self) -> bool:
@@ -149,6 +159,7 @@ class ServiceJob(Job):
             result = super().restore({k: v for k, v in fields.items() if k in ("data", "origin", "status")})
         self.webhooks = []  # RQ would POST to URLs stored in the hash, outside the outbound fence
         self.attempts = int(fields.get("attempts") or 0)
+        self.progress_json = fields.get("progress")
         self.damage = "; ".join(problems) or None
         return result
 

@@ -148,6 +148,7 @@ class JobOut(BaseModel):
     enqueued_at: str | None
     started_at: str | None
     ended_at: str | None
+    progress: Any = Field(default=None, description="the task's latest service.progress() value, null until set")
     schedule_id: str | None = None
     scheduled_for: str | None = None
 
