@@ -5,13 +5,13 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify
 
 from service.api.body import parse
-from service.api.context import redis, settings
+from service.api.context import redis, settings, waits
 from service.api.openapi import document
 from service.api.query import query
 from service.jobs import describe as view
 from service.jobs import enqueue
 from service.jobs import operations as jobs
-from service.jobs.schemas import BatchRequest, ErrorOut, JobList, JobOut, JobRequest, ListJobsQuery
+from service.jobs.schemas import BatchRequest, ErrorOut, JobList, JobOut, JobQuery, JobRequest, ListJobsQuery
 
 bp = Blueprint("jobs", __name__)
 
@@ -47,10 +47,17 @@ def list_jobs() -> Response:
 
 
 @bp.get("/jobs/<job_id>")
-@document(200, JobOut, tags=("jobs",))
+@document(200, JobOut, query=JobQuery, tags=("jobs",))
 def get_job(job_id: str) -> Response:
-    """Return one job."""
-    return jsonify(view.describe(jobs.fetch(redis(), job_id)))
+    """Return one job; with `wait`, once it has ended or after `wait` seconds (at most 60), as it then is."""
+    seconds = query(JobQuery).wait
+    if seconds is None:
+        return jsonify(view.describe(jobs.fetch(redis(), job_id)))
+    waited = jobs.wait(waits(), redis(), job_id, seconds)
+    response = jsonify(view.describe(waited.value))
+    if not waited.held:  # this process holds as many waits as it may: the client asks again
+        response.headers["Retry-After"] = "1"
+    return response
 
 
 @bp.post("/jobs/<job_id>/cancel")

@@ -112,6 +112,8 @@ REACHES: tuple[Reach, ...] = (
     Reach("rq.job.Job.failure_callback", "service.jobs.model.ServiceJob.failure_callback", OVERRIDE, "as success_callback", "0bccbb92ea7d"),
     Reach("rq.job.Job.stopped_callback", "service.jobs.model.ServiceJob.stopped_callback", OVERRIDE, "as success_callback", "39852cf148dc"),
     Reach("rq.job.Job.should_retry", "service.jobs.model.ServiceJob.should_retry", OVERRIDE, "an expired job is not retried; RQ must read should_retry, not retries_left", "cf765572a37a"),
+    Reach("rq.job.Job.set_status", "service.jobs.model.ServiceJob.set_status", OVERRIDE, "super() plus PUBLISH on the job's ended channel for finished, failed, stopped, canceled, in the caller's pipeline: every Python path that ends a job goes through it", "a093b9649641"),
+    Reach("rq.job.Job.delete", "service.jobs.model.ServiceJob.delete", OVERRIDE, "super() plus PUBLISH on the job's ended channel (a result_ttl 0 success deletes the job instead of setting finished)", "1a15005871aa"),
     Reach("rq.job.Job.prepare_for_execution", "service.jobs.model.ServiceJob.prepare_for_execution", OVERRIDE, "counts attempts (dead path: the claim script starts jobs)", "4e8e0eca634d"),
     Reach("rq.job.Job.fetch_many", "service.jobs.model.ServiceJob.fetch_many", OVERRIDE, "the same HGETALLs and restore, in a pipeline without MULTI (refused by a full Redis even for reads)", "04cf72c02cbd"),
     Reach("rq.job.Job.restore", "service.jobs.model.ServiceJob.restore", OVERRIDE, "reads our attempts field from the raw hash; fields not as the service writes them are left out and named in damage", "859daf950a3e"),

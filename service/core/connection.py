@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from redis import Redis
+from redis import BlockingConnectionPool, Redis
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
@@ -37,6 +37,10 @@ SENTINEL_TIMEOUT_SECONDS = 0.3
 # once instead of each knocking again (a Redis at maxclients refuses them all, a frozen one costs each 2 s).
 # Established connections keep serving meanwhile. Workers and schedulers back off in their loops instead.
 WEB_REFUSED_COOLDOWN_SECONDS = 1.0
+# A web process runs many threads (a wait parks one), but the GIL lets only a few talk to Redis at once:
+# its pool is capped, and a thread waits this long for a free connection before the request answers 503.
+WEB_MAX_CONNECTIONS = 32
+WEB_POOL_WAIT_SECONDS = 0.5
 
 
 class ConnectGate:
@@ -90,6 +94,11 @@ def connect(url: str, *, role: str = "web") -> Redis:
         options["socket_keepalive"] = True
     if url.startswith("redis+sentinel://"):
         client = _sentinel_client(url, options)
+    elif role == "web":
+        pool = BlockingConnectionPool.from_url(
+            url, max_connections=WEB_MAX_CONNECTIONS, timeout=WEB_POOL_WAIT_SECONDS, **options
+        )
+        client = Redis(connection_pool=pool)
     else:
         client = Redis.from_url(url, **options)
     if role == "web":

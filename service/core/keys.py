@@ -149,6 +149,16 @@ METRICS_KEY = "svc:metrics"  # hash: counters and histograms (service.core.metri
 POISON_JOBS_KEY = "svc:metrics:poison_jobs"  # hash: task -> jobs failed for crashing their workers
 
 
+# Pub/sub channel per job: every transition that ends a job (finished, failed, stopped, canceled) publishes
+# its status there, in the same script or transaction; GET /jobs/<id>?wait= listens (service.jobs.waits).
+ENDED_PREFIX = "svc:ended:"
+
+
+def ended_channel(job_id: str) -> str:
+    """The channel a job's end is published on."""
+    return ENDED_PREFIX + job_id
+
+
 def claimed_key(worker_name: str) -> str:
     """The in-progress list of worker `worker_name`."""
     return CLAIMED_KEY.format(worker=worker_name)

@@ -14,12 +14,12 @@ from typing import Any
 
 from redis import Redis
 from rq.exceptions import DeserializationError
-from rq.job import UNEVALUATED, Job
+from rq.job import UNEVALUATED, Job, JobStatus
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
 
 from service.core import compat
-from service.core.keys import doorbell_key
+from service.core.keys import doorbell_key, ended_channel
 from service.core.lanes import LANES, check_lane
 from service.jobs import callbacks, damage
 from service.tasks.registry import REGISTRY, TaskSpec
@@ -41,6 +41,8 @@ class JobDamaged(Exception):
     """Raised in a worker for a job whose stored hash is damaged (service.jobs.damage); it fails unrun, unretried."""
 
 
+# The statuses a job ends in: setting one wakes the job's waiters (service.jobs.waits).
+ENDED_STATUSES = frozenset({JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED})
 BAD_DATA = "the job's data is not JSON [task name, null, [args], {kwargs}]; it is never loaded or run"
 
 
@@ -112,6 +114,18 @@ class ServiceJob(Job):
     def should_retry(self) -> bool:
         # An expired or damaged job stays failed: retrying could only fail again.
         return bool(super().should_retry) and not self.damage and not self.expired
+
+    def set_status(self, status: JobStatus, pipeline: Any = None) -> None:
+        """RQ's set_status; a status that ends the job is also published on its ended channel, in the same pipeline."""
+        super().set_status(status, pipeline=pipeline)
+        if status in ENDED_STATUSES:
+            target = pipeline if pipeline is not None else self.connection
+            target.publish(ended_channel(self.id), JobStatus(status).value)
+
+    def delete(self, pipeline: Any = None, remove_from_queue: bool = True, delete_dependents: bool = False) -> None:
+        """RQ's delete; the job's waiters are woken too (they find it gone), after it or in the same pipeline."""
+        super().delete(pipeline=pipeline, remove_from_queue=remove_from_queue, delete_dependents=delete_dependents)
+        (pipeline if pipeline is not None else self.connection).publish(ended_channel(self.id), "deleted")
 
     def prepare_for_execution(self, worker_name: str, pipeline: Any) -> None:
         super().prepare_for_execution(worker_name, pipeline)

@@ -7,6 +7,7 @@ InvalidField, whose message names the field (SPEC §5).
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
@@ -15,6 +16,7 @@ from service.core.config import whole_number
 from service.core.errors import InvalidField
 from service.jobs.describe import STATUSES
 from service.jobs.model import JOB_ID
+from service.jobs.waits import MAX_WAIT_SECONDS
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -38,8 +40,20 @@ def _ascii_whole(value: Any) -> Any:
     return value
 
 
+def _ascii_seconds(value: Any) -> Any:
+    """A query duration is ASCII digits with an optional fraction ('5', '0.25'): no sign, exponent, nan or inf."""
+    if isinstance(value, str):
+        if not SECONDS_TEXT.fullmatch(value):
+            raise ValueError(f"{value[:20]!r} is not a number of seconds")
+        return float(value)
+    return value
+
+
 # An integer query parameter (query strings are text: strict mode would refuse every value).
 QueryInt = Annotated[int, BeforeValidator(_ascii_whole)]
+# A duration query parameter in seconds.
+SECONDS_TEXT = re.compile(r"[0-9]{1,6}(\.[0-9]{1,6})?")
+QuerySeconds = Annotated[float, BeforeValidator(_ascii_seconds)]
 
 
 class Strict(BaseModel):
@@ -122,6 +136,14 @@ class Query(Strict):
     """Base for query strings: unknown parameters are refused; numbers are QueryInt."""
 
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+
+class JobQuery(Query):
+    """GET /jobs/<id> query string."""
+
+    wait: QuerySeconds | None = Field(
+        default=None, gt=0, le=MAX_WAIT_SECONDS, description="seconds to wait for the job to end (at most 60)"
+    )
 
 
 class ListJobsQuery(Query):

@@ -109,6 +109,7 @@ class Finisher:
                     slot_key,
                     keys.METRICS_KEY,
                     job.dependencies_key,
+                    keys.ended_channel(job.id),
                 ],
                 args=[
                     job.id,

@@ -29,7 +29,7 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.utils import now, utcformat
 
-from service.core import metrics
+from service.core import keys, metrics
 from service.core.lanes import LANES
 from service.tasks.registry import DEFAULT_FAILURE_TTL_SECONDS
 from service.workers.claim import raw_id
@@ -78,6 +78,7 @@ def fail(
         if status is not None and status not in ENDED:
             ttl = DEFAULT_FAILURE_TTL_SECONDS
             pipe.hset(job_key, mapping={"status": JobStatus.FAILED.value, "ended_at": utcformat(now())})
+            pipe.publish(raw_id(keys.ended_channel(job_id)), JobStatus.FAILED.value)
             pipe.expire(job_key, ttl)
             pipe.zadd(FailedJobRegistry.key_template.format(lane), {raw_id(job_id): time.time() + ttl})
             result = Result(job_id, Result.Type.FAILED, connection, exc_string=reason, worker_name=worker_name,

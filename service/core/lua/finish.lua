@@ -1,7 +1,8 @@
 -- Finish: store a plain job's success in one call, as RQ's handle_job_success would.
 -- KEYS: job hash, started registry, execution hash, executions registry, worker hash,
 --       worker executions set, claimed list, finished registry, result stream, dependents set,
---       the task's concurrency slots (or any unused key), metrics hash, dependencies set.
+--       the task's concurrency slots (or any unused key), metrics hash, dependencies set,
+--       the job's ended channel (PUBLISH: wakes GET /jobs/<id>?wait=).
 -- ARGV: job id, execution composite key, execution id, ended_at (RQ's ISO format),
 --       result ttl (-1 = forever), finished registry score, working seconds,
 --       the duration histogram's bucket bounds (a JSON list of strings, as the metrics hash names them),
@@ -52,4 +53,5 @@ redis.call('ZREM', KEYS[11], ARGV[1])
 redis.call('HINCRBY', KEYS[5], 'successful_job_count', 1)
 redis.call('HINCRBYFLOAT', KEYS[5], 'total_working_time', ARGV[7])
 redis.call('HSET', KEYS[5], 'state', 'idle')
+redis.call('PUBLISH', KEYS[14], 'finished')
 return redis.call('SCARD', KEYS[10])
