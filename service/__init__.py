@@ -40,7 +40,7 @@ def create_app(settings: Settings | None = None, *, connection: Redis | None = N
     from werkzeug.middleware.proxy_fix import ProxyFix
 
     from service import api
-    from service.api import paths
+    from service.api import fast, paths
     from service.core import compat
     from service.core.config import Settings
     from service.core.connection import connect
@@ -66,4 +66,5 @@ def create_app(settings: Settings | None = None, *, connection: Redis | None = N
     dashboard.init_app(app, settings)
     paths.init_app(app)
     origin.init_app(app)
+    fast.install(app)  # last: it checks the request hooks installed above
     return app

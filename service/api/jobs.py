@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Response, jsonify
 
 from service.api.body import parse
@@ -12,6 +14,7 @@ from service.jobs import describe as view
 from service.jobs import enqueue
 from service.jobs import operations as jobs
 from service.jobs.schemas import BatchRequest, ErrorOut, JobList, JobOut, JobQuery, JobRequest, ListJobsQuery
+from service.jobs.writer import Submitted
 
 bp = Blueprint("jobs", __name__)
 
@@ -20,21 +23,33 @@ class BatchOut(JobList):
     """POST /jobs/batch answer: the jobs in request order."""
 
 
+def job_requests(body: JobRequest | BatchRequest) -> list[JobRequest]:
+    """The job requests of a POST /jobs or POST /jobs/batch body."""
+    return list(body.jobs) if isinstance(body, BatchRequest) else [body]
+
+
+def enqueued(outcomes: list[Submitted], batch: bool) -> tuple[dict[str, Any], int]:
+    """The answer to an enqueue: the job (202, or 200 for a repeated idempotency key), or the batch's jobs (202)."""
+    if batch:
+        return {"jobs": [outcome.describe() for outcome in outcomes], "next_cursor": None}, 202
+    return outcomes[0].describe(), 202 if outcomes[0].created else 200
+
+
 @bp.post("/jobs")
 @document(202, JobOut, json=JobRequest, tags=("jobs",), also={200: JobOut, 429: ErrorOut})
 def create_job() -> tuple[Response, int]:
     """Enqueue one job: 202 with the job; 200 with the existing job for a repeated idempotency key."""
-    outcome = enqueue.submit(redis(), [parse(JobRequest)], limits=settings().limits)[0]
-    return jsonify(outcome.describe()), 202 if outcome.created else 200
+    body, status = enqueued(enqueue.submit(redis(), [parse(JobRequest)], limits=settings().limits), batch=False)
+    return jsonify(body), status
 
 
 @bp.post("/jobs/batch")
 @document(202, BatchOut, json=BatchRequest, tags=("jobs",), also={429: ErrorOut})
 def create_jobs() -> tuple[Response, int]:
     """Enqueue many jobs in one transaction; one invalid entry rejects the whole batch."""
-    batch = parse(BatchRequest)
-    outcomes = enqueue.submit(redis(), list(batch.jobs), batch=True, limits=settings().limits)
-    return jsonify({"jobs": [outcome.describe() for outcome in outcomes], "next_cursor": None}), 202
+    requests = job_requests(parse(BatchRequest))
+    body, status = enqueued(enqueue.submit(redis(), requests, batch=True, limits=settings().limits), batch=True)
+    return jsonify(body), status
 
 
 @bp.get("/jobs")

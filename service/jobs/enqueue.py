@@ -14,8 +14,8 @@ import hashlib
 import inspect
 import json
 import math
+import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -39,6 +39,8 @@ if TYPE_CHECKING:  # requests are validated by the caller: workers enqueue witho
 
 ALIVE = frozenset({"queued", "scheduled", "deferred", "started"})
 NO_RETRY = RetryPolicy(0, ())
+# uuid4's variant digit (10xx in binary) for each hex digit of random bits.
+VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 # Calls with at most this many positional and keyword arguments have their fit checked once per shape.
 SMALL_CALL_ARGS = 8
 
@@ -82,11 +84,28 @@ def submit(
 
     `limits`: a client's request (API, CLI) is held to them; the service's own enqueues pass None.
     """
-    planned = [plan(request, field=f"jobs.{i}" if batch else "", limits=limits) for i, request in enumerate(requests)]
-    return commit(connection, planned, limits.queue_length if limits else None)
+    return commit(connection, plan_many(requests, batch, limits), limits.queue_length if limits else None)
 
 
-def plan(request: Request, field: str = "", limits: Limits | None = None) -> Planned:
+def plan_many(requests: list[Request], batch: bool = False, limits: Limits | None = None) -> list[Planned]:
+    """Check and plan every request's job (no Redis); InvalidField names the first bad one (`jobs.<i>.` in a batch)."""
+    ids = new_job_ids(len(requests))
+    return [
+        plan(request, field=f"jobs.{i}" if batch else "", limits=limits, job_id=job_id)
+        for i, (request, job_id) in enumerate(zip(requests, ids, strict=True))
+    ]
+
+
+def new_job_ids(count: int) -> list[str]:
+    """`count` random job ids in uuid4's form, from one read of the OS's randomness (not one per job)."""
+    digits = os.urandom(16 * count).hex()
+    return [
+        f"{d[:8]}-{d[8:12]}-4{d[13:16]}-{VARIANT[d[16]]}{d[17:20]}-{d[20:32]}"
+        for d in (digits[i : i + 32] for i in range(0, 32 * count, 32))
+    ]
+
+
+def plan(request: Request, field: str = "", limits: Limits | None = None, job_id: str | None = None) -> Planned:
     """Check `request` against the registry and build its job's per-job parts; raise InvalidField on any problem."""
     prefix = f"{field}." if field else ""
     try:
@@ -103,7 +122,7 @@ def plan(request: Request, field: str = "", limits: Limits | None = None) -> Pla
     timeout = request.timeout or spec.timeout_seconds
     result_ttl = spec.result_ttl_seconds if request.result_ttl is None else request.result_ttl
     p = Planned(
-        id=str(uuid.uuid4()),
+        id=job_id or new_job_ids(1)[0],
         spec=spec,
         lane=lane,
         args=args,
