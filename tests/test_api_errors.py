@@ -1,4 +1,4 @@
-"""Every error status answers the SPEC §5 JSON shape, and a rejected request writes nothing."""
+"""Every error status answers the one JSON error shape, and a rejected request writes nothing."""
 
 from __future__ import annotations
 

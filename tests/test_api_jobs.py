@@ -1,4 +1,4 @@
-"""POST /jobs and GET /jobs/<id>: the job fields of SPEC §5."""
+"""POST /jobs and GET /jobs/<id>: the job fields clients rely on."""
 
 from __future__ import annotations
 

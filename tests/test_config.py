@@ -1,4 +1,4 @@
-"""Settings.from_env: every variable of SPEC §2 is validated with a message naming it."""
+"""Settings.from_env: every variable is validated with a message naming it."""
 
 from __future__ import annotations
 

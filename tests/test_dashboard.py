@@ -43,6 +43,9 @@ PATHS = [
     ("POST", "/dashboard/queue/default/failed/empty"),
     ("POST", "/dashboard/queue/default/compact"),
     ("GET", "/dashboard/schedules"),
+    ("GET", "/dashboard/charts"),
+    ("GET", "/dashboard/charts/data.json"),
+    ("GET", "/dashboard/charts/static/charts.js"),
     ("POST", "/dashboard/schedules/s1/pause"),
 ]
 
@@ -104,6 +107,9 @@ ROUTES = {
     "/dashboard/favicon.ico": {"GET"},
     "/dashboard/schedules": {"GET"},
     "/dashboard/schedules/<schedule_id>/<action>": {"POST"},
+    "/dashboard/charts": {"GET"},
+    "/dashboard/charts/data.json": {"GET"},
+    "/dashboard/charts/static/<path:filename>": {"GET"},
     "/dashboard/job/<job_id>/delete": {"POST"},
     "/dashboard/job/<job_id>/requeue": {"POST"},
     "/dashboard/requeue/<queue_name>": {"POST"},

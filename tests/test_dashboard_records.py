@@ -85,13 +85,14 @@ def dashboard_urls(app: Flask, method: str, job_ids: list[str]) -> list[tuple[st
     """Every /dashboard route that takes `method`, with its parameters filled in every way that matters."""
     values: dict[str, list[Any]] = {
         "instance_number": [0], "job_id": job_ids, "queue_name": list(LANES), "registry_name": list(REGISTRIES),
-        "per_page": [8], "order": ["asc"], "page": [1], "filename": ["js/jquery-3.5.1.min.js"],
-        "schedule_id": ["nightly"], "action": ["pause"],
+        "per_page": [8], "order": ["asc"], "page": [1], "schedule_id": ["nightly"], "action": ["pause"],
     }  # fmt: skip
+    files = {"rq_dashboard.static": "js/jquery-3.5.1.min.js", "dashboard_charts.static": "charts.js"}
     urls = []
     for rule in app.url_map.iter_rules():
         if not rule.rule.startswith("/dashboard") or method not in (rule.methods or ()):
             continue
+        values["filename"] = [files.get(rule.endpoint)]
         filled = [rule.rule]
         for name in rule.arguments:
             pattern = re.compile(rf"<(?:[a-z]+:)?{name}>")

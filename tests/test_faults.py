@@ -10,6 +10,7 @@ import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from redis import Redis
 
 from service import create_app
@@ -24,6 +25,8 @@ from tests.conftest import TASK_MODULES, TOKEN
 from tests.helpers import wait_until
 from tests.ledger import assert_nothing_lost
 from tests.processes import Processes
+
+pytestmark = pytest.mark.matrix
 
 OUTAGE_SECONDS = 30
 load_task_modules(TASK_MODULES)

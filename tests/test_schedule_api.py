@@ -13,6 +13,8 @@ from redis import Redis
 from service.core.keys import ScheduleKeys
 from tests.conftest import AUTH
 
+pytestmark = pytest.mark.matrix
+
 EVERY_MINUTE = {"task": "diag.echo", "args": [1], "kwargs": {"k": "v"}, "cron": "* * * * *"}
 
 

@@ -15,6 +15,8 @@ from service.core.keys import ScheduleKeys
 from service.schedules import operations as schedules
 from service.schedules.declared import sync
 
+pytestmark = pytest.mark.matrix
+
 TOML = """
 [schedules.nightly]
 task = "diag.echo"

@@ -24,6 +24,8 @@ from service.schedules.store import read
 from service.tasks.registry import task
 from service.workers.worker import ServiceWorker
 
+pytestmark = pytest.mark.matrix
+
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
 

@@ -19,7 +19,7 @@ from service.schedules import operations as schedules
 from tests.helpers import wait_until
 from tests.processes import Processes, ServiceProcess
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.matrix]
 
 
 def counters(connection: Redis, schedule_id: str) -> dict[str, int]:

@@ -12,6 +12,8 @@ from service.schedules import operations as schedules
 from service.schedules.cron import CronRule, CronSyntaxError, check_expression
 from service.schedules.spec import DueTimes, parse_spec, to_ms
 
+pytestmark = pytest.mark.matrix
+
 
 def fires(expression: str, zone: str, start: datetime, count: int, **policy: str) -> list[str]:
     """The next `count` due instants after `start`, as 'UTC | local' strings."""

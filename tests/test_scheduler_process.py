@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import signal
 
+import pytest
 from redis import Redis
 
 from service.core.keys import SCHEDULER_LOCK_KEY as LEASE_KEY
 from tests.helpers import wait_until
 from tests.processes import Processes
+
+pytestmark = pytest.mark.matrix
 
 
 def test_scheduler_takes_the_lease_and_releases_it_on_sigterm(connection: Redis, processes: Processes) -> None:

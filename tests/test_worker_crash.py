@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import time
 
+import pytest
 from redis import Redis
 from rq.registry import FinishedJobRegistry
 
@@ -19,6 +20,8 @@ from tests.worker_fixtures import (
     start_worker,
     status,
 )
+
+pytestmark = pytest.mark.matrix
 
 # With the test timings (FAST) a dead worker is noticed within 1 s + 0.5 s;
 # the bound asserted leaves room for a loaded machine.

@@ -14,6 +14,8 @@ from tests.helpers import wait_until
 from tests.processes import Processes
 from tests.worker_fixtures import enqueue_many, lanes_and_claims_empty, recorded, start_worker
 
+pytestmark = pytest.mark.matrix
+
 
 @pytest.fixture
 def private(private_redis: EmbeddedRedis) -> Iterator[Redis]:

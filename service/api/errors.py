@@ -1,4 +1,4 @@
-"""Error translation: every error the web app answers has the SPEC §5 JSON shape."""
+"""Error translation: every error the web app answers has the one JSON error shape."""
 
 from __future__ import annotations
 

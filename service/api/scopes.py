@@ -67,6 +67,9 @@ ROUTES: dict[str, Route] = {
     "rq_dashboard.compact_queue": Route("operate", "queue.compact", "{queue_name}"),
     "dashboard_schedules.schedules_page": READ,
     "dashboard_schedules.schedule_action": Route("operate", "schedule.{action}", "{schedule_id}"),
+    "dashboard_charts.charts_page": READ,
+    "dashboard_charts.chart_data": READ,
+    "dashboard_charts.static": READ,
 }
 # What an endpoint missing from the table needs.
 UNLISTED = Route("admin")

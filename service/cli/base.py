@@ -10,10 +10,11 @@ from __future__ import annotations
 import functools
 import getpass
 import json
+import os
 import socket
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -21,8 +22,8 @@ import click
 from redis import Redis
 from redis.exceptions import RedisError
 
-from service.core.config import Limits, Settings
-from service.core.connection import connect
+from service.core.config import DEV_REDIS_SOCKET, Limits, Settings, dev_redis_dir
+from service.core.connection import connect, dev_redis_url
 from service.core.errors import ConfigError, InvalidField, ServiceError, redis_refusal
 from service.ops import audit
 from service.tasks.registry import load_task_modules
@@ -37,7 +38,7 @@ class Context:
 
     def load(self) -> None:
         if self.settings is None:
-            self.settings = Settings.from_env(role="cli")
+            self.settings = Settings.from_env(environment(), role="cli")
             load_task_modules(self.settings.task_modules)
 
     @property
@@ -67,6 +68,22 @@ class Context:
         audit.record(self.connection, event, self.limits.audit_events)
 
 
+def environment() -> Mapping[str, str]:
+    """The environment, with `make run`'s embedded Redis as REDIS_URL when REDIS_URL is unset and that Redis answers.
+
+    So the CLI works in a second terminal beside `make run`, as the README shows it.
+    """
+    if os.environ.get("REDIS_URL"):
+        return os.environ
+    url = dev_redis_url()
+    if url is None:
+        raise ConfigError(
+            f"REDIS_URL: not set, and no `make run` Redis answers at {dev_redis_dir() / DEV_REDIS_SOCKET}; "
+            "set REDIS_URL, or start `make run` in this folder"
+        )
+    return {**os.environ, "REDIS_URL": url}
+
+
 pass_context = click.make_pass_decorator(Context, ensure=True)
 
 
@@ -88,6 +105,37 @@ def service_errors() -> Iterator[None]:
 def fail(message: str, code: int) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
+
+
+@contextmanager
+def progress_bar(label: str) -> Iterator[Callable[[int, int], None]]:
+    """A `progress(done, total)` callback that draws a bar on standard error when that is a terminal.
+
+    In a script or a pipe (standard error not a terminal) it draws and prints nothing.
+    """
+    if not sys.stderr.isatty():
+        yield lambda done, total: None
+        return
+    bars: list[Any] = []
+
+    def progress(done: int, total: int) -> None:
+        if not bars:
+            bar = click.progressbar(
+                length=total,
+                label=label,
+                file=sys.stderr,
+                show_pos=True,
+                show_percent=True,
+                update_min_steps=max(1, total // 200),  # redraw about 200 times, whatever the length
+            )
+            bars.append(bar.__enter__())
+        bars[0].update(done - bars[0].pos)
+
+    try:
+        yield progress
+    finally:
+        if bars:
+            bars[0].render_finish()
 
 
 def echo_json(data: Any) -> None:

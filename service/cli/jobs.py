@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from service.cli.base import Context, cli, command, echo_json, parse_value, pass_context
+from service.cli.base import Context, cli, command, echo_json, parse_value, pass_context, progress_bar
 from service.core.errors import InvalidField
 from service.tasks.registry import REGISTRY
 
@@ -116,7 +116,8 @@ def requeue_command(ctx: Context, job_id: str | None, all_failed: bool) -> None:
     if all_failed == bool(job_id):
         raise InvalidField("job_id", "give a job id or --all-failed, not both")
     if all_failed:
-        requeued = requeue_all_failed(ctx.connection)
+        with progress_bar("requeueing failed jobs") as progress:
+            requeued = requeue_all_failed(ctx.connection, progress)
         ctx.audit("queue.requeue_failed", "all lanes")
         echo_json({"requeued": requeued})
     else:

@@ -1,4 +1,4 @@
-"""`python -m service schedules ...`: list, add, rm, pause, resume, run, runs, preview and backfill schedules.
+"""`python -m service schedules ...`: list, add, rm, pause, resume, run, runs, preview, backfill and sync schedules.
 
 Each command calls the same domain functions as the HTTP views
 (service.schedules.operations) and prints JSON, or a short table for `list`.
@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
 
-from service.cli.base import Context, cli, command, echo_json, parse_value, pass_context
-from service.core.errors import InvalidField
+from service.cli.base import Context, cli, command, echo_json, parse_value, pass_context, progress_bar
+from service.core.errors import ConfigError, InvalidField
 from service.schedules import operations as domain
 
 
@@ -168,6 +169,24 @@ def preview_command(ctx: Context, schedule_id: str | None, count: int, **options
 @pass_context
 def backfill_command(ctx: Context, schedule_id: str, begin: str, end: str) -> None:
     """Enqueue one run per due time of SCHEDULE_ID in a past range."""
-    runs = domain.backfill(ctx.connection, schedule_id, {"from": begin, "to": end})
+    with progress_bar(f"backfilling {schedule_id}") as progress:
+        runs = domain.backfill(ctx.connection, schedule_id, {"from": begin, "to": end}, progress=progress)
     ctx.audit("schedule.backfill", schedule_id)
     echo_json(runs)
+
+
+@command(schedules, "sync")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@pass_context
+def sync_command(ctx: Context, path: str) -> None:
+    """Sync a declared schedules file (TOML or YAML) now, as the scheduler does SCHEDULES_FILE at start."""
+    from service.schedules.declared import sync
+
+    connection = ctx.connection
+    with progress_bar("syncing schedules") as progress:
+        try:
+            changed = sync(connection, path, progress)
+        except ConfigError as exc:  # the file's problem, named by the file rather than by SCHEDULES_FILE
+            raise InvalidField(Path(path).name, exc.message.removeprefix("SCHEDULES_FILE: ")) from None
+    ctx.audit("schedules.sync", Path(path).name)
+    echo_json({name: len(ids) for name, ids in changed.items()})

@@ -12,6 +12,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from redis_sentinel_url import parse_sentinel_url
@@ -43,6 +44,11 @@ TOKEN_MIN_LENGTH = 16
 SCOPES = ("read", "enqueue", "operate", "admin")
 IMPLIED_SCOPES = {"admin": frozenset(SCOPES), "operate": frozenset({"operate", "read"})}
 TOKEN_NAME = re.compile(r"[a-z0-9_-]{1,32}")
+# `make run` keeps its data in DATA_DIR (default `data`, relative to where it runs) and, when
+# REDIS_URL is unset, runs its embedded Redis in DATA_DIR/redis on the unix socket `redis.sock`
+# there. The CLI finds that Redis by the same rule.
+DEFAULT_DATA_DIR = "data"
+DEV_REDIS_SOCKET = "redis.sock"
 # A whole number as configuration and query strings give it: ASCII digits only
 # (str.isdigit() and int() also take '²' or '٣'), at most 18 of them.
 ASCII_WHOLE = re.compile(r"[0-9]{1,18}")
@@ -51,6 +57,17 @@ ASCII_WHOLE = re.compile(r"[0-9]{1,18}")
 def whole_number(text: str) -> int | None:
     """Return `text` as an int when it is 1-18 ASCII digits and nothing else, else None."""
     return int(text) if ASCII_WHOLE.fullmatch(text) else None
+
+
+def dev_data_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """`make run`'s data folder: DATA_DIR, or `data` when it is unset or empty."""
+    env = os.environ if environ is None else environ
+    return Path(env.get("DATA_DIR") or DEFAULT_DATA_DIR)
+
+
+def dev_redis_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where `make run`'s embedded Redis keeps its AOF, log and socket (DEV_REDIS_SOCKET)."""
+    return dev_data_dir(environ) / "redis"
 
 
 @dataclass(frozen=True)
@@ -306,7 +323,7 @@ def _modules(value: str) -> tuple[str, ...]:
     bad = [m for m in modules if not MODULE_NAME.fullmatch(m)]
     if bad:
         raise ConfigError(f"TASK_MODULES: not a module name: {bad[0]!r}")
-    # The diagnostic tasks (SPEC §3) and the webhook delivery task are always registered.
+    # The diagnostic tasks and the webhook delivery task are always registered.
     return tuple(dict.fromkeys((*ALWAYS_LOADED, *(modules or DEFAULT_TASK_MODULES))))
 
 

@@ -2,7 +2,7 @@
 
 Each process makes one client and passes it to every queue, worker and
 scheduler. The timeouts are what keep a frozen Redis from hanging anything:
-a web request fails within about 3 s (SPEC §8) and answers 503.
+a web request fails within about 3 s and answers 503.
 
 A `redis+sentinel://` URL gives a client whose connections ask the sentinels
 for the current primary each time they connect, and drop a connection whose
@@ -14,6 +14,7 @@ and client-certificate files (Settings folds REDIS_TLS_*_FILE into it).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from redis import BlockingConnectionPool, Redis
@@ -24,6 +25,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 from redis_sentinel_url import parse_sentinel_url
+
+from service.core.config import DEV_REDIS_SOCKET, dev_redis_dir
 
 # Web: connect within 1 s, read within 1 s, one quick retry: 503 in under 3 s.
 WEB_TIMEOUT_SECONDS = 1.0
@@ -146,3 +149,18 @@ def ping(connection: Redis) -> bool:
         return False
     except ResponseError:
         return True
+
+
+def dev_redis_url(environ: Mapping[str, str] | None = None) -> str | None:
+    """The unix:// URL of `make run`'s embedded Redis when it answers PING on its socket, else None."""
+    socket_path = (dev_redis_dir(environ) / DEV_REDIS_SOCKET).resolve()
+    if not socket_path.is_socket():
+        return None
+    url = f"unix://{socket_path}"
+    client = Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+    try:
+        return url if client.ping() else None
+    except RedisError:
+        return None
+    finally:
+        client.close()

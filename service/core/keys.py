@@ -147,6 +147,10 @@ IDEMPOTENCY_PREFIX = "svc:idem:"  # string: idempotency key -> job id
 UNIQUE_PREFIX = "svc:unique:"  # string: unique task + arguments -> job id
 METRICS_KEY = "svc:metrics"  # hash: counters and histograms (service.core.metrics)
 POISON_JOBS_KEY = "svc:metrics:poison_jobs"  # hash: task -> jobs failed for crashing their workers
+# The dashboard's charts (service.ops.rollup): one summary per minute, written by one process a minute.
+ROLLUP_KEY = "svc:rollup"  # list: JSON summaries, newest first, the last 24 h kept
+ROLLUP_MINUTE_KEY = "svc:rollup:minute"  # string: the last minute (epoch minutes) a process claimed
+ROLLUP_TOTALS_KEY = "svc:rollup:totals"  # string: the counters' totals at the last summary (JSON)
 
 
 # Pub/sub channel per job: every transition that ends a job (finished, failed, stopped, canceled) publishes

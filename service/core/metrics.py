@@ -30,6 +30,8 @@ COUNTERS = {
 }
 HISTOGRAMS = {
     "job_duration_seconds": ("Job execution time, by task and lane.", ("task", "queue"), DURATION_BUCKETS),
+    # Counted by the worker path when a job starts; the dashboard's charts read its p50 and p95 per lane.
+    "job_wait_seconds": ("Time from enqueue to start, by lane.", ("queue",), DURATION_BUCKETS),
 }
 
 

@@ -23,6 +23,8 @@ DASHBOARD_CSP = (
 )
 # The API answers JSON only: nothing may load, run or frame it.
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
+# Files that may be cached (scripts, styles); every other dashboard answer is no-store.
+STATIC_ENDPOINTS = frozenset({"rq_dashboard.static", "dashboard_charts.static"})
 ALWAYS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -50,7 +52,7 @@ def add_security_headers(response: Response) -> Response:
     response.headers.update(ALWAYS)
     nonce = f"'nonce-{g.csp_nonce}' " if "csp_nonce" in g else ""
     response.headers["Content-Security-Policy"] = DASHBOARD_CSP.format(nonce=nonce)
-    if request.endpoint != "rq_dashboard.static":
+    if request.endpoint not in STATIC_ENDPOINTS:
         response.headers["Cache-Control"] = "no-store"
     return response
 

@@ -53,7 +53,8 @@ def guard_dashboard(tokens: tuple[ApiToken, ...]) -> Response | None:
 
 
 def init_app(app: Flask, settings: Settings) -> None:
-    """Mount rq-dashboard and the schedules view under /dashboard: guarded, same-origin, JSON-only."""
+    """Mount rq-dashboard, the schedules view and the charts under /dashboard: guarded, same-origin, JSON-only."""
+    from service.dashboard import charts as dashboard_charts
     from service.dashboard import schedules as dashboard_schedules
 
     app.config.from_object(rq_dashboard.default_settings)
@@ -61,6 +62,7 @@ def init_app(app: Flask, settings: Settings) -> None:
     headers.init_app(app)
     app.before_request(lambda: guard_dashboard(app.extensions["settings"].api_tokens))
     app.register_blueprint(dashboard_schedules.bp, url_prefix=PREFIX)
+    app.register_blueprint(dashboard_charts.bp, url_prefix=PREFIX)
     app.register_blueprint(rq_dashboard.blueprint, url_prefix=PREFIX)
     seam.install(app)
     with app.app_context():

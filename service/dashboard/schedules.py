@@ -11,13 +11,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from flask import Blueprint, current_app, redirect, render_template, request, url_for
-from rq import __version__ as rq_version
-from rq_dashboard.version import VERSION as rq_dashboard_version
 from rq_dashboard.web import inject_interval
 from werkzeug.wrappers import Response
 
 from service.core.keys import job_key
-from service.dashboard.seam import instance_labels
+from service.dashboard.seam import page_context
 from service.schedules import operations as schedules
 
 bp = Blueprint("dashboard_schedules", __name__, template_folder="templates")
@@ -58,17 +56,7 @@ def schedules_page() -> str:
     page = schedules.list_schedules(current_app.extensions["redis"], request.args.get("cursor") or None, PAGE_SIZE)
     statuses = last_statuses(page["schedules"])
     rows = [row(s, statuses.get(s["id"])) for s in page["schedules"]]
-    return render_template(
-        "schedules.html",
-        rows=rows,
-        next_cursor=page["next_cursor"],
-        active_tab="schedules",
-        current_instance=0,
-        instance_list=instance_labels(current_app.config["RQ_DASHBOARD_REDIS_URL"]),
-        rq_url_prefix=url_for("rq_dashboard.queues_overview"),
-        rq_dashboard_version=rq_dashboard_version,
-        rq_version=rq_version,
-    )
+    return render_template("schedules.html", rows=rows, next_cursor=page["next_cursor"], **page_context("schedules"))
 
 
 @bp.post("/schedules/<schedule_id>/<action>")

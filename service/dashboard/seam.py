@@ -16,8 +16,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import rq_dashboard
-from flask import Flask, current_app, request
+from flask import Flask, current_app, request, url_for
 from redis import Redis
+from rq import __version__ as rq_version
 from rq.exceptions import NoSuchJobError
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
@@ -71,6 +72,18 @@ def instance_labels(urls: str | list[str] | tuple[str, ...]) -> list[str]:
         parts = urlsplit(url)
         labels.append(f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}")
     return labels
+
+
+def page_context(active_tab: str) -> dict[str, Any]:
+    """What rq-dashboard's base.html and navbar need, for a page of the service's own in its look."""
+    return {
+        "active_tab": active_tab,
+        "current_instance": 0,
+        "instance_list": instance_labels(current_app.config["RQ_DASHBOARD_REDIS_URL"]),
+        "rq_url_prefix": url_for("rq_dashboard.queues_overview"),
+        "rq_dashboard_version": VERSION,
+        "rq_version": rq_version,
+    }
 
 
 def requeue_job(job_id: str, connection: Redis, **_: Any) -> None:

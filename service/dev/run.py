@@ -6,20 +6,22 @@ file 0600); the embedded Redis listens on a unix socket only. Ctrl-C stops every
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from redis import Redis
-from redis.exceptions import RedisError
-
+from service.core.config import dev_data_dir, dev_redis_dir
+from service.core.connection import dev_redis_url
 from service.dev.embedded_redis import PRIVATE_UMASK, EmbeddedRedis
 
-# The data folder is project-local and git-ignored; DATA_DIR moves it (tests do).
-DATA_DIR = Path(os.environ.get("DATA_DIR", "data"))
+# The data folder is project-local and git-ignored; DATA_DIR moves it (tests do). The CLI finds the
+# embedded Redis in it by the same rule (service.core.config.dev_redis_dir).
+DATA_DIR = dev_data_dir()
 TOKEN_FILE = DATA_DIR / "dev-token"
 
 
@@ -43,16 +45,6 @@ def dev_token() -> str:
     return TOKEN_FILE.read_text().strip()
 
 
-def running_embedded(redis: EmbeddedRedis) -> bool:
-    """Return True when an embedded Redis from an earlier run still answers on our socket."""
-    if not redis.socket_path.exists():
-        return False
-    try:
-        return bool(Redis.from_url(redis.url, socket_timeout=0.5).ping())
-    except RedisError:
-        return False
-
-
 def banner(port: str, token: str, redis_note: str) -> str:
     base = f"http://localhost:{port}"
     return "\n".join(
@@ -72,17 +64,51 @@ def banner(port: str, token: str, redis_note: str) -> str:
 
 def embedded_redis(env: dict[str, str]) -> tuple[EmbeddedRedis | None, str]:
     """Start (or reuse) the embedded Redis on its socket; set REDIS_URL; return the server we started and a note."""
-    redis = EmbeddedRedis(private_dir(DATA_DIR) / "redis", use_socket=True)
+    private_dir(DATA_DIR)
+    redis = EmbeddedRedis(dev_redis_dir(env), use_socket=True)
     env["REDIS_URL"] = redis.url
-    if running_embedded(redis):
+    if dev_redis_url(env):  # an embedded Redis from an earlier run still answers on our socket
         return None, f"embedded, already running ({redis.url})"
     redis.start()
-    return redis, f"embedded redis-server, AOF on, data in {DATA_DIR / 'redis'} ({redis.url})"
+    return redis, f"embedded {redis.server}, AOF on, data in {dev_redis_dir(env)} ({redis.url})"
+
+
+def take_terminal() -> Callable[[], None]:
+    """In a terminal, make our own process group the terminal's foreground; return how to give it back.
+
+    Ctrl-C then reaches this runner and the service, not `make`: make would
+    otherwise die of the SIGINT itself (exit 130) although everything stopped
+    cleanly. Ctrl-Z would stop the service's processes under make's feet, so
+    it only prints how to stop.
+    """
+    try:
+        fd = sys.stdin.fileno()
+        if not os.isatty(fd):
+            return lambda: None
+        previous = os.tcgetpgrp(fd)
+        os.setpgid(0, 0)
+        signal.signal(signal.SIGTTOU, signal.SIG_IGN)  # a background group may then set the foreground
+        os.tcsetpgrp(fd, os.getpgrp())
+    except (OSError, ValueError):  # no terminal, or a session leader already: nothing to take
+        return lambda: None
+
+    def resume(signum: int, _: object) -> None:
+        os.killpg(os.getpgrp(), signal.SIGCONT)  # the terminal stopped our whole group: carry on
+        print("make run: Ctrl-Z does not suspend the service; Ctrl-C stops it", flush=True)
+
+    signal.signal(signal.SIGTSTP, resume)
+
+    def give_back() -> None:
+        with contextlib.suppress(OSError):
+            os.tcsetpgrp(fd, previous)
+
+    return give_back
 
 
 def main() -> int:
     """Start the whole service in the foreground; Ctrl-C (or SIGTERM) stops all of it and exits 0."""
     os.umask(PRIVATE_UMASK)
+    give_back_terminal = take_terminal()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.setdefault("PORT", "8000")
     redis, redis_note = None, "REDIS_URL from the environment"
@@ -109,6 +135,7 @@ def main() -> int:
     finally:
         if redis is not None:
             redis.stop()
+        give_back_terminal()
     return 0 if stopping else code
 
 

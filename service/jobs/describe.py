@@ -39,7 +39,7 @@ def describe_many(connection: Redis, jobs: list[ServiceJob]) -> list[dict[str, A
 
 
 def describe(job: ServiceJob, latest: Result | None = UNREAD) -> dict[str, Any]:
-    """Return the JSON form of `job` (SPEC §5 job fields); `latest` is its latest result if already read."""
+    """Return the JSON form of `job` (the job fields of the API); `latest` is its latest result if already read."""
     status = status_of(job)
     result, error = _outcome(job, status, latest)
     try:

@@ -7,6 +7,7 @@ creates them). HTTP views and the CLI call these functions and nothing below.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from redis import Redis
 from rq.command import send_stop_job_command
@@ -82,17 +83,21 @@ def requeue(connection: Redis, job_id: str) -> ServiceJob:
     return fetch(connection, job_id)
 
 
-def requeue_all_failed(connection: Redis) -> list[str]:
-    """Requeue every failed or stopped job of every lane; return their ids."""
-    requeued = []
-    for lane in LANES:
-        registry = FailedJobRegistry(lane, connection=connection, job_class=ServiceJob)
-        for job_id in registry.get_job_ids():
+def requeue_all_failed(connection: Redis, progress: Callable[[int, int], None] | None = None) -> list[str]:
+    """Requeue every failed or stopped job of every lane; return their ids. `progress(done, total)` after each."""
+    registries = [FailedJobRegistry(lane, connection=connection, job_class=ServiceJob) for lane in LANES]
+    found = [(registry, registry.get_job_ids()) for registry in registries]
+    total, done, requeued = sum(len(ids) for _, ids in found), 0, []
+    for registry, job_ids in found:
+        for job_id in job_ids:
             try:
                 registry.requeue(job_id)
                 requeued.append(job_id)
             except (NoSuchJobError, ValueError):
-                continue  # vanished or already requeued meanwhile
+                pass  # vanished or already requeued meanwhile
+            done += 1
+            if progress:
+                progress(done, total)
     return requeued
 
 

@@ -2,7 +2,7 @@
 
 Requests are validated with these models and the OpenAPI document is
 generated from the same models. `validate()` turns pydantic's errors into
-InvalidField, whose message names the field (SPEC §5).
+InvalidField, whose message names the field.
 """
 
 from __future__ import annotations

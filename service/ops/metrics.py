@@ -1,25 +1,24 @@
 """Metrics rendering: the counters kept in Redis, and gauges read at scrape time, in Prometheus text format.
 
 prometheus-client renders the counters of service.core.metrics at scrape
-time, together with gauges read from Redis then (queue depth, oldest job
-age, live workers).
+time, together with gauges read from Redis then (service.ops.gauges: queue
+depth, oldest job age, live workers).
 """
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from redis import Redis
 
-from service.core.keys import METRICS_KEY, WORKERS_KEY, ScheduleKeys, job_key, queue_key
+from service.core.keys import METRICS_KEY, ScheduleKeys
 from service.core.lanes import LANES
 from service.core.metrics import COUNTERS, HISTOGRAMS, LAG_BUCKETS_MS, SEP
+from service.ops.gauges import read as read_gauges
 
 
 class RedisCollector:
@@ -85,44 +84,15 @@ def schedule_families(raw_stats: dict[bytes, bytes]) -> Iterable[Any]:
 
 def gauges(connection: Redis) -> Iterable[GaugeMetricFamily]:
     """Queue depth and oldest job age per lane, and live workers, read now."""
-    with connection.pipeline(transaction=False) as pipe:
-        for lane in LANES:
-            pipe.llen(queue_key(lane))
-            pipe.lindex(queue_key(lane), 0)
-        pipe.scard(WORKERS_KEY)
-        found = pipe.execute()
+    now = read_gauges(connection)
     depth = GaugeMetricFamily("queue_depth", "Jobs waiting in each lane.", labels=["queue"])
     age = GaugeMetricFamily("queue_oldest_job_age_seconds", "Age of the oldest waiting job per lane.", labels=["queue"])
-    oldest_ids = {}
-    for i, lane in enumerate(LANES):
-        depth.add_metric([lane], float(found[2 * i]))
-        if found[2 * i + 1]:
-            oldest_ids[lane] = found[2 * i + 1].decode()
-    enqueued = oldest_enqueued_at(connection, oldest_ids)
-    now = time.time()
     for lane in LANES:
-        age.add_metric([lane], max(0.0, now - enqueued[lane]) if lane in enqueued else 0.0)
+        depth.add_metric([lane], float(now.depth[lane]))
+        age.add_metric([lane], now.oldest_age_seconds[lane])
     workers = GaugeMetricFamily("workers_alive", "Workers registered with a live heartbeat.")
-    workers.add_metric([], float(found[-1]))
+    workers.add_metric([], float(now.workers_alive))
     return [depth, age, workers]
-
-
-def oldest_enqueued_at(connection: Redis, job_ids: dict[str, str]) -> dict[str, float]:
-    """Return the enqueue time (epoch seconds) of each lane's oldest job."""
-    if not job_ids:
-        return {}
-    with connection.pipeline(transaction=False) as pipe:
-        for job_id in job_ids.values():
-            pipe.hget(job_key(job_id), "enqueued_at")
-        stamps = pipe.execute()
-    found = {}
-    for lane, stamp in zip(job_ids, stamps, strict=True):
-        if stamp:
-            moment = datetime.fromisoformat(stamp.decode().replace("Z", "+00:00"))
-            if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=UTC)
-            found[lane] = moment.timestamp()
-    return found
 
 
 def render(connection: Redis) -> bytes:

@@ -1,7 +1,7 @@
 """Cron: five-field cron expressions evaluated as wall-clock time in an IANA zone, DST included.
 
 croniter walks naive wall-clock times; this module maps each wall time to
-the instants it names in the zone and applies the DST policy (SPEC §6):
+the instants it names in the zone and applies the DST policy:
 
 - a wall time skipped by a spring-forward gap fires once at the transition
   (`dst_gap="shift"`, the default) or not at all (`"skip"`);

@@ -18,6 +18,7 @@ whole file is validated before anything is written.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -65,11 +66,18 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def sync(connection: Redis, path: str | Path) -> dict[str, list[str]]:
-    """Upsert every declared schedule and remove file-created ones no longer declared; return what changed."""
+def sync(
+    connection: Redis, path: str | Path, progress: Callable[[int, int], None] | None = None
+) -> dict[str, list[str]]:
+    """Upsert every declared schedule and remove file-created ones no longer declared; return what changed.
+
+    `progress(done, total)` after each schedule upserted or looked at for removal.
+    """
     specs = load_file(path)
     changed: dict[str, list[str]] = {"created": [], "updated": [], "removed": []}
-    for schedule_id, spec in specs.items():
+    undeclared = [m.decode() for m in connection.smembers(ScheduleKeys.declared) if m.decode() not in specs]
+    total = len(specs) + len(undeclared)
+    for done, (schedule_id, spec) in enumerate(specs.items(), start=1):
         before = read(connection, schedule_id)
         _, created = save(connection, schedule_id, spec, origin="file")
         after = read(connection, schedule_id)
@@ -79,13 +87,14 @@ def sync(connection: Redis, path: str | Path) -> dict[str, list[str]]:
             changed["updated"].append(schedule_id)
         if after is not None and after.state.get("origin") == "file":
             connection.sadd(ScheduleKeys.declared, schedule_id)
-    for member in connection.smembers(ScheduleKeys.declared):
-        schedule_id = member.decode()
-        if schedule_id in specs:
-            continue
+        if progress:
+            progress(done, total)
+    for done, schedule_id in enumerate(undeclared, start=len(specs) + 1):
         stored = read(connection, schedule_id)
         if stored is not None and stored.state.get("origin") == "file":
             delete(connection, schedule_id)
             changed["removed"].append(schedule_id)
         connection.srem(ScheduleKeys.declared, schedule_id)
+        if progress:
+            progress(done, total)
     return changed

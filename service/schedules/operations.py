@@ -9,6 +9,7 @@ and every change wakes the scheduler so a new due time is not waited for.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -38,6 +39,7 @@ __all__ = ["scheduled_for", "schedule", "upsert", "upsert_many", "get", "list_sc
 
 MAX_PREVIEW = 1000
 MAX_BACKFILL = 1000
+BACKFILL_CHUNK = 100  # due times per firing call, one progress step; runs are still created at most once
 MAX_PAGE = 1000
 RUNS_PAGE = 100
 ORIGINS = ("api", "file", "code")
@@ -328,8 +330,17 @@ def run_now(connection: Redis, schedule_id: str, now: datetime | None = None) ->
     return describe_job(fetch(connection, run_job_id(schedule_id, to_ms(now))))
 
 
-def backfill(connection: Redis, schedule_id: str, data: Any, now: datetime | None = None) -> dict[str, Any]:
-    """Enqueue one run per due time in the past range [from, to]; runs that exist already are not repeated."""
+def backfill(
+    connection: Redis,
+    schedule_id: str,
+    data: Any,
+    now: datetime | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Enqueue one run per due time in the past range [from, to]; runs that exist already are not repeated.
+
+    Fired BACKFILL_CHUNK due times per script call, `progress(done, total)` after each.
+    """
     stored = load(connection, schedule_id)
     now = now or now_utc()
     if not isinstance(data, dict) or set(data) - {"from", "to"}:
@@ -343,7 +354,11 @@ def backfill(connection: Redis, schedule_id: str, data: Any, now: datetime | Non
     dues = unbounded.due_times(begin - timedelta(microseconds=1), end, MAX_BACKFILL + 1)
     if len(dues) > MAX_BACKFILL:
         raise InvalidField("to", f"the range holds more than {MAX_BACKFILL} due times; backfill it in parts")
-    runs = fire_manual(connection, stored, [to_ms(d) for d in dues], "backfill", now) if dues else []
+    dues_ms, runs = [to_ms(d) for d in dues], []
+    for start in range(0, len(dues_ms), BACKFILL_CHUNK):
+        runs += fire_manual(connection, stored, dues_ms[start : start + BACKFILL_CHUNK], "backfill", now)
+        if progress:
+            progress(len(runs), len(dues_ms))
     return {"runs": runs, "created": sum(1 for r in runs if r["created"])}
 
 

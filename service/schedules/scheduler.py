@@ -35,6 +35,7 @@ from service.core.keys import SCHEDULER_LOCK_KEY, ScheduleKeys, job_key
 from service.core.lease import Lease
 from service.core.outage import REDIS_DOWN, Outage
 from service.jobs.model import ServiceJob, ServiceQueue
+from service.ops.rollup import Rollup
 from service.schedules.runs import ACTIVE_STATUSES, Entry, Firing, plan_due_ms, report
 from service.schedules.spec import to_ms, to_us
 from service.schedules.store import StoredSchedule, read_due, read_for_firing
@@ -90,6 +91,7 @@ class ServiceScheduler(Scheduler):
         self.lease = Lease(connection, SCHEDULER_LOCK_KEY, LEASE_TTL_MS)
         self.firing = Firing(connection, owner=self.lease.owner, lease_key=SCHEDULER_LOCK_KEY)
         self.clock = clock or (lambda: datetime.now(UTC))
+        self.rollup = Rollup(connection)  # the charts' summary goes on while no worker runs, too
         self.tick_seconds = tick_seconds
         self._stopping = False
         self._pubsub: Any = None
@@ -230,6 +232,7 @@ class ServiceScheduler(Scheduler):
     def _tick(self) -> None:
         try:
             self.heartbeat()
+            self.rollup.tick()
             if self.acquire_lock():
                 self.enqueue_jobs()
         except RedisError as exc:

@@ -71,7 +71,7 @@ LATEST_MS = to_ms(LATEST)
 
 
 class ScheduleSpec(Strict):
-    """A schedule's definition: a registered task, exactly one trigger, and its options (SPEC §6)."""
+    """A schedule's definition: a registered task, exactly one trigger, and its options."""
 
     task: str = Field(min_length=1, max_length=200)
     args: list[Any] = Field(default_factory=list, max_length=MAX_ARGS)

@@ -1,4 +1,4 @@
-"""Diagnostic tasks (SPEC §3): always registered, used by tests, benchmarks and operators."""
+"""Diagnostic tasks: always registered, used by tests, benchmarks and operators."""
 
 from __future__ import annotations
 

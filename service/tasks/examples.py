@@ -1,4 +1,4 @@
-"""Example tasks drawn from real use (SPEC §3): e-mail, reports, health checks, per-user scraping.
+"""Example tasks drawn from real use: e-mail, reports, health checks, per-user scraping.
 
 They take ids and JSON and are safe to run twice. Replace or extend them by
 listing your own modules in TASK_MODULES.

@@ -1,4 +1,4 @@
-"""Heartbeat: the worker's background thread that proves it is alive and runs the reaper.
+"""Heartbeat: the worker's background thread that proves it is alive, runs the reaper and the charts' rollup.
 
 It runs beside the job (no-fork mode runs the job in the main thread, fork
 mode waits on the horse), on its own Redis client, so a long job never stops
@@ -18,6 +18,7 @@ from rq.registry import StartedJobRegistry
 
 from service.core import keys
 from service.core.outage import REDIS_DOWN, Outage
+from service.ops.rollup import Rollup
 from service.workers.reaper import Reaper
 
 if TYPE_CHECKING:
@@ -27,7 +28,8 @@ log = logging.getLogger("service.worker")
 
 
 class Heartbeat(threading.Thread):
-    """Every `interval` s: liveness, worker TTLs, running execution, suspension; every `reap_every` s: the reaper."""
+    """Every `interval` s: liveness, worker TTLs, running execution, suspension; every `reap_every` s: the reaper;
+    once a minute, if no other process has: the dashboard's rollup (service.ops.rollup)."""
 
     def __init__(
         self, worker: ServiceWorker, connection: Redis, *, interval: float, ttl: float, reap_every: float
@@ -39,6 +41,7 @@ class Heartbeat(threading.Thread):
         self.ttl = ttl
         self.reap_every = reap_every
         self.reaper = Reaper(connection, crash_retries=worker.crash_retries)
+        self.rollup = Rollup(connection)
         self.outage = Outage(log, f"Worker {worker.name} heartbeat")
         self._stopping = threading.Event()
         self._connected_since: float | None = None
@@ -52,6 +55,7 @@ class Heartbeat(threading.Thread):
                 if self._connected_since is None:
                     self._connected_since = time.monotonic()
                 self.maybe_reap()
+                self.rollup.tick()
             except REDIS_DOWN as exc:
                 self._connected_since = None
                 self.outage.down(exc)

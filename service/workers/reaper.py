@@ -15,7 +15,7 @@ key is gone, each job in its claimed list is recovered:
   counted by task in keys.POISON_JOBS_KEY).
 
 Detection bound: liveness TTL + reaper period (production: 20 s + 10 s, so a
-killed worker's job is back in its lane within 30 s; SPEC §8 asks for 60 s).
+killed worker's job is back in its lane within 30 s; the promise is 60 s).
 """
 
 from __future__ import annotations
