@@ -1,12 +1,15 @@
 """HTTP benchmark: POST /jobs and POST /jobs/batch on real gunicorn, against a bare Flask + RQ enqueue app.
 
 Prints ONE JSON line. Both apps run under the same gunicorn settings
-(gunicorn.conf.py: 2 sync workers) on loopback, against one private Redis
-(the embedded server, AOF on); wrk (Debian's package) drives them with
--t1 -c4, the variants interleaved round by round. Ours carries bearer auth
-and full validation; the bare peer (bench/bare_app.py) calls
-`Queue.enqueue_call` / `Queue.enqueue_many` and nothing else. Every answer
-must be a 202 and the queue must hold one job per accepted job (checked).
+(gunicorn.conf.py: WEB_CONCURRENCY gthread workers, WEB_THREADS threads each)
+on loopback, against one private Redis (the embedded server, AOF on); wrk
+(Debian's package) drives them with -t1 -c4, the variants interleaved round
+by round. Ours carries bearer auth and full validation; the bare peer
+(bench/bare_app.py) calls `Queue.enqueue_call` / `Queue.enqueue_many` and
+nothing else. Every answer must be a 202 and the queue must hold one job per
+accepted job (checked). Each case also reports the Redis commands and Redis
+CPU (`INFO commandstats`, `INFO cpu`) per queued job, and each ratio its goal
+and whether this run met it.
 
 Usage: .venv/bin/python bench/http_enqueue.py [--rounds 3] [--seconds 5] [--batch 100]
 """
@@ -33,10 +36,13 @@ sys.path.insert(0, str(ROOT))
 
 from redis import Redis  # noqa: E402
 
+from bench.redis_costs import commands, redis_cpu  # noqa: E402
 from service.dev.embedded_redis import EmbeddedRedis  # noqa: E402
 
 TOKEN = "bench-token-0123456789abcdef"
 APPS = {"ours": "service:create_app()", "bare": "bench.bare_app:app"}
+# Ratio of our jobs/s to the bare peer's: path -> (name in the output, goal).
+GOALS = {"/jobs": ("jobs_vs_bare_enqueue", 1.25), "/jobs/batch": ("batch_vs_bare_enqueue_many", 3.0)}
 WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -111,6 +117,12 @@ def settle(connection: Redis) -> int:
     return length
 
 
+def redis_commands(connection: Redis) -> int:
+    """Commands Redis ran since CONFIG RESETSTAT, without this script's own (INFO, LLEN, CONFIG)."""
+    calls = commands(connection)
+    return sum(n for name, n in calls.items() if name not in ("info", "llen", "config|resetstat", "config"))
+
+
 def latency(out: str, label: str) -> float:
     value, unit = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", out).groups()
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
@@ -141,9 +153,13 @@ def main() -> None:
                 for app, path in cases:
                     settle(connection)  # the previous case's last requests may still be writing
                     connection.flushdb()
+                    connection.config_resetstat()
+                    cpu = redis_cpu(connection)
                     result = wrk(apps[app][1], path, batch if "batch" in path else single, options.seconds, folder)
                     per_request = options.batch if "batch" in path else 1
                     queued = settle(connection)
+                    result["redis_cpu_us_per_job"] = (redis_cpu(connection) - cpu) / queued * 1e6
+                    result["redis_commands_per_job"] = redis_commands(connection) / queued
                     # wrk counts the answers it read in time; requests in flight at the end were queued too.
                     assert result["requests"] * per_request <= queued <= (result["requests"] + 8) * per_request, (
                         app,
@@ -170,14 +186,17 @@ def main() -> None:
     for name, rounds in figures.items():
         out[name] = {
             k: round(statistics.median(r[k] for r in rounds), 2)
-            for k in ("req_per_s", "jobs_per_s", "p50_ms", "p99_ms")
+            for k in ("req_per_s", "jobs_per_s", "p50_ms", "p99_ms", "redis_cpu_us_per_job", "redis_commands_per_job")
         }
 
     def ratio(path: str) -> float:
         pairs = zip(figures[f"ours {path}"], figures[f"bare {path}"], strict=True)
         return round(statistics.median(o["jobs_per_s"] / b["jobs_per_s"] for o, b in pairs), 2)
 
-    out["ratios"] = {"jobs_vs_bare_enqueue": ratio("/jobs"), "batch_vs_bare_enqueue_many": ratio("/jobs/batch")}
+    out["ratios"] = {name: ratio(path) for path, (name, _) in GOALS.items()}
+    out["goals"] = {
+        name: f">= {goal}x: {'met' if out['ratios'][name] >= goal else 'missed'}" for name, goal in GOALS.values()
+    }
     print(json.dumps(out))
 
 
