@@ -181,8 +181,11 @@ class JobList(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    code: str
-    message: str
+    code: str = Field(
+        description="what went wrong, for programs: e.g. invalid_field, unknown_task, job_not_found, queue_full, "
+        "redis_unavailable, redis_full, redis_read_only"
+    )
+    message: str = Field(description="what went wrong, for people")
 
 
 class ErrorOut(BaseModel):
