@@ -156,11 +156,13 @@ def rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str, s
             )
             out.append(
                 (
-                    f"Redis per job over HTTP, `POST {path}` vs bare: commands; Redis CPU",
-                    f"{ours['redis_commands_per_job']}; {ours['redis_cpu_us_per_job']} us",
-                    f"{bare['redis_commands_per_job']}; {bare['redis_cpu_us_per_job']} us",
-                    "-",
-                    "-",
+                    f"CPU per job, `POST {path}`: all (web workers; Redis; wrk); Redis commands",
+                    f"{ours['cpu_us_per_job']} us ({ours['web_cpu_us_per_job']}; {ours['redis_cpu_us_per_job']}; "
+                    f"{ours['wrk_cpu_us_per_job']}); {ours['redis_commands_per_job']}",
+                    f"{bare['cpu_us_per_job']} us ({bare['web_cpu_us_per_job']}; {bare['redis_cpu_us_per_job']}; "
+                    f"{bare['wrk_cpu_us_per_job']}); {bare['redis_commands_per_job']}",
+                    fmt(h["cpu_ratios"][key], "x"),
+                    target,
                 )
             )
     s = results.get("scheduler_burst")
