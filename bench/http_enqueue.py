@@ -66,6 +66,7 @@ def free_port() -> int:
 def start_app(name: str, url: str, folder: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {**os.environ, "REDIS_URL": url, "API_TOKENS": TOKEN, "PORT": str(port), "LOG_LEVEL": "WARNING"}
+    env["MAX_QUEUE_LENGTH"] = "100000000"  # a fast batch run queues more than the default lane limit
     env["PYTHONPATH"] = str(ROOT)
     log = open(folder / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
     process = subprocess.Popen(
