@@ -139,3 +139,14 @@ def test_a_request_hook_it_does_not_know_turns_the_fast_path_off(
     with caplog.at_level(logging.WARNING, logger="service.api.fast"):
         assert send(fast, "/jobs", ECHO, None).status_code == 202
     assert recorder.calls == 1 and "fast path for POST /jobs off" in caplog.text
+
+
+def test_a_clients_request_id_is_echoed_as_flask_does(apps: tuple[Flask, Flask, Recorder]) -> None:
+    fast, flask, recorder = apps
+    for sent, echoed in (("lb-7f3a-0001", "lb-7f3a-0001"), ("bad id\t", None)):
+        answers = [send(app, "/jobs", ECHO, {"X-Request-Id": sent}).headers["X-Request-Id"] for app in (fast, flask)]
+        if echoed is not None:
+            assert answers == [echoed, echoed]
+        else:  # not an id: each answer carries a new one instead
+            assert sent not in answers and all(len(answer) == 32 for answer in answers)
+    assert recorder.calls == 0
