@@ -1,6 +1,7 @@
 """gunicorn settings for the web process: bind to $PORT, validate the environment first."""
 
 import os
+import signal
 import sys
 
 from service.core.config import Settings
@@ -14,7 +15,11 @@ except ConfigError as exc:
 
 bind = [f"0.0.0.0:{_settings.port}"]
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-worker_class = "sync"
+# Threads, not one request per process: a GET /jobs/<id>?wait= parks a thread on an Event (no Redis
+# connection) for up to 60 s while the others keep answering. Threads leave redis-py, RQ and the
+# Redis client pool as they are (gevent would monkey-patch them all).
+worker_class = "gthread"
+threads = _settings.web_threads
 timeout = 30
 # Heroku gives 30 s between SIGTERM and SIGKILL.
 graceful_timeout = 25
@@ -24,3 +29,14 @@ control_socket_disable = True
 # would otherwise take X-Forwarded-Proto from any local peer.
 forwarded_allow_ips = ""
 secure_scheme_headers: dict[str, str] = {}
+
+
+def post_worker_init(worker):  # type: ignore[no-untyped-def]
+    """On SIGTERM, end the process's waits first: each answers with its job as it is instead of being cut off."""
+    handle_exit = signal.getsignal(signal.SIGTERM)
+
+    def end_waits_then_exit(signum, frame):  # type: ignore[no-untyped-def]
+        worker.wsgi.extensions["waits"].stop()
+        handle_exit(signum, frame)
+
+    signal.signal(signal.SIGTERM, end_waits_then_exit)

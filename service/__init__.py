@@ -1,7 +1,7 @@
 """A lightweight Redis queue service: the Flask app factory and the names task code uses.
 
 Task modules import what they need from here (`from service import task,
-RetryPolicy, route, on, scheduled_for`); each name is loaded on first use, so
+RetryPolicy, route, on, scheduled_for, progress`); each name is loaded on first use, so
 a worker or the scheduler that imports this package never loads Flask.
 """
 
@@ -23,6 +23,7 @@ PUBLIC = {
     "route": "service.core.lanes",
     "on": "service.ops.hooks",
     "scheduled_for": "service.jobs.context",
+    "progress": "service.jobs.context",
 }
 __all__ = ["create_app", *PUBLIC]
 
@@ -39,7 +40,7 @@ def create_app(settings: Settings | None = None, *, connection: Redis | None = N
     from werkzeug.middleware.proxy_fix import ProxyFix
 
     from service import api
-    from service.api import paths
+    from service.api import fast, paths
     from service.core import compat
     from service.core.config import Settings
     from service.core.connection import connect
@@ -65,4 +66,5 @@ def create_app(settings: Settings | None = None, *, connection: Redis | None = N
     dashboard.init_app(app, settings)
     paths.init_app(app)
     origin.init_app(app)
+    fast.install(app)  # last: it checks the request hooks installed above
     return app

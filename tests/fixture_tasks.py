@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import Any
 
 from rq import get_current_job
 
-from service.jobs.context import scheduled_for
+from service.jobs.context import progress, scheduled_for
 from service.ops.hooks import on
 from service.tasks.registry import task
 
@@ -33,9 +34,37 @@ def unique_sleep(seconds: float) -> float:
 
 @task("testing.hold")
 def hold(label: str, seconds: float) -> str:
-    """Sleep `seconds` while `label` shows in the worker's current call (the dashboard tests' running job)."""
+    """Sleep `seconds` while `label` shows as the current call and the progress of the dashboard tests' running job."""
+    progress(label)
     time.sleep(seconds)
     return label
+
+
+@task("testing.report")
+def report(values: list[Any], key: str) -> int:
+    """Report each of `values` as progress; before each after the first, wait for the test to push to `key`."""
+    job = get_current_job()
+    assert job is not None
+    for n, value in enumerate(values):
+        deadline = time.monotonic() + 60
+        while n and not job.connection.lpop(key) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        progress(value)
+    return len(values)
+
+
+@task("testing.report_many")
+def report_many(count: int, value: Any = 0.5) -> int:
+    """Report `value` as progress `count` times."""
+    for _ in range(count):
+        progress(value)
+    return count
+
+
+@task("testing.report_set")
+def report_set() -> None:
+    """Report a value that is not JSON as progress."""
+    progress({1, 2})
 
 
 @task("testing.fail_with_webhook", webhook_url=os.environ.get("TEST_WEBHOOK_URL") or "http://127.0.0.1:9/unset")

@@ -143,3 +143,11 @@ def test_a_bad_limit_is_refused_naming_the_variable(variable: str, value: str) -
 def test_port_takes_ascii_digits_only(port: str) -> None:
     with pytest.raises(ConfigError):
         settings(PORT=port)
+
+
+@pytest.mark.parametrize("value", ["0", "1025", "-1", "٣", "many"])
+def test_web_threads_is_a_whole_number_from_1_to_1024(value: str) -> None:
+    assert settings().web_threads == 128 and settings(WEB_THREADS="17").web_threads == 17
+    with pytest.raises(ConfigError) as caught:
+        settings(WEB_THREADS=value)
+    assert caught.value.message.startswith("WEB_THREADS:")

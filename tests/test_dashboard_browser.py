@@ -97,6 +97,7 @@ def test_job_data_shows_as_text_and_never_runs(processes: Processes) -> None:
         (f"{dashboard}/job/{failed}", "#job-data pre.exc_info"),
         (f"{dashboard}/job/{finished}", "#job-data pre"),
         (f"{dashboard}/job/{run}", "#job-data .description-scroll"),
+        (f"{dashboard}/job/{running}", "#job-data pre.job-progress"),  # testing.hold reports its label
         (f"{dashboard}/jobs/default/failed/8/asc/1", "table#jobs pre.exc_info"),
         (f"{dashboard}/jobs/default/finished/8/asc/1", f"tr[data-job-id='{run}'] .description"),
         (f"{dashboard}/workers", "table#workers"),

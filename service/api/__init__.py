@@ -19,10 +19,12 @@ from service.api import (
     schedules,
     system,
 )
+from service.jobs.waits import WaitHub, max_waits
 
 
 def init_app(app: Flask) -> None:
     """Install limits, error handlers, auth and every blueprint on `app`."""
+    app.extensions["waits"] = WaitHub(app.extensions["redis"], max_waits(app.extensions["settings"].web_threads))
     paths.use_ascii_integers(app)
     body.init_app(app)
     errors.init_app(app)

@@ -59,9 +59,13 @@ def list_events() -> Response:
     return jsonify({"events": events, "next_cursor": cursor})
 
 
+def request_id_for(incoming: str) -> str:
+    """The request's id: the client's or load balancer's X-Request-Id when it looks like one, else a new one."""
+    return incoming if REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+
+
 def assign_request_id() -> None:
-    incoming = request.headers.get("X-Request-Id", "")
-    g.request_id = incoming if REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+    g.request_id = request_id_for(request.headers.get("X-Request-Id", ""))
 
 
 def event_for(response: Response) -> AuditEvent | None:

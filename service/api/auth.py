@@ -40,9 +40,10 @@ def authorize(token: ApiToken) -> None:
         raise Forbidden(f"this token lacks the {needed!r} scope that {request.method} {request.url_rule.rule} needs")
 
 
-def bearer_token() -> str | None:
-    """Return the token of an `Authorization: Bearer <token>` header, or None."""
-    header = request.headers.get("Authorization", "")
+def bearer_token(header: str | None = None) -> str | None:
+    """Return the token of an `Authorization: Bearer <token>` header (this request's by default), or None."""
+    if header is None:
+        header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         return None

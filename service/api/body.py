@@ -51,6 +51,11 @@ def json_body() -> Any:
         raise MalformedRequest("request body is empty; send a JSON object")
     if request.mimetype and request.mimetype != "application/json":
         raise UnsupportedMediaType("send the body as application/json")
+    return decode(raw)
+
+
+def decode(raw: bytes) -> Any:
+    """Return a JSON document parsed strictly: UTF-8, no NaN, no duplicate keys, at most MAX_NESTING deep."""
     try:
         data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant, object_pairs_hook=_reject_duplicates)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -62,7 +67,11 @@ def json_body() -> Any:
 
 def parse(model: type[Model]) -> Model:
     """Return the request body validated as `model`."""
-    data = json_body()
+    return parse_document(model, json_body())
+
+
+def parse_document(model: type[Model], data: Any) -> Model:
+    """Return a parsed body validated as `model`; it must be a JSON object."""
     if not isinstance(data, dict):
         raise MalformedRequest("request body must be a JSON object")
     return validate(model, data)

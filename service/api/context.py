@@ -1,4 +1,4 @@
-"""Per-app objects a view needs: the Redis client and the settings."""
+"""Per-app objects a view needs: the Redis client, the settings and the waits."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from flask import current_app
 from redis import Redis
 
 from service.core.config import Settings
+from service.jobs.waits import WaitHub
 
 
 def redis() -> Redis:
@@ -16,3 +17,8 @@ def redis() -> Redis:
 def settings() -> Settings:
     """Return the app's settings."""
     return current_app.extensions["settings"]
+
+
+def waits() -> WaitHub:
+    """Return the app's waits (GET /jobs/<id>?wait=)."""
+    return current_app.extensions["waits"]

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from flask import Flask, Response, jsonify
 from redis.exceptions import RedisError
 from rq.exceptions import NoSuchJobError
 from werkzeug.exceptions import HTTPException
 
-from service.core.errors import ServiceError
-from service.core.outage import write_refused
+from service.core.errors import ServiceError, redis_refusal
 
 log = logging.getLogger(__name__)
 
@@ -28,22 +28,46 @@ HTTP_CODES = {
 }
 
 
+Answer = tuple[int, dict[str, Any], dict[str, str]]
+
+
+def error_answer(status: int, code: str, message: str, retry_after_seconds: int | None = None) -> Answer:
+    """The status, JSON body and headers of an error (401: WWW-Authenticate; 503: Retry-After, 1 s by default)."""
+    headers = {}
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="api"'
+    if retry_after_seconds is not None or status == 503:
+        headers["Retry-After"] = str(retry_after_seconds or 1)
+    return status, {"error": {"code": code, "message": message}}, headers
+
+
+def answer_for(exc: Exception) -> Answer:
+    """The error answer of a service error, a Redis error (503: unreachable, full, refusing writes) or a fault (500)."""
+    if isinstance(exc, RedisError):
+        error = redis_refusal(exc)
+        log.warning("%s: %s", error.code, type(exc).__name__)
+        exc = error
+    if not isinstance(exc, ServiceError):
+        log.error("unhandled error", exc_info=exc)
+        return error_answer(500, "internal_error", "an unexpected error occurred")
+    return error_answer(exc.status, exc.code, exc.message, exc.retry_after_seconds)
+
+
+def respond(answer: Answer) -> Response:
+    status, body, headers = answer
+    response = jsonify(body)
+    response.status_code = status
+    response.headers.update(headers)
+    return response
+
+
 def error_response(status: int, code: str, message: str) -> Response:
     """Return the JSON error body with `status`."""
-    response = jsonify({"error": {"code": code, "message": message}})
-    response.status_code = status
-    if status == 401:
-        response.headers["WWW-Authenticate"] = 'Bearer realm="api"'
-    if status == 503:
-        response.headers["Retry-After"] = "1"
-    return response
+    return respond(error_answer(status, code, message))
 
 
 def handle_service_error(exc: ServiceError) -> Response:
-    response = error_response(exc.status, exc.code, exc.message)
-    if exc.retry_after_seconds is not None:
-        response.headers["Retry-After"] = str(exc.retry_after_seconds)
-    return response
+    return respond(answer_for(exc))
 
 
 def handle_http_exception(exc: HTTPException) -> Response:
@@ -54,24 +78,9 @@ def handle_http_exception(exc: HTTPException) -> Response:
     return response
 
 
-# Why Redis refused a write (service.core.outage.write_refused), as the 503's message says it.
-FULL = {
-    "maxmemory": "Redis is full (maxmemory reached) and refuses writes; nothing was written; try again later",
-    "misconf": "Redis cannot save to disk (MISCONF) and refuses writes; nothing was written; try again later",
-}
-FULL_RETRY_AFTER_SECONDS = 5
-
-
 def handle_redis_error(exc: RedisError) -> Response:
-    """503: `redis_full` when Redis answered but refused the write (the command wrote nothing), else unavailable."""
-    reason = write_refused(exc)
-    if reason is None:
-        log.warning("redis unavailable: %s", type(exc).__name__)
-        return error_response(503, "redis_unavailable", "Redis is unavailable; try again shortly")
-    log.warning("redis refuses writes: %s", reason)
-    response = error_response(503, "redis_full", FULL[reason])
-    response.headers["Retry-After"] = str(FULL_RETRY_AFTER_SECONDS)
-    return response
+    """503 with Retry-After: Redis unreachable, full (OOM) or refusing writes (MISCONF, READONLY), each its own code."""
+    return respond(answer_for(exc))
 
 
 def handle_no_such_job(exc: NoSuchJobError) -> Response:
@@ -80,8 +89,7 @@ def handle_no_such_job(exc: NoSuchJobError) -> Response:
 
 
 def handle_unexpected(exc: Exception) -> Response:
-    log.exception("unhandled error")
-    return error_response(500, "internal_error", "an unexpected error occurred")
+    return respond(answer_for(exc))
 
 
 def init_app(app: Flask) -> None:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Response, jsonify
 
 from service.api.body import parse
-from service.api.context import redis, settings
+from service.api.context import redis, settings, waits
 from service.api.openapi import document
 from service.api.query import query
 from service.jobs import describe as view
 from service.jobs import enqueue
 from service.jobs import operations as jobs
-from service.jobs.schemas import BatchRequest, ErrorOut, JobList, JobOut, JobRequest, ListJobsQuery
+from service.jobs.schemas import BatchRequest, ErrorOut, JobList, JobOut, JobQuery, JobRequest, ListJobsQuery
+from service.jobs.writer import Submitted
 
 bp = Blueprint("jobs", __name__)
 
@@ -22,12 +25,24 @@ class BatchAnswer(JobList):
     batch_id: str | None = None
 
 
+def job_requests(body: JobRequest | BatchRequest) -> list[JobRequest]:
+    """The job requests of a POST /jobs or POST /jobs/batch body."""
+    return list(body.jobs) if isinstance(body, BatchRequest) else [body]
+
+
+def enqueued(outcomes: list[Submitted], batch: bool, batch_id: str | None = None) -> tuple[dict[str, Any], int]:
+    """The answer to an enqueue: the job (202, or 200 for a repeated idempotency key), or the batch's jobs (202)."""
+    if batch:
+        return {"jobs": [outcome.describe() for outcome in outcomes], "batch_id": batch_id, "next_cursor": None}, 202
+    return outcomes[0].describe(), 202 if outcomes[0].created else 200
+
+
 @bp.post("/jobs")
 @document(202, JobOut, json=JobRequest, tags=("jobs",), also={200: JobOut, 429: ErrorOut})
 def create_job() -> tuple[Response, int]:
     """Enqueue one job: 202 with the job; 200 with the existing job for a repeated idempotency key."""
-    outcome = enqueue.submit(redis(), [parse(JobRequest)], limits=settings().limits)[0]
-    return jsonify(outcome.describe()), 202 if outcome.created else 200
+    body, status = enqueued(enqueue.submit(redis(), [parse(JobRequest)], limits=settings().limits), batch=False)
+    return jsonify(body), status
 
 
 @bp.post("/jobs/batch")
@@ -40,13 +55,12 @@ def create_jobs() -> tuple[Response, int]:
     """
     batch = parse(BatchRequest)
     limits = settings().limits
-    batch_id = None
     if batch.on_complete is None:
-        outcomes = enqueue.submit(redis(), list(batch.jobs), batch=True, limits=limits)
+        outcomes, batch_id = enqueue.submit(redis(), list(batch.jobs), batch=True, limits=limits), None
     else:
         outcomes, batch_id = enqueue.submit_batch(redis(), list(batch.jobs), batch.on_complete, limits=limits)
-    jobs = [outcome.describe() for outcome in outcomes]
-    return jsonify({"jobs": jobs, "batch_id": batch_id, "next_cursor": None}), 202
+    body, status = enqueued(outcomes, batch=True, batch_id=batch_id)
+    return jsonify(body), status
 
 
 @bp.get("/jobs")
@@ -59,10 +73,17 @@ def list_jobs() -> Response:
 
 
 @bp.get("/jobs/<job_id>")
-@document(200, JobOut, tags=("jobs",))
+@document(200, JobOut, query=JobQuery, tags=("jobs",))
 def get_job(job_id: str) -> Response:
-    """Return one job."""
-    return jsonify(view.describe(jobs.fetch(redis(), job_id)))
+    """Return one job; with `wait`, once it has ended or after `wait` seconds (at most 60), as it then is."""
+    seconds = query(JobQuery).wait
+    if seconds is None:
+        return jsonify(view.describe(jobs.fetch(redis(), job_id)))
+    waited = jobs.wait(waits(), redis(), job_id, seconds)
+    response = jsonify(view.describe(waited.value))
+    if not waited.held:  # this process holds as many waits as it may: the client asks again
+        response.headers["Retry-After"] = "1"
+    return response
 
 
 @bp.post("/jobs/<job_id>/cancel")

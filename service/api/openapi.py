@@ -32,6 +32,19 @@ spec = SpecTree(
 
 ERRORS = ("HTTP_400", "HTTP_401", "HTTP_403", "HTTP_404", "HTTP_409", "HTTP_413", "HTTP_415", "HTTP_422", "HTTP_503")
 
+# What the generated document cannot say from the models: the answers that carry Retry-After.
+RETRY_AFTER = {"schema": {"type": "integer"}, "description": "seconds to wait before asking again"}
+REFUSALS = {
+    "429": "The lane holds its maximum of queued jobs (`queue_full`); nothing was written.",
+    "503": "Redis cannot serve the request: unreachable (`redis_unavailable`), out of memory (`redis_full`) or "
+    "refusing writes after a failed snapshot or as a replica (`redis_read_only`; reads still work). "
+    "Nothing was written.",
+}
+WAIT_HELD_BACK = (
+    "The job. With `wait`, once it has ended or after `wait` seconds; when this process already holds as many "
+    "waits as it may, at once with `Retry-After: 1`."
+)
+
 bp = Blueprint("openapi", __name__)
 
 
@@ -62,7 +75,19 @@ def document(
 @bp.get("/openapi.json")
 def openapi() -> Response:
     """The OpenAPI 3 document of this API."""
-    return jsonify(spec.spec)
+    return jsonify(annotated(spec.spec))
+
+
+def annotated(document: dict[str, Any]) -> dict[str, Any]:
+    """`document` with the Retry-After answers described (429, 503, a wait held back); in place, idempotent."""
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            for status, response in operation["responses"].items():
+                if status in REFUSALS:
+                    response.update(description=REFUSALS[status], headers={"Retry-After": RETRY_AFTER})
+            if (path, method) == ("/jobs/{job_id}", "get"):
+                operation["responses"]["200"].update(description=WAIT_HELD_BACK, headers={"Retry-After": RETRY_AFTER})
+    return document
 
 
 def init_app(app: Flask) -> None:

@@ -2,7 +2,7 @@
 
 Commands call the same domain functions as the HTTP views and print JSON
 (or a short table). Exit codes: 0 done, 1 the service said no (unknown id,
-conflict), 2 bad usage or configuration, 3 Redis unavailable.
+conflict), 2 bad usage or configuration, 3 Redis unavailable, full or refusing writes.
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ from redis.exceptions import RedisError
 
 from service.core.config import DEV_REDIS_SOCKET, Limits, Settings, dev_redis_dir
 from service.core.connection import connect, dev_redis_url
-from service.core.errors import ConfigError, InvalidField, ServiceError
-from service.core.outage import write_refused
+from service.core.errors import ConfigError, InvalidField, ServiceError, redis_refusal
 from service.ops import audit
 from service.tasks.registry import load_task_modules
 
@@ -100,13 +99,7 @@ def service_errors() -> Iterator[None]:
     except ServiceError as exc:
         fail(exc.message, 1)
     except RedisError as exc:
-        reason = write_refused(exc)
-        fail(
-            f"Redis refuses writes ({reason}); nothing was written"
-            if reason
-            else f"Redis unavailable ({type(exc).__name__})",
-            3,
-        )
+        fail(redis_refusal(exc).message, 3)
 
 
 def fail(message: str, code: int) -> None:

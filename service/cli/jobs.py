@@ -10,6 +10,25 @@ from service.cli.base import Context, cli, command, echo_json, parse_value, pass
 from service.core.errors import InvalidField
 from service.tasks.registry import REGISTRY
 
+WAIT_OPTION = click.option(
+    "--wait",
+    "wait_seconds",
+    type=click.FloatRange(min=0, max=60, min_open=True),
+    default=None,
+    help="Seconds (up to 60) to wait for the job to end before printing it.",
+)
+
+
+def waited(ctx: Context, job_id: str, seconds: float | None) -> dict[str, Any]:
+    """The job as `job ID --wait S` prints it: once it has ended, or after `seconds` as it then is."""
+    from service.jobs.describe import describe
+    from service.jobs.operations import fetch, wait
+    from service.jobs.waits import WaitHub
+
+    if seconds is None:
+        return describe(fetch(ctx.connection, job_id))
+    return describe(wait(WaitHub(ctx.connection, max_waits=1), ctx.connection, job_id, seconds).value)
+
 
 @command(cli, "tasks")
 @pass_context
@@ -28,6 +47,7 @@ def tasks(ctx: Context) -> None:
 @click.option("--retry", "retries", type=int, default=None, help="Retries after a failure (exponential backoff).")
 @click.option("--idempotency-key", default=None, help="Return the existing job for a repeated key.")
 @click.option("--group", default=None, help="Fair-share group within the lane (e.g. a customer id).")
+@WAIT_OPTION
 @pass_context
 def enqueue_command(
     ctx: Context,
@@ -39,8 +59,9 @@ def enqueue_command(
     retries: int | None,
     idempotency_key: str | None,
     group: str | None,
+    wait_seconds: float | None,
 ) -> None:
-    """Enqueue TASK with ARGS (each read as JSON when it is JSON) and print the job."""
+    """Enqueue TASK with ARGS (each read as JSON when it is JSON) and print the job (with --wait, once it ends)."""
     from service.jobs.describe import describe
     from service.jobs.enqueue import enqueue
     from service.jobs.schemas import JobRequest, validate
@@ -61,18 +82,16 @@ def enqueue_command(
         body["retry"] = {"max": retries}
     request = validate(JobRequest, {k: v for k, v in body.items() if v is not None})
     job = enqueue(ctx.connection, request, limits=ctx.limits)
-    echo_json(describe(job))
+    echo_json(describe(job) if wait_seconds is None else waited(ctx, job.id, wait_seconds))
 
 
 @command(cli, "job")
 @click.argument("job_id")
+@WAIT_OPTION
 @pass_context
-def job_command(ctx: Context, job_id: str) -> None:
-    """Print one job."""
-    from service.jobs.describe import describe
-    from service.jobs.operations import fetch
-
-    echo_json(describe(fetch(ctx.connection, job_id)))
+def job_command(ctx: Context, job_id: str, wait_seconds: float | None) -> None:
+    """Print one job (with --wait S, once it has ended or after S seconds)."""
+    echo_json(waited(ctx, job_id, wait_seconds))
 
 
 @command(cli, "cancel")

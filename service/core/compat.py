@@ -122,10 +122,13 @@ REACHES: tuple[Reach, ...] = (
     Reach("rq.job.Job.failure_callback", "service.jobs.model.ServiceJob.failure_callback", OVERRIDE, "as success_callback", "0bccbb92ea7d"),
     Reach("rq.job.Job.stopped_callback", "service.jobs.model.ServiceJob.stopped_callback", OVERRIDE, "as success_callback", "39852cf148dc"),
     Reach("rq.job.Job.should_retry", "service.jobs.model.ServiceJob.should_retry", OVERRIDE, "an expired job is not retried; RQ must read should_retry, not retries_left", "cf765572a37a"),
+    Reach("rq.job.Job.set_status", "service.jobs.model.ServiceJob.set_status", OVERRIDE, "super() plus PUBLISH on the job's ended channel for finished, failed, stopped, canceled, in the caller's pipeline: every Python path that ends a job goes through it", "a093b9649641"),
+    Reach("rq.job.Job.delete", "service.jobs.model.ServiceJob.delete", OVERRIDE, "super() plus PUBLISH on the job's ended channel (a result_ttl 0 success deletes the job instead of setting finished)", "1a15005871aa"),
     Reach("rq.job.Job.prepare_for_execution", "service.jobs.model.ServiceJob.prepare_for_execution", OVERRIDE, "counts attempts (dead path: the claim script starts jobs)", "4e8e0eca634d"),
+    Reach("rq.job.Job.fetch_many", "service.jobs.model.ServiceJob.fetch_many", OVERRIDE, "the same HGETALLs and restore, in a pipeline without MULTI (refused by a full Redis even for reads)", "04cf72c02cbd"),
     Reach("rq.job.Job.restore", "service.jobs.model.ServiceJob.restore", OVERRIDE, "reads our attempts field from the raw hash; fields not as the service writes them are left out and named in damage", "859daf950a3e"),
     Reach("rq.job.Job._deserialize_data", "service.jobs.model.ServiceJob._deserialize_data", PRIVATE, "a task call is exactly (name, None, [args], {kwargs}); anything else is a DeserializationError", "00c06178d415"),
-    Reach("rq.job.Job.save", "service.jobs.model.ServiceJob.restore", RELY, "HSET mapping: our attempts and crashes fields in RQ's job hash survive saves", "94a90064c898"),
+    Reach("rq.job.Job.save", "service.jobs.model.ServiceJob.restore", RELY, "HSET mapping: our attempts, crashes and progress fields in RQ's job hash survive saves", "94a90064c898"),
     Reach("rq.queue.Queue.get_redis_server_version", "service.jobs.model.ServiceQueue.get_redis_server_version", OVERRIDE, "remembered per connection pool; sets redis_server_version", "8cf49db7fc89"),
     Reach("rq.queue.Queue.push_job_id", "service.jobs.model.ServiceQueue.push_job_id", OVERRIDE, "rings the lane's doorbell; push_commands replays its rpush/lpush", "da2f59b7ff9a"),
     Reach("rq.serializers.resolve_serializer", "service.core.compat.resolve_serializer_once", PATCH, "patched into rq.job, rq.queue, rq.registry, rq.results: remembered per serializer", "b7e9d7f07791"),
@@ -199,6 +202,7 @@ REACHES: tuple[Reach, ...] = (
     Reach("rq_dashboard.web.queues_overview", "service.dashboard.schedules.schedules_page", RELY, "the endpoint name our navbar links to", "3debcdb084d4"),
     Reach("rq_dashboard.web.serialize_queues", "service.dashboard.seam.serialize_queues", PATCH, "wrapped: each queue row gets `groups` (fair share); its rows are dicts with `name`", "7fe9d44d5633"),
     Reach("rq_dashboard:templates/rq_dashboard/queues.html", "service/dashboard/templates/rq_dashboard/queues.html", COPY, "a full copy plus a Groups column: shadows upstream's queues page", "df57de14c3a1"),
+    Reach("rq_dashboard:templates/rq_dashboard/job.html", "service/dashboard/templates/rq_dashboard/job.html", COPY, "a full copy plus a Progress line: shadows upstream's job page", "d9de753e9d82"),
     Reach("rq_dashboard:templates/rq_dashboard/navbar.html", "service/dashboard/templates/rq_dashboard/navbar.html", COPY, "a full copy plus a Schedules link: shadows upstream's navbar", "a4723e800d40"),
 )
 # fmt: on

@@ -34,6 +34,8 @@ TLS_FILES = {
 DEFAULT_REPLICA_ACK_TIMEOUT_MS = 500
 MAX_REPLICA_ACK_TIMEOUT_MS = 800
 MAX_PROXY_HOPS = 5
+DEFAULT_WEB_THREADS = 128
+MAX_WEB_THREADS = 1024
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
 MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
@@ -159,6 +161,8 @@ class Settings:
     # Reverse proxies in front of the web process whose X-Forwarded-* headers
     # are believed (werkzeug ProxyFix); 0 believes none.
     trusted_proxy_hops: int = 0
+    # Threads of each web process (gunicorn gthread); a GET /jobs/<id>?wait= holds one while it waits.
+    web_threads: int = DEFAULT_WEB_THREADS
     outbound_allow: OutboundAllow = OutboundAllow()
     limits: Limits = Limits()
 
@@ -189,6 +193,7 @@ class Settings:
                 MAX_REPLICA_ACK_TIMEOUT_MS,
             ),
             trusted_proxy_hops=_whole("TRUSTED_PROXY_HOPS", env.get("TRUSTED_PROXY_HOPS", "0"), 0, MAX_PROXY_HOPS),
+            web_threads=_whole("WEB_THREADS", env.get("WEB_THREADS") or str(DEFAULT_WEB_THREADS), 1, MAX_WEB_THREADS),
             outbound_allow=OutboundAllow.parse(env.get("OUTBOUND_ALLOW", "")),
             limits=_limits(env),
         )

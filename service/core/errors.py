@@ -6,6 +6,12 @@ One handler (service.api.errors) turns a ServiceError into the JSON shape
 
 from __future__ import annotations
 
+import re
+
+from redis.exceptions import ReadOnlyError, RedisError
+
+from service.core.outage import write_refused
+
 
 class ServiceError(Exception):
     """Raised when a request cannot be served; carries an HTTP status and a machine code."""
@@ -149,6 +155,48 @@ class RedisUnavailable(ServiceError):
 
     status = 503
     code = "redis_unavailable"
+
+
+class RedisFull(RedisUnavailable):
+    """Raised when Redis refuses a write because it is out of memory (maxmemory reached, noeviction policy)."""
+
+    code = "redis_full"
+    retry_after_seconds = 5
+
+
+class RedisReadOnly(RedisUnavailable):
+    """Raised when Redis refuses writes: it cannot persist to disk (MISCONF) or it is a read-only replica."""
+
+    code = "redis_read_only"
+    retry_after_seconds = 5
+
+
+# A replica's refusal, plain or from inside a script (full and MISCONF: service.core.outage.write_refused).
+READONLY_REPLY = re.compile(r"(?:^|[\s-])READONLY\b")
+
+
+def redis_refusal(exc: RedisError) -> RedisUnavailable:
+    """The service error for a Redis error: full (OOM), refusing writes (MISCONF, READONLY) or unavailable.
+
+    The API answers each with a 503 and Retry-After; the CLI exits 3 with its message.
+    """
+    text = str(exc)
+    refused = write_refused(exc)
+    if refused == "maxmemory":
+        return RedisFull(
+            "Redis is full (maxmemory reached, noeviction policy): it refuses writes, so nothing was written; "
+            "retry later, or free memory or raise maxmemory"
+        )
+    if refused == "misconf":
+        return RedisReadOnly(
+            "Redis refuses writes: it cannot persist to disk (MISCONF), so nothing was written; "
+            "retry once its disk problem is fixed"
+        )
+    if isinstance(exc, ReadOnlyError) or READONLY_REPLY.search(text):
+        return RedisReadOnly("Redis refuses writes: it is a read-only replica, so nothing was written; retry shortly")
+    if "max number of clients reached" in text:
+        return RedisUnavailable("Redis unavailable: it refuses new connections (maxclients reached); try again shortly")
+    return RedisUnavailable(f"Redis unavailable ({type(exc).__name__}); try again shortly")
 
 
 class ScheduleNotFound(NotFound):

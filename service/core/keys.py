@@ -162,6 +162,16 @@ ROLLUP_MINUTE_KEY = "svc:rollup:minute"  # string: the last minute (epoch minute
 ROLLUP_TOTALS_KEY = "svc:rollup:totals"  # string: the counters' totals at the last summary (JSON)
 
 
+# Pub/sub channel per job: every transition that ends a job (finished, failed, stopped, canceled) publishes
+# its status there, in the same script or transaction; GET /jobs/<id>?wait= listens (service.jobs.waits).
+ENDED_PREFIX = "svc:ended:"
+
+
+def ended_channel(job_id: str) -> str:
+    """The channel a job's end is published on."""
+    return ENDED_PREFIX + job_id
+
+
 def claimed_key(worker_name: str) -> str:
     """The in-progress list of worker `worker_name`."""
     return CLAIMED_KEY.format(worker=worker_name)

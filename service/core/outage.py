@@ -29,7 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 # The refusals' replies on Redis 6.2, 7 and Valkey: bare, inside a script's error ("-OOM"), or in
 # redis-py's note on a pipeline's command ("caused error: MISCONF"); redis-py drops a plain "OOM ".
-OOM = re.compile(r"OOM command not allowed|command not allowed when used memory")
+OOM = re.compile(r"(?:^|[\s-])OOM\b|command not allowed when used memory")
 MISCONF = re.compile(r"(?:^|-|caused error: )MISCONF ")
 FIRST_DELAY_SECONDS = 0.25
 MAX_DELAY_SECONDS = 5.0

@@ -32,6 +32,11 @@ ALWAYS = {
 }
 
 
+def api_headers() -> dict[str, str]:
+    """The security headers of every response outside the dashboard."""
+    return {**ALWAYS, "Content-Security-Policy": API_CSP}
+
+
 def csp_nonce() -> str:
     """This request's script nonce (made on first use); templates put it on their inline script."""
     if "csp_nonce" not in g:
@@ -41,14 +46,14 @@ def csp_nonce() -> str:
 
 def add_security_headers(response: Response) -> Response:
     """After every request, errors and refusals included."""
+    if not in_dashboard():
+        response.headers.update(api_headers())
+        return response
     response.headers.update(ALWAYS)
-    if in_dashboard():
-        nonce = f"'nonce-{g.csp_nonce}' " if "csp_nonce" in g else ""
-        response.headers["Content-Security-Policy"] = DASHBOARD_CSP.format(nonce=nonce)
-        if request.endpoint not in STATIC_ENDPOINTS:
-            response.headers["Cache-Control"] = "no-store"
-    else:
-        response.headers["Content-Security-Policy"] = API_CSP
+    nonce = f"'nonce-{g.csp_nonce}' " if "csp_nonce" in g else ""
+    response.headers["Content-Security-Policy"] = DASHBOARD_CSP.format(nonce=nonce)
+    if request.endpoint not in STATIC_ENDPOINTS:
+        response.headers["Cache-Control"] = "no-store"
     return response
 
 

@@ -196,6 +196,7 @@ def job_detail(job: DashboardJob) -> dict[str, Any]:
         "origin": job.origin,
         "status": "unreadable" if job.unreadable else status_of(job),
         "result": latest.return_value if succeeded else None,  # type: ignore[union-attr]
+        "progress": job.progress,
         "exc_info": latest.exc_string if isinstance(latest, Result) else latest,
         "description": readable(lambda: format_job_description(job), UNREADABLE),
         "metadata": readable(lambda: json.dumps(job.meta), UNREADABLE),

@@ -63,6 +63,7 @@ def describe(job: ServiceJob, latest: Result | None = UNREAD) -> dict[str, Any]:
         "enqueued_at": isotime(job.enqueued_at),
         "started_at": isotime(job.started_at),
         "ended_at": isotime(job.ended_at),
+        "progress": job.progress,
     }
     meta = job.meta or {}
     if "schedule_id" in meta:

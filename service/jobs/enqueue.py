@@ -14,7 +14,7 @@ import hashlib
 import inspect
 import json
 import math
-import uuid
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -41,6 +41,8 @@ if TYPE_CHECKING:  # requests are validated by the caller: workers enqueue witho
 
 ALIVE = frozenset({"queued", "scheduled", "deferred", "started"})
 NO_RETRY = RetryPolicy(0, ())
+# uuid4's variant digit (10xx in binary) for each hex digit of random bits.
+VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 # Calls with at most this many positional and keyword arguments have their fit checked once per shape.
 SMALL_CALL_ARGS = 8
 
@@ -85,8 +87,7 @@ def submit(
 
     `limits`: a client's request (API, CLI) is held to them; the service's own enqueues pass None.
     """
-    planned = [plan(request, field=f"jobs.{i}" if batch else "", limits=limits) for i, request in enumerate(requests)]
-    return commit(connection, planned, limits.queue_length if limits else None)
+    return commit(connection, plan_many(requests, batch, limits), limits.queue_length if limits else None)
 
 
 def submit_batch(
@@ -97,7 +98,7 @@ def submit_batch(
     The jobs written get the batch's id; a job returned for a repeated idempotency key or a unique
     task was not written by this batch and stays out of it. Returns the outcomes and the batch id.
     """
-    planned = [plan(request, field=f"jobs.{i}", limits=limits) for i, request in enumerate(requests)]
+    planned = plan_many(requests, batch=True, limits=limits)
     opened = batches.prepare(plan_callback(on_complete, limits))
     for p in planned:
         p.extra[BATCH_FIELD] = opened.id
@@ -117,7 +118,25 @@ def plan_callback(request: Request, limits: Limits | None) -> Planned:
     return p
 
 
-def plan(request: Request, field: str = "", limits: Limits | None = None) -> Planned:
+def plan_many(requests: list[Request], batch: bool = False, limits: Limits | None = None) -> list[Planned]:
+    """Check and plan every request's job (no Redis); InvalidField names the first bad one (`jobs.<i>.` in a batch)."""
+    ids = new_job_ids(len(requests))
+    return [
+        plan(request, field=f"jobs.{i}" if batch else "", limits=limits, job_id=job_id)
+        for i, (request, job_id) in enumerate(zip(requests, ids, strict=True))
+    ]
+
+
+def new_job_ids(count: int) -> list[str]:
+    """`count` random job ids in uuid4's form, from one read of the OS's randomness (not one per job)."""
+    digits = os.urandom(16 * count).hex()
+    return [
+        f"{d[:8]}-{d[8:12]}-4{d[13:16]}-{VARIANT[d[16]]}{d[17:20]}-{d[20:32]}"
+        for d in (digits[i : i + 32] for i in range(0, 32 * count, 32))
+    ]
+
+
+def plan(request: Request, field: str = "", limits: Limits | None = None, job_id: str | None = None) -> Planned:
     """Check `request` against the registry and build its job's per-job parts; raise InvalidField on any problem."""
     prefix = f"{field}." if field else ""
     try:
@@ -134,7 +153,7 @@ def plan(request: Request, field: str = "", limits: Limits | None = None) -> Pla
     timeout = request.timeout or spec.timeout_seconds
     result_ttl = spec.result_ttl_seconds if request.result_ttl is None else request.result_ttl
     p = Planned(
-        id=str(uuid.uuid4()),
+        id=job_id or new_job_ids(1)[0],
         spec=spec,
         lane=lane,
         args=args,

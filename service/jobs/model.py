@@ -7,17 +7,18 @@ function name is a registered task name, looked up in the task registry.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
 from redis import Redis
 from rq.exceptions import DeserializationError
-from rq.job import UNEVALUATED, Job
+from rq.job import UNEVALUATED, Job, JobStatus
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
 
 from service.core import clock, compat
-from service.core.keys import doorbell_key
+from service.core.keys import doorbell_key, ended_channel
 from service.core.lanes import LANES, check_lane
 from service.jobs import callbacks, damage
 from service.tasks.registry import REGISTRY, TaskSpec
@@ -39,6 +40,8 @@ class JobDamaged(Exception):
     """Raised in a worker for a job whose stored hash is damaged (service.jobs.damage); it fails unrun, unretried."""
 
 
+# The statuses a job ends in: setting one wakes the job's waiters (service.jobs.waits).
+ENDED_STATUSES = frozenset({JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED})
 BAD_DATA = "the job's data is not JSON [task name, null, [args], {kwargs}]; it is never loaded or run"
 
 
@@ -53,6 +56,7 @@ class ServiceJob(Job):
         # Set by the worker when the outcome it stores ends the job (finished, failed, canceled): the
         # store's transaction then counts the end in the job's batch (ServiceWorker.cleanup_execution).
         self.batch_outcome: str | None = None
+        self.progress_json: bytes | None = None  # what the task last gave service.progress(), as stored
         # What is wrong with the stored hash (None: nothing): the job fails with it instead of running.
         self.damage: str | None = None
 
@@ -103,9 +107,29 @@ class ServiceJob(Job):
         return expires_at is not None and clock.now() > float(expires_at)
 
     @property
+    def progress(self) -> Any:
+        """The task's latest progress (service.progress), None until it reports one (or if not JSON)."""
+        try:
+            return json.loads(self.progress_json) if self.progress_json else None
+        except ValueError:
+            return None
+
+    @property
     def should_retry(self) -> bool:
         # An expired or damaged job stays failed: retrying could only fail again.
         return bool(super().should_retry) and not self.damage and not self.expired
+
+    def set_status(self, status: JobStatus, pipeline: Any = None) -> None:
+        """RQ's set_status; a status that ends the job is also published on its ended channel, in the same pipeline."""
+        super().set_status(status, pipeline=pipeline)
+        if status in ENDED_STATUSES:
+            target = pipeline if pipeline is not None else self.connection
+            target.publish(ended_channel(self.id), JobStatus(status).value)
+
+    def delete(self, pipeline: Any = None, remove_from_queue: bool = True, delete_dependents: bool = False) -> None:
+        """RQ's delete; the job's waiters are woken too (they find it gone), after it or in the same pipeline."""
+        super().delete(pipeline=pipeline, remove_from_queue=remove_from_queue, delete_dependents=delete_dependents)
+        (pipeline if pipeline is not None else self.connection).publish(ended_channel(self.id), "deleted")
 
     def prepare_for_execution(self, worker_name: str, pipeline: Any) -> None:
         super().prepare_for_execution(worker_name, pipeline)
@@ -127,6 +151,22 @@ class ServiceJob(Job):
     def stopped_callback(self) -> Any:
         return callbacks.resolve(self._stopped_callback_name)
 
+    @classmethod
+    def fetch_many(cls, job_ids: Any, connection: Redis, serializer: Any = None) -> list[Any]:
+        """RQ's fetch_many in one pipeline without MULTI: Redis refuses MULTI while it is full, reads or not."""
+        ids = list(job_ids)
+        with connection.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hgetall(cls.key_for(job_id))
+            found = pipe.execute() if ids else []
+        jobs: list[ServiceJob | None] = []
+        for job_id, fields in zip(ids, found, strict=True):
+            job = cls(job_id, connection=connection, serializer=serializer) if fields else None
+            if job is not None:
+                job.restore(fields)
+            jobs.append(job)
+        return jobs
+
     def restore(self, raw_data: Any) -> Any:
         """Load a stored hash; a field that is not as the service writes it is left out and named in `damage`."""
         fields, problems = damage.inspect(raw_data)
@@ -139,6 +179,7 @@ class ServiceJob(Job):
         self.attempts = int(fields.get("attempts") or 0)
         self.group = fields[damage.GROUP_FIELD].decode() if damage.GROUP_FIELD in fields else None
         self.batch_id = fields[damage.BATCH_FIELD].decode() if damage.BATCH_FIELD in fields else None
+        self.progress_json = fields.get("progress")
         self.damage = "; ".join(problems) or None
         return result
 

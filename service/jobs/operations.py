@@ -1,4 +1,4 @@
-"""Job operations: read, list, cancel and requeue jobs.
+"""Job operations: read (or wait for the end of), list, cancel and requeue jobs.
 
 The domain layer for one-off jobs after they are enqueued (service.jobs.enqueue
 creates them). HTTP views and the CLI call these functions and nothing below.
@@ -27,8 +27,11 @@ from service.core.lanes import LANES, check_lane
 from service.jobs import batches
 from service.jobs.describe import STATUSES, status_of
 from service.jobs.model import JOB_ID, JOB_ID_MAX_LENGTH, ServiceJob, ServiceQueue
+from service.jobs.waits import Waited, WaitHub
 
 CANCELABLE = frozenset({"queued", "scheduled", "deferred"})
+# A job in one of these has ended: it will not run (again) by itself.
+FINAL = frozenset({"finished", "failed", "stopped", "canceled"})
 REQUEUEABLE = frozenset({"failed", "stopped"})
 STOP_WAIT_SECONDS = 3.0
 REGISTRIES: dict[str, type[BaseRegistry]] = {
@@ -50,6 +53,11 @@ def fetch(connection: Redis, job_id: str) -> ServiceJob:
         return ServiceJob.fetch(job_id, connection=connection)
     except NoSuchJobError:
         raise JobNotFound(f"no job with id {job_id!r}") from None
+
+
+def wait(hub: WaitHub, connection: Redis, job_id: str, seconds: float) -> Waited[ServiceJob]:
+    """The job once it has ended, or after `seconds` as it then is; JobNotFound when there is none."""
+    return hub.wait(job_id, seconds, lambda: fetch(connection, job_id), lambda job: status_of(job) in FINAL)
 
 
 def cancel(connection: Redis, job_id: str) -> ServiceJob:

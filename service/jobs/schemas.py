@@ -7,6 +7,7 @@ InvalidField, whose message names the field.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
@@ -15,6 +16,7 @@ from service.core.config import whole_number
 from service.core.errors import InvalidField
 from service.jobs.describe import STATUSES
 from service.jobs.model import JOB_ID
+from service.jobs.waits import MAX_WAIT_SECONDS
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -39,8 +41,20 @@ def _ascii_whole(value: Any) -> Any:
     return value
 
 
+def _ascii_seconds(value: Any) -> Any:
+    """A query duration is ASCII digits with an optional fraction ('5', '0.25'): no sign, exponent, nan or inf."""
+    if isinstance(value, str):
+        if not SECONDS_TEXT.fullmatch(value):
+            raise ValueError(f"{value[:20]!r} is not a number of seconds")
+        return float(value)
+    return value
+
+
 # An integer query parameter (query strings are text: strict mode would refuse every value).
 QueryInt = Annotated[int, BeforeValidator(_ascii_whole)]
+# A duration query parameter in seconds.
+SECONDS_TEXT = re.compile(r"[0-9]{1,6}(\.[0-9]{1,6})?")
+QuerySeconds = Annotated[float, BeforeValidator(_ascii_seconds)]
 
 
 class Strict(BaseModel):
@@ -143,6 +157,14 @@ class Query(Strict):
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
 
 
+class JobQuery(Query):
+    """GET /jobs/<id> query string."""
+
+    wait: QuerySeconds | None = Field(
+        default=None, gt=0, le=MAX_WAIT_SECONDS, description="seconds to wait for the job to end (at most 60)"
+    )
+
+
 class ListJobsQuery(Query):
     """GET /jobs query string (`limit` is capped by MAX_PAGE_SIZE)."""
 
@@ -169,6 +191,7 @@ class JobOut(BaseModel):
     enqueued_at: str | None
     started_at: str | None
     ended_at: str | None
+    progress: Any = Field(default=None, description="the task's latest service.progress() value, null until set")
     schedule_id: str | None = None
     scheduled_for: str | None = None
 
@@ -191,8 +214,11 @@ class BatchOut(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    code: str
-    message: str
+    code: str = Field(
+        description="what went wrong, for programs: e.g. invalid_field, unknown_task, job_not_found, queue_full, "
+        "redis_unavailable, redis_full, redis_read_only"
+    )
+    message: str = Field(description="what went wrong, for people")
 
 
 class ErrorOut(BaseModel):

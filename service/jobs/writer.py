@@ -93,6 +93,7 @@ class Submitted:
             "enqueued_at": batch_isotime(self.at) if self.status == "queued" else None,
             "started_at": None,
             "ended_at": None,
+            "progress": None,
         }
 
     def job(self, connection: Redis) -> ServiceJob:

@@ -62,7 +62,7 @@ ACTIVE_STATUSES = frozenset({"queued", "started", "scheduled", "deferred"})
 # Variadic commands whose calls for one key the fire script may merge into one (same result, same order).
 FOLDABLE_COMMANDS = frozenset({"RPUSH", "LPUSH", "SADD"})
 # What the fire script needs besides its KEYS (see fire.lua): RQ's and our key shapes for the keys it
-# builds from data (a run's job, a canceled job's lane and registries, a worker's command channel),
+# builds from data (a run's job, a canceled job's lane, registries and ended channel, a worker's command channel),
 # the id placeholder in push commands, and the lag histogram's buckets.
 CONFIG = json.dumps(
     {
@@ -74,6 +74,7 @@ CONFIG = json.dumps(
             "deferred": keys.DEFERRED_PREFIX,
             "canceled": keys.CANCELED_PREFIX,
             "pubsub": keys.PUBSUB_PREFIX,
+            "ended": keys.ENDED_PREFIX,
         },
         "placeholder": PLACEHOLDER_ID,
         "lag_buckets": LAG_BUCKETS_MS,

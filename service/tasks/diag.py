@@ -7,6 +7,7 @@ from typing import Any
 
 from rq import get_current_job
 
+from service.jobs.context import progress
 from service.tasks.registry import task
 
 
@@ -35,3 +36,12 @@ def record(key: str, value: Any) -> int:
     job = get_current_job()
     assert job is not None, "diag.record runs inside a job"
     return int(job.connection.rpush(f"diag:{key}", value))
+
+
+@task("diag.progress")
+def progress_steps(steps: int, seconds: float) -> int:
+    """Sleep `seconds` `steps` times, reporting {"done": i, "total": steps} as progress after each; return `steps`."""
+    for done in range(1, int(steps) + 1):
+        time.sleep(float(seconds))
+        progress({"done": done, "total": steps})
+    return steps

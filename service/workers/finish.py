@@ -116,6 +116,7 @@ class Finisher:
                 job.dependencies_key,
                 slots[1],
                 keys.held_groups_key(job.origin),
+                keys.ended_channel(job.id),
             ],
             args=[
                 job.id,

@@ -28,7 +28,7 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.utils import utcformat
 
-from service.core import clock, metrics
+from service.core import clock, keys, metrics
 from service.core.lanes import LANES
 from service.jobs import batches
 from service.jobs.damage import BATCH_FIELD, is_job_id
@@ -79,6 +79,7 @@ def fail(
         if status is not None and status not in ENDED:
             ttl = DEFAULT_FAILURE_TTL_SECONDS
             pipe.hset(job_key, mapping={"status": JobStatus.FAILED.value, "ended_at": utcformat(clock.utcnow())})
+            pipe.publish(raw_id(keys.ended_channel(job_id)), JobStatus.FAILED.value)
             pipe.expire(job_key, ttl)
             pipe.zadd(FailedJobRegistry.key_template.format(lane), {raw_id(job_id): clock.now() + ttl})
             result = Result(job_id, Result.Type.FAILED, connection, exc_string=reason, worker_name=worker_name,

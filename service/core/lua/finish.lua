@@ -2,7 +2,8 @@
 -- KEYS: job hash, started registry, execution hash, executions registry, worker hash,
 --       worker executions set, claimed list, finished registry, result stream, dependents set,
 --       the task's concurrency slots (or any unused key), metrics hash, dependencies set,
---       the task's slots in the job's group (or any unused key), the lane's held groups hash.
+--       the task's slots in the job's group (or any unused key), the lane's held groups hash,
+--       the job's ended channel (PUBLISH: wakes GET /jobs/<id>?wait=).
 -- ARGV: job id, execution composite key, execution id, ended_at (RQ's ISO format),
 --       result ttl (-1 = forever), finished registry score, working seconds,
 --       N = the number of result stream arguments, those N field/value arguments, then the metrics:
@@ -57,4 +58,5 @@ end
 redis.call('HINCRBY', KEYS[5], 'successful_job_count', 1)
 redis.call('HINCRBYFLOAT', KEYS[5], 'total_working_time', ARGV[7])
 redis.call('HSET', KEYS[5], 'state', 'idle')
+redis.call('PUBLISH', KEYS[16], 'finished')
 return dependents

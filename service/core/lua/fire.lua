@@ -155,6 +155,7 @@ local function cancel(job_id, st)
     redis.call('ZREM', shapes.scheduled .. origin, job_id)
     redis.call('ZREM', shapes.deferred .. origin, job_id)
     redis.call('HSET', jk, 'status', 'canceled')
+    redis.call('PUBLISH', shapes.ended .. job_id, 'canceled')
     redis.call('ZADD', shapes.canceled .. origin, math.floor(tonumber(ARGV[2]) / 1000) + 86400, job_id)
   end
 end
