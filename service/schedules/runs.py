@@ -42,6 +42,7 @@ from service.core.lua import script
 from service.core.metrics import LAG_BUCKETS_MS
 from service.jobs.callbacks import PAUSE_ON_FAILURE
 from service.jobs.context import scheduled_for  # noqa: F401 - kept importable from here
+from service.jobs.damage import GROUP_FIELD
 from service.jobs.model import ServiceQueue
 from service.jobs.template import JobOptions, template
 from service.ops import hooks
@@ -78,6 +79,9 @@ CONFIG = json.dumps(
         },
         "placeholder": PLACEHOLDER_ID,
         "lag_buckets": LAG_BUCKETS_MS,
+        "group_field": GROUP_FIELD,
+        "group_separator": keys.GROUP_SUFFIX.format(group=""),
+        "lane_head": keys.LANE_HEAD,
     }
 )
 FIRE = script("fire")
@@ -141,6 +145,7 @@ class Template(NamedTuple):
     push: list[list[str]]
     fold: bool  # every push command may be folded with the same command of other runs
     retry: RetryPolicy | None  # a policy whose intervals each run draws (jitter), else None
+    groups: str  # the lane's group turns (a run with a group is indexed there, as the job writer does)
 
 
 class JobTemplates:
@@ -176,14 +181,22 @@ class JobTemplates:
         queue = ServiceQueue(spec.lane, connection=self.connection)
         push = queue.push_commands(PLACEHOLDER_ID)  # the lane and any wake-up, the id as a placeholder
         fold = all(op[0] in FOLDABLE_COMMANDS and len(op) == 3 for op in push)
-        return Template(fields, queue_key(spec.lane), push, fold, retry if retry.jittered else None)
+        retry_drawn = retry if retry.jittered else None
+        return Template(fields, queue_key(spec.lane), push, fold, retry_drawn, keys.groups_key(spec.lane))
 
 
 @functools.lru_cache(maxsize=65_536)
 def call_data(task: str, call_json: str) -> bytes:
     """RQ's own encoding of a run's call (Job.to_dict's data), made once per distinct task and call."""
-    args, kwargs = json.loads(call_json) if call_json else ([], {})
+    args, kwargs = json.loads(call_json)[:2] if call_json else ([], {})
     return zlib.compress(JSONSerializer.dumps((task, None, args, kwargs)))
+
+
+@functools.lru_cache(maxsize=65_536)
+def call_group(call_json: str) -> str | None:
+    """The fair-share group a schedule's call carries (its third part), or None."""
+    call = json.loads(call_json) if call_json else ()
+    return call[2] if len(call) > 2 else None
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -266,7 +279,8 @@ class Firing:
             if found is None:
                 template = self.templates.get(template_json)
                 found = numbers[template_json] = (len(templates) + 1, template.retry, load_spec(template_json))
-                fields = [template.fields, template.queue_key, template.push, template.fold, template.retry is not None]
+                fields = [template.fields, template.queue_key, template.push, template.fold, template.retry is not None,
+                          template.groups]  # fmt: skip
                 templates.append(fields)
             number, retry, spec = found
             call = (spec.task, schedule.call_json)
@@ -278,6 +292,9 @@ class Firing:
             row = [entry.schedule_id, plan, blob, _score(entry.score), _score(entry.next_score)]
             if retry is not None:  # each run draws its own retry intervals
                 row.append([json.dumps(retry.intervals()) for _ in entry.fires])
+            group = call_group(schedule.call_json)
+            if group is not None:  # row[6]: its runs' fair-share group
+                row += [None] * (6 - len(row)) + [group]
             rows.append(row)
         now_rq = utcformat(now.astimezone(UTC).replace(tzinfo=None))
         args: list[Any] = [self.owner, to_ms(now), now_rq, CONFIG, RUNS_KEPT]

@@ -18,7 +18,7 @@ from pydantic import Field, field_validator, model_validator
 
 from service.core.errors import InvalidField
 from service.core.lanes import check_lane
-from service.jobs.schemas import MAX_ARGS, Strict, validate
+from service.jobs.schemas import GROUP_PATTERN, MAX_ARGS, Strict, validate
 from service.schedules.cron import CronRule, CronSyntaxError, UnknownZone, check_expression, load_zone
 from service.tasks.registry import REGISTRY
 
@@ -111,6 +111,7 @@ class ScheduleSpec(Strict):
     pause_on_failure: bool = False
     skip_calendars: list[str] = Field(default_factory=list, max_length=MAX_SKIP_CALENDARS)
     skip_dates: list[str] = Field(default_factory=list, max_length=MAX_SKIP_DATES)
+    group: str | None = Field(default=None, pattern=GROUP_PATTERN)  # each run's fair-share group within its lane
 
     @field_validator("skip_calendars")
     @classmethod

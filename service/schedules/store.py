@@ -5,7 +5,8 @@ as a listpack (about 25 bytes a field instead of ~70 in a hash table):
 
     t  template id: the spec minus args/kwargs, stored once in the templates
        hash and shared by every schedule with the same spec (refcounted)
-    a  its call, `[args, kwargs]` as JSON (absent when both are empty)
+    a  its call, `[args, kwargs]` or `[args, kwargs, group]` as JSON (absent when both are empty
+       and it has no group)
     n  next due time, epoch ms (absent when none)   b  buffered run's due time
     p  "1" when paused      m  the pause note       o  origin when not "api"
     c, u  created and updated, epoch ms
@@ -134,6 +135,9 @@ def split_spec(spec: ScheduleSpec) -> tuple[str, str]:
     """Return (template JSON, call JSON) of a spec: what schedules share, and their own args and kwargs."""
     data = spec.model_dump(mode="json", exclude={"paused"})
     call = [data.pop("args"), data.pop("kwargs")]
+    group = data.pop("group")
+    if group is not None:  # per schedule like its arguments: per-user groups still share one template
+        call.append(group)
     template = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return template, (json.dumps(call, separators=(",", ":")) if call != [[], {}] else "")
 
@@ -151,11 +155,10 @@ def dump_spec(spec: ScheduleSpec) -> str:
 @functools.lru_cache(maxsize=65_536)
 def join_spec(template_json: str, call_json: str) -> str:
     """The canonical JSON of the spec made of a template and a call."""
-    if not call_json:
-        data = {**json.loads(template_json), "args": [], "kwargs": {}}
-    else:
-        args, kwargs = json.loads(call_json)
-        data = {**json.loads(template_json), "args": args, "kwargs": kwargs}
+    data = {**json.loads(template_json), "args": [], "kwargs": {}, "group": None}
+    if call_json:
+        call = json.loads(call_json)  # [args, kwargs] or [args, kwargs, group]
+        data.update(args=call[0], kwargs=call[1], group=call[2] if len(call) > 2 else None)
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 

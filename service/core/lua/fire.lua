@@ -4,13 +4,14 @@
 --       config (JSON: key shapes, placeholder id, lag buckets; see service.schedules.runs.CONFIG),
 --       run records kept per schedule, templates (JSON), plans (JSON), entries (JSON), then the job
 --       data blobs.
--- A template is [hash fields, queue key, push commands, foldable?, jittered retry?].
+-- A template is [hash fields, queue key, push commands, foldable?, jittered retry?, the lane's group turns].
 -- A plan, shared by the entries alike (service.schedules.runs.Plans), is [mode (due | buffer | manual),
 -- template, fires, records, overlap, next due (text), repeat, buffered due].
 -- A fire is [due ms, kind code, job id suffix "-<due s>", meta's end, its run record, lag ms, lag bucket,
 -- the record if skipped, if dropped, if buffered]; a record is [status code, the record]: m missed,
 -- c coalesced, k skipped by a calendar. Records are written as service.schedules.store packs them.
--- An entry is [schedule id, plan, data blob, due score (text), next score (text), retry intervals per fire].
+-- An entry is [schedule id, plan, data blob, due score (text), next score (text), retry intervals per fire,
+-- the runs' fair-share group]: a run with a group is indexed in its lane's turns as the job writer does.
 -- A schedule's hash is laid out as service.schedules.store says: state packed in field s, run records
 -- in a ring of fields r<n>, next due time n, buffered due time b, paused p.
 -- Nothing fires unless the lease still holds the owner token (fencing: a paused ex-leader cannot
@@ -53,7 +54,7 @@ for n, t in ipairs(cjson.decode(ARGV[6])) do
   local folds = {}
   for i, op in ipairs(t[3]) do folds[i] = op[1] .. ' ' .. op[2] end
   templates[n] = {hash = hash, meta_slot = meta_slot, jittered = t[5], queue_key = t[2], push = t[3], fold = t[4],
-    folds = folds}
+    folds = folds, groups = t[6]}
 end
 local plans = cjson.decode(ARGV[7])
 
@@ -84,6 +85,13 @@ local function push(tpl, job_id)
       flush()
       redis.call(unpack(call))
     end
+  end
+end
+
+-- A grouped run joins its group's index, and a group new to the lane its turns (with the lane head's turn).
+local function index_group(ring, group, job_id)
+  if redis.call('RPUSH', ring .. config.group_separator .. group, job_id) == 1 then
+    if redis.call('RPUSH', ring, group) == 1 then redis.call('LPUSH', ring, config.lane_head) end
   end
 end
 
@@ -169,6 +177,10 @@ local function create(s, f, tpl, data, retry)
   hash[tpl.meta_slot] = META_HEAD .. s.id .. f[4]
   if tpl.jittered then hash[#hash] = retry end
   redis.call('HSET', jk, unpack(hash))
+  if s.group then
+    redis.call('HSET', jk, config.group_field, s.group)
+    index_group(tpl.groups, s.group, job_id)
+  end
   push(tpl, job_id)
   s.last_run, s.runs, s.changed = f[1], s.runs + 1, true
   runs_total = runs_total + 1
@@ -228,12 +240,14 @@ end
 
 local function fire_entry(e)
   local id, p = e[1], plans[e[2]]
+  local group = opt(e[7])
   local mode, tpl, data = p[1], templates[p[2]], ARGV[8 + e[3]]
   if mode == 'due' then
     local score = redis.call('ZSCORE', due_key, id)
     if not score or (score ~= e[4] and tonumber(score) ~= tonumber(e[4])) then return -2 end
     local s = load(id)
     if not s then return -2 end
+    s.group = group
     if s.paused == '1' then redis.call('ZREM', due_key, id); return -2 end
     local result = fire_due(e, s, p, tpl, data)
     save(s)
@@ -242,6 +256,7 @@ local function fire_entry(e)
   if redis.call('EXISTS', prefix .. id) == 0 then return -3 end
   local s = load(id)
   if not s then return -2 end
+  s.group = group
   local retries = opt(e[6])
   if mode == 'buffer' then
     if not s.buffered_due or tonumber(s.buffered_due) ~= p[8] or active(s) or s.paused == '1' then return -2 end
