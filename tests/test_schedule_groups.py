@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from click.testing import CliRunner
 from flask.testing import FlaskClient
 from redis import Redis
 
+from service.cli.main import cli
 from service.core.keys import ScheduleKeys
 from service.jobs.model import ServiceJob
 from service.schedules import operations as schedules
@@ -65,3 +69,15 @@ def test_runs_fired_by_the_scheduler_carry_the_group_and_a_worker_runs_them(
         what="the run to finish",
     )
     assert client.get(f"/jobs/{first['job_id']}", headers=AUTH).get_json()["group"] == "acct-9"
+
+
+def test_the_cli_adds_a_schedule_with_a_group_and_refuses_a_bad_one(process_env: dict[str, str]) -> None:
+    runner = CliRunner()
+    added = runner.invoke(
+        cli, ["schedules", "add", "g", "--task", "diag.echo", "--interval", "60", "--group", "acct-1"], env=process_env
+    )
+    assert added.exit_code == 0 and json.loads(added.stdout)["group"] == "acct-1"
+    refused = runner.invoke(
+        cli, ["schedules", "add", "h", "--task", "diag.echo", "--interval", "60", "--group", "a b"], env=process_env
+    )
+    assert refused.exit_code != 0 and "group" in refused.stderr

@@ -36,6 +36,7 @@ def spec_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--kwarg", "kwargs", multiple=True, metavar="NAME=VALUE", help="A keyword argument."),
         click.option("--skip-calendar", "skip_calendars", multiple=True, help="A calendar whose dates it skips."),
         click.option("--skip-date", "skip_dates", multiple=True, help="A date it skips, YYYY-MM-DD."),
+        click.option("--group", default=None, help="Fair-share group of its runs within the lane (e.g. an account)."),
         click.option("--json", "extra", default=None, help='Other fields as JSON, e.g. {"jitter": 5}.'),
     ]
     for option in reversed(options):
