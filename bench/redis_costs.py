@@ -12,9 +12,16 @@ Prints ONE JSON line.
   bench/rt_count.py) and Redis CPU (`INFO cpu`), divided by the jobs;
 - the dashboard charts' rollup, which no job pays for: what one minute's
   summary costs (the one writer, and each other process's claim), and the
-  bytes of 24 hours of summaries.
+  bytes of 24 hours of summaries;
+- the no-fork worker path with 1, 2 and 4 worker processes on one Redis:
+  jobs/s, Redis CPU % and Redis CPU and commands per job (start and stop
+  included), and the jobs/s one Redis could serve at that cost;
+- Redis memory per finished job kept for its result_ttl, with the server's
+  default stream-node-max-bytes (what a managed Redis gets) and with the
+  embedded server's;
+- goals: each figure with its goal and met or missed.
 
-Usage: .venv/bin/python bench/redis_costs.py [--jobs 1000] [--fork-jobs 200]
+Usage: .venv/bin/python bench/redis_costs.py [--jobs 1000] [--fork-jobs 200] [--scaling-jobs 2000]
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -260,10 +268,78 @@ def rollup_costs(connection: Redis) -> dict[str, Any]:
     return out
 
 
+def scaling(connection: Redis, url: str, jobs: int, counts: tuple[int, ...] = (1, 2, 4)) -> dict[str, Any]:
+    """`jobs` no-fork jobs drained by 1, 2, 4 worker processes at once: throughput and Redis's share of the work."""
+    out: dict[str, Any] = {}
+    env = {**os.environ, "REDIS_URL": url, "LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT)}
+    argv = [sys.executable, "worker.py", *LANES, "--burst", "--no-scheduler", "--no-fork"]
+    for count in counts:
+        connection.flushdb()
+        fill(connection, True, jobs)
+        connection.config_resetstat()
+        client = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu, started = redis_cpu(connection), time.perf_counter()
+        workers = [
+            subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for _ in range(count)
+        ]
+        for worker in workers:
+            worker.wait(timeout=600)
+        wall, cpu = time.perf_counter() - started, redis_cpu(connection) - cpu
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        client_s = after.ru_utime + after.ru_stime - client.ru_utime - client.ru_stime
+        calls = commands(connection)
+        for name in ("info", "config|resetstat", "config"):
+            calls.pop(name, None)
+        per_job_us = cpu / jobs * 1e6
+        out[f"workers_{count}"] = {
+            "jobs_per_s": round(jobs / wall),
+            "redis_cpu_percent": round(100 * cpu / wall, 1),
+            "redis_cpu_us_per_job": round(per_job_us, 1),
+            "commands_per_job": round(sum(calls.values()) / jobs, 2),
+            "worker_cpu_us_per_job": round(client_s / jobs * 1e6, 1),
+            "redis_bound_jobs_per_s": round(1e6 / per_job_us) if per_job_us else None,
+        }
+    connection.flushdb()
+    return out
+
+
+def finished_job_memory(connection: Redis, url: str, jobs: int) -> dict[str, Any]:
+    """Bytes of Redis memory per finished job (job hash, result stream, registry entry) while its result is kept."""
+    out: dict[str, Any] = {}
+    env = {**os.environ, "REDIS_URL": url, "LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT)}
+    argv = [sys.executable, "worker.py", "low", "--burst", "--no-scheduler", "--no-fork"]
+    embedded = connection.config_get("stream-node-max-bytes")["stream-node-max-bytes"]
+    for label, node_bytes in (("server_default_4096", "4096"), (f"embedded_{embedded}", embedded)):
+        connection.flushdb()
+        connection.config_set("stream-node-max-bytes", node_bytes)
+        for count in (5, jobs):  # the first 5 create what every job shares (counters, registries, the worker)
+            before = int(connection.info("memory")["used_memory"])
+            fill(connection, True, count)
+            subprocess.run(argv, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, timeout=600)
+        out[f"bytes_per_job_{label}"] = round((int(connection.info("memory")["used_memory"]) - before) / jobs)
+    connection.config_set("stream-node-max-bytes", embedded)
+    connection.flushdb()
+    return out
+
+
+def goals(per_job: dict[str, Any], memory: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each figure with its goal, met or missed."""
+    worker = per_job["ours_worker_nofork"]
+    rows = [
+        ("no-fork job: Redis commands", worker["commands_per_job"], 20),
+        ("no-fork job: Redis CPU us", worker["redis_cpu_us_per_job"], 100),
+        ("no-fork job: round trips", worker["round_trips_per_job"], 6),
+    ]
+    rows += [(f"finished job: Redis bytes, {k.removeprefix('bytes_per_job_')}", v, 1024) for k, v in memory.items()]
+    return [{"figure": f, "value": v, "goal": f"<= {g}", "met": v <= g} for f, v, g in rows]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--fork-jobs", type=int, default=200)
+    parser.add_argument("--scaling-jobs", type=int, default=2000)
     options = parser.parse_args()
     with tempfile.TemporaryDirectory() as data:
         folder = Path(data)
@@ -274,6 +350,8 @@ def main() -> None:
             limit = ceiling(server, connection)
             per_job = paths(connection, server.url, options, folder)
             charts_rollup = rollup_costs(connection)
+            curve = scaling(connection, server.url, options.scaling_jobs)
+            memory = finished_job_memory(connection, server.url, options.jobs)
         finally:
             server.stop()
     print(
@@ -286,6 +364,9 @@ def main() -> None:
                 "ceiling": limit,
                 "per_job": per_job,
                 "rollup": charts_rollup,
+                "scaling": curve,
+                "finished_job_memory": memory,
+                "goals": goals(per_job, memory),
             }
         )
     )

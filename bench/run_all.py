@@ -29,7 +29,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # script -> (full arguments, --quick arguments)
 SCRIPTS = {
-    "redis_costs": (["--jobs", "300", "--fork-jobs", "50"], ["--jobs", "300", "--fork-jobs", "50"]),
+    "redis_costs": (
+        ["--jobs", "1000", "--fork-jobs", "50", "--scaling-jobs", "2000"],
+        ["--jobs", "300", "--fork-jobs", "50", "--scaling-jobs", "600"],
+    ),
     "worker_throughput": (
         ["--rounds", "2", "--jobs", "1500", "--fork-jobs", "150", "--probes", "40"],
         ["--rounds", "1", "--jobs", "500", "--fork-jobs", "60", "--probes", "10"],
@@ -218,6 +221,16 @@ def rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str, s
             )  # fmt: skip
             out.append((f"charts rollup: Redis memory for 24 h ({r['summaries_kept']:,} summaries)",
                         fmt(r["bytes_24h"] / 1000, " kB"), "-", "-", "-"))  # fmt: skip
+        for count, f in c.get("scaling", {}).items():
+            out.append(
+                (f"no-fork {count.replace('_', ' ')}, one Redis: jobs/s; Redis CPU %; Redis CPU us and commands "
+                 "per job; jobs/s one Redis could serve at that cost",
+                 f"{fmt(f['jobs_per_s'])}; {f['redis_cpu_percent']} %; {f['redis_cpu_us_per_job']} us, "
+                 f"{f['commands_per_job']}; {fmt(f['redis_bound_jobs_per_s'])}", "-", "-", "-")
+            )  # fmt: skip
+        for goal in c.get("goals", []):
+            out.append((f"goal: {goal['figure']}", fmt(goal["value"]), "-", "met" if goal["met"] else "MISSED",
+                        goal["goal"]))  # fmt: skip
         ceiling = c["ceiling"]
         for key in ("lpush_c1_p1_ops_per_s", "lpush_c2_p16_ops_per_s", "redis_py_lpush_1_per_round_trip_ops_per_s"):
             if key in ceiling:

@@ -201,9 +201,12 @@ for n = 1, lanes do
         if job['status'] == 'queued' then
             started = 1
             local composite = id .. ':' .. execution_id
-            local attempts = tostring((tonumber(job['attempts'] or '0') or 0) + 1)
+            local attempts = job['attempts'] or '0'
+            if not string.match(attempts, '^-?%d+$') then  -- damaged: HINCRBY refuses it, as RQ's would
+                redis.call('HINCRBY', job_key, 'attempts', 1)
+            end
             local changed = {'status', 'started', 'started_at', now_iso, 'worker_name', worker,
-                             'last_heartbeat', now_iso, 'attempts', attempts}
+                             'last_heartbeat', now_iso, 'attempts', tostring(tonumber(attempts) + 1)}
             redis.call('HSET', job_key, unpack(changed))
             redis.call('PERSIST', job_key)
             for _, value in ipairs(changed) do  -- the reply's fields as the hash holds them now (last one wins)
