@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import urllib.request
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -63,8 +64,6 @@ def restore(connection: Redis) -> None:
 
 
 def http(port: int, path: str) -> Any:
-    import urllib.request
-
     request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=AUTH)
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 200, path
