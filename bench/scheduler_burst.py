@@ -72,6 +72,11 @@ def used_memory(connection: Redis) -> int:
     return int(info["used_memory"]) - int(info.get("used_memory_lua", 0))
 
 
+def flush(connection: Redis) -> None:
+    """Empty the database now: a lazy (background) flush would still be freeing the last round's memory."""
+    connection.execute_command("FLUSHDB", "SYNC")
+
+
 def settle(connection: Redis) -> None:
     """Rewrite the AOF now and wait for it: a timed pass then never shares the machine with a rewrite."""
     with contextlib.suppress(ResponseError):  # one is already running
@@ -93,7 +98,7 @@ def forget_runs(connection: Redis, job_ids: list[bytes]) -> None:
 
 def burst_ours(connection: Redis, size: int, calendar: bool = False) -> dict[str, float]:
     """One pass over `size` due schedules; `calendar`: each names one shared 10,000-date calendar (not today)."""
-    connection.flushdb()
+    flush(connection)
     due = (datetime.now(UTC) + timedelta(seconds=15)).replace(microsecond=0)
     body: dict[str, Any] = {"task": "diag.echo", "interval": 3600, "start_at": isoformat(due)}
     if calendar:
@@ -129,7 +134,7 @@ def burst_ours(connection: Redis, size: int, calendar: bool = False) -> dict[str
 
 
 def burst_stock(connection: Redis, size: int) -> dict[str, float]:
-    connection.flushdb()
+    flush(connection)
     scheduler = Scheduler(queue_name="default", connection=connection, interval=1)
     # Naive UTC, as rq-scheduler expects; due one second ago so the pass takes them all.
     due = datetime.now(UTC).replace(tzinfo=None) - timedelta(seconds=1)
@@ -156,7 +161,7 @@ def burst_stock(connection: Redis, size: int) -> dict[str, float]:
 def burst_cron(connection: Redis, size: int) -> dict[str, float]:
     from bench.worker_jobs import noop
 
-    connection.flushdb()
+    flush(connection)
     scheduler = CronScheduler(connection, logging_level="WARNING")
     for n in range(size):
         scheduler.register(noop, "default", args=(n,), interval=3600, name=f"user-{n:06d}")
@@ -221,7 +226,7 @@ def wait_for(condition: Any, timeout: float) -> None:
 
 
 def lag_ours(connection: Redis, env: dict[str, str], probes: int, stored: int) -> list[float]:
-    connection.flushdb()
+    flush(connection)
     store_idle(connection, stored, ours=True)
     process = start([sys.executable, "scheduler.py"], env)
     try:
@@ -236,7 +241,7 @@ def lag_ours(connection: Redis, env: dict[str, str], probes: int, stored: int) -
 
 
 def lag_stock(connection: Redis, env: dict[str, str], probes: int, url: str, stored: int) -> list[float]:
-    connection.flushdb()
+    flush(connection)
     store_idle(connection, stored, ours=False)
     process = start([str(BIN / "rqscheduler"), "--url", url, "-i", "1"], env)
     try:
