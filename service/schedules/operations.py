@@ -396,9 +396,15 @@ def delete(connection: Redis, schedule_id: str) -> None:
         pipe.publish(ScheduleKeys.wakeup, schedule_id)
         if current is not None:
             calendars.count_refs(pipe, current.spec, None)
-            RELEASE(keys=[ScheduleKeys.templates, ScheduleKeys.template_refs], args=[current.fields["t"]], client=pipe)
+            # A plain HINCRBY, not the release script: a Redis refusing writes (maxmemory) refuses it as the
+            # MULTI is queued, so nothing is deleted; a script would fail inside EXEC after the DELs ran.
+            pipe.hincrby(ScheduleKeys.template_refs, current.fields["t"], -1)
+            template.append(current.fields["t"])
 
-    connection.transaction(remove, key)
+    template: list[str] = []
+    left = connection.transaction(remove, key)[-1]
+    if template and left <= 0:  # the last user of its template: delete it (unless a new user came meanwhile)
+        RELEASE(keys=[ScheduleKeys.templates, ScheduleKeys.template_refs], args=[template[-1], 0], client=connection)
 
 
 def pause(connection: Redis, schedule_id: str, note: str = "", *, missing_ok: bool = False) -> dict[str, Any] | None:

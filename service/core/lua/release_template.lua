@@ -1,6 +1,6 @@
 -- Release a schedule template: fewer schedules use it; the last one out deletes it.
 -- KEYS: templates hash (id -> spec JSON), template refs hash (id -> schedules using it).
--- ARGV: template id, how many schedules stopped using it (1 when absent).
+-- ARGV: template id, how many schedules stopped using it (1 when absent; 0: only delete it if unused).
 -- Returns the schedules still using it.
 local left = redis.call('HINCRBY', KEYS[2], ARGV[1], -(tonumber(ARGV[2]) or 1))
 if left <= 0 then
