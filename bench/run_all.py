@@ -170,28 +170,7 @@ def rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str, s
             )
     s = results.get("scheduler_burst")
     if s:
-        for b in s["burst"]:
-            n = f"{b['n']:,}"
-            out.append(
-                (f"burst of {n} due runs, one pass vs rq-scheduler `enqueue_jobs()`", fmt(b["ours_pass_s"], " s"),
-                 fmt(b["stock_pass_s"], " s"), fmt(b["speedup_vs_stock"], "x"), ">= 10x")
-            )  # fmt: skip
-            out.append(
-                (f"burst of {n} due runs vs `rq.cron.CronScheduler.enqueue_jobs()`", fmt(b["ours_pass_s"], " s"),
-                 fmt(b["rq_cron_pass_s"], " s"), fmt(b["speedup_vs_rq_cron"], "x"), ">= 5x")
-            )  # fmt: skip
-            out.append(
-                (f"Redis memory per schedule ({n} stored)", fmt(b["ours_bytes_per_schedule"], " B"),
-                 fmt(b["stock_bytes_per_schedule"], " B"), "-", "-")
-            )  # fmt: skip
-        lag = s["lag"]
-        peer = lag["stock_rqscheduler_i1"]
-        out.append(
-            (f"firing lag p50 / p99, {lag['schedules_stored']:,} schedules stored, vs `rqscheduler -i 1`",
-             f"{fmt(lag['ours']['p50_ms'], ' ms')} / {fmt(lag['ours']['p99_ms'], ' ms')}",
-             f"{fmt(peer['p50_ms'], ' ms')} / {fmt(peer['p99_ms'], ' ms')}",
-             "-", "p99 <= 1 s")
-        )  # fmt: skip
+        out += scheduler_rows(s)
     c = results.get("redis_costs")
     if c:
         pj = c["per_job"]
@@ -285,6 +264,39 @@ def print_server_table(
             values = [v for v in (dig(line, keys) for line in lines[script, server]) if v is not None]
             cells.append(fmt(statistics.median(values)) if values else "-")
         print(f"| {label} | " + " | ".join(cells) + " |")
+
+
+def scheduler_rows(s: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """The scheduler's rows: each burst size (the goals apply to the largest), memory, calendars, lag."""
+    out = []
+    for b in s["burst"]:
+        n, big = f"{b['n']:,}", b is s["burst"][-1]
+        out.append(
+            (f"burst of {n} due runs, one pass vs rq-scheduler `enqueue_jobs()`", fmt(b["ours_pass_s"], " s"),
+             fmt(b["stock_pass_s"], " s"), fmt(b["speedup_vs_stock"], "x"), ">= 20x" if big else "-")
+        )  # fmt: skip
+        out.append(
+            (f"burst of {n} due runs vs `rq.cron.CronScheduler.enqueue_jobs()`", fmt(b["ours_pass_s"], " s"),
+             fmt(b["rq_cron_pass_s"], " s"), fmt(b["speedup_vs_rq_cron"], "x"), ">= 10x" if big else "-")
+        )  # fmt: skip
+        out.append(
+            (f"Redis memory per schedule ({n} stored; after a run)",
+             f"{fmt(b['ours_bytes_per_schedule'], ' B')}; {fmt(b['ours_bytes_per_schedule_after_a_run'], ' B')}",
+             fmt(b["stock_bytes_per_schedule"], " B"), "-", "<= 600 B" if big else "-")
+        )  # fmt: skip
+        out.append(
+            (f"burst of {n}, each schedule naming a 10,000-date calendar vs none", fmt(b["ours_calendar_pass_s"], " s"),
+             fmt(b["ours_pass_s"], " s"), fmt(b["calendar_pass_ratio"], "x"), "<= 1.10x" if big else "-")
+        )  # fmt: skip
+    lag = s["lag"]
+    peer = lag["stock_rqscheduler_i1"]
+    out.append(
+        (f"firing lag p50 / p99, {lag['schedules_stored']:,} schedules stored, vs `rqscheduler -i 1`",
+         f"{fmt(lag['ours']['p50_ms'], ' ms')} / {fmt(lag['ours']['p99_ms'], ' ms')}",
+         f"{fmt(peer['p50_ms'], ' ms')} / {fmt(peer['p99_ms'], ' ms')}",
+         "-", "p99 <= 1 s")
+    )  # fmt: skip
+    return out
 
 
 def main() -> None:

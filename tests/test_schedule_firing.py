@@ -128,6 +128,19 @@ def test_after_downtime_missed_runs_coalesce_into_one(
     assert stored["counters"]["coalesced"] == 4 and stored["next_run_at"] == "2030-01-01T00:01:00Z"
 
 
+def test_a_downtime_longer_than_one_catch_up_pass_still_coalesces_into_one_run(
+    connection: Redis, clock: Clock, scheduler: ServiceScheduler
+) -> None:
+    add(connection, "long", interval=1)
+    clock.advance(2500.5)  # 2,500 due times missed: passes of 1,000 catch up, only the one reaching now fires
+    while connection.zscore(ScheduleKeys.due, "long") <= to_ms(clock.now):
+        scheduler.enqueue_jobs()
+    assert queued(connection) == ["long-1893458500"]
+    stored = schedules.get(connection, "long")
+    assert stored["counters"]["runs"] == 1 and stored["counters"]["coalesced"] == 2499
+    assert stored["next_run_at"] == "2030-01-01T00:41:41Z"
+
+
 def test_without_coalesce_every_missed_run_within_grace_runs_and_older_ones_are_missed(
     connection: Redis, clock: Clock, scheduler: ServiceScheduler
 ) -> None:

@@ -126,3 +126,17 @@ def test_pause_schedule_pauses_with_a_note_and_wakes_the_scheduler(connection: R
     assert message["data"] == b"tick"
     assert pause_schedule(connection, "nope", "") is False
     assert not connection.exists(ScheduleKeys.schedule("nope"))
+
+
+def test_a_template_is_stored_once_and_deleted_with_its_last_schedule(connection: Redis) -> None:
+    body = {"task": "diag.echo", "interval": 60}
+    schedules.upsert_many(connection, {"a": {**body, "args": [1]}, "b": {**body, "args": [2]}})
+    schedules.upsert(connection, "c", {**body, "interval": 30})
+    assert connection.hlen(ScheduleKeys.templates) == 2  # a and b share theirs
+    schedules.delete(connection, "a")
+    schedules.upsert(connection, "c", body)  # moves to a and b's template; its own goes
+    assert connection.hlen(ScheduleKeys.templates) == 1
+    assert schedules.get(connection, "b")["args"] == [2] and schedules.get(connection, "c")["interval"] == 60
+    schedules.delete(connection, "b")
+    schedules.delete(connection, "c")
+    assert not connection.exists(ScheduleKeys.templates, ScheduleKeys.template_refs)

@@ -209,17 +209,30 @@ def count_refs(pipe: Pipeline, before: ScheduleSpec | None, after: ScheduleSpec 
 
 
 class CalendarCache:
-    """Calendars' dates as the readers of one process last saw them, refreshed when their digest changes."""
+    """Calendars' dates as the readers of one process last saw them, refreshed when their digest changes.
 
-    def __init__(self) -> None:
+    `per_pass`: digests are read once per pass (new_pass() starts one), not at every read: the scheduler
+    plans a chunk while Redis runs the one before, and a read there would wait for that chunk.
+    """
+
+    def __init__(self, per_pass: bool = False) -> None:
         self._dates: dict[str, tuple[str, frozenset[str]]] = {}
         self._warned: set[str] = set()
+        self._checked: set[str] | None = set() if per_pass else None
+
+    def new_pass(self) -> None:
+        """The next read checks every calendar's digest again."""
+        if self._checked is not None:
+            self._checked.clear()
 
     def dates(self, connection: Redis, calendar_ids: Iterable[str]) -> dict[str, frozenset[str]]:
         """The dates of each calendar in `calendar_ids` (a missing one: none, logged once)."""
         ids = sorted(set(calendar_ids))
-        if ids:
-            self._refresh(connection, ids)
+        stale = ids if self._checked is None else [i for i in ids if i not in self._checked]
+        if stale:
+            self._refresh(connection, stale)
+            if self._checked is not None:
+                self._checked.update(stale)
         found = {}
         for calendar_id in ids:
             if calendar_id in self._dates:

@@ -9,6 +9,7 @@ and every change wakes the scheduler so a new due time is not waited for.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -138,7 +139,9 @@ def save(
             pipe.unwatch()
             raise
         pipe.multi()
-        _write(pipe, schedule_id, spec, split, current, wanted, origin, now)
+        writes = Writes()
+        _write(pipe, writes, schedule_id, spec, split, current, wanted, origin, now)
+        writes.flush(pipe)
         calendars.count_refs(pipe, current.spec if current is not None else None, spec)
         return None, current is None
 
@@ -181,7 +184,7 @@ def upsert_many(
         for schedule_id in [i for i in part if current[i] is not None and current[i].legacy]:  # type: ignore[union-attr]
             migrate(connection, schedule_id)
             current[schedule_id] = read(connection, schedule_id)
-        pipe = connection.pipeline()
+        pipe, writes = connection.pipeline(), Writes()
         for schedule_id in part:
             spec, existing = specs[schedule_id], current[schedule_id]
             split, paused = split_spec(spec), _paused(spec, existing, None)
@@ -189,9 +192,9 @@ def upsert_many(
                 counts["unchanged"] += 1
                 continue
             counts["created" if existing is None else "updated"] += 1
-            _write(pipe, schedule_id, spec, split, existing, paused, origin, now, wake=False)
+            _write(pipe, writes, schedule_id, spec, split, existing, paused, origin, now)
             calendars.count_refs(pipe, existing.spec if existing is not None else None, spec)
-        pipe.publish(ScheduleKeys.wakeup, "*")
+        writes.flush(pipe)
         pipe.execute()
     return counts
 
@@ -214,8 +217,40 @@ def _current(connection: Redis, pipe: Pipeline, schedule_id: str) -> StoredSched
     return from_raw(schedule_id, raw, templates(connection, {raw.get("t", "")}))
 
 
+class Writes:
+    """Schedule writes gathered for one MULTI: each schedule's hash fields, then the index, due set and
+    template counts sent once for all of them (upsert_many writes a thousand schedules in a few commands)."""
+
+    def __init__(self) -> None:
+        self.index: dict[str, int] = {}
+        self.due: dict[str, int] = {}
+        self.not_due: list[str] = []
+        self.templates: dict[str, str] = {}
+        self.counts: Counter[str] = Counter()
+        self.wake: list[str] = []
+
+    def flush(self, pipe: Any) -> None:
+        """Queue the gathered writes on `pipe` (inside its MULTI)."""
+        if self.index:
+            pipe.zadd(ScheduleKeys.index, self.index)
+        if self.due:
+            pipe.zadd(ScheduleKeys.due, self.due)
+        if self.not_due:
+            pipe.zrem(ScheduleKeys.due, *self.not_due)
+        for key, template in self.templates.items():
+            pipe.hsetnx(ScheduleKeys.templates, key, template)
+        for key, count in self.counts.items():
+            if count > 0:
+                pipe.hincrby(ScheduleKeys.template_refs, key, count)
+            elif count < 0:
+                RELEASE(keys=[ScheduleKeys.templates, ScheduleKeys.template_refs], args=[key, -count], client=pipe)
+        for schedule_id in self.wake[:1] if len(self.wake) == 1 else ["*"] if self.wake else []:
+            pipe.publish(ScheduleKeys.wakeup, schedule_id)
+
+
 def _write(
     pipe: Any,
+    writes: Writes,
     schedule_id: str,
     spec: ScheduleSpec,
     split: tuple[str, str],
@@ -223,9 +258,8 @@ def _write(
     paused: bool,
     origin: str,
     now: datetime,
-    wake: bool = True,
 ) -> None:
-    """Queue the write of a schedule's spec, paused state and first due time; its run state stays."""
+    """Queue the write of a schedule's spec, paused state and first due time (its run state stays)."""
     key = ScheduleKeys.schedule(schedule_id)
     template, call = split
     next_due = None if paused else _first_due(spec, current, now)
@@ -240,25 +274,18 @@ def _write(
     gone = [name for name, value in fields.items() if value in (None, "")] if current is not None else []
     if gone:
         pipe.hdel(key, *gone)
-    _use_template(pipe, current.fields.get("t") if current is not None else None, template)
-    pipe.zadd(ScheduleKeys.index, {schedule_id: 0})
+    previous = current.fields.get("t") if current is not None else None
+    if previous != fields["t"]:  # templates are stored once and counted; the last user out deletes one
+        writes.templates[fields["t"]] = template
+        writes.counts[fields["t"]] += 1
+        if previous is not None:
+            writes.counts[previous] -= 1
+    writes.index[schedule_id] = 0
     if next_due is None:
-        pipe.zrem(ScheduleKeys.due, schedule_id)
+        writes.not_due.append(schedule_id)
     else:
-        pipe.zadd(ScheduleKeys.due, {schedule_id: jittered(spec, next_due)})
-    if wake:
-        pipe.publish(ScheduleKeys.wakeup, schedule_id)
-
-
-def _use_template(pipe: Any, previous: str | None, template: str) -> None:
-    """Queue: the schedule now uses `template` (stored once, counted) instead of the template id `previous`."""
-    key = template_id(template)
-    if previous == key:
-        return
-    pipe.hsetnx(ScheduleKeys.templates, key, template)
-    pipe.hincrby(ScheduleKeys.template_refs, key, 1)
-    if previous is not None:
-        RELEASE(keys=[ScheduleKeys.templates, ScheduleKeys.template_refs], args=[previous], client=pipe)
+        writes.due[schedule_id] = jittered(spec, next_due)  # type: ignore[assignment]
+    writes.wake.append(schedule_id)
 
 
 def _first_due(spec: ScheduleSpec, current: StoredSchedule | None, now: datetime) -> int | None:
@@ -362,8 +389,6 @@ def delete(connection: Redis, schedule_id: str) -> None:
     def remove(pipe: Pipeline) -> None:
         current = _current(connection, pipe, schedule_id)
         pipe.multi()
-        if current is not None:  # a write Redis refuses when full, queued first: the whole MULTI is refused, not half
-            pipe.hincrby(ScheduleKeys.template_refs, current.fields["t"], 0)
         pipe.delete(key)
         pipe.zrem(ScheduleKeys.index, schedule_id)
         pipe.zrem(ScheduleKeys.due, schedule_id)
@@ -371,9 +396,15 @@ def delete(connection: Redis, schedule_id: str) -> None:
         pipe.publish(ScheduleKeys.wakeup, schedule_id)
         if current is not None:
             calendars.count_refs(pipe, current.spec, None)
-            RELEASE(keys=[ScheduleKeys.templates, ScheduleKeys.template_refs], args=[current.fields["t"]], client=pipe)
+            # A plain HINCRBY, not the release script: a Redis refusing writes (maxmemory) refuses it as the
+            # MULTI is queued, so nothing is deleted; a script would fail inside EXEC after the DELs ran.
+            pipe.hincrby(ScheduleKeys.template_refs, current.fields["t"], -1)
+            template.append(current.fields["t"])
 
-    connection.transaction(remove, key)
+    template: list[str] = []
+    left = connection.transaction(remove, key)[-1]
+    if template and left <= 0:  # the last user of its template: delete it (unless a new user came meanwhile)
+        RELEASE(keys=[ScheduleKeys.templates, ScheduleKeys.template_refs], args=[template[-1], 0], client=connection)
 
 
 def pause(connection: Redis, schedule_id: str, note: str = "", *, missing_ok: bool = False) -> dict[str, Any] | None:

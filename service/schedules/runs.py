@@ -420,19 +420,11 @@ def plan_due_ms(stored: StoredSchedule, score: int, now_ms: int, now_us: int, sk
         records = [(due, CALENDAR) for due in dues if skip(due)]
         if records:
             dues = [due for due in dues if not skip(due)]
-    grace_ms = plan.grace_ms
-    if grace_ms is None:
-        runnable = dues
-    else:
-        runnable = []
-        for due in dues:  # the first due time was aimed at its jittered score: it is late from there
-            if now_ms - (score if due == first else due) <= grace_ms:
-                runnable.append(due)
-            else:
-                records.append((due, MISSED))
-    if plan.coalesce and len(runnable) > 1:
-        records += [(due, COALESCED) for due in runnable[:-1]]
-        runnable = runnable[-1:]
+    runnable = _judge(plan, dues, first, score, now_ms, records)
+    if plan.coalesce and runnable:  # all but the newest coalesce; all of them while a later pass goes on from here
+        keep = 0 if next_due is not None and next_due * 1000 <= now_us else 1
+        records += [(due, COALESCED) for due in runnable[: len(runnable) - keep]]
+        runnable = runnable[len(runnable) - keep :]
     if len(records) > 1:
         records.sort()
     fires = [(due, SCHEDULED) for due in runnable]
@@ -442,6 +434,19 @@ def plan_due_ms(stored: StoredSchedule, score: int, now_ms: int, now_us: int, sk
             fires.insert(0, (buffered, BUFFERED))
     entry = Entry(stored.id, "due", fires, records, score, next_due, jittered(plan.spec, next_due), None, score, first)
     return entry
+
+
+def _judge(plan: Planner, dues: list[int], first: int, score: int, now_ms: int, records: list) -> list[int]:
+    """The due times still within their grace; the others are appended to `records` as missed."""
+    if plan.grace_ms is None:
+        return dues
+    runnable = []
+    for due in dues:  # the first due time was aimed at its jittered score: it is late from there
+        if now_ms - (score if due == first else due) <= plan.grace_ms:
+            runnable.append(due)
+        else:
+            records.append((due, MISSED))
+    return runnable
 
 
 def next_run(stored: StoredSchedule, skip: SkipDates | None) -> int | None:

@@ -100,7 +100,7 @@ class ServiceScheduler(Scheduler):
         # rq-scheduler's own lock key: a stock rq-scheduler sharing the database is kept out too.
         self.lease = Lease(connection, SCHEDULER_LOCK_KEY, LEASE_TTL_MS)
         self.firing = Firing(connection, owner=self.lease.owner, lease_key=SCHEDULER_LOCK_KEY)
-        self.calendars = CalendarCache()
+        self.calendars = CalendarCache(per_pass=True)
         self.clock = clock or ServerClock(connection)
         self.rollup = Rollup(connection)  # the charts' summary goes on while no worker runs, too
         self.tick_seconds = tick_seconds
@@ -154,6 +154,7 @@ class ServiceScheduler(Scheduler):
 
     def _fire_due_batches(self) -> int:
         fired = 0
+        self.calendars.new_pass()  # calendars as they are when the pass starts
         for _ in range(MAX_BATCHES_PER_PASS):
             now = self.clock()
             due = read_due(self.connection, to_ms(now), BATCH)

@@ -1,8 +1,8 @@
--- Release a schedule template: one schedule fewer uses it; the last one out deletes it.
+-- Release a schedule template: fewer schedules use it; the last one out deletes it.
 -- KEYS: templates hash (id -> spec JSON), template refs hash (id -> schedules using it).
--- ARGV: template id.
+-- ARGV: template id, how many schedules stopped using it (1 when absent; 0: only delete it if unused).
 -- Returns the schedules still using it.
-local left = redis.call('HINCRBY', KEYS[2], ARGV[1], -1)
+local left = redis.call('HINCRBY', KEYS[2], ARGV[1], -(tonumber(ARGV[2]) or 1))
 if left <= 0 then
   redis.call('HDEL', KEYS[1], ARGV[1])
   redis.call('HDEL', KEYS[2], ARGV[1])

@@ -1,0 +1,249 @@
+"""A million schedules: Redis memory per schedule, firing lag for a minute's due runs, PUT latency, scheduler RSS.
+
+Prints ONE JSON line (`make bench-million`, a few minutes). One private Redis
+(the embedded server, AOF on). 1,000,000 per-user schedules (the user's
+number as argument) run every hour, their start times spread over the hour
+at whole seconds: every minute has ~16,700 due runs (~280 a second).
+
+- memory: Redis's memory for data (used_memory less the Lua VM's) per
+  schedule, stored; and after a run (counters, run state and one run record)
+  from the schedules that ran once before the end, their run jobs deleted.
+- lag: a real `scheduler.py` fires them; once it has started (its start-up
+  scan of the stored schedules done) and fired what fell due while they
+  were being created, for every run due in the next whole minute, lag =
+  its job's enqueued_at - its due time (p50/p99/max), and none may be
+  missing or doubled.
+- PUT: a real gunicorn (gunicorn.conf.py, MAX_SCHEDULES raised) takes 2,000
+  `PUT /schedules/<id>` replacing users' schedules, one at a time on one
+  keep-alive connection, while the scheduler fires: p50/p99/max.
+- RSS: the scheduler process's resident memory after the minute.
+
+`goals` lists issue 17's goals for these figures and whether this run met them.
+
+Usage: .venv/bin/python bench/scheduler_million.py [--schedules 1000000] [--puts 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from redis import Redis  # noqa: E402
+
+import service.tasks.diag  # noqa: E402, F401 - registers diag.*
+from bench.scheduler_burst import used_memory  # noqa: E402
+from service.core.clock import server_now  # noqa: E402
+from service.core.compat import parse_rq_date  # noqa: E402
+from service.core.keys import ScheduleKeys  # noqa: E402
+from service.dev.embedded_redis import EmbeddedRedis, free_port, selected_server  # noqa: E402
+from service.schedules import operations as schedules  # noqa: E402
+from service.schedules.spec import isoformat  # noqa: E402
+
+TOKEN = "bench-token-0123456789abcdef"
+HOUR = 3600
+
+
+def spread(count: int, first_hour: datetime) -> dict[str, dict[str, Any]]:
+    """`count` hourly per-user schedules, user n due at second n % 3600 of every hour from `first_hour`."""
+    return {
+        f"user-{n:07d}": {
+            "task": "diag.echo",
+            "args": [n],
+            "interval": HOUR,
+            "start_at": isoformat(first_hour + timedelta(seconds=n % HOUR)),
+        }
+        for n in range(count)
+    }
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {
+        "p50": round(statistics.median(ordered), 2),
+        "p99": round(ordered[int(0.99 * (len(ordered) - 1))], 2),
+        "max": round(ordered[-1], 2),
+    }
+
+
+def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+def minute_lags(redis: Redis, count: int, first_hour: datetime, minute: datetime) -> tuple[list[float], int]:
+    """Lag (ms) of every run due in the minute from `minute`, and how many of them are missing."""
+    offset = int((minute - first_hour).total_seconds()) % HOUR
+    due_users = [n for n in range(count) if offset <= n % HOUR < offset + 60]
+    pipe = redis.pipeline(transaction=False)
+    dues = []
+    for n in due_users:
+        due = minute + timedelta(seconds=(n % HOUR) - offset)
+        dues.append(due)
+        pipe.hget(f"rq:job:user-{n:07d}-{int(due.timestamp())}", "enqueued_at")
+    lags, missing = [], 0
+    for due, enqueued in zip(dues, pipe.execute(), strict=True):
+        if enqueued is None:
+            missing += 1
+        else:
+            lags.append((parse_rq_date(enqueued) - due).total_seconds() * 1000)
+    return lags, missing
+
+
+def run_growth(redis: Redis, count: int, first_hour: datetime, minute: datetime) -> float:
+    """Bytes a schedule's hash grows by with its first run: MEMORY USAGE of the minute's schedules (ran once)
+    against as many that were not due yet (never ran); the run jobs themselves are not counted."""
+    offset = int((minute - first_hour).total_seconds()) % HOUR
+    ran = [n for n in range(count) if offset <= n % HOUR < offset + 60][:500]
+    idle = [n for n in range(count) if offset + 600 <= n % HOUR < offset + 660][:500]
+    pipe = redis.pipeline(transaction=False)
+    for n in ran + idle:
+        pipe.memory_usage(f"svc:schedule:user-{n:07d}")
+    sizes = pipe.execute()
+    return statistics.mean(sizes[: len(ran)]) - statistics.mean(sizes[len(ran) :])
+
+
+def put_latencies(port: int, puts: int) -> list[float]:
+    """Time `puts` PUTs replacing users' schedules (a new argument each), one at a time on one connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    times = []
+    for n in range(puts):
+        body = json.dumps({"task": "diag.echo", "args": [n, "v2"], "interval": HOUR})
+        started = time.perf_counter()
+        conn.request("PUT", f"/schedules/user-{n * 7:07d}", body=body, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        times.append((time.perf_counter() - started) * 1000)
+        assert response.status == 200, response.status
+    conn.close()
+    return times
+
+
+def wait_steady(redis: Redis) -> datetime:
+    """Wait until the scheduler has started and fired what fell due while the schedules were being created
+    (nothing in the due set is older than a second); return Redis's time then."""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        now = server_now(redis)
+        oldest = redis.zrange(ScheduleKeys.due, 0, 0, withscores=True)
+        if redis.get(ScheduleKeys.layout) and (not oldest or oldest[0][1] > (now.timestamp() - 1) * 1000):
+            return now
+        time.sleep(0.2)
+    raise RuntimeError("the scheduler did not catch up within 10 minutes")
+
+
+def wait_for_http(port: int) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            conn.request("GET", "/healthz")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError("gunicorn did not answer")
+
+
+def measure(redis: Redis, url: str, folder: Path, count: int, puts: int) -> dict[str, Any]:
+    now = server_now(redis)
+    first_hour = now.replace(second=0, microsecond=0) - timedelta(hours=1)  # every schedule already in its hours
+    before = used_memory(redis)
+    started = time.perf_counter()
+    schedules.upsert_many(redis, spread(count, first_hour))
+    created_s = time.perf_counter() - started
+    stored = (used_memory(redis) - before) / count
+    env = {**os.environ, "REDIS_URL": url, "PYTHONPATH": str(ROOT), "LOG_LEVEL": "WARNING"}
+    env.update(API_TOKENS=TOKEN, MAX_SCHEDULES=str(2 * count), WEB_CONCURRENCY="1")
+    scheduler = start([sys.executable, "scheduler.py"], env, folder / "scheduler.log")
+    port = free_port()
+    web = start([sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "service:create_app()"],
+                {**env, "PORT": str(port)}, folder / "web.log")  # fmt: skip
+    try:
+        wait_for_http(port)
+        steady = wait_steady(redis)
+        minute = steady.replace(second=0, microsecond=0) + timedelta(minutes=1)
+        while server_now(redis) < minute + timedelta(seconds=80):  # the whole minute, and what fires late
+            time.sleep(0.5)
+        lags, missing = minute_lags(redis, count, first_hour, minute)
+        rss = rss_mb(scheduler.pid)
+        put_ms = put_latencies(port, puts)
+    finally:
+        for process in (scheduler, web):
+            process.terminate()
+            process.wait(30)
+    queued = redis.lrange("rq:queue:default", 0, -1)
+    assert len(queued) == len(set(queued)), "a due time became two jobs"
+    ran = int(redis.hget("svc:schedules:stats", "runs") or 0)
+    after_run = stored + run_growth(redis, count, first_hour, minute)
+    return {
+        "schedules": count,
+        "create_per_s": round(count / created_s),
+        "bytes_per_schedule": round(stored),
+        "bytes_per_schedule_after_a_run": round(after_run),
+        "schedules_that_ran": ran,
+        "minute_runs": len(lags) + missing,
+        "minute_missing": missing,
+        "lag_ms": percentiles(lags),
+        "put_ms": percentiles(put_ms),
+        "scheduler_rss_mb": rss,
+        "redis_used_memory_mb": round(int(redis.info("memory")["used_memory"]) / 2**20),
+    }
+
+
+def goals(figures: dict[str, Any]) -> list[dict[str, Any]]:
+    n = f"{figures['schedules']:,}"
+    wanted = [
+        (f"Redis bytes per stored schedule ({n})", figures["bytes_per_schedule"], "<=", 600),
+        (f"Redis bytes per schedule after a run ({n})", figures["bytes_per_schedule_after_a_run"], "<=", 600),
+        (f"firing lag p99 for a minute's due runs ({n} stored), ms", figures["lag_ms"]["p99"], "<=", 1000),
+        (f"PUT /schedules/<id> p99 ({n} stored), ms", figures["put_ms"]["p99"], "<", 2),
+        ("runs of the minute missing", figures["minute_missing"], "<=", 0),
+    ]
+    return [
+        {"figure": name, "value": value, "goal": f"{op} {goal}",
+         "met": value <= goal if op == "<=" else value < goal}
+        for name, value, op, goal in wanted
+    ]  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--schedules", type=int, default=1_000_000)
+    parser.add_argument("--puts", type=int, default=2000)
+    options = parser.parse_args()
+    loadavg = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as folder:
+        server = EmbeddedRedis(Path(folder) / "redis").start()
+        try:
+            redis = Redis.from_url(server.url)
+            figures = measure(redis, server.url, Path(folder), options.schedules, options.puts)
+        finally:
+            server.stop()
+    out = {"bench": "scheduler_million", "cores": os.cpu_count(), "loadavg_1m_at_start": round(loadavg, 2)}
+    out["at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    print(json.dumps({**out, "server": selected_server(), **figures, "goals": goals(figures)}))
+
+
+if __name__ == "__main__":
+    main()
