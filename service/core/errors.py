@@ -211,6 +211,12 @@ class CalendarNotFound(NotFound):
     code = "calendar_not_found"
 
 
+class ScheduleDamaged(Conflict):
+    """Raised when a schedule's stored record cannot be read (written by something else than the service)."""
+
+    code = "schedule_damaged"
+
+
 class CalendarInUse(Conflict):
     """Raised when a calendar that schedules skip by is to be deleted; the message says how many."""
 

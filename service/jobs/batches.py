@@ -24,6 +24,7 @@ from rq.serializers import JSONSerializer
 from service.core import keys, metrics
 from service.core.errors import BatchNotFound
 from service.core.lua import script
+from service.jobs.damage import is_job_id
 from service.jobs.template import template
 
 BATCH = script("batch")
@@ -104,16 +105,25 @@ def read(connection: Redis, batch_id: str) -> dict[str, Any]:
     with connection.pipeline(transaction=False) as pipe:
         pipe.hmget(keys.batch_key(batch_id), "total", *OUTCOMES, "on_complete_job_id")
         pipe.scard(keys.batch_pending_key(batch_id))
-        (total, *counts, callback_id), pending = pipe.execute()
-    if total is None:
-        raise BatchNotFound(f"no batch with id {batch_id!r}")
-    return {
-        "id": batch_id,
-        "total": int(total),
-        **{outcome: int(count or 0) for outcome, count in zip(OUTCOMES, counts, strict=True)},
-        "pending": int(pending),
-        "on_complete_job_id": callback_id.decode() if callback_id else None,
-    }
+        replies = pipe.execute(raise_on_error=False)  # a key of another type (planted) reads as no batch
+    try:
+        (total, *counts, callback_id), pending = replies
+        return {
+            "id": batch_id,
+            "total": _count(total),
+            **{outcome: _count(count or b"0") for outcome, count in zip(OUTCOMES, counts, strict=True)},
+            "pending": int(pending),
+            "on_complete_job_id": callback_id.decode() if callback_id and is_job_id(callback_id.decode()) else None,
+        }
+    except (TypeError, ValueError):  # absent, or a record the service did not write
+        raise BatchNotFound(f"no batch with id {batch_id!r}") from None
+
+
+def _count(raw: object) -> int:
+    """A tally field as the batch script writes it: a whole number of 0 or more."""
+    if not isinstance(raw, bytes) or not raw.isdigit() or len(raw) > 18:
+        raise ValueError("not a count")
+    return int(raw)
 
 
 def _keys(batch_id: str) -> list[str]:

@@ -111,7 +111,7 @@ class ServiceJob(Job):
         """The task's latest progress (service.progress), None until it reports one (or if not JSON)."""
         try:
             return json.loads(self.progress_json) if self.progress_json else None
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser (a record planted in Redis)
             return None
 
     @property

@@ -132,23 +132,34 @@ def read_many(connection: Redis, calendar_ids: list[str]) -> list[dict[str, Any]
     for calendar_id in calendar_ids:
         pipe.hgetall(CalendarKeys.calendar(calendar_id))
     pipe.hmget(CalendarKeys.refs, calendar_ids) if calendar_ids else pipe.echo("")
-    *hashes, refs = pipe.execute()
+    *hashes, refs = pipe.execute(raise_on_error=False)  # a key of another type (planted) reads as no calendar
+    if not isinstance(refs, list):
+        refs = [None] * len(hashes)
     found = []
-    for calendar_id, raw, used in zip(calendar_ids, hashes, refs or [None] * len(hashes), strict=True):
-        if raw:
-            fields = {k.decode(): v.decode() for k, v in raw.items()}
-            found.append(
-                {
-                    "id": calendar_id,
-                    "dates": json.loads(fields["dates"]),
-                    "description": fields.get("description", ""),
-                    "origin": fields.get("origin", "api"),
-                    "created_at": fields.get("created_at"),
-                    "updated_at": fields.get("updated_at"),
-                    "used_by": int(used or 0),
-                }
-            )
+    for calendar_id, raw, used in zip(calendar_ids, hashes, refs, strict=True):
+        calendar = _calendar(calendar_id, raw, used) if isinstance(raw, dict) and raw else None
+        if calendar is not None:
+            found.append(calendar)
     return found
+
+
+def _calendar(calendar_id: str, raw: dict[bytes, bytes], used: bytes | None) -> dict[str, Any] | None:
+    """A stored calendar as JSON; None (logged) when the record is not one the service wrote."""
+    try:
+        fields = {k.decode(): v.decode() for k, v in raw.items()}
+        dates = check_dates(json.loads(fields["dates"]))
+        return {
+            "id": calendar_id,
+            "dates": dates,
+            "description": fields.get("description", ""),
+            "origin": fields.get("origin", "api"),
+            "created_at": fields.get("created_at"),
+            "updated_at": fields.get("updated_at"),
+            "used_by": int(used or 0),
+        }
+    except Exception as exc:  # whatever a record planted in Redis holds
+        log.warning("calendar %r cannot be read (%s): left alone", calendar_id[:100], type(exc).__name__)
+        return None
 
 
 def list_calendars(
@@ -247,14 +258,17 @@ class CalendarCache:
         pipe = connection.pipeline(transaction=False)
         for calendar_id in ids:
             pipe.hget(CalendarKeys.calendar(calendar_id), "digest")
-        for calendar_id, digest in zip(ids, pipe.execute(), strict=True):
+        for calendar_id, digest in zip(ids, pipe.execute(raise_on_error=False), strict=True):
             cached = self._dates.get(calendar_id)
-            if digest is None:
+            if not isinstance(digest, bytes):  # none, or a key of another type (planted): skips nothing
                 self._dates.pop(calendar_id, None)
             elif cached is None or cached[0] != digest.decode():
                 digest, dates = connection.hmget(CalendarKeys.calendar(calendar_id), "digest", "dates")
-                if digest is not None and dates is not None:
-                    self._dates[calendar_id] = (digest.decode(), frozenset(json.loads(dates)))
+                try:
+                    self._dates[calendar_id] = (digest.decode(), frozenset(check_dates(json.loads(dates))))
+                except Exception:  # gone meanwhile, or not a calendar the service wrote: it skips nothing
+                    self._dates.pop(calendar_id, None)
+                    log.warning("calendar %r cannot be read: it skips nothing", calendar_id[:100])
 
     def skips(self, connection: Redis, specs: Iterable[ScheduleSpec]) -> dict[SkipKey, SkipDates]:
         """SkipDates by skip_key() of the specs that skip any date; one digest read for all of them."""

@@ -20,7 +20,7 @@ from redis.exceptions import WatchError
 
 from service.core.clock import server_now
 from service.core.config import Limits
-from service.core.errors import InvalidField, ScheduleLimitReached, ScheduleNotFound
+from service.core.errors import InvalidField, ScheduleDamaged, ScheduleLimitReached, ScheduleNotFound
 from service.core.keys import CalendarKeys, ScheduleKeys, job_key
 from service.core.lua import script
 from service.jobs.callbacks import pause_schedule
@@ -266,7 +266,8 @@ def _write(
     fields = {"t": template_id(template), "u": to_ms(now), "a": call, "n": next_due, "p": "1" if paused else None}
     if not paused:
         fields["m"] = None  # the pause note goes with the pause
-    if current is None:
+    if current is None:  # new, or a record that could not be read: written from a clean hash
+        pipe.delete(key)
         fields.update(c=to_ms(now), o=None if origin == "api" else origin)
     elif current.origin == "file" and origin != "file":  # claimed by the API or code: the file sync leaves it
         fields["o"] = None if origin == "api" else origin
@@ -310,6 +311,10 @@ def load(connection: Redis, schedule_id: str) -> StoredSchedule:
     """Return the stored schedule `schedule_id`; raise ScheduleNotFound otherwise."""
     stored = read(connection, schedule_id) if _valid_id(schedule_id) else None
     if stored is None:
+        if _valid_id(schedule_id) and connection.exists(ScheduleKeys.schedule(schedule_id)):
+            raise ScheduleDamaged(
+                f"schedule {schedule_id!r} is stored in a shape the service cannot read: PUT it again or DELETE it"
+            )
         raise ScheduleNotFound(f"no schedule with id {schedule_id[:100]!r}")
     return stored
 
@@ -383,8 +388,11 @@ def list_schedules(
 
 def delete(connection: Redis, schedule_id: str) -> None:
     """Remove schedule `schedule_id` and its run history (its runs' jobs stay); ScheduleNotFound if absent."""
-    load(connection, schedule_id)
     key = ScheduleKeys.schedule(schedule_id)
+    try:
+        load(connection, schedule_id)
+    except ScheduleDamaged:  # deleting is how an unreadable record goes
+        pass
 
     def remove(pipe: Pipeline) -> None:
         current = _current(connection, pipe, schedule_id)

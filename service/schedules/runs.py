@@ -186,17 +186,31 @@ class JobTemplates:
 
 
 @functools.lru_cache(maxsize=65_536)
-def call_data(task: str, call_json: str) -> bytes:
-    """RQ's own encoding of a run's call (Job.to_dict's data), made once per distinct task and call."""
-    args, kwargs = json.loads(call_json)[:2] if call_json else ([], {})
-    return zlib.compress(JSONSerializer.dumps((task, None, args, kwargs)))
+def call_parts(call_json: str) -> tuple[list[Any], dict[str, Any], str | None]:
+    """A schedule's call: (args, kwargs, group); ValueError when it is not one (a record planted in Redis)."""
+    call = json.loads(call_json) if call_json else [[], {}]
+    if not isinstance(call, list) or len(call) not in (2, 3):
+        raise ValueError("a schedule's call is [args, kwargs] or [args, kwargs, group]")
+    args, kwargs, group = call[0], call[1], call[2] if len(call) == 3 else None
+    if not isinstance(args, list) or not isinstance(kwargs, dict) or not isinstance(group, str | None):
+        raise ValueError("a schedule's call is [args, kwargs] or [args, kwargs, group]")
+    return args, kwargs, group
+
+
+def firable(stored: StoredSchedule) -> bool:
+    """True when what firing reads of `stored` reads: its template, its call, its due times (cheap: cached)."""
+    try:
+        stored.template, call_parts(stored.call_json), stored.next_due, stored.buffered_due  # noqa: B018
+        return True
+    except Exception:  # whatever a record planted in Redis holds
+        return False
 
 
 @functools.lru_cache(maxsize=65_536)
-def call_group(call_json: str) -> str | None:
-    """The fair-share group a schedule's call carries (its third part), or None."""
-    call = json.loads(call_json) if call_json else ()
-    return call[2] if len(call) > 2 else None
+def call_data(task: str, call_json: str) -> bytes:
+    """RQ's own encoding of a run's call (Job.to_dict's data), made once per distinct task and call."""
+    args, kwargs, _ = call_parts(call_json)
+    return zlib.compress(JSONSerializer.dumps((task, None, args, kwargs)))
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -292,7 +306,7 @@ class Firing:
             row = [entry.schedule_id, plan, blob, _score(entry.score), _score(entry.next_score)]
             if retry is not None:  # each run draws its own retry intervals
                 row.append([json.dumps(retry.intervals()) for _ in entry.fires])
-            group = call_group(schedule.call_json)
+            group = call_parts(schedule.call_json)[2]
             if group is not None:  # row[6]: its runs' fair-share group
                 row += [None] * (6 - len(row)) + [group]
             rows.append(row)

@@ -42,7 +42,7 @@ from service.jobs.model import ServiceJob, ServiceQueue
 from service.ops.rollup import Rollup
 from service.schedules.calendars import CalendarCache, skip_key
 from service.schedules.migrate import migrate, migrate_all
-from service.schedules.runs import ACTIVE_STATUSES, BUFFERED, Entry, Firing, plan_due_ms, report, run_job_id
+from service.schedules.runs import ACTIVE_STATUSES, BUFFERED, Entry, Firing, firable, plan_due_ms, report, run_job_id
 from service.schedules.spec import to_ms, to_us
 from service.schedules.store import StoredSchedule, read_due, read_many
 
@@ -176,10 +176,11 @@ class ServiceScheduler(Scheduler):
     ) -> tuple[list[Entry], dict[str, StoredSchedule]]:
         now_ms, now_us = to_ms(now), to_us(now)
         entries, stored = [], {}
+        due = [(i, score, self._readable(i, s)) for i, score, s in due]
         # The calendars the batch's schedules skip by: one read of their digests, their dates when changed.
         skips = self.calendars.skips(self.connection, (s.template for _, _, s in due if s is not None and not s.legacy))
         for schedule_id, score, schedule in due:
-            if schedule is None:  # a due member without a schedule hash (a stray member)
+            if schedule is None:  # a due member without a readable schedule hash (stray, or planted)
                 self.connection.zrem(ScheduleKeys.due, schedule_id)
                 continue
             if schedule.legacy:  # written by a first-release process: migrated now, fired from the next batch
@@ -193,6 +194,15 @@ class ServiceScheduler(Scheduler):
                 continue
             stored[schedule_id] = schedule
         return entries, stored
+
+    def _readable(self, schedule_id: str, schedule: StoredSchedule | None) -> StoredSchedule | None:
+        """`schedule`, or None when what firing reads of it does not read (a record planted in Redis)."""
+        if schedule is None or schedule.legacy or firable(schedule):
+            return schedule
+        log.warning(
+            "scheduler %s: schedule %r cannot be read: not fired until written again", self.key, schedule_id[:100]
+        )
+        return None
 
     def _apply(self, chunks: Iterable[tuple[list[Entry], dict[str, Any]]], now: datetime) -> tuple[int, int] | None:
         """Fire chunks of planned entries; return (runs created, entries applied), None if the lease was lost."""

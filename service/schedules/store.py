@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -38,6 +39,7 @@ from service.core.keys import ScheduleKeys
 from service.core.lua import script
 from service.schedules.spec import DueTimes, ScheduleSpec, from_ms, isoformat, parse_instant, to_ms
 
+log = logging.getLogger(__name__)
 RUNS_KEPT = 100
 COUNTERS = ("runs", "missed", "skipped", "dropped", "coalesced")
 # The hash fields read back (never the run records).
@@ -242,7 +244,7 @@ def templates(connection: Redis, ids: set[str]) -> dict[str, str]:
             _TEMPLATES.clear()
         for template, value in zip(missing, connection.hmget(ScheduleKeys.templates, missing), strict=True):
             if value is not None:
-                _TEMPLATES[template] = value.decode()
+                _TEMPLATES[template] = value.decode(errors="replace")
     return {i: _TEMPLATES[i] for i in ids if i in _TEMPLATES}
 
 
@@ -252,11 +254,13 @@ def read(connection: Redis, schedule_id: str) -> StoredSchedule | None:
 
 
 def read_many(connection: Redis, schedule_ids: list[str]) -> list[StoredSchedule | None]:
-    """Return the stored schedules for `schedule_ids` (None where missing): one round trip, two for new templates."""
+    """Return the stored schedules for `schedule_ids` (None where missing or unreadable): one round trip, two for
+    new templates."""
     pipe = connection.pipeline(transaction=False)
     for schedule_id in schedule_ids:
         pipe.hmget(ScheduleKeys.schedule(schedule_id), FIELDS)
-    raws = [decode(dict(zip(FIELDS, values, strict=True))) for values in pipe.execute()]
+    replies = pipe.execute(raise_on_error=False)  # a key of another type (planted) reads as no schedule
+    raws = [decode(dict(zip(FIELDS, v, strict=True))) if isinstance(v, list) else {} for v in replies]
     known = templates(connection, {raw["t"] for raw in raws if raw.get("t")})
     found = []
     for schedule_id, raw in zip(schedule_ids, raws, strict=True):
@@ -269,7 +273,9 @@ def read_many(connection: Redis, schedule_ids: list[str]) -> list[StoredSchedule
 def decode(raw: dict[Any, Any]) -> dict[str, str]:
     """Hash fields as text, the absent ones left out."""
     return {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+        (k.decode(errors="replace") if isinstance(k, bytes) else k): (
+            v.decode(errors="replace") if isinstance(v, bytes) else v
+        )
         for k, v in raw.items()
         if v is not None
     }
@@ -282,7 +288,18 @@ def from_raw(schedule_id: str, raw: dict[str, str], known: dict[str, str]) -> St
     template = known.get(raw.get("t", ""))
     if template is None:
         return None
-    return StoredSchedule(schedule_id, template, raw.get("a", ""), raw)
+    stored = StoredSchedule(schedule_id, template, raw.get("a", ""), raw)
+    return stored if readable(stored) else None
+
+
+def readable(stored: StoredSchedule) -> bool:
+    """True when every field of `stored` reads (a record planted in Redis may not); a damaged one is logged."""
+    try:
+        stored.spec, stored.state, stored.next_due, stored.buffered_due  # noqa: B018 - each parses a field
+        return True
+    except Exception as exc:  # whatever a planted record holds
+        log.warning("schedule %r cannot be read (%s): left alone", stored.id[:100], type(exc).__name__)
+        return False
 
 
 # The state fields of the first release, as they map to today's (run state aside).
