@@ -26,6 +26,8 @@ from tests.conftest import AUTH, TOKEN
 from tests.helpers import snapshot, wait_until
 from tests.processes import Processes
 
+pytestmark = pytest.mark.matrix  # a fault or scheduler test: make test runs it on every server
+
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 # 00:30 in Auckland (UTC+13 in January) is 11:30 UTC the day before: the local date is what counts.
 AUCKLAND_NIGHTLY = {"task": "diag.echo", "cron": "30 0 * * *", "timezone": "Pacific/Auckland"}

@@ -31,6 +31,7 @@ LIBFAKETIME = next(iter(sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1")
 # `make test` installs faketime as root; CI fails rather than skips.
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.matrix,
     pytest.mark.skipif(
         LIBFAKETIME is None and not os.environ.get("CI"),
         reason="libfaketime is not installed (Debian's faketime package; make test installs it as root)",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 import psutil
+import pytest
 from redis import Redis
 
 from service.core.connection import connect
@@ -16,6 +17,8 @@ from tests.api import HttpApi
 from tests.conftest import TASK_MODULES
 from tests.helpers import wait_until
 from tests.processes import Processes
+
+pytestmark = pytest.mark.matrix  # a fault or scheduler test: make test runs it on every server
 
 REQUESTS = 1000
 # Descriptors a process may open for good during the episode (e.g. a child RQ restarts): a count, not a rate.

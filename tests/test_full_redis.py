@@ -22,6 +22,8 @@ from tests.api import HttpApi
 from tests.helpers import snapshot, wait_until
 from tests.processes import ROOT, Processes
 
+pytestmark = pytest.mark.matrix  # a fault or scheduler test: make test runs it on every server
+
 SCHEDULE = {"task": "diag.echo", "cron": "0 3 * * *"}
 
 

@@ -18,6 +18,8 @@ from tests.conftest import AUTH
 from tests.helpers import wait_until
 from tests.processes import Processes
 
+pytestmark = pytest.mark.matrix  # a fault or scheduler test: make test runs it on every server
+
 DEEP = b"[" * 100_000 + b"]" * 100_000
 BATCH = "0f0c0a0e-1111-4222-8333-444455556666"
 

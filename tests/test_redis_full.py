@@ -22,7 +22,7 @@ from tests.processes import Processes
 from tests.redis_full import HOW, refusing_writes
 from tests.worker_fixtures import enqueue, enqueue_many, recorded, start_worker, status
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.matrix]
 # How long the fault lasts: several heartbeat TTLs of the test timings (1 s).
 FAULT_SECONDS = 4
 

@@ -28,7 +28,7 @@ from tests.processes import ROOT, Processes
 from tests.sightings import Sightings
 from tests.test_schedule_process import leader
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.matrix]
 OFFSETS = pytest.mark.parametrize("offset", [300, -300], ids=["5-min-ahead", "5-min-behind"])
 EVERY_SECOND = {"task": "diag.echo", "interval": 1, "overlap": "allow", "coalesce": False}
 

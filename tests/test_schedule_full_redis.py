@@ -29,7 +29,7 @@ from tests.helpers import snapshot, wait_until
 from tests.processes import Processes
 from tests.redis_full import HOW, refusing_writes
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.matrix]
 load_task_modules(TASK_MODULES)
 GRACE_SECONDS = 3
 EPISODE_SECONDS = 7

@@ -18,6 +18,8 @@ from tests.helpers import wait_until
 from tests.processes import Processes
 from tests.worker_fixtures import start_worker
 
+pytestmark = pytest.mark.matrix  # a fault or scheduler test: make test runs it on every server
+
 
 def lane_groups(client: FlaskClient, lane: str = "default") -> int:
     queues = client.get("/queues", headers=AUTH).get_json()["queues"]

@@ -38,7 +38,7 @@ from tests.sightings import Sightings
 from tests.test_multihost import hub_redis, network  # noqa: F401 - fixtures
 from tests.test_schedule_process import leader
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.matrix]
 BURST = 20_000
 STEADY = 20
 CUT_SECONDS = 10
