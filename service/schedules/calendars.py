@@ -31,6 +31,7 @@ from service.core.keys import CalendarKeys
 from service.core.lua import script
 from service.jobs.schemas import Strict, validate
 from service.schedules.spec import SCHEDULE_ID, ScheduleSpec, SkipDates, check_dates, isoformat
+from service.schedules.spec import check_schedule_id as check_calendar_id  # calendar ids are schedule ids
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +67,6 @@ class CalendarOut(BaseModel):
 class CalendarList(BaseModel):
     calendars: list[CalendarOut]
     next_cursor: str | None
-
-
-def check_calendar_id(calendar_id: object) -> str:
-    """Return `calendar_id` if it is 1-100 characters of [A-Za-z0-9_-]; raise InvalidField('id') otherwise."""
-    if not isinstance(calendar_id, str) or not SCHEDULE_ID.fullmatch(calendar_id):
-        raise InvalidField("id", "must be 1-100 characters of letters, digits, '_' and '-'")
-    return calendar_id
 
 
 def parse_calendar(data: Any) -> CalendarBody:
