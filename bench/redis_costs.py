@@ -16,17 +16,18 @@ Prints ONE JSON line.
 - the no-fork worker path with 1, 2 and 4 worker processes on one Redis:
   jobs/s, Redis CPU % and Redis CPU and commands per job (start and stop
   included), and the jobs/s one Redis could serve at that cost;
-- Redis memory per finished job kept for its result_ttl, with the server's
-  default stream-node-max-bytes (what a managed Redis gets) and with the
-  embedded server's;
+- Redis memory per finished POST /jobs job kept for its result_ttl, with the
+  servers' defaults (what a managed Redis gets) and with the embedded
+  server's config, for a job with one small argument and one with 128 bytes;
 - goals: each figure with its goal and met or missed.
 
-Usage: .venv/bin/python bench/redis_costs.py [--jobs 1000] [--fork-jobs 200] [--scaling-jobs 2000]
+Usage: .venv/bin/python bench/redis_costs.py [--jobs 1000] [--fork-jobs 200] [--scaling-jobs 2000] [--memory-only]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -304,34 +305,54 @@ def scaling(connection: Redis, url: str, jobs: int, counts: tuple[int, ...] = (1
     return out
 
 
+# A managed Redis whose config is fixed: the servers' defaults of what the embedded server sets.
+SERVER_DEFAULTS = {"stream-node-max-bytes": "4096", "hash-max-ziplist-value": "64"}
+# A job's arguments: the bench's usual small integer, and 128 hex characters (its hash's `data` is then over 64 bytes).
+PAYLOADS = {"": [1], "_args_128B": [hashlib.sha512(b"bench").hexdigest()]}
+
+
 def finished_job_memory(connection: Redis, url: str, jobs: int) -> dict[str, Any]:
-    """Bytes of Redis memory per finished job (job hash, result stream, registry entry) while its result is kept."""
+    """Bytes of Redis memory per finished POST /jobs job (job hash, result stream, registry entry) while its result
+    is kept: with the servers' defaults (a managed Redis) and with the embedded server's config."""
     out: dict[str, Any] = {}
     env = {**os.environ, "REDIS_URL": url, "LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT)}
     argv = [sys.executable, "worker.py", "low", "--burst", "--no-scheduler", "--no-fork"]
-    embedded = connection.config_get("stream-node-max-bytes")["stream-node-max-bytes"]
-    for label, node_bytes in (("server_default_4096", "4096"), (f"embedded_{embedded}", embedded)):
-        connection.flushdb()
-        connection.config_set("stream-node-max-bytes", node_bytes)
-        for count in (5, jobs):  # the first 5 create what every job shares (counters, registries, the worker)
-            before = int(connection.info("memory")["used_memory"])
-            fill(connection, True, count)
-            subprocess.run(argv, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, timeout=600)
-        out[f"bytes_per_job_{label}"] = round((int(connection.info("memory")["used_memory"]) - before) / jobs)
-    connection.config_set("stream-node-max-bytes", embedded)
+    embedded = {name: connection.config_get(name)[name] for name in SERVER_DEFAULTS}
+    for label, config in (("server_defaults", SERVER_DEFAULTS), ("embedded_config", embedded)):
+        for suffix, args in PAYLOADS.items():
+            connection.flushdb()
+            for name, value in config.items():
+                connection.config_set(name, value)
+            request = JobRequest(task="diag.echo", args=args, queue="low")
+            for count in (5, jobs):  # the first 5 create what every job shares (counters, registries, the worker)
+                before = int(connection.info("memory")["used_memory"])
+                for start in range(0, count, 100):
+                    enqueue.enqueue_many(connection, [request] * min(100, count - start))
+                subprocess.run(argv, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, timeout=600)
+            used = int(connection.info("memory")["used_memory"]) - before
+            out[f"bytes_per_job_{label}{suffix}"] = round(used / jobs)
+    for name, value in embedded.items():
+        connection.config_set(name, value)
+    out["embedded_config"] = embedded
     connection.flushdb()
     return out
 
 
-def goals(per_job: dict[str, Any], memory: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each figure with its goal, met or missed."""
-    worker = per_job["ours_worker_nofork"]
-    rows = [
-        ("no-fork job: Redis commands", worker["commands_per_job"], 20),
-        ("no-fork job: Redis CPU us", worker["redis_cpu_us_per_job"], 100),
-        ("no-fork job: round trips", worker["round_trips_per_job"], 6),
+def goals(per_job: dict[str, Any] | None, memory: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each figure measured with its goal, met or missed."""
+    rows: list[tuple[str, Any, int]] = []
+    if per_job is not None:
+        worker = per_job["ours_worker_nofork"]
+        rows += [
+            ("no-fork job: Redis commands", worker["commands_per_job"], 20),
+            ("no-fork job: Redis CPU us", worker["redis_cpu_us_per_job"], 100),
+            ("no-fork job: round trips", worker["round_trips_per_job"], 6),
+        ]
+    rows += [
+        (f"finished job: Redis bytes, {k.removeprefix('bytes_per_job_')}", v, 1024)
+        for k, v in memory.items()
+        if k.startswith("bytes_per_job_") and not k.endswith(tuple(s for s in PAYLOADS if s))
     ]
-    rows += [(f"finished job: Redis bytes, {k.removeprefix('bytes_per_job_')}", v, 1024) for k, v in memory.items()]
     return [{"figure": f, "value": v, "goal": f"<= {g}", "met": v <= g} for f, v, g in rows]
 
 
@@ -340,6 +361,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--fork-jobs", type=int, default=200)
     parser.add_argument("--scaling-jobs", type=int, default=2000)
+    parser.add_argument("--memory-only", action="store_true", help="only the memory per finished job (and its goals)")
     options = parser.parse_args()
     with tempfile.TemporaryDirectory() as data:
         folder = Path(data)
@@ -347,10 +369,12 @@ def main() -> None:
         connection = Redis.from_url(server.url)
         load = os.getloadavg()[0]
         try:
-            limit = ceiling(server, connection)
-            per_job = paths(connection, server.url, options, folder)
-            charts_rollup = rollup_costs(connection)
-            curve = scaling(connection, server.url, options.scaling_jobs)
+            limit = per_job = charts_rollup = curve = None
+            if not options.memory_only:
+                limit = ceiling(server, connection)
+                per_job = paths(connection, server.url, options, folder)
+                charts_rollup = rollup_costs(connection)
+                curve = scaling(connection, server.url, options.scaling_jobs)
             memory = finished_job_memory(connection, server.url, options.jobs)
         finally:
             server.stop()
