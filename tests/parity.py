@@ -117,7 +117,8 @@ def exception_line(encoded: bytes) -> str:
 
 
 def job_fields(key: str, raw: dict[bytes, bytes], labels: Labels, out: Snapshot) -> None:
-    fields = {decode(k): v for k, v in raw.items()}
+    # An empty field reads as an absent one (RQ's restore takes both as unset): RQ writes it, the service leaves it out.
+    fields = {decode(k): v for k, v in raw.items() if v}
     for field, value in fields.items():
         if field in TIME_FIELDS:
             out[(key, field)] = "<time>" if value else ""

@@ -3,7 +3,10 @@
 A template is what RQ's `Job.to_dict()` writes (JSON serializer) for a job
 created the way `Queue.create_job` would, minus the fields that differ per
 job (PER_JOB_FIELDS, and jittered retry intervals), so a Lua script can
-write thousands of jobs by adding only those. The API's writer
+write thousands of jobs by adding only those. The fields RQ writes empty
+(callbacks, group, times and worker not yet set) are left out: RQ's restore
+reads an empty field and an absent one alike, and a finished job keeps
+fewer bytes for its result_ttl (docs/redis.md, "Memory per finished job"). The API's writer
 (service.jobs.writer) and the scheduler's fire script (service.schedules.runs)
 both use it, so an API job and a schedule run are laid out alike.
 """
@@ -43,7 +46,7 @@ def template(options: JobOptions, status: str) -> tuple[str, ...]:
     """The hash fields (name, value, ...) RQ's Job.to_dict() writes for every job with `options` and `status`.
 
     A retry policy with jitter gives each job its own `retry_intervals`
-    (RetryPolicy.intervals()), so the template leaves that field out too.
+    (RetryPolicy.intervals()), so the template leaves that field out too, as it does every empty one.
     """
     retry = options.retry
     job = ServiceJob.create(
@@ -63,7 +66,8 @@ def template(options: JobOptions, status: str) -> tuple[str, ...]:
     )
     fields: list[str] = []
     for key, value in job.to_dict().items():
-        if key in PER_JOB_FIELDS or (key == "retry_intervals" and retry.jittered):
+        text = value.value if isinstance(value, JobStatus) else str(value)
+        if not text or key in PER_JOB_FIELDS or (key == "retry_intervals" and retry.jittered):
             continue
-        fields += [key, value.value if isinstance(value, JobStatus) else str(value)]
+        fields += [key, text]
     return tuple(fields)
