@@ -18,7 +18,7 @@ from pathlib import Path
 from redis import Redis
 from redis.exceptions import RedisError
 
-from service.dev.embedded_redis import free_port, server_binary, wait_for_ping
+from service.dev.embedded_redis import MEMORY_SETTINGS, free_port, server_binary, wait_for_ping
 
 SERVICE_NAME = "queue"
 
@@ -82,7 +82,7 @@ class RedisProcess:
 
 
 def server_args(binary: str, workdir: Path, port: int, host: str = "127.0.0.1", *extra: str) -> list[str]:
-    """A redis-server command line: AOF on, data and log in `workdir`."""
+    """A redis-server command line: AOF on, data and log in `workdir`, the embedded server's memory settings."""
     return [
         binary,
         "--bind",
@@ -101,6 +101,7 @@ def server_args(binary: str, workdir: Path, port: int, host: str = "127.0.0.1", 
         "no",
         "--logfile",
         str(workdir / "redis.log"),
+        *MEMORY_SETTINGS,
         *extra,
     ]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
+from hashlib import sha256
 
 import pytest
 from redis import Redis
@@ -56,12 +57,21 @@ def test_the_job_is_finished_in_its_registry_with_its_result(connection: Redis) 
 
 
 def test_on_the_embedded_server_a_kept_result_takes_no_preallocated_stream_node(connection: Redis) -> None:
-    """stream-node-max-bytes 256: the one-entry result stream stays well under the 4 kB node Redis preallocates."""
+    """stream-node-max-bytes 64: the one-entry result stream stays well under the 4 kB node Redis preallocates."""
     job, execution = started(connection)
     finish(connection, job, execution)
-    assert connection.config_get("stream-node-max-bytes") == {"stream-node-max-bytes": "256"}
+    assert connection.config_get("stream-node-max-bytes") == {"stream-node-max-bytes": "64"}
     assert connection.memory_usage(keys.results_key(job.id)) < 2048  # 4,392-4,784 bytes with the default 4096
     assert ServiceJob.fetch(job.id, connection=connection).latest_result().return_value == {"ok": 1}
+
+
+def test_on_the_embedded_server_a_job_with_larger_arguments_keeps_a_compact_hash(connection: Redis) -> None:
+    """hash-max-listpack-value 1024: a job whose data is over 64 bytes stays a listpack (a hash table: ~1 kB more)."""
+    job_id = enqueue(
+        connection, InternalRequest(task="diag.echo", args=[sha256(bytes([n])).hexdigest() for n in range(3)])
+    ).id
+    assert len(connection.hget(keys.job_key(job_id), "data") or b"") > 64
+    assert connection.object("encoding", keys.job_key(job_id)) in (b"listpack", b"ziplist")  # Redis 6.2: ziplist
 
 
 def test_the_execution_and_the_claim_are_gone(connection: Redis) -> None:

