@@ -52,8 +52,17 @@ def test_the_job_is_finished_in_its_registry_with_its_result(connection: Redis) 
     assert connection.zscore(keys.finished_key("default"), job.id) == pytest.approx(time.time() + 500, abs=5)
     result = Result.fetch_latest(ServiceJob.fetch(job.id, connection=connection), serializer=job.serializer)
     assert result is not None and result.type == Result.Type.SUCCESSFUL and result.return_value == {"ok": 1}
-    assert result.worker_name == WORKER and result.execution_id == execution.id
+    assert stored[b"worker_name"] == WORKER.encode() and stored[b"started_at"] <= stored[b"ended_at"]
     assert 490 < connection.ttl(keys.results_key(job.id)) <= 500
+
+
+def test_a_kept_success_stores_its_value_once_and_nothing_the_job_hash_repeats(connection: Redis) -> None:
+    job, execution = started(connection)
+    finish(connection, job, execution)
+    [(_, entry)] = connection.xrange(keys.results_key(job.id))
+    assert set(entry) == {b"type", b"return_value"}  # worker and times are the job hash's; the execution is gone
+    stored = connection.hgetall(job.key)
+    assert b"last_heartbeat" not in stored and stored[b"ended_at"].endswith(b"Z")
 
 
 def test_on_the_embedded_server_a_kept_result_takes_no_preallocated_stream_node(connection: Redis) -> None:

@@ -4,7 +4,10 @@ RQ's success path (WATCH the dependents, a MULTI of some fifteen commands,
 the result stream, registries, execution clean-up) costs several round trips
 and most of a no-op job's time. For a *plain* job (no success callback, no
 repeat, no webhook, no RQ rate limit, a result kept for some time) the same
-writes are made by one Lua call; anything else takes RQ's own path.
+writes are made by one Lua call; anything else takes RQ's own path. It
+stores fewer bytes than RQ for the job's result_ttl (docs/redis.md): the
+result entry holds its type and return value (RESULT_FIELDS), and the job
+hash drops `last_heartbeat`, which would repeat `ended_at`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ HISTOGRAM = "job_duration_seconds"
 # A larger result fails its job: Redis refuses a value over 512 MB by closing
 # the connection, which a worker would take for an outage and retry forever.
 RESULT_MAX_BYTES = 16 * 1024 * 1024
+# The result stream entry of a success keeps what RQ's readers (latest_result(), rq-dashboard, GET /jobs/<id>) show:
+# its worker and times would repeat the job hash's, its execution id name the execution deleted in the same call.
+RESULT_FIELDS = ("type", "return_value")
 
 
 class ResultRefused(Exception):
@@ -84,16 +90,9 @@ class Finisher:
         assert job.started_at and job.ended_at
         encoded = encode_result(job.serializer, job._result)
         result = Result(
-            job_id=job.id,
-            type=Result.Type.SUCCESSFUL,
-            connection=job.connection,
-            worker_name=self.worker_name,
-            serializer=job.serializer,
-            execution_id=execution.id,
-            execution_started_at=execution.created_at,
-            execution_ended_at=job.ended_at,
+            job_id=job.id, type=Result.Type.SUCCESSFUL, connection=job.connection, serializer=job.serializer
         )
-        fields = result.serialize()
+        fields = {name: value for name, value in result.serialize().items() if name in RESULT_FIELDS}
         if job._result is not None:  # as Result.serialize() stores it, serialized once
             fields["return_value"] = b64encode(encoded).decode()
         pairs = [str(part) for item in fields.items() for part in item]

@@ -16,7 +16,8 @@
 local ttl = tonumber(ARGV[5])
 local m = 9 + tonumber(ARGV[8])
 local dependents = redis.call('SCARD', KEYS[10])
-redis.call('HSET', KEYS[1], 'status', 'finished', 'ended_at', ARGV[4], 'last_heartbeat', ARGV[4])
+redis.call('HSET', KEYS[1], 'status', 'finished', 'ended_at', ARGV[4])
+redis.call('HDEL', KEYS[1], 'last_heartbeat')  -- RQ sets it to ended_at: a copy kept for result_ttl
 if ttl > 0 then
     redis.call('EXPIRE', KEYS[1], ttl)
     if dependents > 0 then
