@@ -110,7 +110,7 @@ def save(
     an operator paused. `max_schedules`: refuse a new id once the index holds
     that many (counted by the writing script, so concurrent creations cannot pass it).
 
-    Two round trips: Redis's clock and the schedule as stored, then one script
+    Two round trips: Redis's clock, the schedule and its template (read_schedule.lua), then one script
     (put_schedule.lua) that writes only if the schedule is still as read (else
     this reads again), checks the cap and the calendars it names, and answers the
     hash as written.
@@ -138,19 +138,20 @@ def save(
 def _read_for_write(
     connection: Redis, schedule_id: str, now: datetime | None
 ) -> tuple[datetime, list[bytes | None], StoredSchedule | None] | None:
-    """One round trip: (Redis's clock unless `now` is given, the FIELDS as stored, the schedule or None when
-    absent or unreadable); None when it was in the first release's layout and has just been migrated."""
-    pipe = connection.pipeline(transaction=False)
-    if now is None:
-        pipe.time()
-    pipe.hmget(ScheduleKeys.schedule(schedule_id), FIELDS)
-    *clock, seen = pipe.execute()
+    """One round trip (read_schedule.lua): (`now` or Redis's clock, the FIELDS as stored, the schedule or None
+    when absent or unreadable); None when it was in the first release's layout and has just been migrated."""
+    keys = [ScheduleKeys.schedule(schedule_id), ScheduleKeys.templates]
+    seconds, micros, template, *seen = READ(keys=keys, args=FIELDS, client=connection)
     raw = decode(dict(zip(FIELDS, seen, strict=True)))
     if LEGACY in raw:  # migrated before anything writes it
         migrate(connection, schedule_id)
         return None
-    at = now or EPOCH + timedelta(seconds=int(clock[0][0]), microseconds=int(clock[0][1]))
-    return at, seen, from_raw(schedule_id, raw, templates(connection, {raw["t"]}) if "t" in raw else {})
+    known = {raw["t"]: template.decode(errors="replace")} if template else {}
+    return (
+        now or EPOCH + timedelta(seconds=int(seconds), microseconds=int(micros)),
+        seen,
+        from_raw(schedule_id, raw, known),
+    )
 
 
 def _write_if_unchanged(
@@ -177,6 +178,7 @@ def _write_if_unchanged(
     return stored
 
 
+READ = script("read_schedule")
 PUT = script("put_schedule")
 PUT_KEYS = [  # after the schedule's own hash
     ScheduleKeys.index,
