@@ -8,6 +8,7 @@ other change land in that gap (right after the read) and checks what a user woul
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -19,9 +20,10 @@ from service.core.keys import CalendarKeys, ScheduleKeys
 from service.schedules import calendars
 from service.schedules import operations as schedules
 from service.schedules.spec import parse_spec
-from tests.helpers import snapshot
+from tests.helpers import snapshot, wait_until
 
 BODY = {"task": "diag.echo", "interval": 60}
+T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -106,3 +108,16 @@ def test_the_cap_counts_a_schedule_created_meanwhile(
         schedules.save(connection, "c", parse_spec(BODY), max_schedules=2)
     assert snapshot(connection) == before
     assert connection.zrange(ScheduleKeys.index, 0, -1) == [b"a", b"b"]
+
+
+def test_a_put_wakes_the_scheduler_only_when_it_is_due_before_every_other_schedule(connection: Redis) -> None:
+    schedules.upsert(connection, "hourly", {"task": "diag.echo", "interval": 3600}, now=T0)
+    wakeups = connection.pubsub(ignore_subscribe_messages=True)
+    wakeups.subscribe(ScheduleKeys.wakeup)
+    schedules.upsert(connection, "daily", {"task": "diag.echo", "interval": 86400}, now=T0)  # due after hourly
+    schedules.upsert(connection, "paused", {**BODY, "paused": True}, now=T0)  # not due at all
+    schedules.upsert(connection, "minutely", BODY, now=T0)  # due first: the scheduler must not sleep past it
+    # Messages arrive in order: the first one is minutely's, so neither write before it published one.
+    message = wait_until(lambda: wakeups.get_message(timeout=0.1), what="the wake-up")
+    assert message["data"] == b"minutely"
+    wakeups.close()

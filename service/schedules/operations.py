@@ -3,7 +3,8 @@
 HTTP views, the CLI, the declared-file sync and Python code (`schedule()`)
 all call these functions. Every write validates first and then changes
 Redis in one MULTI (or one Lua call), so a rejected request changes nothing,
-and every change wakes the scheduler so a new due time is not waited for.
+and a change that may bring the next due time forward wakes the scheduler so
+it is not waited for (a PUT: one due before every other).
 """
 
 from __future__ import annotations

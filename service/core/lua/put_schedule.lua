@@ -4,7 +4,7 @@
 --       calendar refs hash.
 -- ARGV: [1] the write as JSON (numbers as strings):
 --         fields   the hash fields read back (service.schedules.store.FIELDS)
---         id       schedule id               wake      wake-up channel
+--         id       schedule id               wake      wake-up channel (published when its due score is the earliest)
 --         cap      refuse the write once the index holds this many (given for a new id only; absent: no cap)
 --         calendars  ids that must be calendars
 --         clean    delete the hash first (new, or a record that could not be read)
@@ -33,6 +33,10 @@ if #w.calendars > 0 then
   end
 end
 
+-- The scheduler sleeps until the earliest due score at most: only a score earlier than that needs it woken.
+local head = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+local wake = w.due and (#head == 0 or tonumber(w.due) < tonumber(head[2]))
+
 redis.call('ZADD', KEYS[2], 0, w.id)
 if w.clean then redis.call('DEL', KEYS[1]) end
 local set = {}
@@ -57,7 +61,7 @@ if w.release then  -- the caller deletes it when no schedule uses it any more (r
 end
 for _, calendar in ipairs(w.cal_add) do redis.call('HINCRBY', KEYS[7], calendar, 1) end
 for _, calendar in ipairs(w.cal_del) do redis.call('HINCRBY', KEYS[7], calendar, -1) end
-redis.call('PUBLISH', w.wake, w.id)
+if wake then redis.call('PUBLISH', w.wake, w.id) end
 local reply = {'ok', left}
 local after = redis.call('HMGET', KEYS[1], unpack(w.fields))
 for i = 1, #w.fields do reply[#reply + 1] = after[i] end
