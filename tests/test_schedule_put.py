@@ -1,8 +1,9 @@
-"""Replacing a schedule while something else changes Redis between its read and its write (put_schedule.lua).
+"""Writing a schedule (read_schedule.lua, put_schedule.lua): while something else changes Redis between its
+read and its write, the wake-ups it sends, and over a planted key of another type.
 
 A PUT reads the schedule, decides, then writes in one script that first checks the schedule is still as
-read, that the calendars it names exist and, for a new id, the MAX_SCHEDULES cap. Each test makes the
-other change land in that gap (right after the read) and checks what a user would see.
+read, that the calendars it names exist and, for a new id, the MAX_SCHEDULES cap. The `meanwhile` tests
+make the other change land in that gap (right after the read) and check what a user would see.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from flask.testing import FlaskClient
 from redis import Redis
 
 import service.tasks.diag  # noqa: F401 - registers diag.*
@@ -20,6 +22,7 @@ from service.core.keys import CalendarKeys, ScheduleKeys
 from service.schedules import calendars
 from service.schedules import operations as schedules
 from service.schedules.spec import parse_spec
+from tests.conftest import AUTH
 from tests.helpers import snapshot, wait_until
 
 BODY = {"task": "diag.echo", "interval": 60}
@@ -121,3 +124,18 @@ def test_a_put_wakes_the_scheduler_only_when_it_is_due_before_every_other_schedu
     message = wait_until(lambda: wakeups.get_message(timeout=0.1), what="the wake-up")
     assert message["data"] == b"minutely"
     wakeups.close()
+
+
+def test_a_schedule_key_of_another_type_is_damaged_until_put_again_or_deleted(
+    client: FlaskClient, connection: Redis
+) -> None:
+    for schedule_id in ("put", "deleted"):
+        connection.set(ScheduleKeys.schedule(schedule_id), "planted")
+        connection.zadd(ScheduleKeys.index, {schedule_id: 0})
+        answer = client.get(f"/schedules/{schedule_id}", headers=AUTH)
+        assert answer.status_code == 409 and answer.get_json()["error"]["code"] == "schedule_damaged"
+    assert client.put("/schedules/put", json=BODY, headers=AUTH).status_code == 201  # as its message says
+    assert client.get("/schedules/put", headers=AUTH).get_json()["interval"] == 60
+    assert client.delete("/schedules/deleted", headers=AUTH).status_code == 204
+    assert not connection.exists(ScheduleKeys.schedule("deleted"))
+    assert [s["id"] for s in client.get("/schedules", headers=AUTH).get_json()["schedules"]] == ["put"]

@@ -17,7 +17,7 @@ from typing import Any
 
 from redis import Redis
 from redis.client import Pipeline
-from redis.exceptions import WatchError
+from redis.exceptions import ResponseError, WatchError
 
 from service.core.clock import EPOCH, server_now
 from service.core.config import Limits
@@ -245,8 +245,15 @@ def _paused(spec: ScheduleSpec, current: StoredSchedule | None, paused: bool | N
 
 
 def _current(connection: Redis, pipe: Pipeline, schedule_id: str) -> StoredSchedule | None:
-    """Inside WATCH: the schedule as stored; one in the first release's layout is migrated and the write restarts."""
-    raw = decode(dict(zip(FIELDS, pipe.hmget(ScheduleKeys.schedule(schedule_id), FIELDS), strict=True)))
+    """Inside WATCH: the schedule as stored (None for a key of another type, planted); one in the first release's
+    layout is migrated and the write restarts."""
+    try:
+        values = pipe.hmget(ScheduleKeys.schedule(schedule_id), FIELDS)
+    except ResponseError as exc:
+        if not str(exc).startswith("WRONGTYPE"):
+            raise
+        return None
+    raw = decode(dict(zip(FIELDS, values, strict=True)))
     if LEGACY in raw:
         pipe.unwatch()
         migrate(connection, schedule_id)

@@ -20,7 +20,8 @@
 -- Checks come before the first write, and the first write (ZADD) is one a full Redis refuses, so a Redis
 -- refusing writes (maxmemory, MISCONF, read-only) leaves everything as it was.
 local w = cjson.decode(ARGV[1])
-local seen = redis.call('HMGET', KEYS[1], unpack(w.fields))
+local seen = {}  -- a key of another type (planted) reads as no schedule, as in read_schedule.lua
+if redis.call('TYPE', KEYS[1]).ok == 'hash' then seen = redis.call('HMGET', KEYS[1], unpack(w.fields)) end
 for i = 1, #w.fields do
   local now = seen[i] and ('=' .. seen[i]) or ''
   if now ~= ARGV[i + 1] then return {'changed'} end
