@@ -17,6 +17,8 @@ at whole seconds: every minute has ~16,700 due runs (~280 a second).
   `PUT /schedules/<id>` replacing users' schedules, one at a time on one
   keep-alive connection, while the scheduler fires: p50/p99/max.
 - RSS: the scheduler process's resident memory after the minute.
+- redis_calls_over_1ms_during_puts: what held Redis for a millisecond or more
+  (SLOWLOG) while the PUTs ran: a command that waits behind one waits that long.
 
 `goals` lists issue 17's goals for these figures and whether this run met them.
 
@@ -48,6 +50,7 @@ from bench.scheduler_burst import used_memory  # noqa: E402
 from service.core.clock import server_now  # noqa: E402
 from service.core.compat import parse_rq_date  # noqa: E402
 from service.core.keys import ScheduleKeys  # noqa: E402
+from service.core.lua import SCRIPTS_DIR, script  # noqa: E402
 from service.dev.embedded_redis import EmbeddedRedis, free_port, selected_server  # noqa: E402
 from service.schedules import operations as schedules  # noqa: E402
 from service.schedules.spec import isoformat  # noqa: E402
@@ -139,6 +142,19 @@ def put_latencies(port: int, puts: int) -> list[float]:
     return times
 
 
+def slow_calls(redis: Redis) -> dict[str, Any]:
+    """The SLOWLOG since it was reset (calls of 1 ms or more): how many, their durations, what they were."""
+    names = {script(path.stem).sha: path.stem + ".lua" for path in SCRIPTS_DIR.glob("*.lua")}
+    entries = redis.slowlog_get(10_000)
+    what: dict[str, int] = {}
+    for entry in entries:
+        words = entry["command"].split()
+        name = names.get(words[1].decode(), "EVALSHA ?") if words[0].upper() == b"EVALSHA" else words[0].decode()
+        what[name] = what.get(name, 0) + 1
+    found: dict[str, Any] = {"count": len(entries), "by_command": what}
+    return {**found, **({"ms": percentiles([e["duration"] / 1000 for e in entries])} if entries else {})}
+
+
 def wait_steady(redis: Redis) -> datetime:
     """Wait until the scheduler has started and fired what fell due while the schedules were being created
     (nothing in the due set is older than a second); return Redis's time then."""
@@ -187,7 +203,11 @@ def measure(redis: Redis, url: str, folder: Path, count: int, puts: int) -> dict
             time.sleep(0.5)
         lags, missing = minute_lags(redis, count, first_hour, minute)
         rss = rss_mb(scheduler.pid)
+        redis.config_set("slowlog-log-slower-than", 1000)
+        redis.config_set("slowlog-max-len", 10_000)
+        redis.slowlog_reset()
         put_ms = put_latencies(port, puts)
+        slow = slow_calls(redis)
     finally:
         for process in (scheduler, web):
             process.terminate()
@@ -207,6 +227,7 @@ def measure(redis: Redis, url: str, folder: Path, count: int, puts: int) -> dict
         "lag_ms": percentiles(lags),
         "put_ms": percentiles(put_ms),
         "scheduler_rss_mb": rss,
+        "redis_calls_over_1ms_during_puts": slow,
         "redis_used_memory_mb": round(int(redis.info("memory")["used_memory"]) / 2**20),
     }
 

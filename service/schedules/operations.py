@@ -3,7 +3,8 @@
 HTTP views, the CLI, the declared-file sync and Python code (`schedule()`)
 all call these functions. Every write validates first and then changes
 Redis in one MULTI (or one Lua call), so a rejected request changes nothing,
-and every change wakes the scheduler so a new due time is not waited for.
+and a change that may bring the next due time forward wakes the scheduler so
+it is not waited for (a PUT: one due before every other).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from typing import Any
 
 from redis import Redis
 from redis.client import Pipeline
-from redis.exceptions import WatchError
+from redis.exceptions import ResponseError, WatchError
 
-from service.core.clock import server_now
+from service.core.clock import EPOCH, server_now
 from service.core.config import Limits
 from service.core.errors import InvalidField, ScheduleDamaged, ScheduleLimitReached, ScheduleNotFound
 from service.core.keys import CalendarKeys, ScheduleKeys, job_key
@@ -108,50 +109,86 @@ def save(
     `paused`: None keeps the current state unless the spec sets `paused`
     explicitly, so a re-synced file or a redeploy does not resume a schedule
     an operator paused. `max_schedules`: refuse a new id once the index holds
-    that many (read while WATCHing the index, so concurrent creations cannot pass it).
+    that many (counted by the writing script, so concurrent creations cannot pass it).
+
+    Two round trips: Redis's clock, the schedule and its template (read_schedule.lua), then one script
+    (put_schedule.lua) that writes only if the schedule is still as read (else
+    this reads again), checks the cap and the calendars it names, and answers the
+    hash as written.
     """
-    now = now or server_now(connection)
     if spec.queue is None:
         spec = spec.model_copy(update={"queue": spec.lane})  # echo the lane it will run in
     split = split_spec(spec)
     spec_json = join_spec(*split)
-    key = ScheduleKeys.schedule(schedule_id)
-    # The calendars it names are watched too: one deleted before EXEC makes the write start again (and fail).
-    watched = (key, *(CalendarKeys.calendar(c) for c in spec.skip_calendars))
-    if max_schedules is not None:
-        watched += (ScheduleKeys.index,)
-
-    def write_if_changed(pipe: Pipeline) -> tuple[StoredSchedule | None, bool]:
-        """Inside WATCH: read the schedule; unchanged: return it; else MULTI, write it, return (None, created?)."""
-        current = _current(connection, pipe, schedule_id)
+    while True:
+        read = _read_for_write(connection, schedule_id, now)
+        if read is None:
+            continue
+        at, seen, current = read
         wanted = _paused(spec, current, paused)
         if current is not None and current.spec_json == spec_json and current.paused == wanted:
-            pipe.unwatch()
-            return current, False
-        if current is None and max_schedules is not None and pipe.zcard(ScheduleKeys.index) >= max_schedules:
-            pipe.unwatch()
-            raise ScheduleLimitReached(
-                f"{max_schedules} schedules exist (MAX_SCHEDULES): delete one or replace an existing id"
-            )
-        try:
-            calendars.check_exist(pipe, spec.skip_calendars)
-        except InvalidField:
-            pipe.unwatch()
-            raise
-        pipe.multi()
-        writes = Writes()
-        _write(pipe, writes, schedule_id, spec, split, current, wanted, origin, now)
-        writes.flush(pipe)
-        calendars.count_refs(pipe, current.spec if current is not None else None, spec)
-        return None, current is None
+            return describe_all(connection, [current])[0], False
+        write = _script_write(schedule_id, spec, split, current, wanted, origin, at)
+        if current is None and max_schedules is not None:
+            write["cap"] = str(max_schedules)
+        stored = _write_if_unchanged(connection, write, seen, split[0])
+        if stored is not None:
+            return describe_all(connection, [stored])[0], current is None
 
-    # A concurrent change to the schedule (or, with a cap, to the index) between the read and EXEC runs it again.
-    unchanged, created = connection.transaction(write_if_changed, *watched, value_from_callable=True)
-    if unchanged is not None:
-        return describe_all(connection, [unchanged])[0], False
-    stored = read(connection, schedule_id)
+
+def _read_for_write(
+    connection: Redis, schedule_id: str, now: datetime | None
+) -> tuple[datetime, list[bytes | None], StoredSchedule | None] | None:
+    """One round trip (read_schedule.lua): (`now` or Redis's clock, the FIELDS as stored, the schedule or None
+    when absent or unreadable); None when it was in the first release's layout and has just been migrated."""
+    keys = [ScheduleKeys.schedule(schedule_id), ScheduleKeys.templates]
+    seconds, micros, template, *seen = READ(keys=keys, args=FIELDS, client=connection)
+    raw = decode(dict(zip(FIELDS, seen, strict=True)))
+    if LEGACY in raw:  # migrated before anything writes it
+        migrate(connection, schedule_id)
+        return None
+    known = {raw["t"]: template.decode(errors="replace")} if template else {}
+    return (
+        now or EPOCH + timedelta(seconds=int(seconds), microseconds=int(micros)),
+        seen,
+        from_raw(schedule_id, raw, known),
+    )
+
+
+def _write_if_unchanged(
+    connection: Redis, write: dict[str, Any], seen: list[bytes | None], template: str
+) -> StoredSchedule | None:
+    """Run put_schedule.lua; return the schedule as written, or None when it changed since `seen` was read."""
+    args = [json.dumps(write, separators=(",", ":")), *(b"" if v is None else b"=" + v for v in seen)]
+    reply = PUT(keys=[ScheduleKeys.schedule(write["id"]), *PUT_KEYS], args=args, client=connection)
+    status = reply[0].decode()
+    if status == "cap":
+        raise ScheduleLimitReached(
+            f"{write['cap']} schedules exist (MAX_SCHEDULES): delete one or replace an existing id"
+        )
+    if status == "calendar":  # names it, unless it was created meanwhile (then write again)
+        calendars.check_exist(connection, [reply[1].decode()])
+    if status != "ok":
+        return None
+    if "release" in write and int(reply[1]) <= 0:  # its old template's last user left: delete it (unless reused)
+        RELEASE(
+            keys=[ScheduleKeys.templates, ScheduleKeys.template_refs], args=[write["release"], 0], client=connection
+        )
+    stored = from_raw(write["id"], decode(dict(zip(FIELDS, reply[2:], strict=True))), {write["set"]["t"]: template})
     assert stored is not None
-    return describe_all(connection, [stored])[0], created
+    return stored
+
+
+READ = script("read_schedule")
+PUT = script("put_schedule")
+PUT_KEYS = [  # after the schedule's own hash
+    ScheduleKeys.index,
+    ScheduleKeys.due,
+    ScheduleKeys.templates,
+    ScheduleKeys.template_refs,
+    CalendarKeys.index,
+    CalendarKeys.refs,
+]
 
 
 def upsert_many(
@@ -208,8 +245,15 @@ def _paused(spec: ScheduleSpec, current: StoredSchedule | None, paused: bool | N
 
 
 def _current(connection: Redis, pipe: Pipeline, schedule_id: str) -> StoredSchedule | None:
-    """Inside WATCH: the schedule as stored; one in the first release's layout is migrated and the write restarts."""
-    raw = decode(dict(zip(FIELDS, pipe.hmget(ScheduleKeys.schedule(schedule_id), FIELDS), strict=True)))
+    """Inside WATCH: the schedule as stored (None for a key of another type, planted); one in the first release's
+    layout is migrated and the write restarts."""
+    try:
+        values = pipe.hmget(ScheduleKeys.schedule(schedule_id), FIELDS)
+    except ResponseError as exc:
+        if not str(exc).startswith("WRONGTYPE"):
+            raise
+        return None
+    raw = decode(dict(zip(FIELDS, values, strict=True)))
     if LEGACY in raw:
         pipe.unwatch()
         migrate(connection, schedule_id)
@@ -248,6 +292,30 @@ class Writes:
             pipe.publish(ScheduleKeys.wakeup, schedule_id)
 
 
+def _fields(
+    spec: ScheduleSpec,
+    template: str,
+    call: str,
+    current: StoredSchedule | None,
+    paused: bool,
+    origin: str,
+    now: datetime,
+) -> tuple[dict[str, Any], int | None]:
+    """The hash fields a write of `spec` sets (None or "": removes them) and its first due time.
+
+    Its run state stays; a new schedule, or a record that could not be read, is written from a clean hash.
+    """
+    next_due = None if paused else _first_due(spec, current, now)
+    fields = {"t": template_id(template), "u": to_ms(now), "a": call, "n": next_due, "p": "1" if paused else None}
+    if not paused:
+        fields["m"] = None  # the pause note goes with the pause
+    if current is None:
+        fields.update(c=to_ms(now), o=None if origin == "api" else origin)
+    elif current.origin == "file" and origin != "file":  # claimed by the API or code: the file sync leaves it
+        fields["o"] = None if origin == "api" else origin
+    return fields, next_due
+
+
 def _write(
     pipe: Any,
     writes: Writes,
@@ -262,15 +330,9 @@ def _write(
     """Queue the write of a schedule's spec, paused state and first due time (its run state stays)."""
     key = ScheduleKeys.schedule(schedule_id)
     template, call = split
-    next_due = None if paused else _first_due(spec, current, now)
-    fields = {"t": template_id(template), "u": to_ms(now), "a": call, "n": next_due, "p": "1" if paused else None}
-    if not paused:
-        fields["m"] = None  # the pause note goes with the pause
-    if current is None:  # new, or a record that could not be read: written from a clean hash
+    fields, next_due = _fields(spec, template, call, current, paused, origin, now)
+    if current is None:
         pipe.delete(key)
-        fields.update(c=to_ms(now), o=None if origin == "api" else origin)
-    elif current.origin == "file" and origin != "file":  # claimed by the API or code: the file sync leaves it
-        fields["o"] = None if origin == "api" else origin
     pipe.hset(key, mapping={name: value for name, value in fields.items() if value not in (None, "")})
     gone = [name for name, value in fields.items() if value in (None, "")] if current is not None else []
     if gone:
@@ -287,6 +349,41 @@ def _write(
     else:
         writes.due[schedule_id] = jittered(spec, next_due)  # type: ignore[assignment]
     writes.wake.append(schedule_id)
+
+
+def _script_write(
+    schedule_id: str,
+    spec: ScheduleSpec,
+    split: tuple[str, str],
+    current: StoredSchedule | None,
+    paused: bool,
+    origin: str,
+    now: datetime,
+) -> dict[str, Any]:
+    """The write of one schedule as put_schedule.lua takes it (what _write queues for a pipeline)."""
+    template, call = split
+    fields, next_due = _fields(spec, template, call, current, paused, origin, now)
+    before = set(current.spec.skip_calendars) if current is not None else set()
+    after = set(spec.skip_calendars)
+    write: dict[str, Any] = {
+        "fields": FIELDS,
+        "id": schedule_id,
+        "wake": ScheduleKeys.wakeup,
+        "calendars": sorted(after),
+        "clean": current is None,
+        "set": {name: str(value) for name, value in fields.items() if value not in (None, "")},
+        "del": [name for name, value in fields.items() if value in (None, "")] if current is not None else [],
+        "cal_add": sorted(after - before),
+        "cal_del": sorted(before - after),
+    }
+    previous = current.fields.get("t") if current is not None else None
+    if previous != fields["t"]:  # templates are stored once and counted; the last user out deletes one
+        write["template"] = [fields["t"], template]
+        if previous is not None:
+            write["release"] = previous
+    if next_due is not None:
+        write["due"] = str(jittered(spec, next_due))
+    return write
 
 
 def _first_due(spec: ScheduleSpec, current: StoredSchedule | None, now: datetime) -> int | None:

@@ -1,0 +1,141 @@
+"""Writing a schedule (read_schedule.lua, put_schedule.lua): while something else changes Redis between its
+read and its write, the wake-ups it sends, and over a planted key of another type.
+
+A PUT reads the schedule, decides, then writes in one script that first checks the schedule is still as
+read, that the calendars it names exist and, for a new id, the MAX_SCHEDULES cap. The `meanwhile` tests
+make the other change land in that gap (right after the read) and check what a user would see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from redis import Redis
+
+import service.tasks.diag  # noqa: F401 - registers diag.*
+from service.core.errors import InvalidField, ScheduleLimitReached
+from service.core.keys import CalendarKeys, ScheduleKeys
+from service.schedules import calendars
+from service.schedules import operations as schedules
+from service.schedules.spec import parse_spec
+from tests.conftest import AUTH
+from tests.helpers import snapshot, wait_until
+
+BODY = {"task": "diag.echo", "interval": 60}
+T0 = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def meanwhile(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Callable[[], Any]], list[int]]]:
+    """`meanwhile(change)`: the next schedule write runs `change` once, right after it read the schedule;
+    returns a list that gets one item per schedule read from then on (the change's own included)."""
+    original = schedules._read_for_write
+    reads: list[int] = []
+    pending: list[Callable[[], Any]] = []
+
+    def read_then_change(*args: Any) -> Any:
+        found = original(*args)
+        reads.append(1)
+        if pending:
+            pending.pop()()
+        return found
+
+    def arm(change: Callable[[], Any]) -> list[int]:
+        pending.append(change)
+        reads.clear()
+        return reads
+
+    monkeypatch.setattr(schedules, "_read_for_write", read_then_change)
+    yield arm
+
+
+def test_a_schedule_replaced_meanwhile_is_read_again_and_its_template_released(
+    connection: Redis, meanwhile: Callable[[Callable[[], Any]], list[int]]
+) -> None:
+    schedules.upsert(connection, "s", BODY)
+    reads = meanwhile(lambda: schedules.upsert(connection, "s", {**BODY, "interval": 30}, origin="file"))
+    answer, created = schedules.upsert(connection, "s", {**BODY, "interval": 90, "args": [1]})
+    assert not created and len(reads) == 3  # ours, the other writer's, ours again
+    assert answer["interval"] == 90 and answer["args"] == [1] and answer["origin"] == "api"
+    assert schedules.get(connection, "s") == answer
+    # Only the template in use is left: the one of 60 s went with the first replace, 30 s with ours.
+    assert connection.hlen(ScheduleKeys.templates) == 1
+    assert connection.hgetall(ScheduleKeys.template_refs) == {connection.hget(ScheduleKeys.schedule("s"), "t"): b"1"}
+
+
+def test_a_pause_meanwhile_is_kept_by_a_replace_that_does_not_name_paused(
+    connection: Redis, meanwhile: Callable[[Callable[[], Any]], list[int]]
+) -> None:
+    schedules.upsert(connection, "s", BODY)
+    meanwhile(lambda: schedules.pause(connection, "s", "maintenance"))
+    answer, _ = schedules.upsert(connection, "s", {**BODY, "interval": 30})
+    assert answer["paused"] and answer["next_run_at"] is None and answer["interval"] == 30
+    assert connection.zscore(ScheduleKeys.due, "s") is None
+
+
+def test_a_calendar_deleted_meanwhile_refuses_the_write_and_changes_nothing(
+    connection: Redis, meanwhile: Callable[[Callable[[], Any]], list[int]]
+) -> None:
+    calendars.put(connection, "holidays", {"dates": ["2030-01-01"]})
+    schedules.upsert(connection, "s", BODY)
+    before: dict[bytes, bytes | None] = {}
+
+    def delete_calendar() -> None:
+        calendars.delete(connection, "holidays")
+        before.update(snapshot(connection))
+
+    meanwhile(delete_calendar)
+    with pytest.raises(InvalidField) as refused:
+        schedules.upsert(connection, "s", {**BODY, "skip_calendars": ["holidays"]})
+    assert refused.value.field == "skip_calendars" and "'holidays' is not a calendar" in refused.value.message
+    assert snapshot(connection) == before
+    assert not connection.hexists(CalendarKeys.refs, "holidays")
+
+
+def test_the_cap_counts_a_schedule_created_meanwhile(
+    connection: Redis, meanwhile: Callable[[Callable[[], Any]], list[int]]
+) -> None:
+    schedules.upsert(connection, "a", BODY)
+    before: dict[bytes, bytes | None] = {}
+
+    def create_another() -> None:
+        schedules.upsert(connection, "b", BODY)
+        before.update(snapshot(connection))
+
+    meanwhile(create_another)
+    with pytest.raises(ScheduleLimitReached):
+        schedules.save(connection, "c", parse_spec(BODY), max_schedules=2)
+    assert snapshot(connection) == before
+    assert connection.zrange(ScheduleKeys.index, 0, -1) == [b"a", b"b"]
+
+
+def test_a_put_wakes_the_scheduler_only_when_it_is_due_before_every_other_schedule(connection: Redis) -> None:
+    schedules.upsert(connection, "hourly", {"task": "diag.echo", "interval": 3600}, now=T0)
+    wakeups = connection.pubsub(ignore_subscribe_messages=True)
+    wakeups.subscribe(ScheduleKeys.wakeup)
+    schedules.upsert(connection, "daily", {"task": "diag.echo", "interval": 86400}, now=T0)  # due after hourly
+    schedules.upsert(connection, "paused", {**BODY, "paused": True}, now=T0)  # not due at all
+    schedules.upsert(connection, "minutely", BODY, now=T0)  # due first: the scheduler must not sleep past it
+    # Messages arrive in order: the first one is minutely's, so neither write before it published one.
+    message = wait_until(lambda: wakeups.get_message(timeout=0.1), what="the wake-up")
+    assert message["data"] == b"minutely"
+    wakeups.close()
+
+
+def test_a_schedule_key_of_another_type_is_damaged_until_put_again_or_deleted(
+    client: FlaskClient, connection: Redis
+) -> None:
+    for schedule_id in ("put", "deleted"):
+        connection.set(ScheduleKeys.schedule(schedule_id), "planted")
+        connection.zadd(ScheduleKeys.index, {schedule_id: 0})
+        answer = client.get(f"/schedules/{schedule_id}", headers=AUTH)
+        assert answer.status_code == 409 and answer.get_json()["error"]["code"] == "schedule_damaged"
+    assert client.put("/schedules/put", json=BODY, headers=AUTH).status_code == 201  # as its message says
+    assert client.get("/schedules/put", headers=AUTH).get_json()["interval"] == 60
+    assert client.delete("/schedules/deleted", headers=AUTH).status_code == 204
+    assert not connection.exists(ScheduleKeys.schedule("deleted"))
+    assert [s["id"] for s in client.get("/schedules", headers=AUTH).get_json()["schedules"]] == ["put"]
