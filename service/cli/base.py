@@ -156,6 +156,36 @@ def command(group: click.Group, name: str) -> Callable[[Callable[..., Any]], cli
     return decorate
 
 
+def list_command(
+    group: click.Group,
+    noun: str,
+    fetch: Callable[..., dict[str, Any]],
+    header: str,
+    row: Callable[[dict[str, Any]], str],
+    doc: str,
+) -> click.Command:
+    """Register `<group> list`: one page of `fetch` (the API's paging: --cursor, --limit) as a table or JSON."""
+
+    @click.option("--cursor", default=None, help="Start after this id (from a previous page).")
+    @click.option("--limit", type=int, default=None, help=f"At most this many {noun} (default 100).")
+    @click.option("--json", "as_json", is_flag=True, help="Print the page as JSON.")
+    @pass_context
+    def run(ctx: Context, cursor: str | None, limit: int | None, as_json: bool) -> None:
+        cap = ctx.limits.page_size
+        page = fetch(ctx.connection, cursor, min(100, cap) if limit is None else limit, max_page=cap)
+        if as_json:
+            echo_json(page)
+            return
+        click.echo(header)
+        for item in page[noun]:
+            click.echo(row(item))
+        if page["next_cursor"]:
+            click.echo(f"(more: --cursor {page['next_cursor']})")
+
+    run.__doc__ = doc
+    return command(group, "list")(run)
+
+
 @click.group()
 def cli() -> None:
     """Operate the queue service: jobs, queues, workers, tasks, schedules and calendars."""

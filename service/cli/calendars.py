@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from service.cli.base import Context, cli, command, echo_json, pass_context
+from service.cli.base import Context, cli, command, echo_json, list_command, pass_context
 from service.core.errors import InvalidField
 from service.schedules import calendars as domain
 
@@ -20,23 +20,14 @@ def calendars() -> None:
     """Calendars: dates on which the schedules that name them fire nothing."""
 
 
-@command(calendars, "list")
-@click.option("--cursor", default=None, help="Start after this id (from a previous page).")
-@click.option("--limit", type=int, default=None, help="At most this many calendars (default 100).")
-@click.option("--json", "as_json", is_flag=True, help="Print the page as JSON.")
-@pass_context
-def list_command(ctx: Context, cursor: str | None, limit: int | None, as_json: bool) -> None:
-    """List calendars with their number of dates and of schedules that skip them."""
-    cap = ctx.limits.page_size
-    page = domain.list_calendars(ctx.connection, cursor, min(100, cap) if limit is None else limit, max_page=cap)
-    if as_json:
-        echo_json(page)
-        return
-    click.echo(f"{'id':<30} {'dates':>6} {'used by':>8}  description")
-    for item in page["calendars"]:
-        click.echo(f"{item['id']:<30} {len(item['dates']):>6} {item['used_by']:>8}  {item['description']}")
-    if page["next_cursor"]:
-        click.echo(f"(more: --cursor {page['next_cursor']})")
+list_command(
+    calendars,
+    "calendars",
+    domain.list_calendars,
+    f"{'id':<30} {'dates':>6} {'used by':>8}  description",
+    lambda item: f"{item['id']:<30} {len(item['dates']):>6} {item['used_by']:>8}  {item['description']}",
+    "List calendars with their number of dates and of schedules that skip them.",
+)
 
 
 def read_dates(path: str) -> list[str]:

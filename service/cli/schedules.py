@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from service.cli.base import Context, cli, command, echo_json, parse_value, pass_context, progress_bar
+from service.cli.base import Context, cli, command, echo_json, list_command, parse_value, pass_context, progress_bar
 from service.core.errors import ConfigError, InvalidField
 from service.schedules import operations as domain
 
@@ -69,25 +69,20 @@ def body_from(options: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-@command(schedules, "list")
-@click.option("--cursor", default=None, help="Start after this id (from a previous page).")
-@click.option("--limit", type=int, default=None, help="At most this many schedules (default 100).")
-@click.option("--json", "as_json", is_flag=True, help="Print the page as JSON.")
-@pass_context
-def list_command(ctx: Context, cursor: str | None, limit: int | None, as_json: bool) -> None:
-    """List schedules with their trigger, next run and state."""
-    cap = ctx.limits.page_size
-    page = domain.list_schedules(ctx.connection, cursor, min(100, cap) if limit is None else limit, max_page=cap)
-    if as_json:
-        echo_json(page)
-        return
-    click.echo(f"{'id':<30} {'trigger':<24} {'next_run_at':<22} {'state':<7} task")
-    for item in page["schedules"]:
-        trigger = f"cron {item['cron']}" if item["cron"] else f"every {item['interval']}s" if item["interval"] else "at"
-        state = "paused" if item["paused"] else "active"
-        click.echo(f"{item['id']:<30} {trigger:<24} {item['next_run_at'] or '-':<22} {state:<7} {item['task']}")
-    if page["next_cursor"]:
-        click.echo(f"(more: --cursor {page['next_cursor']})")
+def _schedule_row(item: dict[str, Any]) -> str:
+    trigger = f"cron {item['cron']}" if item["cron"] else f"every {item['interval']}s" if item["interval"] else "at"
+    state = "paused" if item["paused"] else "active"
+    return f"{item['id']:<30} {trigger:<24} {item['next_run_at'] or '-':<22} {state:<7} {item['task']}"
+
+
+list_command(
+    schedules,
+    "schedules",
+    domain.list_schedules,
+    f"{'id':<30} {'trigger':<24} {'next_run_at':<22} {'state':<7} task",
+    _schedule_row,
+    "List schedules with their trigger, next run and state.",
+)
 
 
 @command(schedules, "add")

@@ -32,6 +32,7 @@ from service.core.lua import script
 from service.jobs.schemas import Strict, validate
 from service.schedules.spec import SCHEDULE_ID, ScheduleSpec, SkipDates, check_dates, isoformat
 from service.schedules.spec import check_schedule_id as check_calendar_id  # calendar ids are schedule ids
+from service.schedules.store import id_page
 
 log = logging.getLogger(__name__)
 
@@ -160,14 +161,8 @@ def list_calendars(
     connection: Redis, cursor: str | None = None, limit: int = 100, *, max_page: int = MAX_PAGE
 ) -> dict[str, Any]:
     """Return one page of calendars in id order and the cursor of the next page (None at the end)."""
-    if not 1 <= limit <= max_page:
-        raise InvalidField("limit", f"must be 1 to {max_page}")
-    if cursor and not SCHEDULE_ID.fullmatch(cursor):
-        raise InvalidField("cursor", "not a cursor this API returned")
-    start = f"({cursor}" if cursor else "-"
-    ids = [i.decode() for i in connection.zrangebylex(CalendarKeys.index, start, "+", start=0, num=limit + 1)]
-    page, more = ids[:limit], len(ids) > limit
-    return {"calendars": read_many(connection, page), "next_cursor": page[-1] if more and page else None}
+    page, next_cursor = id_page(connection, CalendarKeys.index, cursor, limit, max_page)
+    return {"calendars": read_many(connection, page), "next_cursor": next_cursor}
 
 
 def delete(connection: Redis, calendar_id: str) -> None:

@@ -49,6 +49,7 @@ from service.schedules.store import (
     decode,
     decode_record,
     from_raw,
+    id_page,
     join_spec,
     read,
     read_many,
@@ -472,15 +473,9 @@ def list_schedules(
     connection: Redis, cursor: str | None = None, limit: int = 100, *, max_page: int = MAX_PAGE
 ) -> dict[str, Any]:
     """Return one page of schedules in id order and the cursor of the next page (None at the end)."""
-    if not 1 <= limit <= max_page:
-        raise InvalidField("limit", f"must be 1 to {max_page}")
-    if cursor and not _valid_id(cursor):
-        raise InvalidField("cursor", "not a cursor this API returned")
-    start = f"({cursor}" if cursor else "-"
-    ids = [i.decode() for i in connection.zrangebylex(ScheduleKeys.index, start, "+", start=0, num=limit + 1)]
-    page, more = ids[:limit], len(ids) > limit
+    page, next_cursor = id_page(connection, ScheduleKeys.index, cursor, limit, max_page)
     found = describe_all(connection, [s for s in read_many(connection, page) if s is not None])
-    return {"schedules": found, "next_cursor": page[-1] if more and page else None}
+    return {"schedules": found, "next_cursor": next_cursor}
 
 
 def delete(connection: Redis, schedule_id: str) -> None:

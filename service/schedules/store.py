@@ -35,9 +35,10 @@ from typing import Any, NamedTuple
 
 from redis import Redis
 
+from service.core.errors import InvalidField
 from service.core.keys import ScheduleKeys
 from service.core.lua import script
-from service.schedules.spec import DueTimes, ScheduleSpec, from_ms, isoformat, parse_instant, to_ms
+from service.schedules.spec import SCHEDULE_ID, DueTimes, ScheduleSpec, from_ms, isoformat, parse_instant, to_ms
 
 log = logging.getLogger(__name__)
 RUNS_KEPT = 100
@@ -369,3 +370,20 @@ def read_due(connection: Redis, max_score_ms: int, limit: int) -> list[tuple[str
 
 # Stands for a due schedule still in the first release's layout (read_due's caller migrates it).
 LEGACY_DUE = StoredSchedule("", "{}", "", {}, legacy=True)
+
+
+def id_page(
+    connection: Redis, index: str, cursor: str | None, limit: int, max_page: int
+) -> tuple[list[str], str | None]:
+    """One page of the ids in sorted set `index` (all scores 0, so in id order) after `cursor`, and the next cursor.
+
+    Schedules and calendars page alike: their ids have one shape, and a cursor is the last id of a page.
+    """
+    if not 1 <= limit <= max_page:
+        raise InvalidField("limit", f"must be 1 to {max_page}")
+    if cursor and not SCHEDULE_ID.fullmatch(cursor):
+        raise InvalidField("cursor", "not a cursor this API returned")
+    start = f"({cursor}" if cursor else "-"
+    ids = [i.decode() for i in connection.zrangebylex(index, start, "+", start=0, num=limit + 1)]
+    page = ids[:limit]
+    return page, page[-1] if len(ids) > limit and page else None
