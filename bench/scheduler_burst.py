@@ -7,7 +7,7 @@ medians of per-round ratios.
 
 - burst: N recurring per-user schedules (interval 3600 s, the user's number
   as argument) all due at the same second; one `enqueue_jobs()` pass is
-  timed (ours: ServiceScheduler, Lua chunks of 500; stock: rq-scheduler
+  timed (ours: ServiceScheduler, Lua chunks of 250; stock: rq-scheduler
   0.14's `Scheduler.enqueue_jobs()` over N `schedule(interval=3600)` jobs).
   Both must leave N distinct job ids queued. Creating the N schedules is
   timed too (ours: upsert_many; stock: N calls to `schedule()`), and Redis

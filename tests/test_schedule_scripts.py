@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from redis import Redis
+from redis.exceptions import ResponseError
 
 import service.tasks.diag  # noqa: F401 - registers diag.*
 from service.core import keys
@@ -67,6 +68,27 @@ def test_a_due_score_changed_since_planning_wins_over_the_plan(connection: Redis
     assert Firing(connection).run([entry], stored, every_ten) == [-2]
     assert queued(connection) == []
     assert connection.zscore(ScheduleKeys.due, "tick") == to_ms(T0 + timedelta(seconds=30))
+
+
+def test_a_schedule_twice_in_one_call_fires_once(connection: Redis, every_ten: datetime) -> None:
+    entry, stored = due_entry(connection, "tick", every_ten)
+    assert Firing(connection).run([entry, entry], stored, every_ten) == [[1, 0, 0], -2]  # the second is stale
+    assert queued(connection) == ["tick-1893456010"]
+    assert connection.zscore(ScheduleKeys.due, "tick") == to_ms(every_ten + timedelta(seconds=10))
+
+
+def test_a_firing_leaves_no_job_template_behind_even_when_it_fails(connection: Redis, every_ten: datetime) -> None:
+    entry, stored = due_entry(connection, "tick", every_ten)
+    assert Firing(connection).run([entry], stored, every_ten) == [[1, 0, 0]]
+    assert list(connection.scan_iter(ScheduleKeys.fire_scratch + "*")) == []
+    later = every_ten + timedelta(seconds=10)
+    entry, stored = due_entry(connection, "tick", later)
+    connection.delete(keys.queue_key("default"), keys.job_key("tick-1893456010"))  # the first run is over
+    connection.set(keys.queue_key("default"), "planted")  # the lane push fails after the run's job is written
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        Firing(connection).run([entry], stored, later)
+    assert list(connection.scan_iter(ScheduleKeys.fire_scratch + "*")) == []
+    assert connection.exists(keys.job_key("tick-1893456020"))
 
 
 def test_a_schedule_paused_since_planning_does_not_fire_and_leaves_the_due_set(

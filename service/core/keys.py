@@ -249,6 +249,8 @@ class ScheduleKeys:
     template_refs = "svc:schedules:template_refs"
     # "2" once every schedule is in today's layout (service.schedules.migrate): start-up skips the scan.
     layout = "svc:schedules:layout"
+    # The fire script's run job templates (`<prefix><n>`): written and deleted within one call, never seen outside it.
+    fire_scratch = "svc:schedules:fire-scratch:"
 
     @classmethod
     def schedule(cls, schedule_id: str) -> str:

