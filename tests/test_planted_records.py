@@ -70,6 +70,28 @@ def test_a_schedule_with_a_planted_call_is_damaged_until_put_again_or_deleted(
     assert not connection.exists(ScheduleKeys.schedule("bad"))
 
 
+@pytest.mark.parametrize(
+    "key",
+    [ScheduleKeys.index, ScheduleKeys.due, ScheduleKeys.templates, ScheduleKeys.template_refs, CalendarKeys.refs],
+)
+def test_a_shared_schedule_key_of_another_type_refuses_a_put_and_writes_nothing(
+    client: FlaskClient, connection: Redis, key: str
+) -> None:
+    assert client.put("/calendars/hols", json={"dates": ["2030-01-01"]}, headers=AUTH).status_code == 201
+    body = {"task": "diag.echo", "interval": 60, "skip_calendars": ["hols"]}
+    assert client.put("/schedules/old", json=body, headers=AUTH).status_code == 201
+    planted = connection.dump(key)
+    connection.delete(key)
+    connection.set(key, "planted")
+    answer = client.put("/schedules/new", json=body, headers=AUTH)
+    assert answer.status_code == 503 and answer.get_json()["error"]["code"] == "redis_unavailable"
+    assert not connection.exists(ScheduleKeys.schedule("new"))
+    connection.delete(key)
+    connection.restore(key, 0, planted)
+    assert client.get("/schedules/new", headers=AUTH).status_code == 404
+    assert client.get("/calendars/hols", headers=AUTH).get_json()["used_by"] == 1
+
+
 def test_a_planted_calendar_is_not_found_and_left_out_of_the_list(client: FlaskClient, connection: Redis) -> None:
     for calendar_id in ("bad", "good"):
         assert client.put(f"/calendars/{calendar_id}", json={"dates": ["2030-01-01"]}, headers=AUTH).status_code == 201

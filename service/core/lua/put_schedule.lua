@@ -34,6 +34,12 @@ if #w.calendars > 0 then
   end
 end
 
+-- The shared hashes it counts in, planted as another type, would fail it midway: refused before any write.
+for _, key in ipairs({KEYS[4], KEYS[5], KEYS[7]}) do
+  local kind = redis.call('TYPE', key).ok
+  if kind ~= 'hash' and kind ~= 'none' then return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. kind) end
+end
+
 -- The scheduler sleeps until the earliest due score at most: only a score earlier than that needs it woken.
 local head = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
 local wake = w.due and (#head == 0 or tonumber(w.due) < tonumber(head[2]))
