@@ -74,7 +74,7 @@ def test_a_schedule_with_a_planted_call_is_damaged_until_put_again_or_deleted(
     "key",
     [ScheduleKeys.index, ScheduleKeys.due, ScheduleKeys.templates, ScheduleKeys.template_refs, CalendarKeys.refs],
 )
-def test_a_shared_schedule_key_of_another_type_refuses_a_put_and_writes_nothing(
+def test_a_shared_schedule_key_of_another_type_refuses_a_put_or_delete_and_writes_nothing(
     client: FlaskClient, connection: Redis, key: str
 ) -> None:
     assert client.put("/calendars/hols", json={"dates": ["2030-01-01"]}, headers=AUTH).status_code == 201
@@ -86,10 +86,15 @@ def test_a_shared_schedule_key_of_another_type_refuses_a_put_and_writes_nothing(
     answer = client.put("/schedules/new", json=body, headers=AUTH)
     assert answer.status_code == 503 and answer.get_json()["error"]["code"] == "redis_unavailable"
     assert not connection.exists(ScheduleKeys.schedule("new"))
+    answer = client.delete("/schedules/old", headers=AUTH)
+    assert answer.status_code == 503 and answer.get_json()["error"]["code"] == "redis_unavailable"
     connection.delete(key)
     connection.restore(key, 0, planted)
     assert client.get("/schedules/new", headers=AUTH).status_code == 404
+    assert client.get("/schedules/old", headers=AUTH).status_code == 200
     assert client.get("/calendars/hols", headers=AUTH).get_json()["used_by"] == 1
+    assert client.delete("/schedules/old", headers=AUTH).status_code == 204
+    assert client.get("/calendars/hols", headers=AUTH).get_json()["used_by"] == 0
 
 
 def test_a_planted_calendar_is_not_found_and_left_out_of_the_list(client: FlaskClient, connection: Redis) -> None:

@@ -54,6 +54,7 @@ from service.schedules.store import (
     read,
     read_many,
     record_fields,
+    refuse_planted,
     split_spec,
     template_id,
     templates,
@@ -180,6 +181,15 @@ def _write_if_unchanged(
     return stored
 
 
+# The shared keys a delete writes besides the schedule's own hash (its template's release too), with their types.
+SHARED_KINDS = {
+    ScheduleKeys.templates: "hash",
+    ScheduleKeys.index: "zset",
+    ScheduleKeys.due: "zset",
+    ScheduleKeys.buffered: "set",
+    ScheduleKeys.template_refs: "hash",
+    CalendarKeys.refs: "hash",
+}
 READ = script("read_schedule")
 PUT = script("put_schedule")
 PUT_KEYS = [  # after the schedule's own hash
@@ -488,6 +498,7 @@ def delete(connection: Redis, schedule_id: str) -> None:
 
     def remove(pipe: Pipeline) -> None:
         current = _current(connection, pipe, schedule_id)
+        refuse_planted(connection, SHARED_KINDS)
         pipe.multi()
         pipe.delete(key)
         pipe.zrem(ScheduleKeys.index, schedule_id)

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from redis import Redis
+from redis.exceptions import ResponseError
 
 from service.core.errors import InvalidField
 from service.core.keys import ScheduleKeys
@@ -387,3 +388,17 @@ def id_page(
     ids = [i.decode() for i in connection.zrangebylex(index, start, "+", start=0, num=limit + 1)]
     page = ids[:limit]
     return page, page[-1] if len(ids) > limit and page else None
+
+
+def refuse_planted(connection: Redis, kinds: dict[str, str]) -> None:
+    """Raise ResponseError (a 503) if a shared key holds another type than `kinds` gives it (planted in Redis).
+
+    Checked before a MULTI that writes them: Redis runs the rest of a MULTI past a command that fails, so a
+    key of the wrong type would leave the write half done.
+    """
+    pipe = connection.pipeline(transaction=False)
+    for key in kinds:
+        pipe.type(key)
+    for (key, kind), found in zip(kinds.items(), pipe.execute(), strict=True):
+        if found not in (b"none", kind.encode()):
+            raise ResponseError(f"WRONGTYPE {key} holds a {found.decode(errors='replace')}, not a {kind}")
