@@ -11,9 +11,11 @@ from __future__ import annotations
 import pytest
 from flask.testing import FlaskClient
 from redis import Redis
+from redis.exceptions import ResponseError
 
 from service.core import keys
 from service.core.keys import CalendarKeys, ScheduleKeys
+from service.schedules import operations as schedules
 from tests.conftest import AUTH
 from tests.helpers import wait_until
 from tests.processes import Processes
@@ -88,6 +90,9 @@ def test_a_shared_schedule_key_of_another_type_refuses_a_put_or_delete_and_write
     assert not connection.exists(ScheduleKeys.schedule("new"))
     answer = client.delete("/schedules/old", headers=AUTH)
     assert answer.status_code == 503 and answer.get_json()["error"]["code"] == "redis_unavailable"
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        schedules.upsert_many(connection, {"bulk": body})
+    assert not connection.exists(ScheduleKeys.schedule("bulk"))
     connection.delete(key)
     connection.restore(key, 0, planted)
     assert client.get("/schedules/new", headers=AUTH).status_code == 404

@@ -181,7 +181,7 @@ def _write_if_unchanged(
     return stored
 
 
-# The shared keys a delete writes besides the schedule's own hash (its template's release too), with their types.
+# The shared keys a delete or a bulk write touches besides the schedules' own hashes, with their types.
 SHARED_KINDS = {
     ScheduleKeys.templates: "hash",
     ScheduleKeys.index: "zset",
@@ -224,6 +224,7 @@ def upsert_many(
             raise InvalidField(f"{str(schedule_id)[:100]}.{exc.field}", exc.message.split(": ", 1)[-1]) from None
         specs[schedule_id] = spec if spec.queue else spec.model_copy(update={"queue": spec.lane})
     calendars.check_exist(connection, (c for spec in specs.values() for c in spec.skip_calendars))
+    refuse_planted(connection, SHARED_KINDS)
     counts = {"created": 0, "updated": 0, "unchanged": 0}
     ids = list(specs)
     for start in range(0, len(ids), chunk):
