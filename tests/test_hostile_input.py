@@ -53,6 +53,27 @@ def test_nasty_job_bodies_are_refused(client: FlaskClient, connection: Redis, bo
     assert_refused(client.post("/jobs", data=json.dumps(body), headers=JSON), (400, 413, 422), connection)
 
 
+@pytest.mark.parametrize(
+    ("path", "text"),
+    [
+        ("/jobs", '{"task": "diag.echo", "args": [1e400]}'),
+        ("/jobs", '{"task": "diag.echo", "kwargs": {"x": [{"y": -1e999}]}}'),
+        ("/jobs/batch", '{"jobs": [{"task": "diag.echo"}, {"task": "diag.echo", "args": [1e400]}]}'),
+        ("/jobs/batch", '{"jobs": [{"task": "diag.echo"}], "on_complete": {"task": "diag.echo", "args": [1E500]}}'),
+    ],
+)
+def test_numbers_json_cannot_carry_are_refused(client: FlaskClient, connection: Redis, path: str, text: str) -> None:
+    """1e400 parses as infinity: stored, it would come back as `Infinity`, which no JSON client can read."""
+    response = client.post(path, data=text, headers=JSON)
+    assert_refused(response, (422,), connection)
+    assert "finite" in response.get_json()["error"]["message"]
+
+
+def test_a_schedule_with_an_out_of_range_number_is_refused(client: FlaskClient, connection: Redis) -> None:
+    text = '{"task": "diag.echo", "cron": "0 3 * * *", "args": [1e400]}'
+    assert_refused(client.put("/schedules/huge", data=text, headers=JSON), (422,), connection)
+
+
 def test_batch_of_ten_thousand_is_refused(client: FlaskClient, connection: Redis) -> None:
     body = json.dumps({"jobs": [{"task": "diag.echo"}] * 10_000})
     assert_refused(client.post("/jobs/batch", data=body, headers=JSON), (413, 422), connection)

@@ -97,6 +97,8 @@ def test_an_operator_pause_survives_a_resync(connection: Redis, tmp_path: Path) 
         ('[schedules.x]\ntask = "os.system"\ninterval = 5\n', ["'x'", "task"]),
         ("[schedules.x\n", ["cannot read"]),
         ("other = 1\n", ["schedules"]),
+        ('[schedules.x]\ntask = "diag.echo"\ninterval = 5\nargs = [inf]\n', ["'x'", "args", "finite"]),
+        ('[schedules.x]\ntask = "diag.echo"\ninterval = 5\nargs = [07:32:00]\n', ["'x'", "args", "time"]),
     ],
 )
 def test_an_invalid_file_is_refused_whole_naming_the_problem(

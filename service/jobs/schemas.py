@@ -7,10 +7,20 @@ InvalidField, whose message names the field.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from service.core.config import whole_number
 from service.core.errors import InvalidField
@@ -57,6 +67,36 @@ SECONDS_TEXT = re.compile(r"[0-9]{1,6}(\.[0-9]{1,6})?")
 QuerySeconds = Annotated[float, BeforeValidator(_ascii_seconds)]
 
 
+def _json_value(value: Any) -> Any:
+    """`value` if JSON carries it as is; else ValueError (1e400 parses as inf; a YAML file can give dates or sets)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError("numbers must be finite (1e400 is out of range; NaN and Infinity are not JSON)")
+        if isinstance(item, dict):
+            if any(not isinstance(key, str) for key in item):
+                raise ValueError("object keys must be strings")
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif item is not None and not isinstance(item, (str, bool, int, float)):
+            raise ValueError(f"a {type(item).__name__} is not a JSON value")
+    return value
+
+
+def _argument_names(value: dict[str, Any]) -> dict[str, Any]:
+    bad = next((k for k in value if not k.isidentifier()), None)
+    if bad is not None:
+        raise ValueError(f"{bad[:50]!r} is not a valid argument name")
+    return _json_value(value)
+
+
+# A task's positional and keyword arguments, as every request and declared file gives them.
+Args = Annotated[list[Any], AfterValidator(_json_value), Field(max_length=MAX_ARGS)]
+Kwargs = Annotated[dict[str, Any], AfterValidator(_argument_names), Field(max_length=MAX_ARGS)]
+
+
 class Strict(BaseModel):
     """Base for request bodies: unknown fields are refused, no type coercion."""
 
@@ -87,8 +127,8 @@ class JobRequest(Strict):
     """POST /jobs: one job to enqueue."""
 
     task: str = Field(min_length=1, max_length=200, description="a registered task name, e.g. diag.echo")
-    args: list[Any] = Field(default_factory=list, max_length=MAX_ARGS)
-    kwargs: dict[str, Any] = Field(default_factory=dict, max_length=MAX_ARGS)
+    args: Args = Field(default_factory=list)
+    kwargs: Kwargs = Field(default_factory=dict)
     queue: str | None = Field(default=None, description="high, default or low; the task's lane if omitted")
     delay: float | None = Field(default=None, ge=0, le=MAX_DELAY_SECONDS, description="seconds from now")
     at: AwareDatetime | None = Field(default=None, strict=False, description="ISO 8601 with offset")
@@ -101,14 +141,6 @@ class JobRequest(Strict):
     group: str | None = Field(
         default=None, pattern=GROUP_PATTERN, description="fair share within the lane: groups take turns"
     )
-
-    @field_validator("kwargs")
-    @classmethod
-    def _identifiers(cls, value: dict[str, Any]) -> dict[str, Any]:
-        bad = next((k for k in value if not k.isidentifier()), None)
-        if bad is not None:
-            raise ValueError(f"{bad[:50]!r} is not a valid argument name")
-        return value
 
     @field_validator("depends_on")
     @classmethod
@@ -126,14 +158,9 @@ class OnCompleteRequest(Strict):
     """A batch's callback: a task enqueued once every job of the batch has ended, with keyword `batch`."""
 
     task: str = Field(min_length=1, max_length=200, description="a registered task that takes the keyword `batch`")
-    args: list[Any] = Field(default_factory=list, max_length=MAX_ARGS)
-    kwargs: dict[str, Any] = Field(default_factory=dict, max_length=MAX_ARGS)
+    args: Args = Field(default_factory=list)
+    kwargs: Kwargs = Field(default_factory=dict)
     queue: str | None = Field(default=None, description="high, default or low; the task's lane if omitted")
-
-    @field_validator("kwargs")
-    @classmethod
-    def _identifiers(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return JobRequest._identifiers(value)
 
 
 class BatchRequest(Strict):

@@ -18,7 +18,7 @@ from pydantic import Field, field_validator, model_validator
 
 from service.core.errors import InvalidField
 from service.core.lanes import check_lane
-from service.jobs.schemas import GROUP_PATTERN, MAX_ARGS, Strict, validate
+from service.jobs.schemas import GROUP_PATTERN, Args, Kwargs, Strict, validate
 from service.schedules.cron import CronRule, CronSyntaxError, UnknownZone, check_expression, load_zone
 from service.tasks.registry import REGISTRY
 
@@ -90,8 +90,8 @@ class ScheduleSpec(Strict):
     """A schedule's definition: a registered task, exactly one trigger, and its options."""
 
     task: str = Field(min_length=1, max_length=200)
-    args: list[Any] = Field(default_factory=list, max_length=MAX_ARGS)
-    kwargs: dict[str, Any] = Field(default_factory=dict, max_length=MAX_ARGS)
+    args: Args = Field(default_factory=list)
+    kwargs: Kwargs = Field(default_factory=dict)
     queue: str | None = None
     cron: str | None = Field(default=None, max_length=200)
     timezone: str = Field(default="UTC", max_length=100)
