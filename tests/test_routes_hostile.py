@@ -193,6 +193,21 @@ def test_every_documented_query_parameter_refuses_a_hostile_value_with_a_422_nam
     assert {("/jobs", "limit"), ("/schedules", "limit"), ("/schedules/nightly/preview", "count")} <= parameters
 
 
+def test_every_documented_query_parameter_given_twice_is_refused_naming_it(
+    app: Flask, client: Any, seeded: Redis
+) -> None:
+    """`?status=queued&status=failed` would silently mean one of them."""
+    send = flask_send(client)
+    before = snapshot(seeded)
+    asked = {(method, path.split("?")[0], parameter) for method, path, parameter, _ in hostile_queries(app, client)}
+    assert ("GET", "/jobs", "status") in asked
+    for method, path, parameter in asked:
+        status, body = send(method, f"{path}?{parameter}=2&{parameter}=2")
+        assert_error_shape(status, body, f"{method} {path} {parameter} twice")
+        assert status == 422 and body["error"]["message"] == f"{parameter}: give this parameter once", body
+        assert snapshot(seeded) == before
+
+
 def test_dashboard_schedules_page_refuses_a_hostile_cursor(client: Any, seeded: Redis) -> None:
     send = flask_send(client)
     for what, value in HOSTILE_IDS.items():

@@ -14,6 +14,9 @@ def query(model: type[Model]) -> Model:
 
     A `limit` above MAX_PAGE_SIZE is a 422 when the client asked for it; a default above it is lowered.
     """
+    repeated = next((name for name, values in request.args.lists() if len(values) > 1), None)
+    if repeated is not None:  # `?status=queued&status=failed` would silently mean one of them
+        raise InvalidField(repeated[:50], "give this parameter once")
     parsed = validate(model, request.args.to_dict())
     limit = getattr(parsed, "limit", None)
     cap = settings().limits.page_size
