@@ -8,6 +8,9 @@ scheduler leaves it alone and goes on firing the others.
 
 from __future__ import annotations
 
+import json
+import zlib
+
 import pytest
 from flask.testing import FlaskClient
 from redis import Redis
@@ -33,6 +36,23 @@ def test_a_jobs_planted_progress_reads_as_null(client: FlaskClient, connection: 
     answer = client.get(f"/jobs/{job_id}", headers=AUTH)
     assert answer.status_code == 200 and answer.get_json()["progress"] is None
     assert client.get("/jobs?status=queued", headers=AUTH).status_code == 200
+
+
+def strict_json(raw: bytes) -> object:
+    """Parse as a JSON client does: `NaN` and `Infinity` are not JSON."""
+    return json.loads(raw, parse_constant=lambda name: pytest.fail(f"the answer holds {name}: {raw[:200]!r}"))
+
+
+def test_numbers_json_cannot_carry_planted_in_a_job_come_back_as_null(client: FlaskClient, connection: Redis) -> None:
+    job_id = client.post("/jobs", json={"task": "diag.echo", "args": [1]}, headers=AUTH).get_json()["id"]
+    call = b'["diag.echo", null, [NaN, 1.5, Infinity], {"x": -Infinity}]'
+    connection.hset(keys.JOB_PREFIX + job_id, "data", zlib.compress(call))
+    answer = client.get(f"/jobs/{job_id}", headers=AUTH)
+    assert answer.status_code == 200
+    job = strict_json(answer.data)
+    assert job["args"] == [None, 1.5, None] and job["kwargs"] == {"x": None}  # type: ignore[index]
+    listed = strict_json(client.get("/jobs?status=queued", headers=AUTH).data)
+    assert [j["args"] for j in listed["jobs"]] == [[None, 1.5, None]]  # type: ignore[index]
 
 
 @pytest.mark.parametrize(

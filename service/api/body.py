@@ -1,11 +1,13 @@
-"""Request bodies: size limit, strict JSON parsing and schema validation."""
+"""Bodies: requests' size limit, strict JSON parsing and schema validation; answers that are always JSON."""
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from flask import Flask, request
+from flask.json.provider import DefaultJSONProvider
 
 from service.core.errors import MalformedRequest, PayloadTooLarge, UnsupportedMediaType
 from service.jobs.schemas import Model, validate
@@ -77,6 +79,29 @@ def parse_document(model: type[Model], data: Any) -> Model:
     return validate(model, data)
 
 
+def _finite(value: Any) -> Any:
+    """`value` with each number JSON cannot carry (NaN, infinities) made None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
+class FiniteJSON(DefaultJSONProvider):
+    """Every answer is JSON a client can parse: the API refuses NaN and infinities, so only a record
+    planted in Redis can hold one, and it comes back as null rather than as `NaN`."""
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        try:
+            return super().dumps(obj, allow_nan=False, **kwargs)
+        except ValueError:
+            return super().dumps(_finite(obj), allow_nan=False, **kwargs)
+
+
 def init_app(app: Flask) -> None:
-    """Let Flask refuse oversized bodies before they are read."""
+    """Let Flask refuse oversized bodies before they are read; answer only JSON a client can parse."""
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.json = FiniteJSON(app)
