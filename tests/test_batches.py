@@ -171,3 +171,27 @@ def test_the_cli_enqueues_a_batch_from_json_lines_and_reads_it(redis_url: str, t
     read = runner.invoke(cli, ["batch", body["batch_id"]], env=env)
     assert json.loads(read.output)["pending"] == 2
     assert runner.invoke(cli, ["batch", "no-such-batch"], env=env).exit_code == 1
+
+
+@pytest.mark.parametrize(
+    ("source", "options", "words"),
+    [
+        (b"\xff\xfe{}", [], "file: is not UTF-8 text"),
+        (b'{"task": "diag.echo"}\n{"task": \n', [], "file: neither JSON lines nor a JSON body"),
+        (b'{"task": "diag.echo", "args": [1e400]}\n', [], "jobs.0.args: numbers must be finite"),
+        (b'{"task": "diag.echo"}\n', ["--on-complete", "{bad"], "on_complete: is neither a task name nor a JSON"),
+    ],
+)
+def test_the_cli_refuses_a_bad_batch_source_in_one_line_and_enqueues_nothing(
+    redis_url: str, connection: Redis, tmp_path: Any, source: bytes, options: list[str], words: str
+) -> None:
+    from click.testing import CliRunner
+
+    from service.cli.main import cli
+
+    path = tmp_path / "jobs.jsonl"
+    path.write_bytes(source)
+    made = CliRunner().invoke(cli, ["enqueue-batch", str(path), *options], env={"REDIS_URL": redis_url})
+    assert made.exit_code == 2, made.output
+    assert f"error: {words}" in made.output and "Traceback" not in made.output
+    assert connection.keys("rq:job:*") == []

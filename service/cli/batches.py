@@ -11,8 +11,12 @@ from service.cli.base import Context, cli, command, echo_json, pass_context
 from service.core.errors import InvalidField
 
 
-def read_jobs(text: str) -> dict[str, Any]:
-    """A batch body from SOURCE's text: a JSON body ({"jobs": [...], "on_complete": ...}) or one job per line."""
+def read_jobs(raw: bytes) -> dict[str, Any]:
+    """A batch body from SOURCE: a JSON body ({"jobs": [...], "on_complete": ...}) or one job per line."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidField("file", "is not UTF-8 text") from None
     try:
         body = json.loads(text)
     except ValueError:  # not one JSON value: JSON lines
@@ -27,11 +31,16 @@ def read_jobs(text: str) -> dict[str, Any]:
 
 def read_on_complete(value: str) -> Any:
     """--on-complete: a JSON object ({"task", "args", "kwargs", "queue"}) or a bare task name."""
-    return json.loads(value) if value.lstrip().startswith("{") else {"task": value}
+    if not value.lstrip().startswith("{"):
+        return {"task": value}
+    try:
+        return json.loads(value)
+    except ValueError:
+        raise InvalidField("on_complete", "is neither a task name nor a JSON object") from None
 
 
 @command(cli, "enqueue-batch")
-@click.argument("source", type=click.File("r"))
+@click.argument("source", type=click.File("rb"))
 @click.option("--on-complete", default=None, help="Callback once every job has ended: a task name or a JSON object.")
 @pass_context
 def enqueue_batch_command(ctx: Context, source: Any, on_complete: str | None) -> None:
