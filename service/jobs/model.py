@@ -25,13 +25,13 @@ from service.core.lanes import LANES, check_lane
 from service.jobs import callbacks, damage
 from service.tasks.registry import REGISTRY, TaskSpec
 
-# A job id the service creates or RQ accepts (new_job_ids', RQ's uuid4, a caller's, or `<schedule id>-<epoch>`),
-# checked on the whole string.
+# A job id the service creates or RQ accepts (new_job_ids', RQ's uuid4 as earlier releases made, or
+# `<schedule id>-<epoch>`), checked on the whole string.
 JOB_ID_MAX_LENGTH = 200
 JOB_ID = re.compile(rf"[A-Za-z0-9_-]{{1,{JOB_ID_MAX_LENGTH}}}")
-# A new id is 12 random bytes in URL-safe base64: 16 characters (a uuid's 36 cost ~65 B of Redis memory per finished
-# job: docs/redis.md). Its first byte's top bit is cleared, so it starts with A-Z or a-f, never '-' (an option on a
-# command line) or '_': 95 random bits, Sidekiq's jid has 96.
+# A new id is 12 random bytes in URL-safe base64: 16 characters (a uuid's 36 cost 48-80 B more Redis memory per
+# finished job: docs/redis.md). The first byte's top bit is cleared, so an id starts with A-Z or a-f, never '-' (an
+# option on a command line) or '_': 95 random bits, Sidekiq's jid has 96.
 JOB_ID_BYTES = 12
 FIRST_BIT_CLEAR = bytes(range(128)) * 2
 
