@@ -18,7 +18,9 @@ Prints ONE JSON line.
   included), and the jobs/s one Redis could serve at that cost;
 - Redis memory per finished POST /jobs job kept for its result_ttl, with the
   servers' defaults (what a managed Redis gets) and with the embedded
-  server's config, for a job with one small argument and one with 128 bytes;
+  server's config, for a job with one small argument and one with 128 bytes,
+  and what each part of it takes (job hash, result stream, finished registry
+  entry, each with its key and expiry);
 - goals: each figure with its goal and met or missed.
 
 Usage: .venv/bin/python bench/redis_costs.py [--jobs 1000] [--fork-jobs 200] [--scaling-jobs 2000] [--memory-only]
@@ -331,10 +333,32 @@ def finished_job_memory(connection: Redis, url: str, jobs: int) -> dict[str, Any
                 subprocess.run(argv, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, timeout=600)
             used = int(connection.info("memory")["used_memory"]) - before
             out[f"bytes_per_job_{label}{suffix}"] = round(used / jobs)
+            if label == "embedded_config" and not suffix:
+                out["parts_embedded_config"] = finished_job_parts(connection, jobs + 5)
     for name, value in embedded.items():
         connection.config_set(name, value)
     out["embedded_config"] = embedded
     connection.flushdb()
+    return out
+
+
+def finished_job_parts(connection: Redis, jobs: int) -> dict[str, Any]:
+    """What each part of `jobs` finished jobs takes (bytes per job), freed in turn: the result streams, the finished
+    registry's members (ZREMRANGEBYRANK: a DEL of a large zset may be freed later, in the background), then the job
+    hashes; and the keys that are neither (what every job shares), which should not grow with the jobs."""
+    used = lambda: int(connection.info("memory")["used_memory"])  # noqa: E731
+    streams, hashes = connection.keys("rq:results:*"), connection.keys("rq:job:*")
+    out: dict[str, Any] = {"keys_per_job": round((connection.dbsize()) / jobs, 2)}
+    start = used()
+    connection.delete(*streams)
+    out["result_stream"] = round((start - used()) / jobs)
+    start = used()
+    connection.zremrangebyrank("rq:finished:low", 0, -1)
+    out["finished_entry"] = round((start - used()) / jobs)
+    start = used()
+    connection.delete(*hashes)
+    out["job_hash"] = round((start - used()) / jobs)
+    out["other_keys"] = sorted(key.decode() for key in connection.keys("*"))
     return out
 
 

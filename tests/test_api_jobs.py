@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import datetime
 
+from click.testing import CliRunner
 from flask.testing import FlaskClient
 from redis import Redis
 
-from service.jobs.model import ServiceQueue
-from tests.conftest import AUTH
+from service.cli.main import cli
+from service.jobs.model import JOB_ID, ServiceQueue
+from tests.api import Api
+from tests.conftest import AUTH, TOKEN
 
 JSON = {**AUTH, "Content-Type": "application/json"}
 JOB_FIELDS = {
@@ -60,3 +64,23 @@ def test_unknown_job_is_404(client: FlaskClient) -> None:
     response = client.get("/jobs/no-such-job", headers=AUTH)
     assert response.status_code == 404
     assert response.get_json()["error"]["code"] == "job_not_found"
+
+
+def test_an_id_the_service_makes_is_short_and_taken_everywhere_an_id_is(
+    client: FlaskClient, process_env: dict[str, str]
+) -> None:
+    api = Api(client)
+    status, answer = api.post("/jobs/batch", {"jobs": [{"task": "diag.echo", "args": [i]} for i in range(200)]})
+    assert status == 202
+    ids = [job["id"] for job in answer["jobs"]]
+    # 16 URL-safe characters, never a leading '-' (a command line would read it as an option), all different.
+    assert all(len(i) == 16 and JOB_ID.fullmatch(i) and i[0].isalpha() for i in ids) and len(set(ids)) == 200
+    child = api.enqueue(task="diag.echo", depends_on=[ids[0]])
+    assert child["status"] == "deferred" and api.job(child["id"]) == child
+    dashboard = {"Authorization": "Basic " + base64.b64encode(f"ops:{TOKEN}".encode()).decode()}
+    detail = client.get(f"/dashboard/0/data/job/{child['id']}.json", headers=dashboard).get_json()
+    assert detail["id"] == child["id"]
+    shown = CliRunner().invoke(cli, ["job", ids[1]], env=process_env, catch_exceptions=False)
+    assert shown.exit_code == 0 and json.loads(shown.stdout)["id"] == ids[1]
+    status, canceled = api.post(f"/jobs/{child['id']}/cancel")
+    assert (status, canceled["status"]) == (200, "canceled")

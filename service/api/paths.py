@@ -43,7 +43,7 @@ def _page(value: object) -> bool:
 # Each argument's rule, and how the 404 message states it.
 RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "job_id": (lambda v: isinstance(v, str) and JOB_ID.fullmatch(v) is not None, "1-200 letters, digits, '_' or '-'"),
-    # A batch id is a job-id-shaped uuid (service.jobs.batches).
+    # A batch id is shaped as a job id (service.jobs.batches).
     "batch_id": (lambda v: isinstance(v, str) and JOB_ID.fullmatch(v) is not None, "1-200 letters, digits, '_' or '-'"),
     "schedule_id": (
         lambda v: isinstance(v, str) and SCHEDULE_ID.fullmatch(v) is not None,

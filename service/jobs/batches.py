@@ -14,7 +14,6 @@ make it idempotent on `batch["id"]`.
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +24,7 @@ from service.core import keys, metrics
 from service.core.errors import BatchNotFound
 from service.core.lua import script
 from service.jobs.damage import is_job_id
+from service.jobs.model import new_job_ids
 from service.jobs.template import template
 
 BATCH = script("batch")
@@ -56,7 +56,7 @@ def prepare(planned_callback: Any) -> Batch:
 
     The callback's data is stored around a mark where the tally goes (the batch script fills it in).
     """
-    batch_id = str(uuid.uuid4())
+    batch_id = new_job_ids(1)[0]
     p = planned_callback
     head, _, tail = (
         JSONSerializer.dumps((p.spec.name, None, p.args, {**p.kwargs, "batch": TALLY_MARK}))

@@ -14,7 +14,6 @@ import hashlib
 import inspect
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -31,7 +30,7 @@ from service.core.keys import IDEMPOTENCY_PREFIX, UNIQUE_PREFIX, job_key
 from service.core.lanes import check_group, check_lane, lane_for
 from service.jobs import batches
 from service.jobs.damage import BATCH_FIELD, GROUP_FIELD
-from service.jobs.model import ServiceJob
+from service.jobs.model import ServiceJob, new_job_ids
 from service.jobs.template import JobOptions
 from service.jobs.writer import Planned, Submitted, check_written, compress, write
 from service.tasks.registry import REGISTRY, RetryPolicy, TaskSpec
@@ -41,8 +40,6 @@ if TYPE_CHECKING:  # requests are validated by the caller: workers enqueue witho
 
 ALIVE = frozenset({"queued", "scheduled", "deferred", "started"})
 NO_RETRY = RetryPolicy(0, ())
-# uuid4's variant digit (10xx in binary) for each hex digit of random bits.
-VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 # Calls with at most this many positional and keyword arguments have their fit checked once per shape.
 SMALL_CALL_ARGS = 8
 
@@ -124,15 +121,6 @@ def plan_many(requests: list[Request], batch: bool = False, limits: Limits | Non
     return [
         plan(request, field=f"jobs.{i}" if batch else "", limits=limits, job_id=job_id)
         for i, (request, job_id) in enumerate(zip(requests, ids, strict=True))
-    ]
-
-
-def new_job_ids(count: int) -> list[str]:
-    """`count` random job ids in uuid4's form, from one read of the OS's randomness (not one per job)."""
-    digits = os.urandom(16 * count).hex()
-    return [
-        f"{d[:8]}-{d[8:12]}-4{d[13:16]}-{VARIANT[d[16]]}{d[17:20]}-{d[20:32]}"
-        for d in (digits[i : i + 32] for i in range(0, 32 * count, 32))
     ]
 
 
