@@ -1,4 +1,4 @@
-"""The claim and requeue scripts on a real Redis, and the lane order a worker claims in."""
+"""The work script's claim part and the requeue script on a real Redis, and the lane order a worker claims in."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from redis import Redis
 
 from service.core import clock, keys
-from service.workers.claim import CLAIM, CLAIM_PREFIXES, Claim, Claimer, LaneOrder, parse_weights
+from service.workers.claim import WORK, Claim, Claimer, LaneOrder, parse_weights
 
 LANES = ["high", "default", "low"]
 TTL = 100
@@ -101,7 +101,7 @@ def test_an_id_whose_job_hash_vanished_is_claimed_with_an_empty_hash(connection:
     assert not connection.exists(keys.job_key("ghost"))
 
 
-def test_a_claim_consumes_one_doorbell_token_and_clears_those_of_empty_lanes(
+def test_a_claim_consumes_one_doorbell_token_and_clears_those_of_empty_lanes_once_none_has_a_job(
     connection: Redis, claimer: Claimer
 ) -> None:
     put(connection, "default", "d1", "d2")
@@ -109,8 +109,12 @@ def test_a_claim_consumes_one_doorbell_token_and_clears_those_of_empty_lanes(
     connection.rpush(keys.doorbell_key("low"), 1)  # not reached: default comes first
     claimed(claimer)
     assert connection.llen(keys.doorbell_key("default")) == 1
-    assert not connection.exists(keys.doorbell_key("high"))
+    assert connection.llen(keys.doorbell_key("high")) == 2  # left while a lane has jobs: no command per job
     assert connection.llen(keys.doorbell_key("low")) == 1
+    claimed(claimer)
+    assert claimer.claim(["high", "default"], TTL) is None
+    assert not connection.exists(keys.doorbell_key("high"), keys.doorbell_key("default"))
+    assert connection.llen(keys.doorbell_key("low")) == 1  # not tried
 
 
 def test_waiting_jobs_whose_time_has_come_go_back_to_the_front_of_their_lane(
@@ -133,20 +137,21 @@ def test_empty_lanes_give_none_or_the_earliest_waiting_time(connection: Redis, c
     assert claimer.claim(["high"], TTL) is None  # only the lanes tried count
 
 
-def test_the_claim_script_takes_its_keys_from_the_caller(connection: Redis) -> None:
+def test_the_work_script_takes_its_keys_from_the_caller(connection: Redis) -> None:
     put(connection, "x", "j1")
     lane = [keys.queue_key("x"), keys.waiting_key("x"), keys.doorbell_key("x"), keys.started_key("x")]
     lane += [keys.groups_key("x"), keys.held_groups_key("x")]
     worker = [keys.claimed_key("w9"), keys.CLAIMERS_KEY, keys.worker_key("w9"), keys.worker_executions_key("w9")]
     worker.append(keys.METRICS_KEY)
-    reply = CLAIM(
+    reply = WORK(
         keys=worker + lane,
-        args=["w9", "e1", "2030-01-01T00:00:00.000000Z", TTL, *CLAIM_PREFIXES, "job_wait_seconds|x|"],
+        args=["w9", "", "", "", "1", 0, 0, "e1", "2030-01-01T00:00:00.000000Z", TTL, "1"],
         client=connection,
     )
-    assert reply[0] == b"j1" and reply[1] == 1 and reply[3] == 1
+    assert reply[:2] == [0, 0] and reply[2][0] == b"j1" and reply[2][1] == 1 and reply[2][3] == 1
     assert connection.lrange(keys.claimed_key("w9"), 0, -1) == [b"j1"]
     assert connection.zrange(keys.started_key("x"), 0, -1) == [b"j1:e1"]
+    assert connection.smembers(keys.CLAIMERS_KEY) == {b"w9"}
 
 
 def test_requeue_puts_a_claimed_job_back_at_the_front_queued_and_rings(connection: Redis, claimer: Claimer) -> None:

@@ -83,6 +83,7 @@ class Reach:
 REACHES: tuple[Reach, ...] = (
     # -- the worker: RQ's Worker subclassed, its loop and outcome paths replaced --------------------------
     Reach("rq.worker.base.BaseWorker.work", "service.workers.worker.ServiceWorker.work", OVERRIDE, "the whole loop is ours (claim, doorbell wait, outages); a step RQ adds to its loop is not run", "04b5cdf8e554"),
+    Reach("rq.worker.base.BaseWorker.set_state", "service.workers.worker.ServiceWorker.set_state", OVERRIDE, "super() plus the state the work script knows the hash holds (it writes only a change)", "bb8d4f1d93ff"),
     Reach("rq.worker.base.BaseWorker.serialize", "service.workers.worker.ServiceWorker.serialize", OVERRIDE, "adds the state, so a new worker never reads '?'", "219368b12c2d"),
     Reach("rq.worker.worker_classes.Worker.execute_job", "service.workers.worker.ServiceWorker.execute_job", OVERRIDE, "no-fork runs in the worker, fork through the fork server", "69165f532139"),
     Reach("rq.worker.worker_classes.Worker.fork_work_horse", "service.workers.worker.ServiceWorker.fork_work_horse", OVERRIDE, "the fork server forks; RQ_WORKER_ID/RQ_JOB_ID copied into the horse", "18679b6c0638"),
@@ -137,13 +138,13 @@ REACHES: tuple[Reach, ...] = (
     Reach("rq.utils.current_timestamp", "service.core.clock.timestamp", PATCH, "as rq.utils.now: registry scores (started, finished, scheduled due) on Redis's clock", "0e518e6dd261"),
     Reach("rq.utils.utcformat", "service.core.compat.parse_rq_date", RELY, "the timestamp shape parse_rq_date expects ('%Y-%m-%dT%H:%M:%S.%fZ')", "c29988f57cd7"),
     # -- storage steps copied into Lua or Python --------------------------------------------------------
-    Reach("rq.queue.Queue.dequeue_any", "service.workers.claim.Claimer.claim", COPY, "claim.lua takes the head of the first non-empty lane (LMOVE, not BLPOP)", "2452e56ad519"),
-    Reach("rq.executions.prepare_execution", "service.workers.claim.Claimer.claim", COPY, "claim.lua writes the execution hash, execution registry, started registry, worker executions set", "e8d5a964e2a1"),
-    Reach("rq.executions.Execution.serialize", "service.workers.claim.Claimer.claim", COPY, "the execution hash fields claim.lua writes", "6ebaef2afef4"),
-    Reach("rq.executions.ExecutionRegistry.add", "service.workers.claim.Claimer.claim", COPY, "score now+ttl+60 and TTL ttl+60 in claim.lua", "0ee58742c13a"),
-    Reach("rq.registry.StartedJobRegistry.add_execution", "service.workers.claim.Claimer.claim", COPY, "member '<job>:<execution>' with score now+ttl in claim.lua", "058aeccefc8e"),
-    Reach("rq.job.Job.prepare_for_execution", "service.workers.claim.Claimer.claim", COPY, "status started, started_at, worker_name, last_heartbeat, PERSIST in claim.lua", "4e8e0eca634d"),
-    Reach("rq.worker.base.BaseWorker.handle_job_success", "service.workers.finish.Finisher.finish", COPY, "finish.lua: counters, job hash, finished registry, result, execution clean-up", "9dda7c7d3ca1"),
+    Reach("rq.queue.Queue.dequeue_any", "service.workers.claim.Claimer.claim", COPY, "work.lua (claim part) takes the head of the first non-empty lane (LMOVE, not BLPOP)", "2452e56ad519"),
+    Reach("rq.executions.prepare_execution", "service.workers.claim.Claimer.claim", COPY, "work.lua (claim part) writes the execution hash, execution registry, started registry, worker executions set", "e8d5a964e2a1"),
+    Reach("rq.executions.Execution.serialize", "service.workers.claim.Claimer.claim", COPY, "the execution hash fields work.lua writes", "6ebaef2afef4"),
+    Reach("rq.executions.ExecutionRegistry.add", "service.workers.claim.Claimer.claim", COPY, "score now+ttl+60 and TTL ttl+60 in work.lua", "0ee58742c13a"),
+    Reach("rq.registry.StartedJobRegistry.add_execution", "service.workers.claim.Claimer.claim", COPY, "member '<job>:<execution>' with score now+ttl in work.lua", "058aeccefc8e"),
+    Reach("rq.job.Job.prepare_for_execution", "service.workers.claim.Claimer.claim", COPY, "status started, started_at, worker_name, last_heartbeat, PERSIST in work.lua", "4e8e0eca634d"),
+    Reach("rq.worker.base.BaseWorker.handle_job_success", "service.workers.finish.Finisher.finish", COPY, "work.lua (finish part; counters kept by the worker, service.workers.tally): job hash, finished registry, result, execution clean-up", "9dda7c7d3ca1"),
     Reach("rq.job.Job._handle_success", "service.workers.finish.Finisher.finish", COPY, "status finished, ended_at (not last_heartbeat, its copy), the result stream entry, the finished registry", "35b96f8229b6"),
     Reach("rq.results.Result.save", "service.workers.finish.Finisher.finish", COPY, "XADD MAXLEN ~ 10 with Result.serialize()'s type and return_value, then EXPIRE or PERSIST", "1433b6a45f0a"),
     Reach("rq.job.Job.cleanup", "service.workers.finish.Finisher.finish", COPY, "EXPIRE the job, its dependents and dependencies keys by the result TTL", "16734aeb1eea"),

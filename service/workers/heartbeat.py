@@ -88,6 +88,8 @@ class Heartbeat(threading.Thread):
             pipe.expire(worker.key, int(self.ttl) + 60)
             pipe.expire(worker.executions_key, int(self.ttl) + 60)
             pipe.hset(worker.key, "last_heartbeat", utcformat(clock.utcnow()))
+            # Back among the claimers if a reaper took it for dead (its key lapsed) and dropped it.
+            pipe.sadd(keys.CLAIMERS_KEY, worker.name)
             for execution in list(worker.executions.values()):
                 self._extend(execution, worker.running_lane, pipe)
             replies = pipe.execute(raise_on_error=False)  # each command counts on its own
@@ -100,6 +102,7 @@ class Heartbeat(threading.Thread):
         refused = next((r for r in replies if isinstance(r, Exception)), None)
         if refused is not None:
             raise refused
+        worker.claimer.tally.flush_stale(self.connection)  # counts kept while a long job runs
 
     def _extend(self, execution: Execution, lane: str | None, pipe: object) -> None:
         if lane is None:
