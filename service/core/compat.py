@@ -139,9 +139,9 @@ REACHES: tuple[Reach, ...] = (
     Reach("rq.utils.utcformat", "service.core.compat.parse_rq_date", RELY, "the timestamp shape parse_rq_date expects ('%Y-%m-%dT%H:%M:%S.%fZ')", "c29988f57cd7"),
     # -- storage steps copied into Lua or Python --------------------------------------------------------
     Reach("rq.queue.Queue.dequeue_any", "service.workers.claim.Claimer.claim", COPY, "work.lua (claim part) takes the head of the first non-empty lane (LMOVE, not BLPOP)", "2452e56ad519"),
-    Reach("rq.executions.prepare_execution", "service.workers.claim.Claimer.claim", COPY, "work.lua (claim part) writes the execution hash, execution registry, started registry, worker executions set", "e8d5a964e2a1"),
-    Reach("rq.executions.Execution.serialize", "service.workers.claim.Claimer.claim", COPY, "the execution hash fields work.lua writes", "6ebaef2afef4"),
-    Reach("rq.executions.ExecutionRegistry.add", "service.workers.claim.Claimer.claim", COPY, "score now+ttl+60 and TTL ttl+60 in work.lua", "0ee58742c13a"),
+    Reach("rq.executions.prepare_execution", "service.workers.claim.Claimer.claim", COPY, "work.lua (claim part) writes the started registry; the heartbeat writes the execution hash, execution registry and worker executions set for a job still running at its next beat", "e8d5a964e2a1"),
+    Reach("rq.executions.Execution.serialize", "service.workers.heartbeat.Heartbeat._record", RELY, "Execution.save writes the execution hash at the running job's first beat (deferred from the claim)", "6ebaef2afef4"),
+    Reach("rq.executions.ExecutionRegistry.add", "service.workers.heartbeat.Heartbeat._record", RELY, "called at the running job's first beat (score now+ttl+60, TTL ttl+60), with the worker executions set", "0ee58742c13a"),
     Reach("rq.registry.StartedJobRegistry.add_execution", "service.workers.claim.Claimer.claim", COPY, "member '<job>:<execution>' with score now+ttl in work.lua", "058aeccefc8e"),
     Reach("rq.job.Job.prepare_for_execution", "service.workers.claim.Claimer.claim", COPY, "status started, started_at, worker_name, last_heartbeat, PERSIST in work.lua", "4e8e0eca634d"),
     Reach("rq.worker.base.BaseWorker.handle_job_success", "service.workers.finish.Finisher.finish", COPY, "work.lua (finish part; counters kept by the worker, service.workers.tally): job hash, finished registry, result, execution clean-up", "9dda7c7d3ca1"),

@@ -36,8 +36,6 @@ from service.workers.tally import Tally
 WORK = script(
     "work",
     JOB_PREFIX=keys.JOB_PREFIX,
-    EXECUTION_PREFIX=keys.EXECUTION_PREFIX,
-    EXECUTIONS_PREFIX=keys.EXECUTIONS_PREFIX,
     LANE_HEAD=keys.LANE_HEAD,
     GROUP_SEPARATOR=keys.GROUP_SUFFIX.format(group=""),
     GROUP_FIELD=GROUP_FIELD,
@@ -108,13 +106,14 @@ class LaneOrder:
 class Claim:
     """A job id taken from `lane` into a claimed list, with its job hash (empty if it vanished).
 
-    `execution_id` is set when the claim also started the job (it was queued).
+    `execution_id` is set when the claim also started the job (it was queued), at Redis's time `at`.
     """
 
     job_id: str
     lane: str
     raw: dict[bytes, bytes]
     execution_id: str | None = None
+    at: float = 0.0
 
 
 class Claimer:
@@ -237,7 +236,7 @@ class Claimer:
             enqueued = epoch(raw.get(b"enqueued_at"))
             if enqueued is not None:
                 self.tally.observe(WAIT, max(0.0, redis_now - enqueued), lane)
-        return dependents, Claim(job_id, lane, raw, execution_id if started else None)
+        return dependents, Claim(job_id, lane, raw, execution_id if started else None, redis_now)
 
     def _keys(self, lanes: tuple[str, ...]) -> list[bytes]:
         """The work script's lane KEYS for trying `lanes` in this order (worked out and encoded once per order)."""

@@ -84,11 +84,13 @@ class Finisher:
         task: str,
         lanes: Sequence[str] = (),
         ttl_seconds: int = 0,
+        recorded: bool = True,
     ) -> tuple[int, Claim | float | None | bytes]:
         """Mark `job` finished with its result, then claim from `lanes` (if any) in the same call; return
         how many dependents it has and what was claimed (claim.NOT_CLAIMED without lanes).
 
         `slots`: the task's slot key, its group slot key (limits.NO_SLOT for none) and the job's group ('').
+        `recorded`: the execution's records were written (by the heartbeat): they are removed too.
         Its counters are kept by the worker (service.workers.tally) until the call adds them.
         """
         assert job.started_at and job.ended_at
@@ -127,6 +129,7 @@ class Finisher:
                 slots[2],
                 "1" if job._dependency_ids else "",
                 "" if slots[0] == NO_SLOT else "1",
+                "1" if recorded else "",
                 *pairs,
             ],
         )

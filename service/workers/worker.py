@@ -39,7 +39,7 @@ from rq.job import Job, JobStatus, Retry
 from rq.timeouts import JobTimeoutException
 from rq.worker import Worker, WorkerStatus
 
-from service.core import clock, metrics
+from service.core import clock, keys, metrics
 from service.core.connection import connect, connect_like
 from service.core.keys import held_groups_key, waiting_key
 from service.core.lanes import LANES
@@ -149,6 +149,11 @@ class ServiceWorker(Worker):
         # What the last success's call claimed, to run next (NOT_CLAIMED: claim on the next turn).
         self._claimed_next: Claim | float | None | bytes = NOT_CLAIMED
         self._completed = 0  # jobs run since work() began
+        # RQ's execution records of the running job are written by the heartbeat at its first beat during
+        # the job (service.workers.heartbeat), under this lock, so that no beat writes them once it ended.
+        self.records_lock = threading.Lock()
+        self.recording: Execution | None = None  # the execution the heartbeat may write the records of
+        self.recorded: set[str] = set()  # executions whose records it wrote
         self._max_jobs = options.max_jobs
         self._horse_outcome = b""
         self._next_scheduler_check = 0.0
@@ -324,6 +329,7 @@ class ServiceWorker(Worker):
                 self.claimer.drop(claim.job_id)
             return False
         execution = Execution(claim.execution_id, job.id, self.connection, worker_name=self.name)
+        execution.created_at = execution.last_heartbeat = datetime.fromtimestamp(claim.at, UTC)
         self.executions[execution.id] = execution
         spec = job.spec
         if spec is not None and limits.is_limited(spec, job.group) and not job.damage:
@@ -334,14 +340,37 @@ class ServiceWorker(Worker):
                 return False
         self.running_lane, self._claim = claim.lane, claim
         self._state = WorkerStatus.BUSY  # written by the claim script
+        with self.records_lock:
+            self.recording = execution  # the heartbeat writes its records if it still runs at the next beat
         try:
             self.execute_job(job, self._queues_by_name[claim.lane])
         finally:
             self.running_lane, self._claim = None, None
+            if self._stop_recording(execution):  # written, and not removed by a plain success's call
+                self._forget_records(execution)
         next_started = isinstance(self._claimed_next, Claim) and self._claimed_next.execution_id
         if self._state != WorkerStatus.IDLE and not next_started:  # a plain success's call already set it
             self.set_state(WorkerStatus.IDLE)
         return True
+
+    def _stop_recording(self, execution: Execution) -> bool:
+        """The heartbeat writes `execution`'s records no more; True when it wrote them."""
+        with self.records_lock:
+            if self.recording is execution:
+                self.recording = None
+            return execution.id in self.recorded
+
+    def _forget_records(self, execution: Execution) -> None:
+        """Remove the records the heartbeat wrote for an execution that has ended (whatever stored its outcome)."""
+        self.recorded.discard(execution.id)
+        try:
+            with self.connection.pipeline() as pipe:
+                pipe.delete(execution.key)
+                pipe.zrem(keys.executions_key(execution.job_id), execution.id)
+                pipe.srem(self.executions_key, execution.composite_key)
+                pipe.execute()
+        except REDIS_DOWN:  # they expire (the hash, the registry); RQ drops a set member whose hash is gone
+            log.warning("Worker %s: Redis down; the records of execution %s will expire", self.name, execution.id)
 
     def set_state(self, state: Any, pipeline: Any = None) -> None:
         super().set_state(state, pipeline)
@@ -628,9 +657,10 @@ class ServiceWorker(Worker):
         slot_key = limits.running_key(spec.name) if spec is not None and spec.concurrency else limits.NO_SLOT
         slots = (slot_key, limits.group_slot_key(spec, job.group), job.group or "")
         lanes = self._next_lanes()
+        recorded = self._stop_recording(execution)
         try:
             dependents, self._claimed_next = self.finisher.finish(
-                job, execution, result_ttl, slots, job.task_name, lanes, self.get_heartbeat_ttl(None)
+                job, execution, result_ttl, slots, job.task_name, lanes, self.get_heartbeat_ttl(None), recorded
             )
         except BaseException:
             if lanes:  # its reply lost, the call may have claimed a job: our claims are put back, and the
@@ -638,6 +668,7 @@ class ServiceWorker(Worker):
             raise
         job._status, self._state = JobStatus.FINISHED, WorkerStatus(self.claimer.state)
         self.executions.pop(execution.id, None)
+        self.recorded.discard(execution.id)  # removed by the call
         if dependents:
             self._enqueue_dependents_safely(queue, job)
             if not isinstance(self._claimed_next, Claim):  # the lanes were empty before these: look again

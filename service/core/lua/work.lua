@@ -15,7 +15,8 @@
 --       finish (F): job id, execution composite key, execution id, ended_at (RQ's ISO format), result
 --       ttl (-1 = forever), finished registry score, the job's group ('' for none), '1' when the job has
 --       dependencies ('' else), '1' when the task has concurrency slots ('' else) (a key that cannot exist
---       costs no command), then the result stream's field/value arguments;
+--       costs no command), '1' when the execution's records were written (by the heartbeat: a job still
+--       running at its next beat; '' else), then the result stream's field/value arguments;
 --       claim: execution id, now (RQ's ISO format, for started_at), execution ttl (s), '1' to look
 --       for held-back jobs due before claiming (else only when no lane has a job).
 -- Returns {dependents of the finished job (0 without a finish), 1 if the counters were added else 0, claim}
@@ -25,8 +26,9 @@
 --
 -- Finish (a plain job's success, as RQ's handle_job_success would store it): status finished and
 -- ended_at (not last_heartbeat, a copy of ended_at kept for result_ttl), the job's keys expire with its
--- result ttl, the finished registry, the result stream entry, the execution's records gone, the
--- claimed list and the task's slots left; its group is held no longer.
+-- result ttl, the finished registry, the result stream entry, the started registry entry and the
+-- execution's records (if written) gone, the claimed list and the task's slots left; its group is held
+-- no longer.
 --
 -- Claim: time is Redis's (TIME): held-back jobs fall due, and executions expire, on the clock every
 -- process shares, whatever the worker host's clock says.
@@ -43,8 +45,11 @@
 --    Either way the id is never only in this script's hands. The lane's doorbell token is
 --    consumed; when no lane has a job, their doorbells are cleared: their tokens are stale.
 -- 3. A queued job is marked started in the same call, as RQ's prepare_execution and
---    prepare_job_execution would (status, started_at, worker_name, attempts, execution hash and
---    registries, started registry): claim and start cost one round trip.
+--    prepare_job_execution would (status, started_at, worker_name, attempts, started registry): claim
+--    and start cost one round trip. RQ's execution records (execution hash, the job's executions
+--    registry, the worker's executions set) are written by the worker's heartbeat for a job still
+--    running at its next beat (service.workers.heartbeat): a short job never has them, as a short
+--    job never shows on Sidekiq's Busy page.
 -- The worker hash's state is written only when it changes: busy once a job starts, idle once none runs.
 local worker, known_state, counters = ARGV[1], ARGV[2], ARGV[3]
 local flush_always, register = ARGV[4] == '1', ARGV[5] == '1'
@@ -78,16 +83,18 @@ local function finish()
         redis.call('PERSIST', key(1))
     end
     redis.call('ZADD', key(5), arg(6), id)
-    redis.call('XADD', key(6), 'MAXLEN', '~', '10', '*', unpack(ARGV, F + 10, C))
+    redis.call('XADD', key(6), 'MAXLEN', '~', '10', '*', unpack(ARGV, F + 11, C))
     if ttl > 0 then
         redis.call('EXPIRE', key(6), ttl)
     else
         redis.call('PERSIST', key(6))
     end
-    redis.call('DEL', key(3))
     redis.call('ZREM', key(2), arg(2))
-    redis.call('ZREM', key(4), arg(3))
-    redis.call('SREM', KEYS[4], arg(2))
+    if arg(10) == '1' then
+        redis.call('DEL', key(3))
+        redis.call('ZREM', key(4), arg(3))
+        redis.call('SREM', KEYS[4], arg(2))
+    end
     redis.call('LREM', KEYS[1], 1, id)
     if arg(9) == '1' then
         redis.call('ZREM', key(8), id)
@@ -137,7 +144,7 @@ local time = redis.call('TIME')
 local now_text = time[1] .. '.' .. string.format('%06d', tonumber(time[2]))
 local now = tonumber(now_text)
 local execution_id, now_iso, ttl = ARGV[C + 1], ARGV[C + 2], tonumber(ARGV[C + 3])
-local job_prefix, execution_prefix, executions_prefix = @JOB_PREFIX@, @EXECUTION_PREFIX@, @EXECUTIONS_PREFIX@
+local job_prefix = @JOB_PREFIX@
 local lane_head, separator, group_field, ungrouped = @LANE_HEAD@, @GROUP_SEPARATOR@, @GROUP_FIELD@, @UNGROUPED@
 local function lane_key(n, which) return KEYS[LANE0 + PER_LANE * (n - 1) + which] end
 
@@ -257,7 +264,6 @@ local function start(n, id)
     if job['status'] ~= 'queued' then
         return fields, 0
     end
-    local composite = id .. ':' .. execution_id
     local attempts = job['attempts'] or '0'
     if not string.match(attempts, '^-?%d+$') then  -- damaged: HINCRBY refuses it, as RQ's would
         redis.call('HINCRBY', job_key, 'attempts', 1)
@@ -269,16 +275,7 @@ local function start(n, id)
     for _, value in ipairs(changed) do  -- the reply's fields as the hash holds them now (last one wins)
         fields[#fields + 1] = value
     end
-    local execution_key = execution_prefix .. composite
-    redis.call('HSET', execution_key, 'id', execution_id, 'job_id', id, 'created_at', now_text,
-               'last_heartbeat', now_text, 'worker_name', worker)
-    redis.call('EXPIRE', execution_key, ttl)
-    local executions_key = executions_prefix .. id
-    redis.call('ZADD', executions_key, now + ttl + 60, execution_id)
-    redis.call('EXPIRE', executions_key, ttl + 60)
-    redis.call('ZADD', lane_key(n, 4), now + ttl, composite)
-    redis.call('SADD', KEYS[4], composite)
-    redis.call('EXPIRE', KEYS[4], ttl + 60)
+    redis.call('ZADD', lane_key(n, 4), now + ttl, id .. ':' .. execution_id)
     return fields, 1
 end
 
