@@ -6,7 +6,7 @@ import pytest
 from redis import Redis
 
 from service.core import clock, keys
-from service.workers.claim import WORK, Claim, Claimer, LaneOrder, parse_weights
+from service.workers.claim import WAITING_CHECK_SECONDS, WORK, Claim, Claimer, LaneOrder, parse_weights
 
 LANES = ["high", "default", "low"]
 TTL = 100
@@ -57,7 +57,7 @@ def test_a_claim_starts_a_queued_job_as_rq_would(connection: Redis, claimer: Cla
     assert found.execution_id is not None and found.raw[b"status"] == b"started"
     job = connection.hgetall(keys.job_key("j1"))
     assert job[b"status"] == b"started" and job[b"worker_name"] == b"w1" and job[b"attempts"] == b"1"
-    assert job[b"started_at"] == job[b"last_heartbeat"] and job[b"started_at"].endswith(b"Z")
+    assert job[b"started_at"].endswith(b"Z") and b"last_heartbeat" not in job  # the heartbeat's, at its first beat
     assert connection.ttl(keys.job_key("j1")) == -1  # persisted while it runs
     composite = f"j1:{found.execution_id}"
     assert connection.zscore(keys.started_key("default"), composite) >= before + TTL
@@ -189,3 +189,35 @@ def test_weights_are_parsed_and_bad_ones_named() -> None:
     for bad in ("high=0", "urgent=3", "high", "low=x"):
         with pytest.raises(ValueError, match="expected <lane>="):
             parse_weights(bad, LANES)
+
+
+def test_while_jobs_keep_coming_held_back_jobs_are_looked_for_at_most_every_100_ms(
+    connection: Redis, claimer: Claimer
+) -> None:
+    """The bound (WAITING_CHECK_SECONDS, on Redis's clock) a due held-back job may wait while lanes have jobs."""
+    put(connection, "default", "a", "b", "c")
+    connection.hset(keys.job_key("due"), "status", "queued")
+    assert claimed(claimer).job_id == "a"  # looked (nothing held back yet): not again for 100 ms
+    connection.zadd(keys.waiting_key("default"), {"due": redis_now(connection) - 1})
+    clock.set_offset(-WAITING_CHECK_SECONDS * 50)  # this process's clock says the 100 ms have not passed
+    try:
+        assert claimed(claimer).job_id == "b"  # "due" not looked for: one command less per claim
+        clock.set_offset(WAITING_CHECK_SECONDS * 50)  # they have
+        assert claimed(claimer).job_id == "due"
+    finally:
+        clock.set_offset(0.0)
+    assert connection.lrange(keys.queue_key("default"), 0, -1) == [b"c"]
+
+
+def test_a_claim_that_finds_the_lanes_empty_always_looks_for_held_back_jobs(
+    connection: Redis, claimer: Claimer
+) -> None:
+    put(connection, "default", "a")
+    connection.hset(keys.job_key("due"), "status", "queued")
+    assert claimed(claimer).job_id == "a"
+    connection.zadd(keys.waiting_key("default"), {"due": redis_now(connection) - 1})
+    clock.set_offset(-WAITING_CHECK_SECONDS * 50)
+    try:
+        assert claimed(claimer).job_id == "due"  # in the same call that found the lanes empty
+    finally:
+        clock.set_offset(0.0)

@@ -109,14 +109,16 @@ class Heartbeat(threading.Thread):
         worker.claimer.tally.flush_stale(self.connection)  # counts kept while a long job runs
 
     def _record(self, execution: Execution, lane: str, written: bool, pipe: Pipeline) -> None:
-        """The running job's execution records: written at its first beat (the work script leaves them out:
-        most jobs end before one), renewed at the next ones, as RQ's prepare_execution and heartbeat do."""
+        """The running job's execution records and last_heartbeat: written at its first beat (the work script
+        leaves them out: most jobs end before one), renewed at the next ones, as RQ's prepare_execution and
+        heartbeat do."""
         registry = StartedJobRegistry(lane, connection=self.connection)
         ttl = int(self.ttl) + 60
         if written:
             execution.heartbeat(registry, ttl, pipeline=pipe)
             return
         execution.last_heartbeat = clock.utcnow()
+        pipe.hset(keys.job_key(execution.job_id), "last_heartbeat", utcformat(execution.last_heartbeat))
         execution.save(ttl=ttl, pipeline=pipe)
         ExecutionRegistry(job_id=execution.job_id, connection=pipe).add(execution=execution, ttl=ttl, pipeline=pipe)
         registry.add_execution(execution, pipeline=pipe, ttl=ttl, xx=True)

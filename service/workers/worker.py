@@ -794,10 +794,8 @@ class ServiceWorker(Worker):
         self._until_redis(lambda: self.reaper.recover(job.id, self.claimer.key, f"work horse died ({how})"))
 
     def maintain_heartbeats(self, job: Job, execution: Execution) -> None:
-        try:
-            super().maintain_heartbeats(job, execution)
-        except REDIS_DOWN as exc:
-            self.outage.down(exc)
+        """Fork mode, while the horse runs: nothing. The heartbeat thread renews the worker and writes the
+        running job's execution records (RQ's would renew an execution hash it has not written yet)."""
 
     # -- signals and shutdown -----------------------------------------------------
 

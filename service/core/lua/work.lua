@@ -47,8 +47,8 @@
 -- 3. A queued job is marked started in the same call, as RQ's prepare_execution and
 --    prepare_job_execution would (status, started_at, worker_name, attempts, started registry): claim
 --    and start cost one round trip. RQ's execution records (execution hash, the job's executions
---    registry, the worker's executions set) are written by the worker's heartbeat for a job still
---    running at its next beat (service.workers.heartbeat): a short job never has them, as a short
+--    registry, the worker's executions set) and the job's last_heartbeat are written by the worker's
+--    heartbeat for a job still running at its next beat (service.workers.heartbeat): a short job never has them, as a short
 --    job never shows on Sidekiq's Busy page.
 -- The worker hash's state is written only when it changes: busy once a job starts, idle once none runs.
 local worker, known_state, counters = ARGV[1], ARGV[2], ARGV[3]
@@ -70,7 +70,6 @@ local function finish()
     local id, ttl = arg(1), tonumber(arg(5))
     local dependents = redis.call('SCARD', key(7))
     redis.call('HSET', key(1), 'status', 'finished', 'ended_at', arg(4))
-    redis.call('HDEL', key(1), 'last_heartbeat')  -- RQ sets it to ended_at: a copy kept for result_ttl
     if ttl > 0 then
         redis.call('EXPIRE', key(1), ttl)
         if dependents > 0 then
@@ -90,7 +89,8 @@ local function finish()
         redis.call('PERSIST', key(6))
     end
     redis.call('ZREM', key(2), arg(2))
-    if arg(10) == '1' then
+    if arg(10) == '1' then  -- and the job's last_heartbeat (RQ sets it to ended_at: a copy kept for result_ttl)
+        redis.call('HDEL', key(1), 'last_heartbeat')
         redis.call('DEL', key(3))
         redis.call('ZREM', key(4), arg(3))
         redis.call('SREM', KEYS[4], arg(2))
@@ -269,7 +269,7 @@ local function start(n, id)
         redis.call('HINCRBY', job_key, 'attempts', 1)
     end
     local changed = {'status', 'started', 'started_at', now_iso, 'worker_name', worker,
-                     'last_heartbeat', now_iso, 'attempts', tostring(tonumber(attempts) + 1)}
+                     'attempts', tostring(tonumber(attempts) + 1)}
     redis.call('HSET', job_key, unpack(changed))
     redis.call('PERSIST', job_key)
     for _, value in ipairs(changed) do  -- the reply's fields as the hash holds them now (last one wins)
