@@ -144,7 +144,7 @@ def test_the_work_script_takes_its_keys_from_the_caller(connection: Redis) -> No
     worker.append(keys.METRICS_KEY)
     reply = WORK(
         keys=worker + lane,
-        args=["w9", "", "", "", "1", 0, 0, "e1", "2030-01-01T00:00:00.000000Z", TTL, "1"],
+        args=["w9", "", "", "", "1", 0, 0, "e1", "2030-01-01T00:00:00.000000Z", TTL, "1", 1],
         client=connection,
     )
     assert reply[:2] == [0, 0] and reply[2][0] == b"j1" and reply[2][1] == 1 and reply[2][3] == 1
@@ -221,3 +221,19 @@ def test_a_claim_that_finds_the_lanes_empty_always_looks_for_held_back_jobs(
         assert claimed(claimer).job_id == "due"  # in the same call that found the lanes empty
     finally:
         clock.set_offset(0.0)
+
+
+def test_after_a_job_from_a_lower_lane_a_job_in_a_higher_one_still_comes_first(
+    connection: Redis, claimer: Claimer
+) -> None:
+    """The claim starts at the lane of the last job only when every lane before it is empty."""
+    put(connection, "low", "l1", "l2", "l3")
+    assert claimed(claimer).job_id == "l1"
+    assert claimed(claimer).job_id == "l2"
+    put(connection, "default", "d1")
+    assert claimed(claimer).job_id == "d1"
+    assert claimed(claimer).job_id == "l3"
+    put(connection, "high", "h1")
+    put(connection, "low", "l4")
+    assert claimed(claimer).job_id == "h1"
+    assert claimed(claimer, ["low", "default", "high"]).job_id == "l4"

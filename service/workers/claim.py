@@ -129,6 +129,7 @@ class Claimer:
         self._name = worker_name.encode()
         self._registered = False  # in the claimers set (the heartbeat adds the worker there on every beat too)
         self._next_waiting_check = 0.0  # Redis's time when held-back jobs are next looked for
+        self._last_lane = ""  # the lane the last claimed job came from: the lanes before it are probed at once
         worker_keys = [self.key, CLAIMERS_KEY, keys.worker_key(worker_name)]
         worker_keys += [keys.worker_executions_key(worker_name), keys.METRICS_KEY]
         self._worker_keys = [key.encode() for key in worker_keys]
@@ -181,7 +182,8 @@ class Claimer:
                 *finish_args,
             ]
             if lanes:
-                args += [execution_id, utcformat(clock.utcnow()), ttl_seconds, b"1" if check else b""]
+                hint = lanes.index(self._last_lane) + 1 if self._last_lane in lanes else 1
+                args += [execution_id, utcformat(clock.utcnow()), ttl_seconds, b"1" if check else b"", hint]
             call_keys = self._worker_keys + finish_keys + (self._keys(tuple(lanes)) if lanes else [])
             reply = WORK(keys=call_keys, args=args, client=client or self.connection)
         except BaseException:
@@ -229,7 +231,7 @@ class Claimer:
         raw = dict(zip(flat[::2], flat[1::2], strict=True))
         # An id that is not UTF-8 keeps its bytes as surrogates: it is discarded, not a reason to stop.
         job_id = claimed[0].decode("utf-8", "surrogateescape")
-        lane = lanes[claimed[1] - 1]
+        lane = self._last_lane = lanes[claimed[1] - 1]
         started = bool(claimed[3])
         if started:
             self.state = "busy"

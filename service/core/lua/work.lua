@@ -18,7 +18,8 @@
 --       costs no command), '1' when the execution's records were written (by the heartbeat: a job still
 --       running at its next beat; '' else), then the result stream's field/value arguments;
 --       claim: execution id, now (RQ's ISO format, for started_at), execution ttl (s), '1' to look
---       for held-back jobs due before claiming (else only when no lane has a job).
+--       for held-back jobs due before claiming (else only when no lane has a job), the number of the
+--       lane (in this order) the worker's last job came from (1 if none).
 -- Returns {dependents of the finished job (0 without a finish), 1 if the counters were added else 0, claim}
 -- where claim is false without lanes, {id, lane number (1 = the first tried), job hash fields,
 -- 1 if started else 0, Redis's time} or {false, earliest waiting time or -1, Redis's time} (times in
@@ -280,13 +281,24 @@ local function start(n, id)
 end
 
 -- The first lane's job: {id, lane number, fields, started}, or nil when every lane is empty.
-local function claim()
-    local turns = {}
+-- One EXISTS tells whether any lane's groups take turns and whether the lanes before `hint` (the one the
+-- last job came from) are all empty: then the claim starts at `hint` (2 commands in the steady state).
+local function claim(hint)
+    local turns, probe = {}, {}
     for n = 1, lanes do
         turns[n] = lane_key(n, 5)
+        probe[n] = turns[n]
     end
-    local taking_turns = redis.call('EXISTS', unpack(turns)) > 0  -- one command when no lane has groups
-    for n = 1, lanes do
+    for n = 1, hint - 1 do
+        probe[#probe + 1] = lane_key(n, 1)
+    end
+    local first, taking_turns = 1, true
+    if redis.call('EXISTS', unpack(probe)) == 0 then
+        first, taking_turns = hint, false
+    elseif hint > 1 then
+        taking_turns = redis.call('EXISTS', unpack(turns)) > 0
+    end
+    for n = first, lanes do
         local turn = taking_turns and next_turn(n)
         local id
         if type(turn) == 'string' then
@@ -309,14 +321,15 @@ local function claim()
     return nil
 end
 
+local hint = math.min(math.max(tonumber(ARGV[C + 5]) or 1, 1), lanes)
 local earliest
 if ARGV[C + 4] == '1' then
     earliest = promote_all()
 end
-local found = claim()
+local found = claim(hint)
 if not found and not earliest then  -- held-back jobs not looked for yet: look now, then try again
     earliest = promote_all()
-    found = claim()
+    found = claim(hint)
 end
 if found then
     if found[4] == 1 then  -- a claimed job that is not queued (canceled, ended, damaged) changes nothing
