@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import ResponseError
 from rq.utils import utcformat
 
 from service.core import clock, keys
@@ -156,7 +157,7 @@ class Claimer:
         ttl_seconds: int = 0,
         finish: tuple[list[Any], list[Any]] | None = None,
         client: Any = None,
-    ) -> tuple[int, Claim | float | None | bytes]:
+    ) -> tuple[int, Claim | float | None | bytes | ResponseError]:
         """One work script call: `finish` (its keys and arguments, from service.workers.finish), then
         a claim from `lanes` if any; return the finished job's dependents and what was claimed
         (as `claim` returns it, NOT_CLAIMED without lanes). The kept counters go with it.
@@ -197,7 +198,7 @@ class Claimer:
         self._pending = (tuple(lanes), execution_id, sent_at, check)
         return 0, NOT_CLAIMED
 
-    def done(self, reply: Any) -> tuple[int, Claim | float | None | bytes]:
+    def done(self, reply: Any) -> tuple[int, Claim | float | None | bytes | ResponseError]:
         """The reply of a call queued in a pipeline (see `call`)."""
         try:
             return self._done(reply, *self._pending)
@@ -210,13 +211,16 @@ class Claimer:
 
     def _done(
         self, reply: Any, lanes: tuple[str, ...], execution_id: str, sent_at: float, check: bool
-    ) -> tuple[int, Claim | float | None | bytes]:
+    ) -> tuple[int, Claim | float | None | bytes | ResponseError]:
         dependents, flushed, claimed = int(reply[0]), reply[1], reply[2]
         if flushed:
             self.tally.clear()
         if not lanes:
             self.state = "idle"
             return dependents, NOT_CLAIMED
+        if claimed[0] is None and claimed[1] == b"error":  # the claim after a finish failed (see work.lua)
+            self.state = ""  # not known now: written by the next call
+            return dependents, ResponseError(claimed[2].decode("utf-8", "replace"))
         self._registered = True
         redis_now = float(claimed[-1])
         clock.learn(redis_now, sent_at)

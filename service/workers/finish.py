@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import ResponseError
 from rq.executions import Execution
 from rq.job import Job
 from rq.results import Result
@@ -85,7 +86,7 @@ class Finisher:
         lanes: Sequence[str] = (),
         ttl_seconds: int = 0,
         recorded: bool = True,
-    ) -> tuple[int, Claim | float | None | bytes]:
+    ) -> tuple[int, Claim | float | None | bytes | ResponseError]:
         """Mark `job` finished with its result, then claim from `lanes` (if any) in the same call; return
         how many dependents it has and what was claimed (claim.NOT_CLAIMED without lanes).
 

@@ -147,7 +147,7 @@ class ServiceWorker(Worker):
         self._forkserver: ForkServer | None = None
         self._claim: Claim | None = None
         # What the last success's call claimed, to run next (NOT_CLAIMED: claim on the next turn).
-        self._claimed_next: Claim | float | None | bytes = NOT_CLAIMED
+        self._claimed_next: Claim | float | None | bytes | Exception = NOT_CLAIMED
         self._completed = 0  # jobs run since work() began
         # RQ's execution records of the running job are written by the heartbeat at its first beat during
         # the job (service.workers.heartbeat), under this lock, so that no beat writes them once it ended.
@@ -237,7 +237,7 @@ class ServiceWorker(Worker):
             self._claimed_next = NOT_CLAIMED  # if any, it is in our claimed list: it goes back too
             self._requeue_own_claims()
             self._resync = False
-        result, self._claimed_next = self._claimed_next, NOT_CLAIMED
+        result = self._take_claimed_next()
         if isinstance(result, Claim):  # the last success's call claimed it: run it now
             return "ran" if self._run_claim(result) else "idle"
         if self.suspended:  # seen by the heartbeat: wait for `rq resume` (or a stop) as RQ's worker does
@@ -259,6 +259,14 @@ class ServiceWorker(Worker):
         timeout = IDLE_WAKE_SECONDS if result is None else min(IDLE_WAKE_SECONDS, max(0.01, result - clock.now()))
         self.claimer.wait(self.lane_names, timeout)
         return "idle"
+
+    def _take_claimed_next(self) -> Claim | float | None | bytes:
+        """What the last success's call claimed (NOT_CLAIMED: nothing yet); its claim's error is raised here,
+        as a claim call's own would be."""
+        result, self._claimed_next = self._claimed_next, NOT_CLAIMED
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     def _maintain(self) -> None:
         """RQ's registry maintenance; if an entry breaks it (a planted id), it waits for its next round."""
@@ -666,7 +674,8 @@ class ServiceWorker(Worker):
             if lanes:  # its reply lost, the call may have claimed a job: our claims are put back, and the
                 self._resync = True  # retry only stores the outcome
             raise
-        job._status, self._state = JobStatus.FINISHED, WorkerStatus(self.claimer.state)
+        # The state the call left (unknown after a failed claim: busy, so that it is written idle).
+        job._status, self._state = JobStatus.FINISHED, WorkerStatus(self.claimer.state or WorkerStatus.BUSY)
         self.executions.pop(execution.id, None)
         self.recorded.discard(execution.id)  # removed by the call
         if dependents:

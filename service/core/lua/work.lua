@@ -321,32 +321,48 @@ local function claim(hint)
     return nil
 end
 
-local hint = math.min(math.max(tonumber(ARGV[C + 5]) or 1, 1), lanes)
-local earliest
-if ARGV[C + 4] == '1' then
-    earliest = promote_all()
-end
-local found = claim(hint)
-if not found and not earliest then  -- held-back jobs not looked for yet: look now, then try again
-    earliest = promote_all()
-    found = claim(hint)
-end
-if found then
-    if found[4] == 1 then  -- a claimed job that is not queued (canceled, ended, damaged) changes nothing
-        set_state('busy')
+-- The claim: {1 if the counters were added else 0, the claim's reply}.
+local function claim_part()
+    local hint = math.min(math.max(tonumber(ARGV[C + 5]) or 1, 1), lanes)
+    local earliest
+    if ARGV[C + 4] == '1' then
+        earliest = promote_all()
     end
-    local flushed = counters ~= '' and flush_always
-    if flushed then
+    local found = claim(hint)
+    if not found and not earliest then  -- held-back jobs not looked for yet: look now, then try again
+        earliest = promote_all()
+        found = claim(hint)
+    end
+    if found then
+        if found[4] == 1 then  -- a claimed job that is not queued (canceled, ended, damaged) changes nothing
+            set_state('busy')
+        end
+        local flushed = counters ~= '' and flush_always
+        if flushed then
+            add_counters()
+        end
+        found[5] = now_text
+        return {flushed and 1 or 0, found}
+    end
+    for n = 1, lanes do
+        redis.call('DEL', lane_key(n, 3))
+    end
+    set_state('idle')
+    if counters ~= '' then
         add_counters()
     end
-    found[5] = now_text
-    return {dependents, flushed and 1 or 0, found}
+    return {counters ~= '' and 1 or 0, {false, tostring(earliest), now_text}}
 end
-for n = 1, lanes do
-    redis.call('DEL', lane_key(n, 3))
+
+if finish_keys == 0 then
+    local reply = claim_part()
+    return {dependents, reply[1], reply[2]}
 end
-set_state('idle')
-if counters ~= '' then
-    add_counters()
+-- After a finish, an error of the claim (a record planted in a lane, a damaged job) must not undo the
+-- finished job's outcome in the worker's eyes: it is answered as {false, 'error', message} and the worker
+-- handles it as a failed claim (its claims go back, the damaged job fails alone).
+local ok, reply = pcall(claim_part)
+if not ok then
+    return {dependents, 0, {false, 'error', type(reply) == 'table' and reply.err or tostring(reply)}}
 end
-return {dependents, counters ~= '' and 1 or 0, {false, tostring(earliest), now_text}}
+return {dependents, reply[1], reply[2]}
