@@ -55,7 +55,7 @@ def encode_result(serializer: Any, value: Any) -> bytes:
 
 
 def is_plain(job: Job, result_ttl: int) -> bool:
-    """True when RQ's success path would do nothing beyond what the finish script does."""
+    """True when RQ's success path would do nothing beyond what the work script's finish does."""
     return (
         result_ttl != 0
         and not job._success_callback_name

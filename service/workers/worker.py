@@ -347,7 +347,7 @@ class ServiceWorker(Worker):
                 self._hold_back(job, claim.lane, execution, wait, job.group if group_held else None)
                 return False
         self.running_lane, self._claim = claim.lane, claim
-        self._state = WorkerStatus.BUSY  # written by the claim script
+        self._state = WorkerStatus.BUSY  # written by the work script's claim
         with self.records_lock:
             self.recording = execution  # the heartbeat writes its records if it still runs at the next beat
         try:
@@ -601,7 +601,7 @@ class ServiceWorker(Worker):
         return int(self.heartbeat_ttl) + 60
 
     def prepare_execution(self, job: Job) -> Execution:
-        # The claim script already started the job and recorded its execution.
+        # The work script's claim already started the job (its records are the heartbeat's, at its first beat).
         return next(e for e in self.executions.values() if e.job_id == job.id)
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
