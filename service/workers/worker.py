@@ -51,7 +51,7 @@ from service.ops import hooks
 from service.workers import limits, poison
 from service.workers.claim import NOT_CLAIMED, Claim, Claimer, LaneOrder
 from service.workers.delayed import start_delayed_jobs
-from service.workers.finish import Finisher, encode_result, is_plain
+from service.workers.finish import Finisher, ResultRefused, encode_result, is_plain
 from service.workers.forkserver import ForkServer, ForkServerGone
 from service.workers.heartbeat import Heartbeat
 from service.workers.limits import Limiter
@@ -251,7 +251,7 @@ class ServiceWorker(Worker):
             self.scheduler.acquire_locks(auto_start=True)  # type: ignore[union-attr]
         if result is NOT_CLAIMED:
             result = self.claimer.claim(self.order.next(), self.get_heartbeat_ttl(None))
-            self._state = WorkerStatus(self.claimer.state)  # the call wrote it if it changed
+            self._state = WorkerStatus(self.claimer.state or self._state)  # the call wrote it if it changed
         if isinstance(result, Claim):
             return "ran" if self._run_claim(result) else "idle"
         if burst and result is None:
@@ -670,9 +670,9 @@ class ServiceWorker(Worker):
             dependents, self._claimed_next = self.finisher.finish(
                 job, execution, result_ttl, slots, job.task_name, lanes, self.get_heartbeat_ttl(None), recorded
             )
-        except BaseException:
-            if lanes:  # its reply lost, the call may have claimed a job: our claims are put back, and the
-                self._resync = True  # retry only stores the outcome
+        except BaseException as exc:
+            if lanes and not isinstance(exc, ResultRefused):  # its reply lost, the call may have claimed a
+                self._resync = True  # job: our claims are put back, and the retry only stores the outcome
             raise
         # The state the call left (unknown after a failed claim: busy, so that it is written idle).
         job._status, self._state = JobStatus.FINISHED, WorkerStatus(self.claimer.state or WorkerStatus.BUSY)
