@@ -1,4 +1,4 @@
-"""The claim and requeue scripts on a real Redis, and the lane order a worker claims in."""
+"""The work script's claim part and the requeue script on a real Redis, and the lane order a worker claims in."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from redis import Redis
 
 from service.core import clock, keys
-from service.workers.claim import CLAIM, CLAIM_PREFIXES, Claim, Claimer, LaneOrder, parse_weights
+from service.workers.claim import WAITING_CHECK_SECONDS, WORK, Claim, Claimer, LaneOrder, parse_weights
 
 LANES = ["high", "default", "low"]
 TTL = 100
@@ -57,17 +57,16 @@ def test_a_claim_starts_a_queued_job_as_rq_would(connection: Redis, claimer: Cla
     assert found.execution_id is not None and found.raw[b"status"] == b"started"
     job = connection.hgetall(keys.job_key("j1"))
     assert job[b"status"] == b"started" and job[b"worker_name"] == b"w1" and job[b"attempts"] == b"1"
-    assert job[b"started_at"] == job[b"last_heartbeat"] and job[b"started_at"].endswith(b"Z")
+    assert job[b"started_at"].endswith(b"Z") and b"last_heartbeat" not in job  # the heartbeat's, at its first beat
     assert connection.ttl(keys.job_key("j1")) == -1  # persisted while it runs
     composite = f"j1:{found.execution_id}"
-    execution = connection.hgetall(keys.EXECUTION_PREFIX + composite)
-    assert execution[b"id"].decode() == found.execution_id and execution[b"job_id"] == b"j1"
-    assert execution[b"worker_name"] == b"w1" and float(execution[b"created_at"]) >= before
-    assert 0 < connection.ttl(keys.EXECUTION_PREFIX + composite) <= TTL
-    assert connection.zscore(keys.executions_key("j1"), found.execution_id) >= before + TTL + 60
     assert connection.zscore(keys.started_key("default"), composite) >= before + TTL
-    assert connection.smembers(keys.worker_executions_key("w1")) == {composite.encode()}
+    assert before <= found.at <= redis_now(connection)  # when it started, on Redis's clock
     assert connection.hget(keys.worker_key("w1"), "state") == b"busy"
+    # RQ's execution records are the heartbeat's to write, for a job still running at its next beat
+    # (tests/test_worker_records.py): a claim writes none.
+    assert not connection.exists(keys.EXECUTION_PREFIX + composite, keys.executions_key("j1"))
+    assert not connection.exists(keys.worker_executions_key("w1"))
 
 
 def test_a_claim_keeps_redis_time_and_teaches_it_to_the_process_clock(connection: Redis, claimer: Claimer) -> None:
@@ -78,7 +77,7 @@ def test_a_claim_keeps_redis_time_and_teaches_it_to_the_process_clock(connection
         found = claimed(claimer)
         after = redis_now(connection)
         composite = f"j1:{found.execution_id}"
-        assert before <= float(connection.hget(keys.EXECUTION_PREFIX + composite, "created_at") or 0) <= after
+        assert before <= found.at <= after
         assert before + TTL <= (connection.zscore(keys.started_key("default"), composite) or 0) <= after + TTL
         assert abs(clock.now() - redis_now(connection)) < 1  # learnt from the claim's answer
     finally:
@@ -101,7 +100,7 @@ def test_an_id_whose_job_hash_vanished_is_claimed_with_an_empty_hash(connection:
     assert not connection.exists(keys.job_key("ghost"))
 
 
-def test_a_claim_consumes_one_doorbell_token_and_clears_those_of_empty_lanes(
+def test_a_claim_consumes_one_doorbell_token_and_clears_those_of_empty_lanes_once_none_has_a_job(
     connection: Redis, claimer: Claimer
 ) -> None:
     put(connection, "default", "d1", "d2")
@@ -109,8 +108,12 @@ def test_a_claim_consumes_one_doorbell_token_and_clears_those_of_empty_lanes(
     connection.rpush(keys.doorbell_key("low"), 1)  # not reached: default comes first
     claimed(claimer)
     assert connection.llen(keys.doorbell_key("default")) == 1
-    assert not connection.exists(keys.doorbell_key("high"))
+    assert connection.llen(keys.doorbell_key("high")) == 2  # left while a lane has jobs: no command per job
     assert connection.llen(keys.doorbell_key("low")) == 1
+    claimed(claimer)
+    assert claimer.claim(["high", "default"], TTL) is None
+    assert not connection.exists(keys.doorbell_key("high"), keys.doorbell_key("default"))
+    assert connection.llen(keys.doorbell_key("low")) == 1  # not tried
 
 
 def test_waiting_jobs_whose_time_has_come_go_back_to_the_front_of_their_lane(
@@ -133,20 +136,21 @@ def test_empty_lanes_give_none_or_the_earliest_waiting_time(connection: Redis, c
     assert claimer.claim(["high"], TTL) is None  # only the lanes tried count
 
 
-def test_the_claim_script_takes_its_keys_from_the_caller(connection: Redis) -> None:
+def test_the_work_script_takes_its_keys_from_the_caller(connection: Redis) -> None:
     put(connection, "x", "j1")
     lane = [keys.queue_key("x"), keys.waiting_key("x"), keys.doorbell_key("x"), keys.started_key("x")]
     lane += [keys.groups_key("x"), keys.held_groups_key("x")]
     worker = [keys.claimed_key("w9"), keys.CLAIMERS_KEY, keys.worker_key("w9"), keys.worker_executions_key("w9")]
     worker.append(keys.METRICS_KEY)
-    reply = CLAIM(
+    reply = WORK(
         keys=worker + lane,
-        args=["w9", "e1", "2030-01-01T00:00:00.000000Z", TTL, *CLAIM_PREFIXES, "job_wait_seconds|x|"],
+        args=["w9", "", "", "", "1", 0, 0, "e1", "2030-01-01T00:00:00.000000Z", TTL, "1", 1],
         client=connection,
     )
-    assert reply[0] == b"j1" and reply[1] == 1 and reply[3] == 1
+    assert reply[:2] == [0, 0] and reply[2][0] == b"j1" and reply[2][1] == 1 and reply[2][3] == 1
     assert connection.lrange(keys.claimed_key("w9"), 0, -1) == [b"j1"]
     assert connection.zrange(keys.started_key("x"), 0, -1) == [b"j1:e1"]
+    assert connection.smembers(keys.CLAIMERS_KEY) == {b"w9"}
 
 
 def test_requeue_puts_a_claimed_job_back_at_the_front_queued_and_rings(connection: Redis, claimer: Claimer) -> None:
@@ -185,3 +189,51 @@ def test_weights_are_parsed_and_bad_ones_named() -> None:
     for bad in ("high=0", "urgent=3", "high", "low=x"):
         with pytest.raises(ValueError, match="expected <lane>="):
             parse_weights(bad, LANES)
+
+
+def test_while_jobs_keep_coming_held_back_jobs_are_looked_for_at_most_every_100_ms(
+    connection: Redis, claimer: Claimer
+) -> None:
+    """The bound (WAITING_CHECK_SECONDS, on Redis's clock) a due held-back job may wait while lanes have jobs."""
+    put(connection, "default", "a", "b", "c")
+    connection.hset(keys.job_key("due"), "status", "queued")
+    assert claimed(claimer).job_id == "a"  # looked (nothing held back yet): not again for 100 ms
+    connection.zadd(keys.waiting_key("default"), {"due": redis_now(connection) - 1})
+    clock.set_offset(-WAITING_CHECK_SECONDS * 50)  # this process's clock says the 100 ms have not passed
+    try:
+        assert claimed(claimer).job_id == "b"  # "due" not looked for: one command less per claim
+        clock.set_offset(WAITING_CHECK_SECONDS * 50)  # they have
+        assert claimed(claimer).job_id == "due"
+    finally:
+        clock.set_offset(0.0)
+    assert connection.lrange(keys.queue_key("default"), 0, -1) == [b"c"]
+
+
+def test_a_claim_that_finds_the_lanes_empty_always_looks_for_held_back_jobs(
+    connection: Redis, claimer: Claimer
+) -> None:
+    put(connection, "default", "a")
+    connection.hset(keys.job_key("due"), "status", "queued")
+    assert claimed(claimer).job_id == "a"
+    connection.zadd(keys.waiting_key("default"), {"due": redis_now(connection) - 1})
+    clock.set_offset(-WAITING_CHECK_SECONDS * 50)
+    try:
+        assert claimed(claimer).job_id == "due"  # in the same call that found the lanes empty
+    finally:
+        clock.set_offset(0.0)
+
+
+def test_after_a_job_from_a_lower_lane_a_job_in_a_higher_one_still_comes_first(
+    connection: Redis, claimer: Claimer
+) -> None:
+    """The claim starts at the lane of the last job only when every lane before it is empty."""
+    put(connection, "low", "l1", "l2", "l3")
+    assert claimed(claimer).job_id == "l1"
+    assert claimed(claimer).job_id == "l2"
+    put(connection, "default", "d1")
+    assert claimed(claimer).job_id == "d1"
+    assert claimed(claimer).job_id == "l3"
+    put(connection, "high", "h1")
+    put(connection, "low", "l4")
+    assert claimed(claimer).job_id == "h1"
+    assert claimed(claimer, ["low", "default", "high"]).job_id == "l4"

@@ -1,4 +1,4 @@
-"""The finish script on a real Redis: what a plain job's success leaves behind, as RQ's own path would."""
+"""The work script's finish part on a real Redis: what a plain job's success leaves behind, as RQ's own path would."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from service.core import keys, metrics
 from service.jobs.enqueue import InternalRequest, enqueue
 from service.jobs.model import ServiceJob
 from service.workers import limits
-from service.workers.claim import Claim, Claimer
+from service.workers.claim import NOT_CLAIMED, Claim, Claimer
 from service.workers.finish import Finisher
 
 WORKER = "w1"
@@ -40,7 +40,10 @@ def finish(connection: Redis, job: ServiceJob, execution: Execution, result_ttl:
     slot = keys.limit_running_key("diag.echo")
     connection.zadd(slot, {job.id: time.time() + 60})
     slots = (slot, limits.NO_SLOT, "")
-    return Finisher(connection, WORKER, keys.worker_key(WORKER)).finish(job, execution, result_ttl, slots, "diag.echo")
+    finisher = Finisher(connection, WORKER, keys.worker_key(WORKER))
+    dependents, claimed = finisher.finish(job, execution, result_ttl, slots, "diag.echo")
+    assert claimed == NOT_CLAIMED  # no lanes given: a finish alone, its counts added with it
+    return dependents
 
 
 def test_the_job_is_finished_in_its_registry_with_its_result(connection: Redis) -> None:

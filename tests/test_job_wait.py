@@ -1,4 +1,4 @@
-"""Enqueue-to-start latency: the claim script counts each job's wait per lane; /metrics and the charts show it."""
+"""Enqueue-to-start latency: the worker counts each job's wait per lane; /metrics and the charts show it."""
 
 from __future__ import annotations
 
@@ -70,6 +70,7 @@ def test_only_a_queued_job_starting_counts_a_wait(connection: Redis) -> None:
     connection.hset(keys.job_key("fresh"), "enqueued_at", now)
     claimer = Claimer(connection, "w1")
     assert [claimer.claim(["default"], 60).job_id for _ in range(3)] == ["again", "stampless", "fresh"]
+    assert claimer.claim(["default"], 60) is None  # the lane drained: the counts the worker kept are added
     counted = {k.decode(): v for k, v in connection.hgetall(keys.METRICS_KEY).items() if b"wait" in k}
     assert sum(int(v) for k, v in counted.items() if "|in=" in k) == 1 and "job_wait_seconds|default|sum" in counted
 

@@ -112,6 +112,9 @@ def test_every_tool_reports_the_same_worker_state_and_current_job_as_for_stock_r
     )
     jobs = {STOCK: stock_job.id, OURS: api.enqueue(task="parity.hold", args=["release:ours"], queue="default")["id"]}
     wait_until(lambda: all(status(connection, j) == "started" for j in jobs.values()), timeout=30, what="both jobs")
+    # Ours writes RQ's execution records (which rq-dashboard's current job reads) at the job's first beat.
+    records = f"rq:worker:{OURS}:executions"
+    wait_until(lambda: connection.exists(records), timeout=30, what="our execution records (first beat)")
 
     running = reports(api, client, redis_url, jobs)
     assert running[OURS] == running[STOCK]
@@ -210,7 +213,9 @@ def test_a_running_job_is_stored_as_rqs_simple_worker_stores_it(
     connection.flushdb()
     job_id = api.enqueue(task="parity.hold", args=["release"], queue="default")["id"]
     worker = processes.worker("default", "--burst", "--no-fork", "--no-scheduler", "--name", WORKER, *FAST, env=TASKS)
-    ours = observe_running(connection, client, job_id, worker)
+    # The service defers RQ's execution records (execution hash, executions registry, worker executions
+    # set) to the running job's first heartbeat: a job shorter than a beat never has them. Observed once written.
+    ours = observe_running(connection, client, job_id, worker, records=f"rq:worker:{WORKER}:executions")
 
     assert ours[("rq:worker:<worker>", "state")] == "busy"
     assert ours[("rq:worker:<worker>:executions", "members")] == ["<job>:<exec>"]
@@ -218,10 +223,13 @@ def test_a_running_job_is_stored_as_rqs_simple_worker_stores_it(
 
 
 def observe_running(
-    connection: Redis, client: FlaskClient, job_id: str, worker: ServiceProcess
+    connection: Redis, client: FlaskClient, job_id: str, worker: ServiceProcess, records: str | None = None
 ) -> dict[tuple[str, str], Any]:
-    """The state while `job_id` runs; then the job is released and its burst worker exits."""
+    """The state while `job_id` runs (once the worker executions set `records` exists, if given); then the
+    job is released and its burst worker exits."""
     wait_until(lambda: status(connection, job_id) == "started", timeout=30, what="the job to start")
+    if records:
+        wait_until(lambda: connection.exists(records), timeout=30, what="the execution records (first beat)")
     seen = observe(connection, client, job_id)
     connection.rpush("release", 1)
     assert worker.wait(timeout=30) == 0  # gone before the next side's jobs arrive

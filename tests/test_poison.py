@@ -185,6 +185,21 @@ def test_each_damaged_field_fails_its_job_naming_the_field(
     assert not marker.exists()
 
 
+def test_a_damaged_job_claimed_in_the_call_that_stores_a_success_fails_alone(
+    connection: Redis, client: FlaskClient, processes: Processes, marker: Path
+) -> None:
+    """The worker's call that finishes one job claims the next: the next one's damage (its claim raises)
+    leaves the first one finished."""
+    first = enqueue(connection, "diag.echo", "first").id
+    damaged = str(uuid.uuid4())
+    plant(connection, damaged, job_fields(connection, attempts=b"many"))
+    worker = processes.worker(*FAST, env={"POISON_MARKER": str(marker)})
+    error = failed_with(client, damaged)
+    assert "damaged" in error and "attempts" in error, error
+    assert read(client, first)["status"] == "finished"
+    echo_still_runs(connection, worker)
+
+
 @pytest.mark.parametrize(
     ("status", "expected"),
     [(b"bogus", "failed"), (b"\xff", "failed"), (None, "failed"), (b"finished", "finished"), (b"canceled", "canceled")],

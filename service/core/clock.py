@@ -8,7 +8,7 @@ In Python two readers share one process-wide offset (Redis's clock minus the
 host's):
 
 - `now()`, `utcnow()`, `timestamp()` read it without a round trip; a worker
-  learns it from replies it waits for anyway (the claim script answers its
+  learns it from replies it waits for anyway (the work script's claim answers its
   `TIME`, the heartbeat's pipeline asks for it). Until learnt, it is zero.
 - `ServerClock` (the scheduler's loop) asks Redis at most once per
   `resync_seconds` and carries the answer forward with the monotonic clock,

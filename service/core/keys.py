@@ -198,7 +198,7 @@ def groups_key(lane: str) -> str:
 
 
 def group_key(lane: str, group: str) -> str:
-    """The index of `group`'s waiting jobs in `lane` (the claim script joins groups_key and the group the same way)."""
+    """The index of `group`'s waiting jobs in `lane` (the work script joins groups_key and the group the same way)."""
     return groups_key(lane) + GROUP_SUFFIX.format(group=group)
 
 

@@ -155,7 +155,15 @@ class DashboardWorker(WorkerRecord):
             self._state = "unreadable"
 
     def get_current_job(self) -> DashboardJob | None:
-        return readable(super().get_current_job, None)  # type: ignore[arg-type]
+        return readable(self._running_job, None)
+
+    def _running_job(self) -> DashboardJob | None:
+        job = super().get_current_job()
+        if job is None:  # no execution records yet (a job younger than a beat): the claimed job it runs
+            job_id = self.running_job_id()
+            if job_id is not None and is_job_id(job_id):
+                job = DashboardJob.fetch(job_id, connection=self.connection, serializer=JSONSerializer)
+        return job  # type: ignore[return-value]
 
 
 def job_row(job: DashboardJob) -> dict[str, Any]:

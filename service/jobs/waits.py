@@ -1,7 +1,7 @@
 """Waits: hold a request until a job has ended (or a deadline passes), woken by Redis, not by polling it.
 
 Every transition that ends a job (finished, failed, stopped, canceled: the
-finish script, ServiceJob.set_status, the poison and fire scripts) publishes
+work script's finish, ServiceJob.set_status, the poison and fire scripts) publishes
 the status on the job's ended channel (service.core.keys.ended_channel).
 One WaitHub per process listens on one pub/sub connection for the channels
 of the jobs its requests wait for, and wakes those requests; each then reads

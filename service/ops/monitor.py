@@ -7,7 +7,7 @@ from typing import Any
 from redis import Redis
 from rq.worker import Worker
 
-from service.core.keys import UNGROUPED, groups_key
+from service.core.keys import UNGROUPED, claimed_key, groups_key
 from service.core.lanes import LANES
 from service.jobs.describe import isotime
 from service.jobs.model import ServiceJob, ServiceQueue
@@ -24,6 +24,15 @@ class WorkerRecord(Worker):
         # dequeue (415 s): on the web's shared client a frozen Redis would then
         # hang requests instead of answering 503. A record only reads.
         return connection
+
+    def running_job_id(self) -> str | None:
+        """The job it runs: its execution records' (RQ's way), or, before its heartbeat wrote them (a job
+        younger than a beat: service.workers.heartbeat), the head of its claimed list while it is busy."""
+        found = self.get_current_job_id()
+        if found is None and str(self.get_state()) == "busy":
+            head = self.connection.lindex(claimed_key(self.name), 0)
+            found = head.decode("utf-8", "surrogateescape") if head is not None else None
+        return found
 
 
 def queue_counts(connection: Redis) -> list[dict[str, Any]]:
@@ -64,7 +73,7 @@ def workers(connection: Redis) -> list[dict[str, Any]]:
                 "name": w.name,
                 "lanes": w.queue_names(),
                 "state": str(w.get_state()),
-                "current_job": w.get_current_job_id(),
+                "current_job": w.running_job_id(),
                 "successful_jobs": w.successful_job_count,
                 "failed_jobs": w.failed_job_count,
                 "total_working_seconds": round(w.total_working_time, 3),

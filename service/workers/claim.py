@@ -11,7 +11,7 @@ with every push), never on the lane itself, so blocking cannot lose a job.
 Fair share within a lane (SPEC 11): jobs with a `group` are also indexed
 per group, and the lane's groups take turns (keys.groups_key); the lane
 list still holds every waiting job, as RQ's tools count them. See
-service/core/lua/claim.lua for the turns and docs/workers.md for the cost.
+service/core/lua/work.lua for the turns and docs/workers.md for the cost.
 """
 
 from __future__ import annotations
@@ -20,29 +20,45 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 from redis import Redis
+from redis.exceptions import ResponseError
 from rq.utils import utcformat
 
-from service.core import clock, keys, metrics
+from service.core import clock, keys
 from service.core.keys import CLAIMERS_KEY, claimed_key, doorbell_key
 from service.core.lua import script
 from service.jobs.damage import GROUP_FIELD
+from service.workers.tally import Tally
 
-CLAIM = script("claim")
-WAIT = "job_wait_seconds"  # the claim script counts each started job's enqueue-to-start wait in it
+# One script for a worker's every call: finish a job, add the kept counters, claim and start the next job.
+WORK = script(
+    "work",
+    JOB_PREFIX=keys.JOB_PREFIX,
+    LANE_HEAD=keys.LANE_HEAD,
+    GROUP_SEPARATOR=keys.GROUP_SUFFIX.format(group=""),
+    GROUP_FIELD=GROUP_FIELD,
+    UNGROUPED=keys.UNGROUPED,
+)
+WAIT = "job_wait_seconds"  # each started job's enqueue-to-start wait, by lane
 REQUEUE = script("requeue")
-# The claim script's arguments that never change: the job, execution and executions-registry prefixes
-# (it builds those keys from a claimed id) and the fair-share names (service.core.keys). Passed as bytes:
-# redis-py then sends them without encoding each call.
-CLAIM_PREFIXES = tuple(
-    part.encode()
-    for part in (
-        keys.JOB_PREFIX, keys.EXECUTION_PREFIX, keys.EXECUTIONS_PREFIX,
-        keys.LANE_HEAD, keys.GROUP_SUFFIX.format(group=""), GROUP_FIELD, keys.UNGROUPED,
-        " ".join(str(bound) for bound in metrics.HISTOGRAMS[WAIT][2]),
-    )
-)  # fmt: skip
+# While jobs keep coming, held-back jobs are looked for at most this often (Redis's time); a claim that
+# finds the lanes empty always looks. A due held-back job waits at most this long (plus the running job).
+WAITING_CHECK_SECONDS = 0.1
+NOT_CLAIMED = b""  # a call that claimed nothing: no lanes were given
+
+
+def epoch(stamp: bytes | None) -> float | None:
+    """Epoch seconds of an ISO 8601 time as RQ writes it (UTC), or None for a missing or bad stamp."""
+    try:
+        parsed = datetime.fromisoformat(stamp.decode()) if stamp else None
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if parsed is None:
+        return None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
 
 
 def raw_id(job_id: str) -> bytes:
@@ -91,27 +107,35 @@ class LaneOrder:
 class Claim:
     """A job id taken from `lane` into a claimed list, with its job hash (empty if it vanished).
 
-    `execution_id` is set when the claim also started the job (it was queued).
+    `execution_id` is set when the claim also started the job (it was queued), at Redis's time `at`.
     """
 
     job_id: str
     lane: str
     raw: dict[bytes, bytes]
     execution_id: str | None = None
+    at: float = 0.0
 
 
 class Claimer:
-    """Claims jobs for one worker and puts them back (the claim and requeue scripts)."""
+    """Makes one worker's script calls (service/core/lua/work.lua): claims, finishes, its kept counters
+    (service.workers.tally); and puts claimed jobs back (the requeue script)."""
 
     def __init__(self, connection: Redis, worker_name: str) -> None:
         self.connection = connection
         self.worker_name = worker_name
         self.key = claimed_key(worker_name)
+        self.tally = Tally(keys.worker_key(worker_name))
+        self.state = ""  # the worker hash's state as far as we know ('' unknown): written only when it changes
         self._name = worker_name.encode()
-        self._worker_keys = [self.key, CLAIMERS_KEY, keys.worker_key(worker_name)]
-        self._worker_keys += [keys.worker_executions_key(worker_name), keys.METRICS_KEY]
+        self._registered = False  # in the claimers set (the heartbeat adds the worker there on every beat too)
+        self._next_waiting_check = 0.0  # Redis's time when held-back jobs are next looked for
+        self._last_lane = ""  # the lane the last claimed job came from: the lanes before it are probed at once
+        worker_keys = [self.key, CLAIMERS_KEY, keys.worker_key(worker_name)]
+        worker_keys += [keys.worker_executions_key(worker_name), keys.METRICS_KEY]
+        self._worker_keys = [key.encode() for key in worker_keys]
         self._lane_keys: dict[tuple[str, ...], list[bytes]] = {}
-        self._lane_args: dict[tuple[str, ...], list[bytes]] = {}
+        self._pending: tuple[Any, ...] = ()  # a call queued in a pipeline, until its reply is given to `done`
 
     def claim(self, lanes: Sequence[str], ttl_seconds: int) -> Claim | float | None:
         """Claim and start the head of the first non-empty lane; else the earliest waiting time (or None).
@@ -119,32 +143,109 @@ class Claimer:
         Times are Redis's: the script reads TIME and answers it, and the
         process's clock (service.core.clock) learns its offset from it.
         """
+        claimed = self.call(lanes, ttl_seconds)[1]
+        assert claimed is not NOT_CLAIMED
+        return claimed
+
+    def flush(self) -> None:
+        """Add the kept counters now (a warm stop); the worker hash's state becomes idle."""
+        self.call()
+
+    def call(
+        self,
+        lanes: Sequence[str] = (),
+        ttl_seconds: int = 0,
+        finish: tuple[list[Any], list[Any]] | None = None,
+        client: Any = None,
+    ) -> tuple[int, Claim | float | None | bytes | ResponseError]:
+        """One work script call: `finish` (its keys and arguments, from service.workers.finish), then
+        a claim from `lanes` if any; return the finished job's dependents and what was claimed
+        (as `claim` returns it, NOT_CLAIMED without lanes). The kept counters go with it.
+
+        With `client` a pipeline (MULTI), the call is queued there and the caller must pass the
+        script's reply to `done` once the pipeline has run, or call `abandon` if it failed (the tally's
+        lock is held until then).
+        """
         sent_at = time.time()
         execution_id = uuid.uuid4().hex
-        reply = CLAIM(
-            keys=self._keys(tuple(lanes)),
-            args=[
+        finish_keys, finish_args = finish or ([], [])
+        check = bool(lanes) and clock.now() >= self._next_waiting_check
+        self.tally.lock.acquire()
+        try:
+            args = [
                 self._name,
-                execution_id,
-                utcformat(clock.utcnow()),
-                ttl_seconds,
-                *CLAIM_PREFIXES,
-                *self._args(lanes),
-            ],
-            client=self.connection,
-        )
-        clock.learn(float(reply[-1]), sent_at)
-        if reply[0] is None:  # nothing claimed (an empty id is still a claim)
-            earliest = float(reply[1])
-            return earliest if earliest >= 0 else None
-        flat = reply[2]
+                self.state,
+                self.tally.encoded(),
+                b"1" if self.tally.due() else b"",
+                b"1" if lanes and not self._registered else b"",
+                len(finish_keys),
+                len(finish_args),
+                *finish_args,
+            ]
+            if lanes:
+                hint = lanes.index(self._last_lane) + 1 if self._last_lane in lanes else 1
+                args += [execution_id, utcformat(clock.utcnow()), ttl_seconds, b"1" if check else b"", hint]
+            call_keys = self._worker_keys + finish_keys + (self._keys(tuple(lanes)) if lanes else [])
+            reply = WORK(keys=call_keys, args=args, client=client or self.connection)
+        except BaseException:
+            self.tally.lock.release()
+            raise
+        if client is None:
+            try:
+                return self._done(reply, tuple(lanes), execution_id, sent_at, check)
+            finally:
+                self.tally.lock.release()
+        self._pending = (tuple(lanes), execution_id, sent_at, check)
+        return 0, NOT_CLAIMED
+
+    def done(self, reply: Any) -> tuple[int, Claim | float | None | bytes | ResponseError]:
+        """The reply of a call queued in a pipeline (see `call`)."""
+        try:
+            return self._done(reply, *self._pending)
+        finally:
+            self.tally.lock.release()
+
+    def abandon(self) -> None:
+        """A call queued in a pipeline did not run: its counters stay kept."""
+        self.tally.lock.release()
+
+    def _done(
+        self, reply: Any, lanes: tuple[str, ...], execution_id: str, sent_at: float, check: bool
+    ) -> tuple[int, Claim | float | None | bytes | ResponseError]:
+        dependents, flushed, claimed = int(reply[0]), reply[1], reply[2]
+        if flushed:
+            self.tally.clear()
+        if not lanes:
+            self.state = "idle"
+            return dependents, NOT_CLAIMED
+        if claimed[0] is None and claimed[1] == b"error":  # the claim after a finish failed (see work.lua)
+            self.state = ""  # not known now: written by the next call
+            return dependents, ResponseError(claimed[2].decode("utf-8", "replace"))
+        self._registered = True
+        redis_now = float(claimed[-1])
+        clock.learn(redis_now, sent_at)
+        if claimed[0] is None:  # nothing claimed (an empty id is still a claim)
+            self.state = "idle"
+            self._next_waiting_check = redis_now + WAITING_CHECK_SECONDS
+            earliest = float(claimed[1])
+            return dependents, (earliest if earliest >= 0 else None)
+        if check:
+            self._next_waiting_check = redis_now + WAITING_CHECK_SECONDS
+        flat = claimed[2]
         raw = dict(zip(flat[::2], flat[1::2], strict=True))
         # An id that is not UTF-8 keeps its bytes as surrogates: it is discarded, not a reason to stop.
-        job_id = reply[0].decode("utf-8", "surrogateescape")
-        return Claim(job_id, lanes[reply[1] - 1], raw, execution_id if reply[3] else None)
+        job_id = claimed[0].decode("utf-8", "surrogateescape")
+        lane = self._last_lane = lanes[claimed[1] - 1]
+        started = bool(claimed[3])
+        if started:
+            self.state = "busy"
+            enqueued = epoch(raw.get(b"enqueued_at"))
+            if enqueued is not None:
+                self.tally.observe(WAIT, max(0.0, redis_now - enqueued), lane)
+        return dependents, Claim(job_id, lane, raw, execution_id if started else None, redis_now)
 
     def _keys(self, lanes: tuple[str, ...]) -> list[bytes]:
-        """The claim script's KEYS for trying `lanes` in this order (worked out and encoded once per order)."""
+        """The work script's lane KEYS for trying `lanes` in this order (worked out and encoded once per order)."""
         found = self._lane_keys.get(lanes)
         if found is None:
             lane_keys = [
@@ -159,15 +260,7 @@ class Claimer:
                     keys.held_groups_key(lane),
                 )  # fmt: skip
             ]
-            found = self._lane_keys[lanes] = [key.encode() for key in self._worker_keys + lane_keys]
-        return found
-
-    def _args(self, lanes: Sequence[str]) -> list[bytes]:
-        """The claim script's per-lane arguments: each lane's wait histogram field prefix (encoded once per order)."""
-        order = tuple(lanes)
-        found = self._lane_args.get(order)
-        if found is None:
-            found = self._lane_args[order] = [(metrics.field(WAIT, lane) + metrics.SEP).encode() for lane in order]
+            found = self._lane_keys[lanes] = [key.encode() for key in lane_keys]
         return found
 
     def wait(self, lanes: Sequence[str], timeout_seconds: float) -> None:

@@ -4,7 +4,8 @@ RQ's success path (WATCH the dependents, a MULTI of some fifteen commands,
 the result stream, registries, execution clean-up) costs several round trips
 and most of a no-op job's time. For a *plain* job (no success callback, no
 repeat, no webhook, no RQ rate limit, a result kept for some time) the same
-writes are made by one Lua call; anything else takes RQ's own path. It
+writes are made by the finish part of the worker's work script call
+(service/core/lua/work.lua), which also claims its next job; anything else takes RQ's own path. It
 stores fewer bytes than RQ for the job's result_ttl (docs/redis.md): the
 result entry holds its type and return value (RESULT_FIELDS), and the job
 hash drops `last_heartbeat`, which would repeat `ended_at`.
@@ -13,20 +14,22 @@ hash drops `last_heartbeat`, which would repeat `ended_at`.
 from __future__ import annotations
 
 from base64 import b64encode
+from collections.abc import Sequence
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import ResponseError
 from rq.executions import Execution
 from rq.job import Job
 from rq.results import Result
 from rq.utils import utcformat
 
-from service.core import clock, keys, metrics
-from service.core.lua import script
+from service.core import clock, keys
 from service.jobs import batches
+from service.workers.claim import Claim, Claimer
 from service.workers.limits import NO_SLOT
+from service.workers.tally import Tally
 
-FINISH = script("finish")
 HISTOGRAM = "job_duration_seconds"
 # A larger result fails its job: Redis refuses a value over 512 MB by closing
 # the connection, which a worker would take for an outage and retry forever.
@@ -51,20 +54,8 @@ def encode_result(serializer: Any, value: Any) -> bytes:
     return encoded
 
 
-def outcome_metrics(counter: str, task: str, lane: str, seconds: float) -> list[Any]:
-    """The metric fields of one execution's outcome for the finish script: two counters, a bucket and a sum."""
-    bucket = metrics.bucket_of(seconds, metrics.HISTOGRAMS[HISTOGRAM][2])
-    return [
-        metrics.field("jobs_started", task, lane),
-        metrics.field(counter, task, lane),
-        metrics.field(HISTOGRAM, task, lane, bucket),
-        metrics.field(HISTOGRAM, task, lane, "sum"),
-        seconds,
-    ]
-
-
 def is_plain(job: Job, result_ttl: int) -> bool:
-    """True when RQ's success path would do nothing beyond what the finish script does."""
+    """True when RQ's success path would do nothing beyond what the work script's finish does."""
     return (
         result_ttl != 0
         and not job._success_callback_name
@@ -75,17 +66,33 @@ def is_plain(job: Job, result_ttl: int) -> bool:
 
 
 class Finisher:
-    """Stores successful outcomes for one worker."""
+    """Stores successful outcomes for one worker, through its Claimer's calls (the finish part of the
+    work script, with the next claim when lanes are given)."""
 
-    def __init__(self, connection: Redis, worker_name: str, worker_key: str) -> None:
+    def __init__(self, connection: Redis, worker_name: str, worker_key: str, claimer: Claimer | None = None) -> None:
         self.worker_name = worker_name
         self.worker_key = worker_key
         self.connection = connection
+        self.claimer = claimer or Claimer(connection, worker_name)
+        self._counted = ""  # the execution whose counts the tally holds: a retried store counts it once
 
-    def finish(self, job: Job, execution: Execution, result_ttl: int, slots: tuple[str, str, str], task: str) -> int:
-        """Mark `job` finished with its result; return how many dependents it has.
+    def finish(
+        self,
+        job: Job,
+        execution: Execution,
+        result_ttl: int,
+        slots: tuple[str, str, str],
+        task: str,
+        lanes: Sequence[str] = (),
+        ttl_seconds: int = 0,
+        recorded: bool = True,
+    ) -> tuple[int, Claim | float | None | bytes | ResponseError]:
+        """Mark `job` finished with its result, then claim from `lanes` (if any) in the same call; return
+        how many dependents it has and what was claimed (claim.NOT_CLAIMED without lanes).
 
         `slots`: the task's slot key, its group slot key (limits.NO_SLOT for none) and the job's group ('').
+        `recorded`: the execution's records were written (by the heartbeat): they are removed too.
+        Its counters are kept by the worker (service.workers.tally) until the call adds them.
         """
         assert job.started_at and job.ended_at
         encoded = encode_result(job.serializer, job._result)
@@ -98,42 +105,57 @@ class Finisher:
         pairs = [str(part) for item in fields.items() for part in item]
         score = "+inf" if result_ttl < 0 else clock.timestamp() + result_ttl
         working = (job.ended_at - job.started_at).total_seconds()
-        call = dict(
-            keys=[
+        part = (
+            [
                 job.key,
                 keys.started_key(job.origin),
                 execution.key,
                 keys.executions_key(job.id),
-                self.worker_key,
-                keys.worker_executions_key(self.worker_name),
-                keys.claimed_key(self.worker_name),
                 keys.finished_key(job.origin),
                 keys.results_key(job.id),
                 job.dependents_key,
                 slots[0],
-                keys.METRICS_KEY,
                 job.dependencies_key,
                 slots[1],
                 keys.held_groups_key(job.origin),
                 keys.ended_channel(job.id),
             ],
-            args=[
+            [
                 job.id,
                 execution.composite_key,
                 execution.id,
                 utcformat(job.ended_at),
                 result_ttl,
                 score,
-                working,
-            ]
-            + [len(pairs), *pairs]
-            + outcome_metrics("jobs_finished", task, job.origin, working)
-            + [slots[2], "1" if job._dependency_ids else "", "" if slots[0] == NO_SLOT else "1"],
+                slots[2],
+                "1" if job._dependency_ids else "",
+                "" if slots[0] == NO_SLOT else "1",
+                "1" if recorded else "",
+                *pairs,
+            ],
         )
+        tally = self.claimer.tally
+        if self._counted != execution.id:
+            self._counted = execution.id
+            self._count(tally, task, job.origin, working)
         batch_id = getattr(job, "batch_id", None)
         if not batch_id:
-            return int(FINISH(**call, client=self.connection))
+            return self.claimer.call(lanes, ttl_seconds, finish=part)
         with self.connection.pipeline() as pipe:  # MULTI: the outcome and its count in its batch, at once
-            FINISH(**call, client=pipe)
-            batches.end(pipe, job.id, batch_id, "finished")
-            return int(pipe.execute()[0])
+            self.claimer.call(finish=part, client=pipe)
+            try:
+                batches.end(pipe, job.id, batch_id, "finished")
+                reply = pipe.execute()[0]
+            except BaseException:
+                self.claimer.abandon()
+                raise
+            return self.claimer.done(reply)
+
+    @staticmethod
+    def _count(tally: Tally, task: str, lane: str, working: float) -> None:
+        """A success's counts: two counters, the duration's bucket and sum, the worker's two fields."""
+        tally.count("jobs_started", task, lane)
+        tally.count("jobs_finished", task, lane)
+        tally.observe(HISTOGRAM, working, task, lane)
+        tally.worker("successful_job_count", 1)
+        tally.worker("total_working_time", working)

@@ -13,7 +13,8 @@ import time
 from typing import TYPE_CHECKING
 
 from redis import Redis
-from rq.executions import Execution
+from redis.client import Pipeline
+from rq.executions import Execution, ExecutionRegistry
 from rq.registry import StartedJobRegistry
 from rq.utils import utcformat
 
@@ -88,9 +89,14 @@ class Heartbeat(threading.Thread):
             pipe.expire(worker.key, int(self.ttl) + 60)
             pipe.expire(worker.executions_key, int(self.ttl) + 60)
             pipe.hset(worker.key, "last_heartbeat", utcformat(clock.utcnow()))
-            for execution in list(worker.executions.values()):
-                self._extend(execution, worker.running_lane, pipe)
-            replies = pipe.execute(raise_on_error=False)  # each command counts on its own
+            # Back among the claimers if a reaper took it for dead (its key lapsed) and dropped it.
+            pipe.sadd(keys.CLAIMERS_KEY, worker.name)
+            with worker.records_lock:  # no record is written for a job whose outcome is being stored
+                execution = worker.recording
+                if execution is not None and worker.running_lane is not None:
+                    self._record(execution, worker.running_lane, execution.id in worker.recorded, pipe)
+                    worker.recorded.add(execution.id)
+                replies = pipe.execute(raise_on_error=False)  # each command counts on its own
         if isinstance(replies[0], Exception):
             raise replies[0]
         clock.learn(clock.server_seconds(replies[0]), sent_at)
@@ -100,12 +106,24 @@ class Heartbeat(threading.Thread):
         refused = next((r for r in replies if isinstance(r, Exception)), None)
         if refused is not None:
             raise refused
+        worker.claimer.tally.flush_stale(self.connection)  # counts kept while a long job runs
 
-    def _extend(self, execution: Execution, lane: str | None, pipe: object) -> None:
-        if lane is None:
-            return
+    def _record(self, execution: Execution, lane: str, written: bool, pipe: Pipeline) -> None:
+        """The running job's execution records and last_heartbeat: written at its first beat (the work script
+        leaves them out: most jobs end before one), renewed at the next ones, as RQ's prepare_execution and
+        heartbeat do."""
         registry = StartedJobRegistry(lane, connection=self.connection)
-        execution.heartbeat(registry, int(self.ttl) + 60, pipeline=pipe)  # type: ignore[arg-type]
+        ttl = int(self.ttl) + 60
+        if written:
+            execution.heartbeat(registry, ttl, pipeline=pipe)
+            return
+        execution.last_heartbeat = clock.utcnow()
+        pipe.hset(keys.job_key(execution.job_id), "last_heartbeat", utcformat(execution.last_heartbeat))
+        execution.save(ttl=ttl, pipeline=pipe)
+        ExecutionRegistry(job_id=execution.job_id, connection=pipe).add(execution=execution, ttl=ttl, pipeline=pipe)
+        registry.add_execution(execution, pipeline=pipe, ttl=ttl, xx=True)
+        pipe.sadd(execution.worker_executions_key, execution.composite_key)
+        pipe.expire(execution.worker_executions_key, ttl)
 
     def maybe_reap(self) -> None:
         now = time.monotonic()

@@ -39,7 +39,7 @@ from rq.job import Job, JobStatus, Retry
 from rq.timeouts import JobTimeoutException
 from rq.worker import Worker, WorkerStatus
 
-from service.core import clock, metrics
+from service.core import clock, keys, metrics
 from service.core.connection import connect, connect_like
 from service.core.keys import held_groups_key, waiting_key
 from service.core.lanes import LANES
@@ -49,9 +49,9 @@ from service.jobs.damage import is_job_id
 from service.jobs.model import ServiceJob, ServiceQueue
 from service.ops import hooks
 from service.workers import limits, poison
-from service.workers.claim import Claim, Claimer, LaneOrder
+from service.workers.claim import NOT_CLAIMED, Claim, Claimer, LaneOrder
 from service.workers.delayed import start_delayed_jobs
-from service.workers.finish import Finisher, encode_result, is_plain
+from service.workers.finish import Finisher, ResultRefused, encode_result, is_plain
 from service.workers.forkserver import ForkServer, ForkServerGone
 from service.workers.heartbeat import Heartbeat
 from service.workers.limits import Limiter
@@ -133,7 +133,7 @@ class ServiceWorker(Worker):
         self.order = LaneOrder(self.lane_names, options.weights)
         self.claimer = Claimer(self.connection, self.name)
         self.limiter = Limiter(self.connection)
-        self.finisher = Finisher(self.connection, self.name, self.key)
+        self.finisher = Finisher(self.connection, self.name, self.key, self.claimer)
         self.reaper = Reaper(self.connection, crash_retries=options.crash_retries)
         self.outage = Outage(log, f"Worker {self.name}")
         self.grace = GraceTimer(options.grace_seconds, self._interrupt_job)
@@ -146,6 +146,15 @@ class ServiceWorker(Worker):
         self._outcome_fd: int | None = None  # in a horse: where a plain success goes
         self._forkserver: ForkServer | None = None
         self._claim: Claim | None = None
+        # What the last success's call claimed, to run next (NOT_CLAIMED: claim on the next turn).
+        self._claimed_next: Claim | float | None | bytes | Exception = NOT_CLAIMED
+        self._completed = 0  # jobs run since work() began
+        # RQ's execution records of the running job are written by the heartbeat at its first beat during
+        # the job (service.workers.heartbeat), under this lock, so that no beat writes them once it ended.
+        self.records_lock = threading.Lock()
+        self.recording: Execution | None = None  # the execution the heartbeat may write the records of
+        self.recorded: set[str] = set()  # executions whose records it wrote
+        self._max_jobs = options.max_jobs
         self._horse_outcome = b""
         self._next_scheduler_check = 0.0
         self.suspended = False  # `rq suspend` is in force (read by the heartbeat thread)
@@ -190,19 +199,20 @@ class ServiceWorker(Worker):
         )
         self._until_redis(self._heartbeat.beat)  # alive before the first claim
         self._heartbeat.start()
-        completed = 0
+        self._completed = 0
+        self._max_jobs = max_jobs or self.options.max_jobs
         try:
             while not self._stop_requested:
                 outcome = self._turn(burst)
                 if outcome in ("empty", "stop"):
                     break
                 if outcome == "ran":
-                    completed += 1
-                    if self._should_restart(completed, max_jobs or self.options.max_jobs):
+                    self._completed += 1
+                    if self._should_restart(self._completed, self._max_jobs):
                         break
         finally:
             self._teardown()
-        return bool(completed)
+        return bool(self._completed)
 
     def _turn(self, burst: bool) -> str:
         """One step, riding out Redis (down, frozen, full, MISCONF) and bugs; as _step, or 'retry' or 'stop'."""
@@ -211,7 +221,7 @@ class ServiceWorker(Worker):
         except StopRequested:
             return "stop"
         except Exception as exc:  # a bug must not take the worker down; its claims go back
-            self._resync = True
+            self._resync, self._claimed_next = True, NOT_CLAIMED
             if unavailable(exc):
                 self.outage.down(exc)
             else:
@@ -224,8 +234,12 @@ class ServiceWorker(Worker):
     def _step(self, burst: bool) -> str:
         """One turn of the loop: claim and run one job, or wait; return 'ran', 'idle' or 'empty'."""
         if self._resync:
+            self._claimed_next = NOT_CLAIMED  # if any, it is in our claimed list: it goes back too
             self._requeue_own_claims()
             self._resync = False
+        result = self._take_claimed_next()
+        if isinstance(result, Claim):  # the last success's call claimed it: run it now
+            return "ran" if self._run_claim(result) else "idle"
         if self.suspended:  # seen by the heartbeat: wait for `rq resume` (or a stop) as RQ's worker does
             self.check_for_suspension(burst)
             self.suspended = False
@@ -235,16 +249,24 @@ class ServiceWorker(Worker):
             self._maintain()
         elif not burst and self._scheduler_gone():
             self.scheduler.acquire_locks(auto_start=True)  # type: ignore[union-attr]
-        result = self.claimer.claim(self.order.next(), self.get_heartbeat_ttl(None))
+        if result is NOT_CLAIMED:
+            result = self.claimer.claim(self.order.next(), self.get_heartbeat_ttl(None))
+            self._state = WorkerStatus(self.claimer.state or self._state)  # the call wrote it if it changed
         if isinstance(result, Claim):
             return "ran" if self._run_claim(result) else "idle"
         if burst and result is None:
             return "empty"
-        if self.get_state() != WorkerStatus.IDLE:
-            self.set_state(WorkerStatus.IDLE)
         timeout = IDLE_WAKE_SECONDS if result is None else min(IDLE_WAKE_SECONDS, max(0.01, result - clock.now()))
         self.claimer.wait(self.lane_names, timeout)
         return "idle"
+
+    def _take_claimed_next(self) -> Claim | float | None | bytes:
+        """What the last success's call claimed (NOT_CLAIMED: nothing yet); its claim's error is raised here,
+        as a claim call's own would be."""
+        result, self._claimed_next = self._claimed_next, NOT_CLAIMED
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     def _maintain(self) -> None:
         """RQ's registry maintenance; if an entry breaks it (a planted id), it waits for its next round."""
@@ -315,6 +337,7 @@ class ServiceWorker(Worker):
                 self.claimer.drop(claim.job_id)
             return False
         execution = Execution(claim.execution_id, job.id, self.connection, worker_name=self.name)
+        execution.created_at = execution.last_heartbeat = datetime.fromtimestamp(claim.at, UTC)
         self.executions[execution.id] = execution
         spec = job.spec
         if spec is not None and limits.is_limited(spec, job.group) and not job.damage:
@@ -324,14 +347,56 @@ class ServiceWorker(Worker):
                 self._hold_back(job, claim.lane, execution, wait, job.group if group_held else None)
                 return False
         self.running_lane, self._claim = claim.lane, claim
-        self._state = WorkerStatus.BUSY  # written by the claim script
+        self._state = WorkerStatus.BUSY  # written by the work script's claim
+        with self.records_lock:
+            self.recording = execution  # the heartbeat writes its records if it still runs at the next beat
         try:
             self.execute_job(job, self._queues_by_name[claim.lane])
         finally:
             self.running_lane, self._claim = None, None
-        if self._state != WorkerStatus.IDLE:  # a plain success's finish script already set it
+            if self._stop_recording(execution):  # written, and not removed by a plain success's call
+                self._forget_records(execution)
+        next_started = isinstance(self._claimed_next, Claim) and self._claimed_next.execution_id
+        if self._state != WorkerStatus.IDLE and not next_started:  # a plain success's call already set it
             self.set_state(WorkerStatus.IDLE)
         return True
+
+    def _stop_recording(self, execution: Execution) -> bool:
+        """The heartbeat writes `execution`'s records no more; True when it wrote them."""
+        with self.records_lock:
+            if self.recording is execution:
+                self.recording = None
+            return execution.id in self.recorded
+
+    def _forget_records(self, execution: Execution) -> None:
+        """Remove the records the heartbeat wrote for an execution that has ended (whatever stored its outcome)."""
+        self.recorded.discard(execution.id)
+        try:
+            with self.connection.pipeline() as pipe:
+                pipe.delete(execution.key)
+                pipe.zrem(keys.executions_key(execution.job_id), execution.id)
+                pipe.srem(self.executions_key, execution.composite_key)
+                pipe.execute()
+        except REDIS_DOWN:  # they expire (the hash, the registry); RQ drops a set member whose hash is gone
+            log.warning("Worker %s: Redis down; the records of execution %s will expire", self.name, execution.id)
+
+    def set_state(self, state: Any, pipeline: Any = None) -> None:
+        super().set_state(state, pipeline)
+        self.claimer.state = getattr(state, "value", state)  # the work script writes it only when it changes
+
+    def _next_lanes(self) -> list[str]:
+        """The lanes a success's call claims the next job from, in order; none when the next turn must not
+        claim right away (stopping, suspended, maintenance due, a resync, the last of --max-jobs, a horse)."""
+        if (
+            self._is_horse
+            or self._stop_requested
+            or self.suspended
+            or self._resync
+            or self.should_run_maintenance_tasks
+            or (self._max_jobs and self._completed + 1 >= self._max_jobs)
+        ):
+            return []
+        return self.order.next()
 
     def load(self, job_id: str, lane: str, raw: dict[bytes, bytes]) -> ServiceJob:
         """The job claimed from `lane` (damaged, not raising, whatever its hash holds)."""
@@ -414,6 +479,7 @@ class ServiceWorker(Worker):
             self._forkserver.stop()
         for _ in range(3):
             try:
+                self.claimer.flush()  # the counters kept since the last call
                 self._requeue_own_claims()
                 if not self.claimer.claimed():
                     self.reaper.forget(self.name)
@@ -535,7 +601,7 @@ class ServiceWorker(Worker):
         return int(self.heartbeat_ttl) + 60
 
     def prepare_execution(self, job: Job) -> Execution:
-        # The claim script already started the job and recorded its execution.
+        # The work script's claim already started the job (its records are the heartbeat's, at its first beat).
         return next(e for e in self.executions.values() if e.job_id == job.id)
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
@@ -598,11 +664,24 @@ class ServiceWorker(Worker):
         spec = job.spec
         slot_key = limits.running_key(spec.name) if spec is not None and spec.concurrency else limits.NO_SLOT
         slots = (slot_key, limits.group_slot_key(spec, job.group), job.group or "")
-        dependents = self.finisher.finish(job, execution, result_ttl, slots, job.task_name)
-        job._status, self._state = JobStatus.FINISHED, WorkerStatus.IDLE
+        lanes = self._next_lanes()
+        recorded = self._stop_recording(execution)
+        try:
+            dependents, self._claimed_next = self.finisher.finish(
+                job, execution, result_ttl, slots, job.task_name, lanes, self.get_heartbeat_ttl(None), recorded
+            )
+        except BaseException as exc:
+            if lanes and not isinstance(exc, ResultRefused):  # its reply lost, the call may have claimed a
+                self._resync = True  # job: our claims are put back, and the retry only stores the outcome
+            raise
+        # The state the call left (unknown after a failed claim: busy, so that it is written idle).
+        job._status, self._state = JobStatus.FINISHED, WorkerStatus(self.claimer.state or WorkerStatus.BUSY)
         self.executions.pop(execution.id, None)
+        self.recorded.discard(execution.id)  # removed by the call
         if dependents:
             self._enqueue_dependents_safely(queue, job)
+            if not isinstance(self._claimed_next, Claim):  # the lanes were empty before these: look again
+                self._claimed_next = NOT_CLAIMED
         hooks.job_event("job.succeeded", job)
         log_finished(self.name, job)
 
@@ -724,10 +803,8 @@ class ServiceWorker(Worker):
         self._until_redis(lambda: self.reaper.recover(job.id, self.claimer.key, f"work horse died ({how})"))
 
     def maintain_heartbeats(self, job: Job, execution: Execution) -> None:
-        try:
-            super().maintain_heartbeats(job, execution)
-        except REDIS_DOWN as exc:
-            self.outage.down(exc)
+        """Fork mode, while the horse runs: nothing. The heartbeat thread renews the worker and writes the
+        running job's execution records (RQ's would renew an execution hash it has not written yet)."""
 
     # -- signals and shutdown -----------------------------------------------------
 
