@@ -82,6 +82,11 @@ def record_failure(event: dict) -> None:
             log.write(json.dumps(event) + "\n")
 
 
+@task("testing.returns_nan")
+def returns_nan() -> float:
+    return float("nan")  # json.dumps would write NaN, which no JSON client can read
+
+
 @task("testing.returns_set")
 def returns_set() -> set[int]:
     """Return a value that is not JSON (a worker cannot store it)."""

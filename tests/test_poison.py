@@ -268,10 +268,11 @@ def test_dependents_that_name_code_or_are_no_job_never_run_code_and_the_parent_f
 # -- a finish step that raises ----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("task", ["testing.returns_set", "testing.returns_nan"])
 def test_a_result_that_is_not_json_fails_the_job_within_its_attempts(
-    connection: Redis, client: FlaskClient, worker: ServiceProcess
+    connection: Redis, client: FlaskClient, worker: ServiceProcess, task: str
 ) -> None:
-    job = Api(client).enqueue(task="testing.returns_set", retry={"max": 1, "backoff": [0]})
+    job = Api(client).enqueue(task=task, retry={"max": 1, "backoff": [0]})
     error = failed_with(client, job["id"])
     assert "ResultRefused: the task returned a value that is not JSON" in error
     assert read(client, job["id"])["attempts"] == 2

@@ -49,6 +49,15 @@ def new_job_ids(count: int) -> list[str]:
     return [text[i : i + size] for i in range(0, size * count, size)]
 
 
+class CompactJSON(JSONSerializer):
+    """RQ's JSON serializer without spaces after separators (every stored result is smaller) and refusing
+    NaN and infinities, which no JSON client can read back (a task returning one fails: its result is not JSON)."""
+
+    @staticmethod
+    def dumps(*args: Any, **kwargs: Any) -> bytes:
+        return json.dumps(*args, separators=(",", ":"), allow_nan=False, **kwargs).encode()
+
+
 class JobExpired(Exception):
     """Raised in a worker when a job's ttl ran out before it started; the job is not run or retried."""
 

@@ -46,7 +46,7 @@ from service.core.lanes import LANES
 from service.core.outage import REDIS_DOWN, Outage, refuses_writes, unavailable
 from service.jobs import batches
 from service.jobs.damage import is_job_id
-from service.jobs.model import ServiceJob, ServiceQueue
+from service.jobs.model import CompactJSON, ServiceJob, ServiceQueue
 from service.ops import hooks
 from service.workers import limits, poison
 from service.workers.claim import NOT_CLAIMED, Claim, Claimer, LaneOrder
@@ -119,9 +119,7 @@ class ServiceWorker(Worker):
         options = options or WorkerOptions(lanes=())
         kwargs.setdefault("job_class", ServiceJob)
         kwargs.setdefault("queue_class", ServiceQueue)
-        from rq.serializers import JSONSerializer
-
-        kwargs.setdefault("serializer", JSONSerializer)
+        kwargs.setdefault("serializer", CompactJSON)
         kwargs.setdefault("name", options.name)
         super().__init__(queues, **kwargs)
         self.options = options
