@@ -485,3 +485,45 @@ def test_the_scheduler_never_imports_a_queue_class_named_in_a_job(
     processes.scheduler(env={"POISON_MARKER": str(marker)})
     wait_until(lambda: connection.lrange("rq:queue:default", 0, -1) == [job.id.encode()], timeout=30)
     assert not marker.exists()
+
+
+# -- shared keys planted with another Redis type --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["queue_key", "waiting_key", "started_key", "groups_key"])
+def test_a_lane_key_planted_with_another_type_skips_that_lane_only_naming_the_key(
+    connection: Redis, worker: ServiceProcess, which: str
+) -> None:
+    """One planted key used to stop the worker on every lane (a traceback each second); now only its lane waits."""
+    from service.core import keys
+
+    waiting = None if which == "queue_key" else enqueue(connection, "diag.echo", "high", lane="high")
+    planted = getattr(keys, which)("high")
+    connection.set(planted, "planted")
+    if waiting is None:
+        waiting = enqueue(connection, "diag.echo", "first", lane="low")  # the claim tries `high` first
+    jobs = [enqueue(connection, "diag.echo", n, lane=lane) for n, lane in enumerate(("default", "low", "default"))]
+    for job in jobs:
+        wait_until(lambda job=job: job.get_status(refresh=True) == "finished", timeout=30, what=f"{job.id} to run")
+    wait_until(lambda: "lane 'high' skipped for 60 s" in worker.output(), timeout=10, what="the warning")
+    assert f"{planted} holds a string, not a" in worker.output()
+    assert "unexpected error" not in worker.output()
+    assert connection.get(planted) == b"planted"  # left for the operator: the service deletes nothing it did not write
+    if which != "queue_key":  # the skipped lane's job waits untouched, neither started nor failed
+        assert waiting.get_status(refresh=True) == "queued" and connection.hget(waiting.key, "attempts") in (None, b"0")
+        assert connection.lrange(keys.queue_key("high"), 0, -1) == [waiting.id.encode()]
+    assert worker.alive()
+
+
+def test_a_doorbell_planted_with_another_type_is_cleared_and_every_lane_goes_on(
+    connection: Redis, worker: ServiceProcess
+) -> None:
+    """A lane's doorbell is only a wake-up hint the workers clear whenever the lanes are empty."""
+    from service.core import keys
+
+    connection.set(keys.doorbell_key("high"), "planted")
+    wait_until(lambda: connection.exists(keys.doorbell_key("high")) == 0, timeout=10, what="the doorbell cleared")
+    echo_still_runs(connection, worker)
+    job = enqueue(connection, "diag.echo", "high", lane="high")
+    wait_until(lambda: job.get_status(refresh=True) == "finished", timeout=30, what="a job in high")
+    assert "unexpected error" not in worker.output()

@@ -48,6 +48,9 @@ REQUEUE = script("requeue")
 # finds the lanes empty always looks. A due held-back job waits at most this long (plus the running job).
 WAITING_CHECK_SECONDS = 0.1
 NOT_CLAIMED = b""  # a call that claimed nothing: no lanes were given
+# The Redis type each lane key (in Claimer._keys order) and each of the worker's keys must have ('none' is fine).
+LANE_TYPES = (b"list", b"zset", b"list", b"zset", b"list", b"hash")
+WORKER_TYPES = (b"list", b"set", b"hash", b"set", b"hash")
 
 
 def epoch(stamp: bytes | None) -> float | None:
@@ -262,6 +265,22 @@ class Claimer:
             ]
             found = self._lane_keys[lanes] = [key.encode() for key in lane_keys]
         return found
+
+    def planted(self, lanes: Sequence[str]) -> dict[str, list[str]]:
+        """Keys of the wrong type (records planted in Redis) by lane, '' for the worker's own: one round trip."""
+        names = self._worker_keys + self._keys(tuple(lanes))
+        expected = WORKER_TYPES + LANE_TYPES * len(lanes)
+        with self.connection.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.type(name)
+            found = pipe.execute()
+        wrong: dict[str, list[str]] = {}
+        for i, (name, kind, want) in enumerate(zip(names, found, expected, strict=True)):
+            kind = kind if isinstance(kind, bytes) else str(kind).encode()
+            if kind not in (b"none", want):
+                owner = lanes[(i - len(WORKER_TYPES)) // len(LANE_TYPES)] if i >= len(WORKER_TYPES) else ""
+                wrong.setdefault(owner, []).append(f"{name.decode()} holds a {kind.decode()}, not a {want.decode()}")
+        return wrong
 
     def wait(self, lanes: Sequence[str], timeout_seconds: float) -> None:
         """Block until a lane's doorbell rings or the timeout passes (the token only wakes us)."""

@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import ResponseError
 from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.exceptions import StopRequested
 from rq.executions import Execution
@@ -78,6 +79,9 @@ DEFAULT_HEARTBEAT_SECONDS = 5.0
 # An idle worker wakes at least this often (doorbell timeout) to check stop
 # requests and promote held-back jobs.
 IDLE_WAKE_SECONDS = 1.0
+# A lane one of whose keys holds another Redis type (a record planted in Redis) is skipped this long, then
+# tried again: the worker's other lanes go on, and the warning naming the key comes once per period.
+PLANTED_LANE_SKIP_SECONDS = 60.0
 # RQ's scheduler child (delayed jobs, retries) exits on a Redis error and RQ
 # starts it again only at its 10-minute maintenance: we look this often.
 SCHEDULER_CHECK_SECONDS = 5.0
@@ -140,6 +144,7 @@ class ServiceWorker(Worker):
         self._job_running = False
         self._horse_died: int | None = None
         self._resync = True
+        self._skipped: dict[str, float] = {}  # lanes holding a planted key: skipped until then (monotonic)
         self._heartbeat: Heartbeat | None = None
         self._outcome_fd: int | None = None  # in a horse: where a plain success goes
         self._forkserver: ForkServer | None = None
@@ -222,7 +227,7 @@ class ServiceWorker(Worker):
             self._resync, self._claimed_next = True, NOT_CLAIMED
             if unavailable(exc):
                 self.outage.down(exc)
-            else:
+            elif not (isinstance(exc, ResponseError) and str(exc).startswith("WRONGTYPE") and self._skip_planted()):
                 log.exception("Worker %s: unexpected error; carrying on", self.name)
                 time.sleep(1.0)
             return "retry"
@@ -248,15 +253,51 @@ class ServiceWorker(Worker):
         elif not burst and self._scheduler_gone():
             self.scheduler.acquire_locks(auto_start=True)  # type: ignore[union-attr]
         if result is NOT_CLAIMED:
-            result = self.claimer.claim(self.order.next(), self.get_heartbeat_ttl(None))
+            result = self._claim_from(self._usable(self.order.next()))
             self._state = WorkerStatus(self.claimer.state or self._state)  # the call wrote it if it changed
         if isinstance(result, Claim):
             return "ran" if self._run_claim(result) else "idle"
         if burst and result is None:
             return "empty"
         timeout = IDLE_WAKE_SECONDS if result is None else min(IDLE_WAKE_SECONDS, max(0.01, result - clock.now()))
-        self.claimer.wait(self.lane_names, timeout)
+        self._wait(timeout)
         return "idle"
+
+    def _claim_from(self, lanes: list[str]) -> Claim | float | None:
+        """A claim from `lanes`; None (nothing to claim) when every lane is skipped for a planted key."""
+        return self.claimer.claim(lanes, self.get_heartbeat_ttl(None)) if lanes else None
+
+    def _wait(self, timeout: float) -> None:
+        """Wait for a doorbell of the lanes not skipped (or just the timeout, when every lane is)."""
+        lanes = self._usable(self.lane_names)
+        if lanes:
+            self.claimer.wait(lanes, timeout)
+        else:
+            time.sleep(timeout)
+
+    def _usable(self, lanes: list[str]) -> list[str]:
+        """`lanes` without those skipped for a planted key (see _skip_planted)."""
+        if not self._skipped:
+            return lanes
+        now = time.monotonic()
+        self._skipped = {lane: until for lane, until in self._skipped.items() if until > now}
+        return [lane for lane in lanes if lane not in self._skipped]
+
+    def _skip_planted(self) -> bool:
+        """After a WRONGTYPE: skip each lane with a key of another type for a while, naming the key; True if
+        a planted key was found. One key of the worker's own stops it until repaired (it retries each second)."""
+        wrong = self.claimer.planted(self.lane_names)
+        for lane, found in wrong.items():
+            if lane:
+                self._skipped[lane] = time.monotonic() + PLANTED_LANE_SKIP_SECONDS
+                log.warning(
+                    "Worker %s: lane %r skipped for %.0f s, its other lanes go on: %s (delete or repair it)",
+                    self.name, lane, PLANTED_LANE_SKIP_SECONDS, "; ".join(found),
+                )  # fmt: skip
+            else:
+                log.error("Worker %s: %s (delete or repair it); retrying each second", self.name, "; ".join(found))
+                time.sleep(1.0)
+        return bool(wrong)
 
     def _take_claimed_next(self) -> Claim | float | None | bytes:
         """What the last success's call claimed (NOT_CLAIMED: nothing yet); its claim's error is raised here,
@@ -394,7 +435,7 @@ class ServiceWorker(Worker):
             or (self._max_jobs and self._completed + 1 >= self._max_jobs)
         ):
             return []
-        return self.order.next()
+        return self._usable(self.order.next())
 
     def load(self, job_id: str, lane: str, raw: dict[bytes, bytes]) -> ServiceJob:
         """The job claimed from `lane` (damaged, not raising, whatever its hash holds)."""

@@ -265,6 +265,8 @@ local function start(n, id)
     if job['status'] ~= 'queued' then
         return fields, 0
     end
+    -- The started registry first: if it is planted with another type, the job hash is not yet touched.
+    redis.call('ZADD', lane_key(n, 4), now + ttl, id .. ':' .. execution_id)
     local attempts = job['attempts'] or '0'
     if not string.match(attempts, '^-?%d+$') then  -- damaged: HINCRBY refuses it, as RQ's would
         redis.call('HINCRBY', job_key, 'attempts', 1)
@@ -276,7 +278,6 @@ local function start(n, id)
     for _, value in ipairs(changed) do  -- the reply's fields as the hash holds them now (last one wins)
         fields[#fields + 1] = value
     end
-    redis.call('ZADD', lane_key(n, 4), now + ttl, id .. ':' .. execution_id)
     return fields, 1
 end
 
