@@ -114,9 +114,15 @@ def test_a_rate_limit_holds_across_a_skewed_and_a_correct_worker(
     connection: Redis, processes: Processes, skew: str
 ) -> None:
     jobs = 16  # workertest.rated_stamp allows 4 starts per second
-    enqueue_many(connection, "workertest.rated_stamp", [("default", ("starts",))] * jobs)
     start_skewed(processes, skew)
     start_worker(processes, "--name", "correct", name="correct")
+    # Both idle before the jobs come: a worker slow to start (faketime on a busy host) would otherwise see none.
+    wait_until(
+        lambda: all(connection.hget(keys.worker_key(n), "state") == b"idle" for n in ("skewed", "correct")),
+        timeout=30,
+        what="both workers idle",
+    )
+    enqueue_many(connection, "workertest.rated_stamp", [("default", ("starts",))] * jobs)
     wait_until(lambda: len(recorded(connection, "starts")) == jobs, timeout=60, what="every rated job")
     pairs = stamps(connection, "starts")
     skewed = [p for p in pairs if abs(p[1] - p[0]) > 60]
