@@ -26,6 +26,7 @@ from service.core.keys import CalendarKeys, ScheduleKeys, job_key
 from service.core.lua import script
 from service.jobs.callbacks import pause_schedule
 from service.jobs.context import scheduled_for
+from service.ops.audit import RideAlong
 from service.schedules import calendars
 from service.schedules.calendars import CALENDARS, skip_key
 from service.schedules.migrate import migrate
@@ -81,20 +82,23 @@ def upsert(
     origin: str = "api",
     now: datetime | None = None,
     limits: Limits | None = None,
+    audit: RideAlong | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Create or replace schedule `schedule_id` from `data`; return (its JSON, created?). Same spec: no change.
 
     `limits`: a client's schedule (API, CLI) is held to them: the task's argument check, and no new
     schedule past MAX_SCHEDULES (ScheduleLimitReached); replacing an existing one is always allowed.
+    `audit`: the request's audit event, recorded by the write itself (status 201 or 200); an unchanged
+    schedule writes nothing and leaves it unrecorded (audit.recorded False) for its caller to record.
     """
     check_schedule_id(schedule_id)
     if isinstance(data, dict) and "id" in data and data["id"] != schedule_id:
         raise InvalidField("id", f"{data['id']!r} differs from the id in the path {schedule_id!r}")
     spec = parse_spec(data)
     if limits is None:
-        return save(connection, schedule_id, spec, origin=origin, now=now)
+        return save(connection, schedule_id, spec, origin=origin, now=now, audit=audit)
     REGISTRY.get(spec.task).check_request(spec.args, spec.kwargs, limits)
-    return save(connection, schedule_id, spec, origin=origin, now=now, max_schedules=limits.schedules)
+    return save(connection, schedule_id, spec, origin=origin, now=now, max_schedules=limits.schedules, audit=audit)
 
 
 def save(
@@ -106,6 +110,7 @@ def save(
     now: datetime | None = None,
     paused: bool | None = None,
     max_schedules: int | None = None,
+    audit: RideAlong | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Store a validated spec under `schedule_id` (see upsert).
 
@@ -132,8 +137,11 @@ def save(
         if current is not None and current.spec_json == spec_json and current.paused == wanted:
             return describe_all(connection, [current])[0], False
         write = _planned_write(schedule_id, spec, split, current, wanted, origin, at)
-        reply = _write_if_unchanged(connection, [write], [seen], max_schedules, answer=True)
+        event = audit.script_args(201 if current is None else 200) if audit is not None else None
+        reply = _write_if_unchanged(connection, [write], [seen], max_schedules, answer=True, event=event)
         if reply is not None:
+            if audit is not None and event is not None:
+                audit.written(event)
             raw = decode(dict(zip(FIELDS, reply, strict=True)))
             stored = from_raw(schedule_id, raw, {write["set"]["t"]: split[0]})
             assert stored is not None
@@ -166,13 +174,17 @@ def _write_if_unchanged(
     max_schedules: int | None = None,
     *,
     answer: bool = False,
+    event: dict[str, Any] | None = None,
 ) -> list[bytes | None] | None:
     """Run put_schedule.lua: all of `writes` or none; None when a schedule changed since its `seen` was read.
 
     Returns the (only) write's FIELDS as written with `answer`, else []. Raises ScheduleLimitReached past
-    `max_schedules` (new ids only), InvalidField for a calendar that does not exist.
+    `max_schedules` (new ids only), InvalidField for a calendar that does not exist. `event`: an audit
+    event the script records with the writes (RideAlong.script_args).
     """
     head: dict[str, Any] = {"fields": FIELDS, "wake": ScheduleKeys.wakeup, "answer": answer}
+    if event is not None:
+        head["audit"] = event
     head["calendars"] = sorted({c for write in writes for c in write["calendars"]})
     head["writes"] = [{k: v for k, v in write.items() if k != "calendars"} for write in writes]
     if max_schedules is not None:

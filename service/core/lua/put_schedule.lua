@@ -8,6 +8,7 @@
 --         cap        refuse once the index would hold more than this many (absent: no cap)
 --         calendars  ids that must be calendars
 --         answer     reply the hash of the (only) write as written
+--         audit      {key, maxlen, fields}: an audit event XADDed (MAXLEN ~) with the writes (absent: none)
 --         writes     per schedule: id; new (counted against the cap); clean (delete the hash first: new, or a
 --                    record that could not be read); set {field: value}; del [fields to remove]; template
 --                    [id, JSON] it starts using and release, the id of the one it stops using (both absent:
@@ -105,6 +106,7 @@ end
 for calendar, n in pairs(calendar_refs) do
   if n ~= 0 then redis.call('HINCRBY', KEYS[6], calendar, n) end
 end
+if c.audit then redis.call('XADD', c.audit.key, 'MAXLEN', '~', c.audit.maxlen, '*', unpack(c.audit.fields)) end
 if wake then redis.call('PUBLISH', c.wake, #writes == 1 and writes[1].id or '*') end
 local reply = {'ok', unused}
 if c.answer then
