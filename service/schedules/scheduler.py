@@ -60,11 +60,6 @@ BUFFERED_POLL_SECONDS = 0.25
 # more (a smaller request, reply and Lua heap), and shorten the waits at a batch's start and end.
 BATCH = 5000
 CHUNK = 250
-# A chunk holds Redis ~20 µs a run, and every other client (an API's PUT) waits behind it. A batch of
-# BACKLOG or more (a burst) is fired in chunks of CHUNK, the cheapest per run; a smaller one (a steady
-# second's few hundred runs, ~280 at a million hourly schedules) in chunks of SMALL_CHUNK, ~1 ms each.
-BACKLOG = 1000
-SMALL_CHUNK = 32
 MAX_BATCHES_PER_PASS = 100
 # How the log names a Redis that refuses writes (service.core.outage.write_refused), and its end.
 REFUSALS = {"maxmemory": "maxmemory reached", "misconf": "MISCONF: it cannot save to disk"}
@@ -87,11 +82,6 @@ def cyclic_gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-def chunk_size(due: int) -> int:
-    """Runs per fire call for a batch of `due` runs."""
-    return CHUNK if due >= BACKLOG else SMALL_CHUNK
 
 
 class ServiceScheduler(Scheduler):
@@ -171,8 +161,7 @@ class ServiceScheduler(Scheduler):
             due = read_due(self.connection, to_ms(now), BATCH)
             if not due:
                 break
-            size = chunk_size(len(due))
-            chunks = (self._plan(due[start : start + size], now) for start in range(0, len(due), size))
+            chunks = (self._plan(due[start : start + CHUNK], now) for start in range(0, len(due), CHUNK))
             applied = self._apply(chunks, now)
             if applied is None:
                 break
