@@ -88,6 +88,24 @@ def test_each_accepted_state_change_is_recorded_with_who_what_and_the_request_id
         assert event["time"].endswith("Z") and event["id"]
 
 
+def test_a_schedule_put_is_recorded_by_its_write_once_and_a_refused_one_not_at_all(
+    client: FlaskClient, connection: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="service.audit")
+    answers = [call(client, "PUT", "/schedules/nightly", OPS, SCHEDULE) for _ in range(2)]  # created, unchanged
+    answers.append(call(client, "PUT", "/schedules/nightly", OPS, {**SCHEDULE, "args": [2]}))  # replaced
+    assert [a.status_code for a in answers] == [201, 200, 200]
+    refused = call(client, "PUT", "/schedules/other", OPS, {**SCHEDULE, "skip_calendars": ["none"]})
+    assert refused.status_code == 422 and not connection.exists("svc:schedule:other")
+    page = events(client)["events"][::-1]
+    assert [(e["action"], e["target"], e["status"]) for e in page] == [
+        ("schedule.put", "nightly", s) for s in (201, 200, 200)
+    ]
+    assert [e["request_id"] for e in page] == [a.headers["X-Request-Id"] for a in answers]
+    logged = [r.audit for r in caplog.records if hasattr(r, "audit")]  # one log line per event, as before
+    assert [(e["action"], e["status"]) for e in logged] == [("schedule.put", str(s)) for s in (201, 200, 200)]
+
+
 def test_enqueues_reads_and_refused_input_are_not_audited(client: FlaskClient, connection: Redis) -> None:
     call(client, "POST", "/jobs", OPS.replace("ops", "x"), {"task": "diag.echo"})  # 401: audited
     before = connection.xlen(AUDIT_KEY)

@@ -139,3 +139,48 @@ def test_a_schedule_key_of_another_type_is_damaged_until_put_again_or_deleted(
     assert client.delete("/schedules/deleted", headers=AUTH).status_code == 204
     assert not connection.exists(ScheduleKeys.schedule("deleted"))
     assert [s["id"] for s in client.get("/schedules", headers=AUTH).get_json()["schedules"]] == ["put"]
+
+
+def test_a_bulk_write_over_a_schedule_replaced_meanwhile_reads_the_chunk_again_and_counts_templates_right(
+    connection: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    schedules.upsert_many(connection, {"a": BODY, "b": BODY})
+    original, reads = schedules.read_with_values, []
+
+    def read_then_change(*args: Any) -> Any:
+        found = original(*args)
+        reads.append(1)
+        if len(reads) == 1:  # between the chunk's read and its write, "b" moves to a template of its own
+            schedules.upsert(connection, "b", {**BODY, "interval": 30})
+        return found
+
+    monkeypatch.setattr(schedules, "read_with_values", read_then_change)
+    counts = schedules.upsert_many(connection, {"a": {**BODY, "interval": 90}, "b": {**BODY, "interval": 90}})
+    assert counts == {"created": 0, "updated": 2, "unchanged": 0} and len(reads) == 2
+    assert [schedules.get(connection, i)["interval"] for i in ("a", "b")] == [90, 90]
+    # One template left, used by both: the 60 s one went with a's write, the 30 s one with b's.
+    template = connection.hget(ScheduleKeys.schedule("a"), "t")
+    assert connection.hkeys(ScheduleKeys.templates) == [template]
+    assert connection.hgetall(ScheduleKeys.template_refs) == {template: b"2"}
+
+
+def test_a_bulk_write_naming_a_calendar_deleted_meanwhile_writes_none_of_its_chunk(
+    connection: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calendars.put(connection, "holidays", {"dates": ["2030-01-01"]})
+    schedules.upsert_many(connection, {"a": BODY})
+    before: dict[bytes, bytes | None] = {}
+    original = schedules.read_with_values
+
+    def read_then_delete(*args: Any) -> Any:
+        found = original(*args)
+        calendars.delete(connection, "holidays")
+        before.update(snapshot(connection))
+        return found
+
+    monkeypatch.setattr(schedules, "read_with_values", read_then_delete)
+    items = {"a": {**BODY, "interval": 30}, "b": {**BODY, "skip_calendars": ["holidays"]}}
+    with pytest.raises(InvalidField) as refused:
+        schedules.upsert_many(connection, items)
+    assert refused.value.field == "skip_calendars" and "'holidays' is not a calendar" in refused.value.message
+    assert snapshot(connection) == before  # not even a's change, which named no calendar

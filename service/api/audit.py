@@ -17,7 +17,7 @@ from service.api.query import query
 from service.api.scopes import route_for
 from service.jobs.schemas import Query, QueryInt
 from service.ops import audit
-from service.ops.audit import AuditEvent
+from service.ops.audit import AuditEvent, RideAlong
 
 log = logging.getLogger(__name__)
 bp = Blueprint("audit", __name__)
@@ -70,7 +70,18 @@ def assign_request_id() -> None:
 
 def event_for(response: Response) -> AuditEvent | None:
     """The event this answer makes: a denial, an accepted audited route, or None."""
-    status = response.status_code
+    return _event(response.status_code)
+
+
+def ride_along() -> RideAlong | None:
+    """The audit event of this request's write, for the write's own script to record (its status is the
+    writer's to give); None if the route is not audited. Once it is recorded, the answer records none."""
+    event = _event(200)
+    g.audit_ride = RideAlong(event, settings().limits.audit_events) if event is not None else None
+    return g.audit_ride
+
+
+def _event(status: int) -> AuditEvent | None:
     rule = request.url_rule.rule if request.url_rule is not None else request.path
     if status in DENIALS:
         action, target = DENIALS[status], f"{request.method} {rule}"
@@ -91,9 +102,11 @@ def event_for(response: Response) -> AuditEvent | None:
 
 
 def record_and_tag(response: Response) -> Response:
-    """After every request: record its audit event (one XADD; reads and enqueues make none); echo X-Request-Id."""
+    """After every request: record its audit event (one XADD; reads and enqueues make none) unless the write's
+    own script did (ride_along); echo X-Request-Id."""
     event = event_for(response)
-    if event is not None:
+    ride = g.get("audit_ride")
+    if event is not None and not (ride is not None and ride.recorded):
         try:
             audit.record(redis(), event, settings().limits.audit_events)
         except RedisError as exc:  # the change stands; the log line above the stream still has it

@@ -7,6 +7,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 from pydantic import Field
 
+from service.api.audit import ride_along
 from service.api.body import json_body
 from service.api.context import redis, settings
 from service.api.openapi import document
@@ -56,7 +57,8 @@ def list_schedules() -> Response:
 @document(200, None, json=ScheduleSpec, tags=TAGS, also={201: None})
 def put_schedule(schedule_id: str) -> tuple[Response, int]:
     """Create (201) or replace (200) the schedule `schedule_id`; an identical body changes nothing."""
-    data, created = schedules.upsert(redis(), schedule_id, _object_body(), limits=settings().limits)
+    body, limits = _object_body(), settings().limits
+    data, created = schedules.upsert(redis(), schedule_id, body, limits=limits, audit=ride_along())
     return jsonify(data), 201 if created else 200
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -59,7 +59,32 @@ def record(client: Redis | Pipeline, event: AuditEvent, max_events: int) -> None
     """Append `event` on `client` (a pipeline to ride along with the caller's writes) and log it."""
     fields = event.fields()
     client.xadd(AUDIT_KEY, fields, maxlen=max_events, approximate=True)  # type: ignore[arg-type]
+    _log(fields)
+
+
+def _log(fields: dict[str, str]) -> None:
     log.info("audit %(principal)s %(action)s %(target)s %(status)s", fields, extra={"audit": fields})
+
+
+@dataclass
+class RideAlong:
+    """An audit event a write's own script records (one round trip less, and never one without the other);
+    its status is the writer's to give. `recorded` once that script has written it."""
+
+    event: AuditEvent
+    max_events: int
+    recorded: bool = False
+
+    def script_args(self, status: int) -> dict[str, Any]:
+        """What the script XADDs (put_schedule.lua's `audit`): the stream, its MAXLEN ~, the fields in order."""
+        fields = replace(self.event, status=status).fields()
+        return {"key": AUDIT_KEY, "maxlen": str(self.max_events), "fields": [x for kv in fields.items() for x in kv]}
+
+    def written(self, args: dict[str, Any]) -> None:
+        """The script wrote the event `args` describes: log it as record() does."""
+        self.recorded = True
+        pairs = args["fields"]
+        _log(dict(zip(pairs[::2], pairs[1::2], strict=True)))
 
 
 def list_events(connection: Redis, limit: int, cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:

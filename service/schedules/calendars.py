@@ -4,7 +4,7 @@ A calendar is stored once, as one hash (its dates as one JSON array, their
 digest, description, origin, times), and any number of schedules name it in
 `skip_calendars`: 50,000 per-user schedules share one holiday calendar
 without copying it. A refs hash (CalendarKeys.refs) counts the schedules naming each
-calendar; every schedule write keeps it in the same MULTI, so a calendar in
+calendar; every schedule write keeps it in the same script or MULTI, so a calendar in
 use cannot be deleted (409) and a schedule cannot name a missing one (422).
 
 Readers (the scheduler, previews, `next_run_at`) go through CalendarCache:

@@ -2,7 +2,7 @@
 
 HTTP views, the CLI, the declared-file sync and Python code (`schedule()`)
 all call these functions. Every write validates first and then changes
-Redis in one MULTI (or one Lua call), so a rejected request changes nothing,
+Redis in one Lua call (or one MULTI), so a rejected request changes nothing,
 and a change that may bring the next due time forward wakes the scheduler so
 it is not waited for (a PUT: one due before every other).
 """
@@ -26,6 +26,7 @@ from service.core.keys import CalendarKeys, ScheduleKeys, job_key
 from service.core.lua import script
 from service.jobs.callbacks import pause_schedule
 from service.jobs.context import scheduled_for
+from service.ops.audit import RideAlong
 from service.schedules import calendars
 from service.schedules.calendars import CALENDARS, skip_key
 from service.schedules.migrate import migrate
@@ -53,6 +54,7 @@ from service.schedules.store import (
     join_spec,
     read,
     read_many,
+    read_with_values,
     record_fields,
     refuse_planted,
     split_spec,
@@ -80,20 +82,23 @@ def upsert(
     origin: str = "api",
     now: datetime | None = None,
     limits: Limits | None = None,
+    audit: RideAlong | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Create or replace schedule `schedule_id` from `data`; return (its JSON, created?). Same spec: no change.
 
     `limits`: a client's schedule (API, CLI) is held to them: the task's argument check, and no new
     schedule past MAX_SCHEDULES (ScheduleLimitReached); replacing an existing one is always allowed.
+    `audit`: the request's audit event, recorded by the write itself (status 201 or 200); an unchanged
+    schedule writes nothing and leaves it unrecorded (audit.recorded False) for its caller to record.
     """
     check_schedule_id(schedule_id)
     if isinstance(data, dict) and "id" in data and data["id"] != schedule_id:
         raise InvalidField("id", f"{data['id']!r} differs from the id in the path {schedule_id!r}")
     spec = parse_spec(data)
     if limits is None:
-        return save(connection, schedule_id, spec, origin=origin, now=now)
+        return save(connection, schedule_id, spec, origin=origin, now=now, audit=audit)
     REGISTRY.get(spec.task).check_request(spec.args, spec.kwargs, limits)
-    return save(connection, schedule_id, spec, origin=origin, now=now, max_schedules=limits.schedules)
+    return save(connection, schedule_id, spec, origin=origin, now=now, max_schedules=limits.schedules, audit=audit)
 
 
 def save(
@@ -105,6 +110,7 @@ def save(
     now: datetime | None = None,
     paused: bool | None = None,
     max_schedules: int | None = None,
+    audit: RideAlong | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Store a validated spec under `schedule_id` (see upsert).
 
@@ -130,11 +136,15 @@ def save(
         wanted = _paused(spec, current, paused)
         if current is not None and current.spec_json == spec_json and current.paused == wanted:
             return describe_all(connection, [current])[0], False
-        write = _script_write(schedule_id, spec, split, current, wanted, origin, at)
-        if current is None and max_schedules is not None:
-            write["cap"] = str(max_schedules)
-        stored = _write_if_unchanged(connection, write, seen, split[0])
-        if stored is not None:
+        write = _planned_write(schedule_id, spec, split, current, wanted, origin, at)
+        event = audit.script_args(201 if current is None else 200) if audit is not None else None
+        reply = _write_if_unchanged(connection, [write], [seen], max_schedules, answer=True, event=event)
+        if reply is not None:
+            if audit is not None and event is not None:
+                audit.written(event)
+            raw = decode(dict(zip(FIELDS, reply, strict=True)))
+            stored = from_raw(schedule_id, raw, {write["set"]["t"]: split[0]})
+            assert stored is not None
             return describe_all(connection, [stored])[0], current is None
 
 
@@ -158,30 +168,46 @@ def _read_for_write(
 
 
 def _write_if_unchanged(
-    connection: Redis, write: dict[str, Any], seen: list[bytes | None], template: str
-) -> StoredSchedule | None:
-    """Run put_schedule.lua; return the schedule as written, or None when it changed since `seen` was read."""
-    args = [json.dumps(write, separators=(",", ":")), *(b"" if v is None else b"=" + v for v in seen)]
-    reply = PUT(keys=[ScheduleKeys.schedule(write["id"]), *PUT_KEYS], args=args, client=connection)
+    connection: Redis,
+    writes: list[dict[str, Any]],
+    seen: list[list[bytes | None]],
+    max_schedules: int | None = None,
+    *,
+    answer: bool = False,
+    event: dict[str, Any] | None = None,
+) -> list[bytes | None] | None:
+    """Run put_schedule.lua: all of `writes` or none; None when a schedule changed since its `seen` was read.
+
+    Returns the (only) write's FIELDS as written with `answer`, else []. Raises ScheduleLimitReached past
+    `max_schedules` (new ids only), InvalidField for a calendar that does not exist. `event`: an audit
+    event the script records with the writes (RideAlong.script_args).
+    """
+    head: dict[str, Any] = {"fields": FIELDS, "wake": ScheduleKeys.wakeup, "answer": answer}
+    if event is not None:
+        head["audit"] = event
+    head["calendars"] = sorted({c for write in writes for c in write["calendars"]})
+    head["writes"] = [{k: v for k, v in write.items() if k != "calendars"} for write in writes]
+    if max_schedules is not None:
+        head["cap"] = str(max_schedules)
+    args = [json.dumps(head, separators=(",", ":"))]
+    args += [b"" if v is None else b"=" + v for values in seen for v in values]
+    keys = [*PUT_KEYS, *(ScheduleKeys.schedule(write["id"]) for write in writes)]
+    reply = PUT(keys=keys, args=args, client=connection)
     status = reply[0].decode()
     if status == "cap":
         raise ScheduleLimitReached(
-            f"{write['cap']} schedules exist (MAX_SCHEDULES): delete one or replace an existing id"
+            f"{max_schedules} schedules exist (MAX_SCHEDULES): delete one or replace an existing id"
         )
     if status == "calendar":  # names it, unless it was created meanwhile (then write again)
         calendars.check_exist(connection, [reply[1].decode()])
     if status != "ok":
         return None
-    if "release" in write and int(reply[1]) <= 0:  # its old template's last user left: delete it (unless reused)
-        RELEASE(
-            keys=[ScheduleKeys.templates, ScheduleKeys.template_refs], args=[write["release"], 0], client=connection
-        )
-    stored = from_raw(write["id"], decode(dict(zip(FIELDS, reply[2:], strict=True))), {write["set"]["t"]: template})
-    assert stored is not None
-    return stored
+    for template in reply[1]:  # its last user left: delete it (unless reused meanwhile)
+        RELEASE(keys=[ScheduleKeys.templates, ScheduleKeys.template_refs], args=[template, 0], client=connection)
+    return reply[2:]
 
 
-# The shared keys a delete or a bulk write touches besides the schedules' own hashes, with their types.
+# The shared keys a delete touches besides the schedule's own hash, with their types.
 SHARED_KINDS = {
     ScheduleKeys.templates: "hash",
     ScheduleKeys.index: "zset",
@@ -192,7 +218,7 @@ SHARED_KINDS = {
 }
 READ = script("read_schedule")
 PUT = script("put_schedule")
-PUT_KEYS = [  # after the schedule's own hash
+PUT_KEYS = [  # before the schedules' own hashes
     ScheduleKeys.index,
     ScheduleKeys.due,
     ScheduleKeys.templates,
@@ -203,16 +229,16 @@ PUT_KEYS = [  # after the schedule's own hash
 
 
 def upsert_many(
-    connection: Redis, items: dict[str, Any], *, origin: str = "api", now: datetime | None = None, chunk: int = 1000
+    connection: Redis, items: dict[str, Any], *, origin: str = "api", now: datetime | None = None, chunk: int = 200
 ) -> dict[str, int]:
-    """Create or replace many schedules (e.g. one per user) with pipelined writes; return counts.
+    """Create or replace many schedules (e.g. one per user), `chunk` per script call; return counts.
 
     Every item is validated before anything is written (InvalidField names
-    the schedule id and the field). Each chunk is read in one round trip and
-    written in one MULTI; unchanged schedules are not written. Unlike
-    upsert(), a concurrent change to the same id between the read and the
-    write of its chunk is overwritten (last writer wins), and a calendar the
-    items name is checked once before writing, not watched.
+    the schedule id and the field), and the calendars the items name are
+    checked to exist. Each chunk is read in one round trip and written by
+    put_schedule.lua, as a PUT is: all of it or none, only if no schedule of
+    it changed since it was read (else it is read again); unchanged
+    schedules are not written.
     """
     now = now or server_now(connection)
     specs: dict[str, ScheduleSpec] = {}
@@ -224,28 +250,36 @@ def upsert_many(
             raise InvalidField(f"{str(schedule_id)[:100]}.{exc.field}", exc.message.split(": ", 1)[-1]) from None
         specs[schedule_id] = spec if spec.queue else spec.model_copy(update={"queue": spec.lane})
     calendars.check_exist(connection, (c for spec in specs.values() for c in spec.skip_calendars))
-    refuse_planted(connection, SHARED_KINDS)
     counts = {"created": 0, "updated": 0, "unchanged": 0}
     ids = list(specs)
     for start in range(0, len(ids), chunk):
-        part = ids[start : start + chunk]
-        current = dict(zip(part, read_many(connection, part), strict=True))
-        for schedule_id in [i for i in part if current[i] is not None and current[i].legacy]:  # type: ignore[union-attr]
-            migrate(connection, schedule_id)
-            current[schedule_id] = read(connection, schedule_id)
-        pipe, writes = connection.pipeline(), Writes()
-        for schedule_id in part:
-            spec, existing = specs[schedule_id], current[schedule_id]
+        part = {schedule_id: specs[schedule_id] for schedule_id in ids[start : start + chunk]}
+        for name, n in _write_chunk(connection, part, origin, now).items():
+            counts[name] += n
+    return counts
+
+
+def _write_chunk(connection: Redis, specs: dict[str, ScheduleSpec], origin: str, now: datetime) -> Counter[str]:
+    """Write a chunk of upsert_many in one put_schedule.lua call, read again while a schedule changes meanwhile."""
+    while True:
+        seen, current = read_with_values(connection, list(specs))
+        legacy = [i for i, stored in zip(specs, current, strict=True) if stored is not None and stored.legacy]
+        if legacy:  # migrated before anything writes them, then read again
+            for schedule_id in legacy:
+                migrate(connection, schedule_id)
+            continue
+        counts: Counter[str] = Counter()
+        writes, values = [], []
+        for (schedule_id, spec), existing, as_read in zip(specs.items(), current, seen, strict=True):
             split, paused = split_spec(spec), _paused(spec, existing, None)
             if existing is not None and existing.spec_json == join_spec(*split) and existing.paused == paused:
                 counts["unchanged"] += 1
                 continue
             counts["created" if existing is None else "updated"] += 1
-            _write(pipe, writes, schedule_id, spec, split, existing, paused, origin, now)
-            calendars.count_refs(pipe, existing.spec if existing is not None else None, spec)
-        writes.flush(pipe)
-        pipe.execute()
-    return counts
+            writes.append(_planned_write(schedule_id, spec, split, existing, paused, origin, now))
+            values.append(as_read)
+        if not writes or _write_if_unchanged(connection, writes, values) is not None:
+            return counts
 
 
 def _paused(spec: ScheduleSpec, current: StoredSchedule | None, paused: bool | None) -> bool:
@@ -273,37 +307,6 @@ def _current(connection: Redis, pipe: Pipeline, schedule_id: str) -> StoredSched
     return from_raw(schedule_id, raw, templates(connection, {raw.get("t", "")}))
 
 
-class Writes:
-    """Schedule writes gathered for one MULTI: each schedule's hash fields, then the index, due set and
-    template counts sent once for all of them (upsert_many writes a thousand schedules in a few commands)."""
-
-    def __init__(self) -> None:
-        self.index: dict[str, int] = {}
-        self.due: dict[str, int] = {}
-        self.not_due: list[str] = []
-        self.templates: dict[str, str] = {}
-        self.counts: Counter[str] = Counter()
-        self.wake: list[str] = []
-
-    def flush(self, pipe: Any) -> None:
-        """Queue the gathered writes on `pipe` (inside its MULTI)."""
-        if self.index:
-            pipe.zadd(ScheduleKeys.index, self.index)
-        if self.due:
-            pipe.zadd(ScheduleKeys.due, self.due)
-        if self.not_due:
-            pipe.zrem(ScheduleKeys.due, *self.not_due)
-        for key, template in self.templates.items():
-            pipe.hsetnx(ScheduleKeys.templates, key, template)
-        for key, count in self.counts.items():
-            if count > 0:
-                pipe.hincrby(ScheduleKeys.template_refs, key, count)
-            elif count < 0:
-                RELEASE(keys=[ScheduleKeys.templates, ScheduleKeys.template_refs], args=[key, -count], client=pipe)
-        for schedule_id in self.wake[:1] if len(self.wake) == 1 else ["*"] if self.wake else []:
-            pipe.publish(ScheduleKeys.wakeup, schedule_id)
-
-
 def _fields(
     spec: ScheduleSpec,
     template: str,
@@ -328,42 +331,7 @@ def _fields(
     return fields, next_due
 
 
-def _write(
-    pipe: Any,
-    writes: Writes,
-    schedule_id: str,
-    spec: ScheduleSpec,
-    split: tuple[str, str],
-    current: StoredSchedule | None,
-    paused: bool,
-    origin: str,
-    now: datetime,
-) -> None:
-    """Queue the write of a schedule's spec, paused state and first due time (its run state stays)."""
-    key = ScheduleKeys.schedule(schedule_id)
-    template, call = split
-    fields, next_due = _fields(spec, template, call, current, paused, origin, now)
-    if current is None:
-        pipe.delete(key)
-    pipe.hset(key, mapping={name: value for name, value in fields.items() if value not in (None, "")})
-    gone = [name for name, value in fields.items() if value in (None, "")] if current is not None else []
-    if gone:
-        pipe.hdel(key, *gone)
-    previous = current.fields.get("t") if current is not None else None
-    if previous != fields["t"]:  # templates are stored once and counted; the last user out deletes one
-        writes.templates[fields["t"]] = template
-        writes.counts[fields["t"]] += 1
-        if previous is not None:
-            writes.counts[previous] -= 1
-    writes.index[schedule_id] = 0
-    if next_due is None:
-        writes.not_due.append(schedule_id)
-    else:
-        writes.due[schedule_id] = jittered(spec, next_due)  # type: ignore[assignment]
-    writes.wake.append(schedule_id)
-
-
-def _script_write(
+def _planned_write(
     schedule_id: str,
     spec: ScheduleSpec,
     split: tuple[str, str],
@@ -372,15 +340,14 @@ def _script_write(
     origin: str,
     now: datetime,
 ) -> dict[str, Any]:
-    """The write of one schedule as put_schedule.lua takes it (what _write queues for a pipeline)."""
+    """The write of one schedule as put_schedule.lua takes it (one of its `writes`)."""
     template, call = split
     fields, next_due = _fields(spec, template, call, current, paused, origin, now)
     before = set(current.spec.skip_calendars) if current is not None else set()
     after = set(spec.skip_calendars)
     write: dict[str, Any] = {
-        "fields": FIELDS,
         "id": schedule_id,
-        "wake": ScheduleKeys.wakeup,
+        "new": current is None,
         "calendars": sorted(after),
         "clean": current is None,
         "set": {name: str(value) for name, value in fields.items() if value not in (None, "")},

@@ -258,18 +258,26 @@ def read(connection: Redis, schedule_id: str) -> StoredSchedule | None:
 def read_many(connection: Redis, schedule_ids: list[str]) -> list[StoredSchedule | None]:
     """Return the stored schedules for `schedule_ids` (None where missing or unreadable): one round trip, two for
     new templates."""
+    return read_with_values(connection, schedule_ids)[1]
+
+
+def read_with_values(
+    connection: Redis, schedule_ids: list[str]
+) -> tuple[list[list[bytes | None]], list[StoredSchedule | None]]:
+    """read_many, and each schedule's FIELDS as stored (None when absent): what put_schedule.lua compares."""
     pipe = connection.pipeline(transaction=False)
     for schedule_id in schedule_ids:
         pipe.hmget(ScheduleKeys.schedule(schedule_id), FIELDS)
     replies = pipe.execute(raise_on_error=False)  # a key of another type (planted) reads as no schedule
-    raws = [decode(dict(zip(FIELDS, v, strict=True))) if isinstance(v, list) else {} for v in replies]
+    values = [v if isinstance(v, list) else [None] * len(FIELDS) for v in replies]
+    raws = [decode(dict(zip(FIELDS, v, strict=True))) for v in values]
     known = templates(connection, {raw["t"] for raw in raws if raw.get("t")})
     found = []
     for schedule_id, raw in zip(schedule_ids, raws, strict=True):
         if LEGACY in raw:
             raw = decode(connection.hgetall(ScheduleKeys.schedule(schedule_id)))
         found.append(from_raw(schedule_id, raw, known))
-    return found
+    return values, found
 
 
 def decode(raw: dict[Any, Any]) -> dict[str, str]:
