@@ -149,3 +149,27 @@ def test_the_scheduler_leaves_a_damaged_schedule_and_a_damaged_calendar_alone_an
     wait_until(lambda: runs("good") >= 3 and runs("cal") >= 3, timeout=30, what="the readable schedules to fire")
     assert connection.zscore(ScheduleKeys.due, "bad") is None  # left alone: out of the due set until written again
     assert scheduler.alive() and "'bad' cannot be read" in scheduler.output()
+
+
+@pytest.mark.parametrize("which", ["queue_key", "started_key", "groups_key"])
+def test_a_lane_key_of_another_type_leaves_the_monitoring_of_every_lane_answering(
+    client: FlaskClient, connection: Redis, which: str
+) -> None:
+    """One planted key used to make GET /queues and GET /metrics a 503 for every lane; it reads as empty."""
+    assert client.post("/jobs", json={"task": "diag.echo", "queue": "low"}, headers=AUTH).status_code == 202
+    connection.set(getattr(keys, which)("high"), "planted")
+    queues = client.get("/queues", headers=AUTH)
+    assert queues.status_code == 200, queues.get_data(as_text=True)
+    rows = {row["name"]: row for row in queues.get_json()["queues"]}
+    assert rows["low"]["queued"] == 1 and rows["high"]["queued"] == 0
+    metrics = client.get("/metrics", headers=AUTH)
+    assert metrics.status_code == 200
+    assert 'queue_depth{queue="low"} 1' in metrics.get_data(as_text=True)
+
+
+def test_a_damaged_enqueued_at_on_a_lanes_oldest_job_leaves_metrics_answering(
+    client: FlaskClient, connection: Redis
+) -> None:
+    job_id = client.post("/jobs", json={"task": "diag.echo", "queue": "low"}, headers=AUTH).get_json()["id"]
+    connection.hset(keys.JOB_PREFIX + job_id, "enqueued_at", "not a time")
+    assert client.get("/metrics", headers=AUTH).status_code == 200

@@ -12,6 +12,7 @@ from service.core.lanes import LANES
 from service.jobs.describe import isotime
 from service.jobs.model import ServiceJob, ServiceQueue
 from service.jobs.operations import REGISTRIES
+from service.ops.gauges import readable
 
 COUNTED = ("started", "scheduled", "deferred", "failed", "finished", "canceled")
 
@@ -43,7 +44,7 @@ def queue_counts(connection: Redis) -> list[dict[str, Any]]:
             pipe.llen(ServiceQueue(lane, connection=connection).key)
             for status in COUNTED:
                 pipe.zcard(REGISTRIES[status](lane, connection=connection, job_class=ServiceJob).key)
-        counts = pipe.execute()
+        counts = [value or 0 for value in readable(pipe.execute(raise_on_error=False))]
     groups = group_counts(connection)
     width = 1 + len(COUNTED)
     rows = [counts[i * width : (i + 1) * width] for i in range(len(LANES))]
@@ -59,9 +60,9 @@ def group_counts(connection: Redis) -> dict[str, int]:
         for lane in LANES:
             pipe.llen(groups_key(lane))
             pipe.lpos(groups_key(lane), UNGROUPED)
-        found = pipe.execute()
+        found = readable(pipe.execute(raise_on_error=False))
     # A lane's turns list holds its groups, the lane head's turn, and the ungrouped group's if any.
-    return {lane: max(0, found[2 * i] - 1 - (found[2 * i + 1] is not None)) for i, lane in enumerate(LANES)}
+    return {lane: max(0, (found[2 * i] or 0) - 1 - (found[2 * i + 1] is not None)) for i, lane in enumerate(LANES)}
 
 
 def workers(connection: Redis) -> list[dict[str, Any]]:
