@@ -107,7 +107,7 @@ class FastEnqueue:
         raw = environ["wsgi.input"].read(length)
         try:
             document = parse_document(route[1], decode(raw))
-            if getattr(document, "on_complete", None) is not None:
+            if route[2] and document.on_complete is not None:
                 raise LookupError("a batch with on_complete: Flask's view opens it")
             requests = job_requests(document)
             planned = enqueue.plan_many(requests, batch=route[2], limits=self.settings.limits)

@@ -32,7 +32,7 @@ def batch_text(dumps: Callable[[Any], str], outcomes: list[Submitted], batch_id:
     """The answer's JSON text (what `dumps` makes of enqueued()'s body), or None to let `dumps` do it."""
     if _ENCODE is None or any(o.holder is not None for o in outcomes):
         return None
-    shapes: dict[tuple[Any, ...], tuple[list[str], list[str]]] = {}
+    shapes: dict[tuple[Any, ...], tuple[list[str], list[int]]] = {}
     jobs = []
     try:
         for outcome in outcomes:
@@ -41,19 +41,19 @@ def batch_text(dumps: Callable[[Any], str], outcomes: list[Submitted], batch_id:
             key = (p.spec.name, p.lane, outcome.status, outcome.at, p.group, p.extra.get(BATCH_FIELD))
             shape = shapes.get(key)
             if shape is None:
-                shape = shapes[key] = fragments(dumps(outcome.describe() | {n: MARKS[n] for n in OWN}))
-            parts, order = shape
-            own = {"id": '"' + p.id + '"', "args": "".join(_ENCODE(p.args, 0)), "kwargs": "".join(_ENCODE(p.kwargs, 0))}
-            jobs.append(parts[0] + own[order[0]] + parts[1] + own[order[1]] + parts[2] + own[order[2]] + parts[3])
+                shape = shapes[key] = fragments(dumps(outcome.describe() | MARKS))
+            parts, (first, second, third) = shape
+            own = ("".join(_ENCODE(p.args, 0)), '"' + p.id + '"', "".join(_ENCODE(p.kwargs, 0)))  # in OWN's order
+            jobs.append(parts[0] + own[first] + parts[1] + own[second] + parts[2] + own[third] + parts[3])
     except (ValueError, TypeError):  # a value JSON cannot carry: the provider's own fallback answers
         return None
     head, tail = dumps({"jobs": [], "batch_id": batch_id, "next_cursor": None}).split("[]", 1)
     return head + "[" + ", ".join(jobs) + "]" + tail
 
 
-def fragments(text: str) -> tuple[list[str], list[str]]:
-    """A job's JSON text cut at its marks: the 4 fragments between them, and which value goes in each gap."""
-    quoted = {json.dumps(mark): name for name, mark in MARKS.items()}
+def fragments(text: str) -> tuple[list[str], list[int]]:
+    """A job's JSON text cut at its marks: the 4 fragments between them, and which of OWN fills each gap."""
+    quoted = {json.dumps(MARKS[name]): index for index, name in enumerate(OWN)}
     found = sorted((text.index(q), q) for q in quoted)
     parts, start = [], 0
     for at, q in found:
