@@ -157,6 +157,7 @@ KEY_SHAPES = {
     "lane_head": keys.LANE_HEAD,
     "ungrouped": keys.UNGROUPED,
 }
+KEY_SHAPES_JSON = json.dumps(KEY_SHAPES, separators=(",", ":"))[1:-1]
 _LANE_KEYS: dict[str, dict[str, Any]] = {}
 
 
@@ -199,7 +200,8 @@ def write(
     now = clock.utcnow()
     now_rq = utcformat(now.replace(tzinfo=None))
     templates: dict[tuple[JobOptions, str], int] = {}
-    header: dict[str, Any] = {"now": now_rq, "templates": [], "claims": [], "counts": []}
+    header: dict[str, Any] = {"now": now_rq, "claims": [], "counts": []}
+    templates_json: list[str] = []
     counts: dict[tuple[str, str], int] = {}
     added: dict[str, int] = {}
     queues: dict[str, None] = {}
@@ -218,7 +220,7 @@ def write(
         index = templates.get((p.options, status))
         if index is None:
             index = templates[(p.options, status)] = len(templates) + 1
-            header["templates"].append(_template_header(p, status))
+            templates_json.append(_template_json(p.options, status))
         score = str(calendar.timegm(p.run_at.utctimetuple())) if p.run_at is not None else ""
         jobs.append([p.id, index, score, len(p.data), _pairs(p.extra), p.parents, p.group or ""])
         blobs.append(p.data)
@@ -239,13 +241,14 @@ def write(
             queues=list(queues),
             claim_ttl=CLAIM_TTL_SECONDS,
             deferred_score=str(int(now.timestamp())),
-            **KEY_SHAPES,
         )
         if max_queued is not None:
             header["max_queued"] = max_queued
             header["lanes"] = [[*waiting_keys(lane), count, lane] for lane, count in added.items()]
         # Two arguments, not several per job: redis-py packs each argument in Python.
-        args = [json.dumps(header, separators=(",", ":")), b"".join(blobs)]
+        # The templates and key shapes are the same from call to call: their JSON is made once.
+        text = json.dumps(header, separators=(",", ":"))[:-1] + ',"templates":[' + ",".join(templates_json) + "],"
+        args = [text + KEY_SHAPES_JSON + "}", b"".join(blobs)]
         reply = WRITE(keys=[keys.QUEUES_KEY, keys.METRICS_KEY], args=args, client=client)
         if not isinstance(client, Pipeline):
             check_written(reply)
@@ -275,15 +278,17 @@ def _pairs(extra: dict[str, str]) -> list[str]:
     return [part for item in extra.items() for part in item]
 
 
-def _template_header(p: Planned, status: str) -> dict[str, Any]:
-    lane = lane_keys(p.lane)
-    return {
-        "fields": list(template(p.options, status)),
+@lru_cache(maxsize=4096)
+def _template_json(options: JobOptions, status: str) -> str:
+    lane = lane_keys(options.lane)
+    described = {
+        "fields": list(template(options, status)),
         "status": status,
         "push": lane["push"],
         "registry": lane["scheduled"] if status == "scheduled" else lane["deferred"],
         "groups": lane["groups"],
     }
+    return json.dumps(described, separators=(",", ":"))
 
 
 def _fields(p: Planned, status: str, now_rq: str) -> tuple[Any, ...]:
