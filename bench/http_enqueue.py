@@ -14,9 +14,9 @@ which the jobs/s ratio approaches when nothing else shares the cores (on a
 shared machine the jobs/s ratio moves with the neighbours' load). Each ratio
 is printed with its goal and whether this run met it.
 
-Which gunicorn worker accepts each of wrk's 4 connections is a race: in about
-half the runs one worker takes all 4 and serves them on one core (one GIL),
-at about half the jobs/s, for either app. So each round runs each app twice,
+Which gunicorn worker accepts each of wrk's 4 connections is a race: in 40-50 %
+of runs one worker takes all 4 and serves them on one core (one GIL), at about
+half the jobs/s, for either app. So each round runs each app twice,
 for half the round's seconds, in the order ours, bare, bare, ours (the next
 round bare first): every run draws its own split, each pair of runs gives a
 ratio, and the ratios are the median of 2 per round. `busiest_worker_share`
