@@ -14,7 +14,18 @@ which the jobs/s ratio approaches when nothing else shares the cores (on a
 shared machine the jobs/s ratio moves with the neighbours' load). Each ratio
 is printed with its goal and whether this run met it.
 
-Usage: .venv/bin/python bench/http_enqueue.py [--rounds 3] [--seconds 5] [--batch 100]
+Which gunicorn worker accepts each of wrk's 4 connections is a race: in 40-50 %
+of runs one worker takes all 4 and serves them on one core (one GIL), at about
+half the jobs/s, for either app. So each round runs each app twice,
+for half the round's seconds, in the order ours, bare, bare, ours (the next
+round bare first): every run draws its own split, each pair of runs gives a
+ratio, and the ratios are the median of 2 per round. `busiest_worker_share`
+is the share of the web CPU used by the busiest worker (0.5: even; 1.0: one
+worker did everything), and `one_worker_runs` counts runs above 0.9. A
+one-second run of each case first warms both apps up (lazy imports, caches,
+threads, the script cache) and is not counted.
+
+Usage: .venv/bin/python bench/http_enqueue.py [--rounds 3] [--seconds 4] [--batch 100]
 """
 
 from __future__ import annotations
@@ -48,6 +59,8 @@ TOKEN = "bench-token-0123456789abcdef"
 APPS = {"ours": "service:create_app()", "bare": "bench.bare_app:app"}
 # Ratio of our jobs/s to the bare peer's: path -> (name in the output, goal).
 CPU_FIGURES = ("cpu_us_per_job", "web_cpu_us_per_job", "redis_cpu_us_per_job", "wrk_cpu_us_per_job")
+# A run where one worker used more than this share of the web CPU served (nearly) every connection alone.
+ONE_WORKER_SHARE = 0.9
 GOALS = {"/jobs": ("jobs_vs_bare_enqueue", 1.25), "/jobs/batch": ("batch_vs_bare_enqueue_many", 3.0)}
 WRK_SCRIPT = """
 wrk.method = "POST"
@@ -148,11 +161,14 @@ def run_case(
     connection.flushdb()
     connection.config_resetstat()
     workers = [int(pid) for pid in subprocess.check_output(["pgrep", "-P", str(app[0].pid)]).split()]
-    before = (sum(map(process_cpu, workers)), redis_cpu(connection), children_cpu())
+    per_worker = [process_cpu(pid) for pid in workers]
+    before = (sum(per_worker), redis_cpu(connection), children_cpu())
     result = wrk(app[1], path, body, seconds, folder)
     queued = settle(connection)
     # wrk counts the answers it read in time; requests in flight at the end were queued too.
     assert result["requests"] * per_request <= queued <= (result["requests"] + 8) * per_request, (path, queued)
+    spent = [process_cpu(pid) - used for pid, used in zip(workers, per_worker, strict=True)]
+    result["busiest_worker_share"] = max(spent) / max(sum(spent), 1e-9)
     after = (sum(map(process_cpu, workers)), redis_cpu(connection), children_cpu())
     for part, used in zip(("web", "redis", "wrk"), (b - a for a, b in zip(before, after, strict=True)), strict=True):
         result[f"{part}_cpu_us_per_job"] = used / queued * 1e6
@@ -179,18 +195,39 @@ def latency(out: str, label: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
+def measure(
+    apps: dict[str, tuple[subprocess.Popen[bytes], str]],
+    connection: Redis,
+    rounds: int,
+    run_seconds: int,
+    batch_size: int,
+    folder: Path,
+) -> dict[str, list[dict[str, float]]]:
+    """Warm both apps up, then run the rounds: per case ours, bare, bare, ours (bare first every other round)."""
+    single = {"task": "diag.echo", "args": [1]}
+    bodies = {"/jobs": (single, 1), "/jobs/batch": ({"jobs": [single] * batch_size}, batch_size)}
+    for path, (body, per_request) in bodies.items():  # warm-up, not counted
+        for app in APPS:
+            run_case(apps[app], path, body, per_request, connection, 1, folder)
+    figures: dict[str, list[dict[str, float]]] = {f"{app} {path}": [] for path in bodies for app in APPS}
+    for number in range(rounds):
+        first, second = ("ours", "bare") if number % 2 == 0 else ("bare", "ours")
+        for path, (body, per_request) in bodies.items():
+            for app in (first, second, second, first):
+                result = run_case(apps[app], path, body, per_request, connection, run_seconds, folder)
+                figures[f"{app} {path}"].append(result)
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--seconds", type=int, default=4, help="wrk time per app and case in a round (two runs)")
     parser.add_argument("--batch", type=int, default=100)
     options = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
-    single = {"task": "diag.echo", "args": [1]}
-    batch = {"jobs": [single] * options.batch}
-    cases = [(app, path) for path in ("/jobs", "/jobs/batch") for app in APPS]
-    figures: dict[str, list[dict[str, float]]] = {f"{app} {path}": [] for app, path in cases}
+    run_seconds = max(1, options.seconds // 2)
     with tempfile.TemporaryDirectory() as data:
         folder = Path(data)
         server = EmbeddedRedis(folder / "redis").start()
@@ -200,11 +237,7 @@ def main() -> None:
         try:
             for app in APPS:
                 apps[app] = start_app(app, server.url, folder)
-            for _ in range(options.rounds):
-                for app, path in cases:
-                    body, per_request = (batch, options.batch) if "batch" in path else (single, 1)
-                    result = run_case(apps[app], path, body, per_request, connection, options.seconds, folder)
-                    figures[f"{app} {path}"].append(result)
+            figures = measure(apps, connection, options.rounds, run_seconds, options.batch, folder)
         finally:
             for process, _ in apps.values():
                 process.terminate()
@@ -215,22 +248,39 @@ def main() -> None:
         "cores": os.cpu_count(),
         "loadavg_1m_at_start": round(load, 2),
         "rounds": options.rounds,
-        "seconds": options.seconds,
+        "seconds_per_run": run_seconds,
         "batch": options.batch,
         "wrk": "-t1 -c4",
     }
     for name, rounds in figures.items():
         out[name] = {
             k: round(statistics.median(r[k] for r in rounds), 2)
-            for k in ("req_per_s", "jobs_per_s", "p50_ms", "p99_ms", *CPU_FIGURES, "redis_commands_per_job")
+            for k in (
+                "req_per_s",
+                "jobs_per_s",
+                "p50_ms",
+                "p99_ms",
+                *CPU_FIGURES,
+                "redis_commands_per_job",
+                "busiest_worker_share",
+            )
         }
+        out[name]["one_worker_runs"] = (
+            f"{sum(r['busiest_worker_share'] > ONE_WORKER_SHARE for r in rounds)} of {len(rounds)}"
+        )
 
     def ratio(path: str, better: Callable[[dict[str, float], dict[str, float]], float]) -> float:
-        pairs = zip(figures[f"ours {path}"], figures[f"bare {path}"], strict=True)
-        return round(statistics.median(better(o, b) for o, b in pairs), 2)
+        return round(statistics.median(pair_ratios(path, better)), 2)
+
+    def pair_ratios(path: str, better: Callable[[dict[str, float], dict[str, float]], float]) -> list[float]:
+        return [better(o, b) for o, b in zip(figures[f"ours {path}"], figures[f"bare {path}"], strict=True)]
 
     out["ratios"] = {
         name: ratio(path, lambda o, b: o["jobs_per_s"] / b["jobs_per_s"]) for path, (name, _) in GOALS.items()
+    }
+    out["pair_ratios"] = {
+        name: sorted(round(r, 2) for r in pair_ratios(path, lambda o, b: o["jobs_per_s"] / b["jobs_per_s"]))
+        for path, (name, _) in GOALS.items()
     }
     # Bare CPU per job over ours: what the jobs/s ratio tends to when nothing else shares the cores.
     out["cpu_ratios"] = {

@@ -53,6 +53,21 @@ def test_job_is_stored_as_json_never_pickle(client: FlaskClient, connection: Red
     assert json.loads(zlib.decompress(data)) == ["diag.echo", None, [1], {}]
 
 
+def test_a_jobs_data_is_rqs_json_text_stored_or_deflated_by_size() -> None:
+    import zlib
+
+    from rq.serializers import JSONSerializer
+
+    from service.jobs.writer import STORED_PAYLOAD_BYTES, job_data
+
+    calls = [([1], {}), (["é\n", 1.5, None, -0.0, 10**30], {"b": {"a": [True]}}), (["x" * 200], {"y": 1e300})]
+    for args, kwargs in calls:
+        text = JSONSerializer.dumps(("diag.echo", None, args, kwargs))
+        data = job_data("diag.echo", args, kwargs)
+        assert zlib.decompress(data) == text
+        assert data.startswith(b"\x78\x01\x01") == (len(text) < STORED_PAYLOAD_BYTES)  # a stored block, or deflated
+
+
 def test_get_job_reads_it_back(client: FlaskClient) -> None:
     job = enqueue(client, {"task": "diag.echo"})
     response = client.get(f"/jobs/{job['id']}", headers=AUTH)

@@ -15,9 +15,13 @@ from redis import Redis
 
 from service import create_app
 from service.api.fast import FastEnqueue
+from service.api.jobs import enqueued
+from service.api.render import batch_text
 from service.core.config import Limits, Settings
 from service.core.connection import connect
 from service.dev.embedded_redis import EmbeddedRedis
+from service.jobs import enqueue
+from service.jobs.schemas import JobRequest
 from tests.conftest import TOKEN
 
 READER = "reader:read:reader-secret-0123456789"
@@ -68,6 +72,8 @@ def apps(settings: Settings, connection: Redis) -> Iterator[tuple[Flask, Flask, 
     assert isinstance(fast.wsgi_app, FastEnqueue) and isinstance(flask.wsgi_app, FastEnqueue)
     flask.wsgi_app = flask.wsgi_app.flask  # type: ignore[method-assign]
     yield fast, flask, Recorder(fast.wsgi_app)
+    for app in (fast, flask):
+        app.extensions["redis"].connection_pool.disconnect()
 
 
 def send(app: Flask, path: str, body: Any, headers: dict[str, str] | None) -> Any:
@@ -150,3 +156,27 @@ def test_a_clients_request_id_is_echoed_as_flask_does(apps: tuple[Flask, Flask, 
         else:  # not an id: each answer carries a new one instead
             assert sent not in answers and all(len(answer) == 32 for answer in answers)
     assert recorder.calls == 0
+
+
+# A batch whose jobs take several shapes (lanes, a group, a delay) and hold values the encoder escapes or sorts.
+VARIED = [
+    ECHO,
+    {"task": "diag.echo", "args": ['é\n"', 1.5, None, {"b": 1, "a": [True]}], "kwargs": {"z": 1, "a": {"y": "☃"}}},
+    {"task": "diag.echo", "queue": "low", "group": "g-1"},
+    {"task": "diag.sleep", "args": [1], "delay": 5},
+    {"task": "diag.echo", "args": [1e300, -0.0, 10**30]},
+]
+
+
+def test_a_batch_answer_is_the_text_the_json_provider_writes(
+    apps: tuple[Flask, Flask, Recorder], connection: Redis
+) -> None:
+    fast, _, recorder = apps
+    connection.flushdb()
+    outcomes = enqueue.submit(connection, [JobRequest.model_validate(job) for job in VARIED], batch=True)
+    body, _ = enqueued(outcomes, batch=True)
+    assert batch_text(fast.json.dumps, outcomes, None) == fast.json.dumps(body)
+    connection.flushdb()  # the apps' lanes hold 3 waiting jobs
+    answer = send(fast, "/jobs/batch", {"jobs": VARIED[:3]}, None)
+    assert answer.status_code == 202 and recorder.calls == 0
+    assert [job["args"] for job in answer.get_json()["jobs"]] == [job.get("args", []) for job in VARIED[:3]]

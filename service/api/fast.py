@@ -29,6 +29,7 @@ from service.api.audit import request_id_for
 from service.api.auth import authenticate, bearer_token
 from service.api.body import MAX_BODY_BYTES, decode, parse_document
 from service.api.jobs import enqueued, job_requests
+from service.api.render import batch_text
 from service.api.scopes import route_for
 from service.dashboard.headers import api_headers
 from service.jobs import enqueue
@@ -55,6 +56,8 @@ HOOKS = {
     "teardown_request_funcs": set(),
     "url_value_preprocessors": set(),
 }
+# The security headers of every API answer (the same on each).
+SECURITY_HEADERS = tuple(api_headers().items())
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
@@ -106,7 +109,7 @@ class FastEnqueue:
         raw = environ["wsgi.input"].read(length)
         try:
             document = parse_document(route[1], decode(raw))
-            if getattr(document, "on_complete", None) is not None:
+            if route[2] and document.on_complete is not None:
                 raise LookupError("a batch with on_complete: Flask's view opens it")
             requests = job_requests(document)
             planned = enqueue.plan_many(requests, batch=route[2], limits=self.settings.limits)
@@ -114,11 +117,13 @@ class FastEnqueue:
             environ["wsgi.input"] = io.BytesIO(raw)
             return self.flask(environ, start_response)
         try:
-            body, status = enqueued(enqueue.commit(self.redis, planned, self.settings.limits.queue_length), route[2])
+            outcomes = enqueue.commit(self.redis, planned, self.settings.limits.queue_length)
+            text = batch_text(self.dumps, outcomes, None) if route[2] else None
+            body, status = (None, 202) if text is not None else enqueued(outcomes, route[2])  # a batch is 202
             headers: dict[str, str] = {}
         except Exception as exc:  # the write's own outcome (a full lane, Redis refusing) is answered here
-            status, body, headers = errors.answer_for(exc)
-        return self.answer(environ, start_response, status, body, headers)
+            (status, body, headers), text = errors.answer_for(exc), None
+        return self.answer(environ, start_response, status, self.dumps(body) if text is None else text, headers)
 
     def plain(self, environ: dict[str, Any], endpoint: str) -> bool:
         """True when the request carries a token with the route's scope, a JSON body and no query string."""
@@ -136,10 +141,11 @@ class FastEnqueue:
         length = int(text) if text.isascii() and text.isdigit() else 0
         return length if 0 < length <= MAX_BODY_BYTES else None
 
+    @staticmethod
     def answer(
-        self, environ: dict[str, Any], start_response: StartResponse, status: int, body: Any, headers: dict[str, str]
+        environ: dict[str, Any], start_response: StartResponse, status: int, text: str, headers: dict[str, str]
     ) -> list[bytes]:
-        data = (self.dumps(body) + "\n").encode()
+        data = (text + "\n").encode()
         start_response(
             f"{status} {HTTP_STATUS_CODES[status].upper()}",
             [
@@ -147,7 +153,7 @@ class FastEnqueue:
                 ("Content-Length", str(len(data))),
                 *headers.items(),
                 ("X-Request-Id", request_id_for(environ.get("HTTP_X_REQUEST_ID", ""))),
-                *api_headers().items(),
+                *SECURITY_HEADERS,
             ],
         )
         return [data]

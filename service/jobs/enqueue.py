@@ -32,7 +32,7 @@ from service.jobs import batches
 from service.jobs.damage import BATCH_FIELD, GROUP_FIELD
 from service.jobs.model import ServiceJob, new_job_ids
 from service.jobs.template import JobOptions
-from service.jobs.writer import Planned, Submitted, check_written, compress, write
+from service.jobs.writer import Planned, Submitted, check_written, job_data, write
 from service.tasks.registry import REGISTRY, RetryPolicy, TaskSpec
 
 if TYPE_CHECKING:  # requests are validated by the caller: workers enqueue without loading pydantic
@@ -147,7 +147,7 @@ def plan(request: Request, field: str = "", limits: Limits | None = None, job_id
         args=args,
         kwargs=kwargs,
         options=JobOptions(spec.name, lane, timeout, result_ttl, spec.failure_ttl_seconds, spec.name, retry),
-        data=compress(JSONSerializer.dumps((spec.name, None, args, kwargs))),
+        data=job_data(spec.name, args, kwargs),
         run_at=run_at(request, prefix),
     )
     if retry.jittered:
@@ -241,15 +241,15 @@ def retry_policy(request: Request, spec: TaskSpec) -> RetryPolicy:
 
 def run_at(request: Request, prefix: str = "") -> datetime | None:
     """Return when a delayed job may start, rounded up to RQ's whole seconds (never early)."""
+    if not request.delay and request.at is None:
+        return None
     now = clock.utcnow()
     if request.delay:
         moment = now + timedelta(seconds=request.delay)
-    elif request.at is not None:
+    else:
         moment = request.at.astimezone(UTC)
         if moment <= now:
             return None  # a time already past means now
-    else:
-        return None
     if moment - now > timedelta(days=366):
         raise InvalidField(prefix + ("at" if request.at else "delay"), "must be within 366 days")
     return datetime.fromtimestamp(math.ceil(moment.timestamp()), UTC)
