@@ -60,6 +60,8 @@ BUFFERED_POLL_SECONDS = 0.25
 # more (a smaller request, reply and Lua heap), and shorten the waits at a batch's start and end.
 BATCH = 5000
 CHUNK = 250
+# Fire calls sent and not yet answered: Redis always has the next chunk queued while Python plans another.
+AHEAD = 2
 MAX_BATCHES_PER_PASS = 100
 # How the log names a Redis that refuses writes (service.core.outage.write_refused), and its end.
 REFUSALS = {"maxmemory": "maxmemory reached", "misconf": "MISCONF: it cannot save to disk"}
@@ -170,11 +172,11 @@ class ServiceScheduler(Scheduler):
             return self._fire_due_batches()
 
     def _fire_due_batches(self) -> int:
-        """Read due schedules a batch at a time and fire them a chunk per call, one call ahead on one connection.
+        """Read due schedules a batch at a time and fire them a chunk per call, AHEAD calls ahead on one connection.
 
-        A full batch's successor is read before the batch's last chunk fires
-        (after its last member, which is still due then), so Python parses and
-        plans it while Redis fires that chunk: Redis never waits for a read.
+        A full batch's successor is read before the batch's last AHEAD chunks
+        fire (after its last member, which is still due then), so Python parses
+        and plans it while Redis fires them: Redis never waits for a read.
         """
         self.calendars.new_pass()
         tally = Tally(self.key, self.lease)
@@ -188,10 +190,10 @@ class ServiceScheduler(Scheduler):
                     entries, stored = self._plan(due[start : start + CHUNK], now)
                     if entries:
                         stream.fire(entries, stored, now)
-                    if len(due) == BATCH and start + 2 * CHUNK >= len(due) and following is None:
+                    if len(due) == BATCH and start + (AHEAD + 1) * CHUNK >= len(due) and following is None:
                         following = self.clock()
                         stream.read_due(to_ms(following), BATCH, after=due[-1][:2])
-                    stream.collect(in_flight=1)
+                    stream.collect(in_flight=AHEAD)
                     if tally.lost:
                         return tally.fired
                 if not following:
