@@ -196,7 +196,7 @@ class ServiceScheduler(Scheduler):
                     stream.collect(in_flight=AHEAD)
                     if tally.lost:
                         return tally.fired
-                if not following:
+                if following is None:
                     break
                 now, due = following, stream.due()
                 if not due:
