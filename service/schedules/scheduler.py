@@ -178,7 +178,7 @@ class ServiceScheduler(Scheduler):
         fire (after its last member, which is still due then), so Python parses
         and plans it while Redis fires them: Redis never waits for a read.
         """
-        self.calendars.new_pass()
+        self.calendars.new_pass()  # calendars as they are when the pass starts
         tally = Tally(self.key, self.lease)
         now, renewed = self.clock(), time.monotonic()
         due = read_due(self.connection, to_ms(now), BATCH)
@@ -199,7 +199,7 @@ class ServiceScheduler(Scheduler):
                 if following is None:
                     break
                 now, due = following, stream.due()
-                if not due:
+                if not due or tally.lost:
                     break
                 if time.monotonic() - renewed >= self.tick_seconds:  # a long pass keeps its lease fresh
                     renewed = time.monotonic()
