@@ -338,6 +338,22 @@ def test_a_burst_of_due_runs_is_fired_with_a_few_lua_calls(
     assert len(page["schedules"]) == 1000 and page["next_cursor"] == "user-00999"
 
 
+def test_a_pass_over_several_batches_reads_each_next_batch_ahead_and_fires_every_run_once(
+    connection: Redis, clock: Clock, scheduler: ServiceScheduler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("service.schedules.scheduler.BATCH", 7)
+    monkeypatch.setattr("service.schedules.scheduler.CHUNK", 3)
+    specs = {f"u{n:02d}": {"task": "diag.echo", "interval": 60, "args": [n]} for n in range(25)}
+    schedules.upsert_many(connection, specs, now=T0)
+    connection.zadd(ScheduleKeys.due, {"stray": to_ms(T0)})  # a member without a schedule: dropped, not fired
+    clock.advance(60)
+    assert scheduler.enqueue_jobs() == 25
+    assert queued(connection) == [f"u{n:02d}-1893456060" for n in range(25)]
+    assert fetch(connection, "u24-1893456060").args == [24]  # a short call stored as it is reads as RQ's
+    assert connection.zcount(ScheduleKeys.due, "-inf", to_ms(clock.now)) == 0
+    assert scheduler.enqueue_jobs() == 0
+
+
 def test_bulk_upsert_validates_everything_before_writing(connection: Redis) -> None:
     items = {"good": {"task": "diag.echo", "interval": 5}, "bad": {"task": "diag.echo", "interval": 0}}
     with pytest.raises(InvalidField) as caught:

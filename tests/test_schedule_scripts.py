@@ -137,6 +137,18 @@ def test_read_due_returns_the_due_schedules_earliest_first_with_what_firing_need
     assert [schedule_id for schedule_id, _, _ in first_two] == ["stray", "b"]
 
 
+def test_read_due_after_a_cursor_reads_past_it_until_it_fires(connection: Redis) -> None:
+    for schedule_id in ("a", "b", "c"):
+        schedules.upsert(connection, schedule_id, {"task": "diag.echo", "interval": 10}, now=T0)
+    due = to_ms(T0 + timedelta(seconds=10))
+    latest = to_ms(T0 + timedelta(seconds=20))
+    assert [i for i, _, _ in read_due(connection, latest, 10, after=("a", due))] == ["b", "c"]
+    assert [i for i, _, _ in read_due(connection, latest, 1, after=("a", due))] == ["b"]
+    connection.zadd(ScheduleKeys.due, {"a": due + 60_000})  # the cursor fired: its batch is gone from the head
+    assert [i for i, _, _ in read_due(connection, latest, 10, after=("a", due))] == ["b", "c"]
+    assert read_due(connection, latest, 10, after=("c", due)) == []
+
+
 def test_pause_schedule_pauses_with_a_note_and_wakes_the_scheduler(connection: Redis, every_ten: datetime) -> None:
     wakeups = connection.pubsub(ignore_subscribe_messages=True)
     wakeups.subscribe(ScheduleKeys.wakeup)

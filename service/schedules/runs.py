@@ -27,8 +27,8 @@ import functools
 import json
 import logging
 import random
-import zlib
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -47,9 +47,20 @@ from service.jobs.context import scheduled_for  # noqa: F401 - kept importable f
 from service.jobs.damage import GROUP_FIELD
 from service.jobs.model import ServiceQueue
 from service.jobs.template import JobOptions, template
+from service.jobs.writer import compress
 from service.ops import hooks
 from service.schedules.spec import ScheduleSpec, SkipDates, from_ms, isoformat, to_ms, to_us
-from service.schedules.store import RUNS_KEPT, StoredSchedule, due_times, load_spec
+from service.schedules.store import (
+    DUE_KEYS,
+    READ_DUE,
+    RUNS_KEPT,
+    Due,
+    StoredSchedule,
+    due_args,
+    due_times,
+    load_spec,
+    parse_due,
+)
 from service.tasks.registry import REGISTRY, RetryPolicy, TaskSpec
 
 log = logging.getLogger(__name__)
@@ -62,6 +73,8 @@ MISSED, COALESCED, CALENDAR = "m", "c", "k"
 MAX_CATCHUP = 1000
 # A run in one of these states is "still queued or running" for the overlap policy.
 ACTIVE_STATUSES = frozenset({"queued", "started", "scheduled", "deferred"})
+# A run's call data shorter than this is stored uncompressed (call_data).
+UNCOMPRESSED_BYTES = 64
 # Variadic commands whose calls for one key the fire script may merge into one (same result, same order).
 FOLDABLE_COMMANDS = frozenset({"RPUSH", "LPUSH", "SADD"})
 # What the fire script needs besides its KEYS (see fire.lua): RQ's and our key shapes for the keys it
@@ -211,9 +224,14 @@ def firable(stored: StoredSchedule) -> bool:
 
 @functools.lru_cache(maxsize=65_536)
 def call_data(task: str, call_json: str) -> bytes:
-    """RQ's own encoding of a run's call (Job.to_dict's data), made once per distinct task and call."""
+    """RQ's own encoding of a run's call (Job.to_dict's data), made once per distinct task and call.
+
+    A short call is stored as it is: zlib would make it longer (its header and checksum take 6 bytes) and
+    cost ~3 µs a run (a per-user burst has no two calls alike); RQ reads data that is not compressed as it is.
+    """
     args, kwargs, _ = call_parts(call_json)
-    return zlib.compress(JSONSerializer.dumps((task, None, args, kwargs)))
+    data = JSONSerializer.dumps((task, None, args, kwargs))
+    return data if len(data) < UNCOMPRESSED_BYTES else compress(data)
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -241,39 +259,9 @@ class Firing:
             return []
         return self._results(FIRE(keys=self.keys, args=self._args(entries, stored, now), client=self.connection))
 
-    def run_all(
-        self, chunks: Iterable[tuple[list[Entry], dict[str, StoredSchedule]]], now: datetime
-    ) -> Iterator[tuple[list[Entry], list[Any] | None]]:
-        """Apply chunks of entries in order, each sent before the previous one's reply is read.
-
-        The chunks are planned lazily (taking the next one runs the caller's
-        planning), so Python plans and encodes chunk k+1 while Redis runs
-        chunk k: a pass takes about the longer of the two, not their sum.
-        Yields each chunk with its results (None: the lease is lost, and the
-        caller stops). A connection left with a reply unread is closed, never
-        handed on.
-        """
-        pool = self.connection.connection_pool
-        connection = pool.get_connection()
-        pending: tuple[list[Entry], list[Any]] | None = None
-        drained = False
-        try:
-            for entries, stored in chunks:
-                if not entries:
-                    continue
-                args = self._args(entries, stored, now)
-                connection.send_command("EVALSHA", FIRE.sha, len(self.keys), *self.keys, *args)
-                if pending is not None:
-                    yield pending[0], self._receive(connection, pending[1])
-                pending = (entries, args)
-            if pending is not None:
-                last, pending = pending, None
-                yield last[0], self._receive(connection, last[1])
-            drained = True
-        finally:
-            if not drained:
-                connection.disconnect()
-            pool.release(connection)
+    def stream(self, on_fired: Callable[[list[Entry], list[Any] | None], None]) -> Stream:
+        """A Stream of fire calls and due reads on one connection of its own (close it after)."""
+        return Stream(self, on_fired)
 
     def _receive(self, connection: Any, args: list[Any]) -> list[Any] | None:
         try:
@@ -323,6 +311,66 @@ class Firing:
         if results == [-1] and self.owner:
             return None
         return [[] if isinstance(result, dict) else result for result in results]  # cjson: {} is an empty list
+
+
+class Stream:
+    """Fire calls and due reads sent on one connection, each before the replies to those before it are read.
+
+    Redis runs them in the order sent, so Python plans and encodes chunk k+1
+    (or parses the next batch's due read) while Redis runs chunk k: a pass
+    takes about the longer of the two, not their sum. Each fire call's
+    results go to `on_fired` in order (None: the lease is lost). A connection
+    closed with replies unread is dropped, never handed on.
+    """
+
+    def __init__(self, firing: Firing, on_fired: Callable[[list[Entry], list[Any] | None], None]) -> None:
+        self.firing, self.on_fired = firing, on_fired
+        self.pool = firing.connection.connection_pool
+        self.connection = self.pool.get_connection()
+        self.sent: deque[tuple[list[Entry] | None, list[Any]]] = deque()  # (entries, args); None: a due read
+        self.fires = 0  # fire calls sent and not answered yet
+        self._due: Due | None = None
+
+    def fire(self, entries: list[Entry], stored: dict[str, StoredSchedule], now: datetime) -> None:
+        args = self.firing._args(entries, stored, now)
+        self.connection.send_command("EVALSHA", FIRE.sha, len(self.firing.keys), *self.firing.keys, *args)
+        self.sent.append((entries, args))
+        self.fires += 1
+
+    def read_due(self, max_score_ms: int, limit: int, after: tuple[str, int] | None = None) -> None:
+        """Send a due read (store.read_due); due() answers it once the calls sent before it are answered."""
+        args = due_args(max_score_ms, limit, after)
+        self.connection.send_command("EVALSHA", READ_DUE.sha, len(DUE_KEYS), *DUE_KEYS, *args)
+        self.sent.append((None, args))
+
+    def collect(self, in_flight: int = 0) -> None:
+        """Read replies until at most `in_flight` fire calls are unanswered."""
+        while self.fires > in_flight:
+            self._receive()
+
+    def due(self) -> Due:
+        """The answer to the due read sent last (the fire calls sent before it are answered first)."""
+        while self._due is None:
+            self._receive()
+        due, self._due = self._due, None
+        return due
+
+    def _receive(self) -> None:
+        entries, args = self.sent.popleft()
+        if entries is None:
+            try:
+                reply = self.connection.read_response()
+            except NoScriptError:  # Redis lost its scripts (a restart): read now, loading it
+                reply = READ_DUE(keys=DUE_KEYS, args=args, client=self.firing.connection)
+            self._due = parse_due(reply)
+            return
+        self.fires -= 1
+        self.on_fired(entries, self.firing._receive(self.connection, args))
+
+    def close(self) -> None:
+        if self.sent:
+            self.connection.disconnect()
+        self.pool.release(self.connection)
 
 
 def _score(score: int | None) -> str | None:

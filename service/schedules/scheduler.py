@@ -25,7 +25,7 @@ import gc
 import logging
 import signal
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -60,6 +60,8 @@ BUFFERED_POLL_SECONDS = 0.25
 # more (a smaller request, reply and Lua heap), and shorten the waits at a batch's start and end.
 BATCH = 5000
 CHUNK = 250
+# Fire calls sent and not yet answered: Redis always has the next chunk queued while Python plans another.
+AHEAD = 2
 MAX_BATCHES_PER_PASS = 100
 # How the log names a Redis that refuses writes (service.core.outage.write_refused), and its end.
 REFUSALS = {"maxmemory": "maxmemory reached", "misconf": "MISCONF: it cannot save to disk"}
@@ -82,6 +84,22 @@ def cyclic_gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+class Tally:
+    """The runs a pass created, counted as its fire calls are answered; `lost`: the lease was lost meanwhile."""
+
+    def __init__(self, key: str, lease: Lease) -> None:
+        self.key, self.lease = key, lease
+        self.fired, self.lost = 0, False
+
+    def applied(self, entries: list[Entry], results: list[Any] | None) -> None:
+        if results is None:
+            if not self.lost:
+                log.warning("scheduler %s: lost the lease mid-pass; not firing", self.key)
+            self.lease.held, self.lost = False, True
+            return
+        self.fired += sum(report(entry, result) for entry, result in zip(entries, results, strict=True))
 
 
 class ServiceScheduler(Scheduler):
@@ -154,23 +172,43 @@ class ServiceScheduler(Scheduler):
             return self._fire_due_batches()
 
     def _fire_due_batches(self) -> int:
-        fired = 0
+        """Read due schedules a batch at a time and fire them a chunk per call, AHEAD calls ahead on one connection.
+
+        A full batch's successor is read before the batch's last AHEAD chunks
+        fire (after its last member, which is still due then), so Python parses
+        and plans it while Redis fires them: Redis never waits for a read.
+        """
         self.calendars.new_pass()  # calendars as they are when the pass starts
-        for _ in range(MAX_BATCHES_PER_PASS):
-            now = self.clock()
-            due = read_due(self.connection, to_ms(now), BATCH)
-            if not due:
-                break
-            chunks = (self._plan(due[start : start + CHUNK], now) for start in range(0, len(due), CHUNK))
-            applied = self._apply(chunks, now)
-            if applied is None:
-                break
-            fired += applied[0]
-            if len(due) < BATCH or not applied[1]:
-                break
-            if not self.acquire_lock():  # a long pass keeps its lease fresh
-                break
-        return fired
+        tally = Tally(self.key, self.lease)
+        now, renewed = self.clock(), time.monotonic()
+        due = read_due(self.connection, to_ms(now), BATCH)
+        stream = self.firing.stream(tally.applied)
+        try:
+            for _ in range(MAX_BATCHES_PER_PASS):
+                following: datetime | None = None  # the clock the next batch is read at
+                for start in range(0, len(due), CHUNK):
+                    entries, stored = self._plan(due[start : start + CHUNK], now)
+                    if entries:
+                        stream.fire(entries, stored, now)
+                    if len(due) == BATCH and start + (AHEAD + 1) * CHUNK >= len(due) and following is None:
+                        following = self.clock()
+                        stream.read_due(to_ms(following), BATCH, after=due[-1][:2])
+                    stream.collect(in_flight=AHEAD)
+                    if tally.lost:
+                        return tally.fired
+                if following is None:
+                    break
+                now, due = following, stream.due()
+                if not due or tally.lost:
+                    break
+                if time.monotonic() - renewed >= self.tick_seconds:  # a long pass keeps its lease fresh
+                    renewed = time.monotonic()
+                    if not self.acquire_lock():
+                        break
+            stream.collect()
+        finally:
+            stream.close()
+        return tally.fired
 
     def _plan(
         self, due: list[tuple[str, int, StoredSchedule | None]], now: datetime
@@ -205,19 +243,6 @@ class ServiceScheduler(Scheduler):
         )
         return None
 
-    def _apply(self, chunks: Iterable[tuple[list[Entry], dict[str, Any]]], now: datetime) -> tuple[int, int] | None:
-        """Fire chunks of planned entries; return (runs created, entries applied), None if the lease was lost."""
-        fired = planned = 0
-        with contextlib.closing(self.firing.run_all(chunks, now)) as applied:
-            for entries, results in applied:
-                if results is None:
-                    log.warning("scheduler %s: lost the lease mid-pass; not firing", self.key)
-                    self.lease.held = False
-                    return None
-                planned += len(entries)
-                fired += sum(report(entry, result) for entry, result in zip(entries, results, strict=True))
-        return fired, planned
-
     def fire_buffered_runs(self) -> int:
         """Start each buffered run (overlap buffer_one) whose schedule's previous run has ended."""
         ids = sorted(member.decode() for member in self.connection.smembers(ScheduleKeys.buffered))
@@ -236,8 +261,9 @@ class ServiceScheduler(Scheduler):
                 self.connection.srem(ScheduleKeys.buffered, schedule_id)
             elif (status or b"").decode() not in ACTIVE_STATUSES and not schedule.paused:
                 entries.append(Entry(schedule_id, "buffer", fires=[(buffered, BUFFERED)], buffered=buffered))
-        applied = self._apply([(entries, stored)], self.clock())
-        return applied[0] if applied else 0
+        tally = Tally(self.key, self.lease)
+        tally.applied(entries, self.firing.run(entries, stored, self.clock()))
+        return tally.fired
 
     # -- the loop ---------------------------------------------------------
 

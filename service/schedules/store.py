@@ -355,15 +355,28 @@ def from_legacy(schedule_id: str, raw: dict[str, str], records: int = 0) -> Stor
 READ_DUE = script("read_due")
 
 
-def read_due(connection: Redis, max_score_ms: int, limit: int) -> list[tuple[str, int, StoredSchedule | None]]:
+DUE_KEYS = [ScheduleKeys.due, ScheduleKeys.templates]
+Due = list[tuple[str, int, StoredSchedule | None]]
+
+
+def read_due(connection: Redis, max_score_ms: int, limit: int, after: tuple[str, int] | None = None) -> Due:
     """Return up to `limit` (id, due score, schedule) with score <= `max_score_ms`, earliest first.
 
     A schedule carries only what firing needs (template, call, next and
     buffered due times); None where a due member has no schedule, and a
     legacy one (first-release layout) as LEGACY_DUE for the caller to migrate.
+    `after`: the last (id, score) of the batch before, read after it while it has not fired (read_due.lua).
     """
-    keys = [ScheduleKeys.due, ScheduleKeys.templates]
-    reply = READ_DUE(keys=keys, args=[ScheduleKeys.prefix, max_score_ms, limit], client=connection)
+    return parse_due(READ_DUE(keys=DUE_KEYS, args=due_args(max_score_ms, limit, after), client=connection))
+
+
+def due_args(max_score_ms: int, limit: int, after: tuple[str, int] | None = None) -> list[Any]:
+    """read_due.lua's arguments (see read_due)."""
+    return [ScheduleKeys.prefix, max_score_ms, limit, *(after or ())]
+
+
+def parse_due(reply: bytes) -> Due:
+    """read_due.lua's reply as read_due returns it."""
     specs, rows = json.loads(reply)
     found: list[tuple[str, int, StoredSchedule | None]] = []
     for start in range(0, len(rows), 6):  # flat: one list for the batch, not one per schedule
