@@ -73,8 +73,6 @@ MISSED, COALESCED, CALENDAR = "m", "c", "k"
 MAX_CATCHUP = 1000
 # A run in one of these states is "still queued or running" for the overlap policy.
 ACTIVE_STATUSES = frozenset({"queued", "started", "scheduled", "deferred"})
-# A run's call data shorter than this is stored uncompressed (call_data).
-UNCOMPRESSED_BYTES = 64
 # Variadic commands whose calls for one key the fire script may merge into one (same result, same order).
 FOLDABLE_COMMANDS = frozenset({"RPUSH", "LPUSH", "SADD"})
 # What the fire script needs besides its KEYS (see fire.lua): RQ's and our key shapes for the keys it
@@ -224,14 +222,9 @@ def firable(stored: StoredSchedule) -> bool:
 
 @functools.lru_cache(maxsize=65_536)
 def call_data(task: str, call_json: str) -> bytes:
-    """RQ's own encoding of a run's call (Job.to_dict's data), made once per distinct task and call.
-
-    A short call is stored as it is: zlib would make it longer (its header and checksum take 6 bytes) and
-    cost ~3 µs a run (a per-user burst has no two calls alike); RQ reads data that is not compressed as it is.
-    """
+    """RQ's own encoding of a run's call (Job.to_dict's data), made once per distinct task and call."""
     args, kwargs, _ = call_parts(call_json)
-    data = JSONSerializer.dumps((task, None, args, kwargs))
-    return data if len(data) < UNCOMPRESSED_BYTES else compress(data)
+    return compress(JSONSerializer.dumps((task, None, args, kwargs)))
 
 
 @functools.lru_cache(maxsize=65_536)
