@@ -504,21 +504,23 @@ class ServiceWorker(Worker):
             if not self.prefetch.pending and running is None:
                 return
             parts = [outcome.part for outcome in self.prefetch.pending]
+            claimed: Any = None
             if running is None:
                 dependents = self.claimer.flush(parts)
             else:
                 ttl = self.get_heartbeat_ttl(None)
                 dependents, claimed = self.claimer.start(running.claim, ttl, parts, running.started_at,
                                                          running.execution.id)  # fmt: skip
-                if isinstance(claimed, Exception):
-                    raise claimed
                 started = isinstance(claimed, Claim) and claimed.execution_id is not None
-                running.state = "started" if started else "gone"
+                if not isinstance(claimed, Exception):  # else its start failed (a damaged hash): it stays deferred
+                    running.state = "started" if started else "gone"
                 if started:
                     with self.records_lock:  # the heartbeat writes its records if it still runs at the next beat
                         self.recording = running.execution
-            self._after_stored(self.prefetch.pending, dependents)
+            self._after_stored(self.prefetch.pending, dependents)  # stored even when the start failed
             self.prefetch.stored()
+            if isinstance(claimed, Exception):
+                raise claimed
 
     def _past_bound(self) -> None:
         """Watchdog thread: a prefetched job runs past the bound. What waits is stored, the job marked started,
