@@ -326,13 +326,20 @@ class Claimer:
         """Block until a lane's doorbell rings or the timeout passes (the token only wakes us)."""
         self.connection.blpop([doorbell_key(lane) for lane in lanes], timeout=max(0.01, timeout_seconds))
 
-    def requeue(self, job_id: str, lane: str, key: str | None = None) -> None:
+    def requeue(self, job_id: str, lane: str, key: str | None = None, client: Any = None) -> None:
         """Move `job_id` from a claimed list (ours by default) back to the front of `lane`."""
         REQUEUE(
             keys=[key or self.key, keys.queue_key(lane), doorbell_key(lane), keys.job_key(job_id)],
             args=[job_id],
-            client=self.connection,
+            client=client or self.connection,
         )
+
+    def give_back(self, claims: Sequence[Claim]) -> None:
+        """Put our prefetched `claims` back at the front of their lane, in their order: one round trip."""
+        with self.connection.pipeline(transaction=False) as pipe:
+            for claim in reversed(claims):
+                self.requeue(claim.job_id, claim.lane, client=pipe)
+            pipe.execute()
 
     def drop(self, job_id: str) -> None:
         """Forget a claimed id whose job no longer exists or must not run."""

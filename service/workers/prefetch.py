@@ -80,7 +80,7 @@ class Prefetch:
         self.claims: deque[Claim] = deque()  # claimed, not started, in lane order
         self.pending: list[Outcome] = []  # ended, outcome not stored yet
         self.running: Running | None = None
-        self.began = 0.0  # when the running job began (monotonic): its duration sizes the batches
+        self._began: float | None = None  # when the last job began (monotonic): job to job times size the batches
         self._average: float | None = None  # running average of job durations (s)
         self._since: float | None = None  # when the oldest thing not stored happened (monotonic)
         self._on_deadline = on_deadline
@@ -95,13 +95,17 @@ class Prefetch:
         size = min(MAX_PREFETCH, int(BOUND_SECONDS / max(self._average, 1e-5)) - 1)
         return max(0, min(size, limit if limit is not None else size))
 
-    def observe(self, seconds: float) -> None:
-        """A job took `seconds` of the worker's time (from its claim's turn to its outcome): a long one resets
-        the average at once."""
-        if self._average is None or seconds * 2 > BOUND_SECONDS:
-            self._average = seconds
-        else:
-            self._average += AVERAGE_WEIGHT * (seconds - self._average)
+    def begin_job(self) -> None:
+        """A job begins: the time since the last one began (its run, its outcome, the worker's own work, a call
+        or a wait for work) updates the average; a long one resets it at once."""
+        now = time.monotonic()
+        if self._began is not None:
+            seconds = now - self._began
+            if self._average is None or seconds * 2 > BOUND_SECONDS:
+                self._average = seconds
+            else:
+                self._average += AVERAGE_WEIGHT * (seconds - self._average)
+        self._began = now
 
     def may_defer(self) -> bool:
         """True when the next prefetched job may run with what is not stored yet waiting for it."""

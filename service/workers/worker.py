@@ -446,7 +446,7 @@ class ServiceWorker(Worker):
         """The job of `claim` runs now (`attempts`: started here, without a call); the watchdog's bound covers its
         start (if not stored yet) and the prefetched jobs behind it, the heartbeat its records (once started)."""
         with self.prefetch.lock:
-            self.prefetch.began = time.monotonic()
+            self.prefetch.begin_job()
             if attempts is not None or self.prefetch.claims:
                 started_at, state = utcformat(execution.created_at), "started" if attempts is None else "deferred"
                 self.prefetch.begin(Running(claim, execution, started_at, attempts or 0, state))
@@ -526,10 +526,14 @@ class ServiceWorker(Worker):
         """Watchdog thread: a prefetched job runs past the bound. What waits is stored, the job marked started,
         and the rest of its batch put back at the front of its lane for other workers."""
         self._store_waiting()
-        for claim in reversed(self.prefetch.claims):
-            self.claimer.requeue(claim.job_id, claim.lane)
-        self.prefetch.claims.clear()
+        self._give_back()
         self.prefetch.stored()
+
+    def _give_back(self) -> None:
+        """The prefetched jobs not run yet go back to the front of their lane (the batch is past its bound)."""
+        if self.prefetch.claims:
+            self.claimer.give_back(self.prefetch.claims)
+            self.prefetch.claims.clear()
 
     def _after_stored(self, outcomes: list[Outcome], dependents: list[int]) -> None:
         """What follows the store of waiting outcomes: their dependents enqueued, their events and logs."""
@@ -860,7 +864,6 @@ class ServiceWorker(Worker):
             if running is not None and running.execution is not execution:
                 running = None
             start = (running.started_at, running.attempts) if running and running.state != "started" else None
-            self.prefetch.observe(time.monotonic() - self.prefetch.began)
             batched = bool(getattr(job, "batch_id", None))  # its outcome and its batch's count go in one MULTI
             if lanes and not batched and self.prefetch.may_defer():  # stored with the next call
                 outcome = self.finisher.outcome(job, execution, result_ttl, slots, job.task_name, recorded, start)
@@ -871,23 +874,18 @@ class ServiceWorker(Worker):
                 return
             pending = self.prefetch.pending
             parts = [outcome.part for outcome in pending]
-            following = self.prefetch.claims[0] if lanes and self.prefetch.claims and not batched else None
+            if lanes and self.prefetch.claims:  # past the bound (or not short any more): the rest goes back first
+                self._give_back()
             try:
-                if following is not None:  # the batch goes on past the bound: the next one is marked started
-                    part = self.finisher.outcome(job, execution, result_ttl, slots, job.task_name, recorded, start)
-                    dependents, claimed = self.claimer.start(following, ttl, finish=[*parts, part])
-                else:
-                    size = self._prefetch_size()
-                    dependents, claimed = self.finisher.finish(job, execution, result_ttl, slots, job.task_name,
-                                                               lanes, ttl, recorded, parts, size, start)  # fmt: skip
+                size = self._prefetch_size()
+                dependents, claimed = self.finisher.finish(job, execution, result_ttl, slots, job.task_name,
+                                                           lanes, ttl, recorded, parts, size, start)  # fmt: skip
             except BaseException as exc:
                 if lanes and not isinstance(exc, ResultRefused):  # its reply lost, the call may have claimed a
                     self._resync = True  # job: our claims are put back, and the retry only stores the outcome
                 raise
             self.prefetch.running = None
             self.prefetch.stored()
-            if following is not None:
-                self.prefetch.claims.popleft()
         self._claimed_next = self._prefetched(claimed)
         # The state the call left (unknown after a failed claim: busy, so that it is written idle).
         job._status, self._state = JobStatus.FINISHED, WorkerStatus(self.claimer.state or WorkerStatus.BUSY)
