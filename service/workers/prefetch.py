@@ -9,14 +9,14 @@ their starts with them, in the call that claims the next batch (Celery's
 prefetch, Kafka's batched acknowledgement). The bounds:
 
 - only while recent jobs were short: the batch is sized so that its jobs end
-  within BOUND_SECONDS (starting at none; a job longer than half the bound
-  ends prefetching until jobs are short again);
+  within BOUND_SECONDS at the pace of recent job starts (starting at none; a
+  job longer than half the bound ends prefetching until jobs are short again);
 - an outcome, or a running job's start, is stored at most BOUND_SECONDS late:
-  the worker stores them before running a job that would end past the bound,
-  and a watchdog thread stores them (and marks the running job started) when
-  a job runs past it, then puts the rest of the batch back at the front of its
-  lane, so a long job never holds others; the watchdog may wake up to the
-  interpreter's switch interval (5 ms) late;
+  the worker stores them instead of running a job that would end past the
+  bound, and gives the batch's jobs not run yet back to the front of their
+  lane; a watchdog thread does the same (and marks the running job started)
+  when a job runs past it, so a long job never holds others; the watchdog may
+  wake up to the interpreter's switch interval (5 ms) late;
 - a higher lane's job waits at most that bound more than behind one running job;
 - only plain successes wait: a failure, a retry, a held-back job or any other
   outcome stores what waits and marks its job started first, and takes RQ's

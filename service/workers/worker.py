@@ -471,11 +471,13 @@ class ServiceWorker(Worker):
         """A prefetched job about to run, and its attempts once started when it starts here without a call
         (recent jobs were short: its start is stored with its outcome, or by the watchdog past the bound);
         else it is marked started by a call that stores what waits too (attempts None), and loaded again."""
+        if job.damage:  # it fails alone, as a damaged job a claim took does (what waits is stored first)
+            self._store_waiting()
+            return claim, job, None
         spec = job.spec
         attempts = claim.raw.get(b"attempts", b"0")
         fast = (
             spec is not None
-            and not job.damage
             and not limits.is_limited(spec, job.group)
             and job.get_status(refresh=False) == JobStatus.QUEUED
             and attempts.isdigit()
