@@ -147,7 +147,7 @@ def test_the_work_script_takes_its_keys_from_the_caller(connection: Redis) -> No
         args=["w9", "", "", "", "1", 0, 0, "e1", "2030-01-01T00:00:00.000000Z", TTL, "1", 1],
         client=connection,
     )
-    assert reply[:2] == [0, 0] and reply[2][0] == b"j1" and reply[2][1] == 1 and reply[2][3] == 1
+    assert reply[:2] == [[], 0] and reply[2][0] == b"j1" and reply[2][1] == 1 and reply[2][3] == 1
     assert connection.lrange(keys.claimed_key("w9"), 0, -1) == [b"j1"]
     assert connection.zrange(keys.started_key("x"), 0, -1) == [b"j1:e1"]
     assert connection.smembers(keys.CLAIMERS_KEY) == {b"w9"}

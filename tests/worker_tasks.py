@@ -97,3 +97,22 @@ def together(key: str, count: int) -> None:
     deadline = time.monotonic() + 30
     while connection.llen(f"diag:{key}") < count and time.monotonic() < deadline:
         time.sleep(0.001)
+
+
+@task("workertest.note")
+def note(key: str) -> None:
+    """Record the running job's id in diag:<key> (which jobs ran, seen apart from their stored outcomes)."""
+    job = get_current_job()
+    assert job is not None
+    job.connection.rpush(f"diag:{key}", job.id)
+
+
+@task("workertest.hold")
+def hold(key: str) -> str:
+    """Count the run in diag:<key>, then run until the key diag:<key>:release exists (the test lets it end)."""
+    connection = _connection()
+    connection.rpush(f"diag:{key}", 1)
+    deadline = time.monotonic() + 60
+    while not connection.exists(f"diag:{key}:release") and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return "released"

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,7 +30,7 @@ from rq.utils import utcformat
 from service.core import clock, keys
 from service.core.keys import CLAIMERS_KEY, claimed_key, doorbell_key
 from service.core.lua import script
-from service.jobs.damage import GROUP_FIELD
+from service.jobs.damage import BATCH_FIELD, GROUP_FIELD
 from service.workers.tally import Tally
 
 # One script for a worker's every call: finish a job, add the kept counters, claim and start the next job.
@@ -41,6 +41,7 @@ WORK = script(
     GROUP_SEPARATOR=keys.GROUP_SUFFIX.format(group=""),
     GROUP_FIELD=GROUP_FIELD,
     UNGROUPED=keys.UNGROUPED,
+    BATCH_FIELD=BATCH_FIELD,
 )
 WAIT = "job_wait_seconds"  # each started job's enqueue-to-start wait, by lane
 REQUEUE = script("requeue")
@@ -62,6 +63,11 @@ def epoch(stamp: bytes | None) -> float | None:
     if parsed is None:
         return None
     return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
+def as_dict(flat: list[bytes]) -> dict[bytes, bytes]:
+    """A hash's fields as HGETALL answers them in a script (a flat list; a later field wins)."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def raw_id(job_id: str) -> bytes:
@@ -111,6 +117,7 @@ class Claim:
     """A job id taken from `lane` into a claimed list, with its job hash (empty if it vanished).
 
     `execution_id` is set when the claim also started the job (it was queued), at Redis's time `at`.
+    `more`: the jobs prefetched from the same lane with it, claimed but not started (`prefetched`).
     """
 
     job_id: str
@@ -118,6 +125,8 @@ class Claim:
     raw: dict[bytes, bytes]
     execution_id: str | None = None
     at: float = 0.0
+    prefetched: bool = False
+    more: list[Claim] = field(default_factory=list)
 
 
 class Claimer:
@@ -140,54 +149,77 @@ class Claimer:
         self._lane_keys: dict[tuple[str, ...], list[bytes]] = {}
         self._pending: tuple[Any, ...] = ()  # a call queued in a pipeline, until its reply is given to `done`
 
-    def claim(self, lanes: Sequence[str], ttl_seconds: int) -> Claim | float | None:
-        """Claim and start the head of the first non-empty lane; else the earliest waiting time (or None).
+    def claim(self, lanes: Sequence[str], ttl_seconds: int, prefetch: int = 0) -> Claim | float | None:
+        """Claim and start the head of the first non-empty lane (and prefetch up to `prefetch` more of its jobs,
+        not started); else the earliest waiting time (or None).
 
         Times are Redis's: the script reads TIME and answers it, and the
         process's clock (service.core.clock) learns its offset from it.
         """
-        claimed = self.call(lanes, ttl_seconds)[1]
+        claimed = self.call(lanes, ttl_seconds, prefetch=prefetch)[1]
         assert claimed is not NOT_CLAIMED
         return claimed
 
-    def flush(self) -> None:
-        """Add the kept counters now (a warm stop); the worker hash's state becomes idle."""
-        self.call()
+    def flush(self, finish: Sequence[tuple[list[Any], list[Any]]] = ()) -> list[int]:
+        """Add the kept counters now (a warm stop), with the outcomes `finish` if any; the worker hash's state
+        becomes idle. Returns each outcome's dependents."""
+        return self.call(finish=finish)[0]
+
+    def start(
+        self,
+        claim: Claim,
+        ttl_seconds: int,
+        finish: Sequence[tuple[list[Any], list[Any]]] = (),
+        started_at: str = "",
+        execution_id: str = "",
+    ) -> tuple[list[int], Claim | float | None | bytes | ResponseError]:
+        """Mark the prefetched `claim` started (it runs now: since `started_at`, as `execution_id`, when given),
+        storing the outcomes `finish` first; the claim answered has execution_id None if it is not queued."""
+        return self.call([claim.lane], ttl_seconds, finish=finish, start=claim.job_id, started_at=started_at,
+                         execution_id=execution_id)  # fmt: skip
 
     def call(
         self,
         lanes: Sequence[str] = (),
         ttl_seconds: int = 0,
-        finish: tuple[list[Any], list[Any]] | None = None,
+        finish: Sequence[tuple[list[Any], list[Any]]] = (),
         client: Any = None,
-    ) -> tuple[int, Claim | float | None | bytes | ResponseError]:
-        """One work script call: `finish` (its keys and arguments, from service.workers.finish), then
-        a claim from `lanes` if any; return the finished job's dependents and what was claimed
-        (as `claim` returns it, NOT_CLAIMED without lanes). The kept counters go with it.
+        prefetch: int = 0,
+        start: str = "",
+        started_at: str = "",
+        execution_id: str = "",
+    ) -> tuple[list[int], Claim | float | None | bytes | ResponseError]:
+        """One work script call: the outcomes `finish` (each its keys and arguments, from
+        service.workers.finish), then a claim from `lanes` if any (prefetching up to `prefetch` more jobs of
+        its lane; or with `start`, the start of that prefetched job of lanes[0] instead); return each
+        outcome's dependents and what was claimed (as `claim` returns it, NOT_CLAIMED without lanes).
+        The kept counters go with it.
 
         With `client` a pipeline (MULTI), the call is queued there and the caller must pass the
         script's reply to `done` once the pipeline has run, or call `abandon` if it failed (the tally's
         lock is held until then).
         """
         sent_at = time.time()
-        execution_id = uuid.uuid4().hex
-        finish_keys, finish_args = finish or ([], [])
-        check = bool(lanes) and clock.now() >= self._next_waiting_check
+        execution_id = execution_id or uuid.uuid4().hex
+        check = bool(lanes) and not start and clock.now() >= self._next_waiting_check
         self.tally.lock.acquire()
         try:
+            finish_keys = [key for part in finish for key in part[0]]
+            finish_args = [arg for part in finish for arg in (len(part[1]), *part[1])]
             args = [
                 self._name,
                 self.state,
                 self.tally.encoded(),
                 b"1" if self.tally.due() else b"",
                 b"1" if lanes and not self._registered else b"",
-                len(finish_keys),
+                len(finish),
                 len(finish_args),
                 *finish_args,
             ]
             if lanes:
                 hint = lanes.index(self._last_lane) + 1 if self._last_lane in lanes else 1
-                args += [execution_id, utcformat(clock.utcnow()), ttl_seconds, b"1" if check else b"", hint]
+                now = started_at or utcformat(clock.utcnow())
+                args += [execution_id, now, ttl_seconds, b"1" if check else b"", hint, prefetch, start]
             call_keys = self._worker_keys + finish_keys + (self._keys(tuple(lanes)) if lanes else [])
             reply = WORK(keys=call_keys, args=args, client=client or self.connection)
         except BaseException:
@@ -199,9 +231,9 @@ class Claimer:
             finally:
                 self.tally.lock.release()
         self._pending = (tuple(lanes), execution_id, sent_at, check)
-        return 0, NOT_CLAIMED
+        return [], NOT_CLAIMED
 
-    def done(self, reply: Any) -> tuple[int, Claim | float | None | bytes | ResponseError]:
+    def done(self, reply: Any) -> tuple[list[int], Claim | float | None | bytes | ResponseError]:
         """The reply of a call queued in a pipeline (see `call`)."""
         try:
             return self._done(reply, *self._pending)
@@ -212,10 +244,16 @@ class Claimer:
         """A call queued in a pipeline did not run: its counters stay kept."""
         self.tally.lock.release()
 
+    def observe_wait(self, raw: dict[bytes, bytes], lane: str, started: float) -> None:
+        """A started job's enqueue-to-start wait (`started`: Redis's time), kept in the tally."""
+        enqueued = epoch(raw.get(b"enqueued_at"))
+        if enqueued is not None:
+            self.tally.observe(WAIT, max(0.0, started - enqueued), lane)
+
     def _done(
         self, reply: Any, lanes: tuple[str, ...], execution_id: str, sent_at: float, check: bool
-    ) -> tuple[int, Claim | float | None | bytes | ResponseError]:
-        dependents, flushed, claimed = int(reply[0]), reply[1], reply[2]
+    ) -> tuple[list[int], Claim | float | None | bytes | ResponseError]:
+        dependents, flushed, claimed = [int(n) for n in reply[0]], reply[1], reply[2]
         if flushed:
             self.tally.clear()
         if not lanes:
@@ -234,18 +272,20 @@ class Claimer:
             return dependents, (earliest if earliest >= 0 else None)
         if check:
             self._next_waiting_check = redis_now + WAITING_CHECK_SECONDS
-        flat = claimed[2]
-        raw = dict(zip(flat[::2], flat[1::2], strict=True))
         # An id that is not UTF-8 keeps its bytes as surrogates: it is discarded, not a reason to stop.
         job_id = claimed[0].decode("utf-8", "surrogateescape")
         lane = self._last_lane = lanes[claimed[1] - 1]
         started = bool(claimed[3])
+        raw = as_dict(claimed[2])
         if started:
             self.state = "busy"
-            enqueued = epoch(raw.get(b"enqueued_at"))
-            if enqueued is not None:
-                self.tally.observe(WAIT, max(0.0, redis_now - enqueued), lane)
-        return dependents, Claim(job_id, lane, raw, execution_id if started else None, redis_now)
+            self.observe_wait(raw, lane, redis_now)
+        claim = Claim(job_id, lane, raw, execution_id if started else None, redis_now)
+        more = claimed[4]
+        for i in range(0, len(more), 2):
+            more_id = more[i].decode("utf-8", "surrogateescape")
+            claim.more.append(Claim(more_id, lane, as_dict(more[i + 1]), None, redis_now, prefetched=True))
+        return dependents, claim
 
     def _keys(self, lanes: tuple[str, ...]) -> list[bytes]:
         """The work script's lane KEYS for trying `lanes` in this order (worked out and encoded once per order)."""
@@ -286,13 +326,20 @@ class Claimer:
         """Block until a lane's doorbell rings or the timeout passes (the token only wakes us)."""
         self.connection.blpop([doorbell_key(lane) for lane in lanes], timeout=max(0.01, timeout_seconds))
 
-    def requeue(self, job_id: str, lane: str, key: str | None = None) -> None:
+    def requeue(self, job_id: str, lane: str, key: str | None = None, client: Any = None) -> None:
         """Move `job_id` from a claimed list (ours by default) back to the front of `lane`."""
         REQUEUE(
             keys=[key or self.key, keys.queue_key(lane), doorbell_key(lane), keys.job_key(job_id)],
             args=[job_id],
-            client=self.connection,
+            client=client or self.connection,
         )
+
+    def give_back(self, claims: Sequence[Claim]) -> None:
+        """Put our prefetched `claims` back at the front of their lane, in their order: one round trip."""
+        with self.connection.pipeline(transaction=False) as pipe:
+            for claim in reversed(claims):
+                self.requeue(claim.job_id, claim.lane, client=pipe)
+            pipe.execute()
 
     def drop(self, job_id: str) -> None:
         """Forget a claimed id whose job no longer exists or must not run."""

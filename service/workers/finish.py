@@ -76,23 +76,22 @@ class Finisher:
         self.claimer = claimer or Claimer(connection, worker_name)
         self._counted = ""  # the execution whose counts the tally holds: a retried store counts it once
 
-    def finish(
+    def outcome(
         self,
         job: Job,
         execution: Execution,
         result_ttl: int,
         slots: tuple[str, str, str],
         task: str,
-        lanes: Sequence[str] = (),
-        ttl_seconds: int = 0,
         recorded: bool = True,
-    ) -> tuple[int, Claim | float | None | bytes | ResponseError]:
-        """Mark `job` finished with its result, then claim from `lanes` (if any) in the same call; return
-        how many dependents it has and what was claimed (claim.NOT_CLAIMED without lanes).
+        start: tuple[str, int] | None = None,
+    ) -> tuple[list[Any], list[Any]]:
+        """`job`'s success as the work script stores it (its keys and arguments); its counts are kept by the
+        worker (service.workers.tally) until a call adds them.
 
         `slots`: the task's slot key, its group slot key (limits.NO_SLOT for none) and the job's group ('').
         `recorded`: the execution's records were written (by the heartbeat): they are removed too.
-        Its counters are kept by the worker (service.workers.tally) until the call adds them.
+        `start`: a prefetched job's started_at and attempts, stored with its outcome (it was never marked started).
         """
         assert job.started_at and job.ended_at
         encoded = encode_result(job.serializer, job._result)
@@ -131,18 +130,39 @@ class Finisher:
                 "1" if job._dependency_ids else "",
                 "" if slots[0] == NO_SLOT else "1",
                 "1" if recorded else "",
+                start[0] if start else "",
+                start[1] if start else "",
                 *pairs,
             ],
         )
-        tally = self.claimer.tally
         if self._counted != execution.id:
             self._counted = execution.id
-            self._count(tally, task, job.origin, working)
+            self._count(self.claimer.tally, task, job.origin, working)
+        return part
+
+    def finish(
+        self,
+        job: Job,
+        execution: Execution,
+        result_ttl: int,
+        slots: tuple[str, str, str],
+        task: str,
+        lanes: Sequence[str] = (),
+        ttl_seconds: int = 0,
+        recorded: bool = True,
+        pending: Sequence[tuple[list[Any], list[Any]]] = (),
+        prefetch: int = 0,
+        start: tuple[str, int] | None = None,
+    ) -> tuple[list[int], Claim | float | None | bytes | ResponseError]:
+        """Store the outcomes `pending` (see `outcome`), then mark `job` finished with its result, then claim
+        from `lanes` (if any, prefetching up to `prefetch` more) in the same call; return each outcome's
+        dependents (`job`'s last) and what was claimed (claim.NOT_CLAIMED without lanes)."""
+        part = self.outcome(job, execution, result_ttl, slots, task, recorded, start)
         batch_id = getattr(job, "batch_id", None)
         if not batch_id:
-            return self.claimer.call(lanes, ttl_seconds, finish=part)
+            return self.claimer.call(lanes, ttl_seconds, finish=[*pending, part], prefetch=prefetch)
         with self.connection.pipeline() as pipe:  # MULTI: the outcome and its count in its batch, at once
-            self.claimer.call(finish=part, client=pipe)
+            self.claimer.call(finish=[*pending, part], client=pipe)
             try:
                 batches.end(pipe, job.id, batch_id, "finished")
                 reply = pipe.execute()[0]

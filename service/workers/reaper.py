@@ -5,8 +5,9 @@ heartbeat thread. The reaper (run by every worker on a timer, one at a time
 through a lock) looks at each worker that holds claimed jobs: if its liveness
 key is gone, each job in its claimed list is recovered:
 
-- not yet started (killed between claim and start): back to the front of its
-  lane, nothing counted;
+- not yet started (killed between claim and start, or prefetched and not run
+  or its outcome not stored yet: service.workers.prefetch): back to the front
+  of its lane, in the order they were claimed, nothing counted;
 - started: a *crash*. Each job has a crash-redelivery allowance
   (`--crash-retries`, default 3) separate from its own retry policy, so a
   crash alone never fails a job that would have succeeded. Past the
@@ -92,7 +93,7 @@ class Reaper:
         key = claimed_key(name)
         reason = f"worker {name} died (no heartbeat) while running this job"
         jobs = self._claimer.claimed(key)
-        for job_id in jobs:
+        for job_id in reversed(jobs):  # each goes back to the front: the last first keeps their order
             try:
                 self.recover(job_id, key, reason)
             except REDIS_DOWN:

@@ -13,7 +13,8 @@ fails jobs:
 - crash recovery through a heartbeat thread and a reaper (service.workers.reaper);
 - Redis outages: every Redis step backs off and retries; a job's outcome is
   stored once Redis is back; nothing exits (service.core.outage);
-- per-task concurrency and rate limits (service.workers.limits).
+- per-task concurrency and rate limits (service.workers.limits);
+- a backlog of short jobs run several to a Redis call, within hard bounds (service.workers.prefetch).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -38,6 +40,7 @@ from rq.exceptions import StopRequested
 from rq.executions import Execution
 from rq.job import Job, JobStatus, Retry
 from rq.timeouts import JobTimeoutException
+from rq.utils import utcformat
 from rq.worker import Worker, WorkerStatus
 
 from service.core import clock, keys, metrics
@@ -56,6 +59,7 @@ from service.workers.finish import Finisher, ResultRefused, encode_result, is_pl
 from service.workers.forkserver import ForkServer, ForkServerGone
 from service.workers.heartbeat import Heartbeat
 from service.workers.limits import Limiter
+from service.workers.prefetch import Outcome, Prefetch, Running
 from service.workers.reaper import CRASHES_FIELD, DEFAULT_CRASH_RETRIES, Reaper
 from service.workers.shutdown import (
     DEFAULT_GRACE_SECONDS,
@@ -136,6 +140,9 @@ class ServiceWorker(Worker):
         self.claimer = Claimer(self.connection, self.name)
         self.limiter = Limiter(self.connection)
         self.finisher = Finisher(self.connection, self.name, self.key, self.claimer)
+        # Prefetch needs the job in this process (no fork) and one lane order for every claim (strict).
+        weighted = bool(options.weights) and len(self.lane_names) > 1
+        self.prefetch = Prefetch(self._past_bound, enabled=not options.fork and not weighted)
         self.reaper = Reaper(self.connection, crash_retries=options.crash_retries)
         self.outage = Outage(log, f"Worker {self.name}")
         self.grace = GraceTimer(options.grace_seconds, self._interrupt_job)
@@ -224,7 +231,7 @@ class ServiceWorker(Worker):
         except StopRequested:
             return "stop"
         except Exception as exc:  # a bug must not take the worker down; its claims go back
-            self._resync, self._claimed_next = True, NOT_CLAIMED
+            self._resync = True  # our claims go back, the next one's too
             if unavailable(exc):
                 self.outage.down(exc)
             elif not (isinstance(exc, ResponseError) and str(exc).startswith("WRONGTYPE") and self._skip_planted()):
@@ -237,9 +244,7 @@ class ServiceWorker(Worker):
     def _step(self, burst: bool) -> str:
         """One turn of the loop: claim and run one job, or wait; return 'ran', 'idle' or 'empty'."""
         if self._resync:
-            self._claimed_next = NOT_CLAIMED  # if any, it is in our claimed list: it goes back too
-            self._requeue_own_claims()
-            self._resync = False
+            self._resync_claims()
         result = self._take_claimed_next()
         if isinstance(result, Claim):  # the last success's call claimed it: run it now
             return "ran" if self._run_claim(result) else "idle"
@@ -253,8 +258,7 @@ class ServiceWorker(Worker):
         elif not burst and self._scheduler_gone():
             self.scheduler.acquire_locks(auto_start=True)  # type: ignore[union-attr]
         if result is NOT_CLAIMED:
-            result = self._claim_from(self._usable(self.order.next()))
-            self._state = WorkerStatus(self.claimer.state or self._state)  # the call wrote it if it changed
+            result = self._next_claim()
         if isinstance(result, Claim):
             return "ran" if self._run_claim(result) else "idle"
         if burst and result is None:
@@ -263,9 +267,45 @@ class ServiceWorker(Worker):
         self._wait(timeout)
         return "idle"
 
+    def _resync_claims(self) -> None:
+        """After an error: what waits is stored (jobs that ran are not run again), then our claims go back."""
+        self._store_waiting()
+        self._unstart_next()  # if any, it is in our claimed list: it goes back too
+        self.prefetch.claims.clear()  # likewise
+        self._requeue_own_claims()
+        self._resync = False
+
+    def _unstart_next(self) -> None:
+        """The job the last call claimed to run next will not run now (an error, a stop): if the call started it,
+        it leaves the started registry (it goes back to its lane with our other claims)."""
+        following, self._claimed_next = self._claimed_next, NOT_CLAIMED
+        if isinstance(following, Claim) and following.execution_id:
+            self.connection.zrem(keys.started_key(following.lane), f"{following.job_id}:{following.execution_id}")
+
+    def _next_claim(self) -> Claim | float | None:
+        """A job prefetched by the last call and not run yet, else a claim from the lanes in this turn's order."""
+        if self.prefetch.claims:
+            return self.prefetch.claims.popleft()
+        result = self._claim_from(self._usable(self.order.next()))
+        self._state = WorkerStatus(self.claimer.state or self._state)  # the call wrote it if it changed
+        return result
+
     def _claim_from(self, lanes: list[str]) -> Claim | float | None:
         """A claim from `lanes`; None (nothing to claim) when every lane is skipped for a planted key."""
-        return self.claimer.claim(lanes, self.get_heartbeat_ttl(None)) if lanes else None
+        if not lanes:
+            return None
+        return self._prefetched(self.claimer.claim(lanes, self.get_heartbeat_ttl(None), self._prefetch_size()))
+
+    def _prefetch_size(self) -> int:
+        """How many jobs the next claim prefetches (never past --max-jobs)."""
+        return self.prefetch.size(self._max_jobs - self._completed - 2 if self._max_jobs else None)
+
+    def _prefetched(self, claimed: Any) -> Any:
+        """`claimed` as a call answered it; the jobs prefetched with it wait their turn."""
+        if isinstance(claimed, Claim) and claimed.more:
+            self.prefetch.claims.extend(claimed.more)
+            claimed.more = []
+        return claimed
 
     def _wait(self, timeout: float) -> None:
         """Wait for a doorbell of the lanes not skipped (or just the timeout, when every lane is)."""
@@ -368,6 +408,9 @@ class ServiceWorker(Worker):
             self.claimer.drop(claim.job_id)  # deleted while queued
             return False
         job = self.load(claim.job_id, claim.lane, claim.raw)
+        attempts = None  # a prefetched job started here, without a call: its attempts once started
+        if claim.prefetched:
+            claim, job, attempts = self._start_prefetched(claim, job)
         if claim.execution_id is None:
             if job.damage:
                 self._fail_unstarted(job, claim)
@@ -378,27 +421,129 @@ class ServiceWorker(Worker):
         execution = Execution(claim.execution_id, job.id, self.connection, worker_name=self.name)
         execution.created_at = execution.last_heartbeat = datetime.fromtimestamp(claim.at, UTC)
         self.executions[execution.id] = execution
-        spec = job.spec
-        if spec is not None and limits.is_limited(spec, job.group) and not job.damage:
-            timeout = float(job.timeout or spec.timeout_seconds)
-            wait, group_held = self.limiter.acquire(spec, job.id, timeout, job.group)
-            if wait > 0:
-                self._hold_back(job, claim.lane, execution, wait, job.group if group_held else None)
-                return False
-        self.running_lane, self._claim = claim.lane, claim
-        self._state = WorkerStatus.BUSY  # written by the work script's claim
-        with self.records_lock:
-            self.recording = execution  # the heartbeat writes its records if it still runs at the next beat
+        if attempts is not None:  # as the claim would have stored it
+            job._status, job.worker_name, job.attempts = JobStatus.STARTED, self.name, attempts
+        if self._held_back(job, claim, execution):
+            return False
+        self._track(claim, execution, attempts)
         try:
             self.execute_job(job, self._queues_by_name[claim.lane])
         finally:
             self.running_lane, self._claim = None, None
+            with self.prefetch.lock:  # ended without a stored success (a bug's exception): nothing waits on it
+                running = self.prefetch.running
+                if running is not None and running.execution is execution:
+                    self.prefetch.running = None
             if self._stop_recording(execution):  # written, and not removed by a plain success's call
                 self._forget_records(execution)
-        next_started = isinstance(self._claimed_next, Claim) and self._claimed_next.execution_id
+        following = self._claimed_next
+        next_started = isinstance(following, Claim) and (following.execution_id or following.prefetched)
         if self._state != WorkerStatus.IDLE and not next_started:  # a plain success's call already set it
             self.set_state(WorkerStatus.IDLE)
         return True
+
+    def _track(self, claim: Claim, execution: Execution, attempts: int | None) -> None:
+        """The job of `claim` runs now (`attempts`: started here, without a call); the watchdog's bound covers its
+        start (if not stored yet) and the prefetched jobs behind it, the heartbeat its records (once started)."""
+        with self.prefetch.lock:
+            self.prefetch.begin_job()
+            if attempts is not None or self.prefetch.claims:
+                started_at, state = utcformat(execution.created_at), "started" if attempts is None else "deferred"
+                self.prefetch.begin(Running(claim, execution, started_at, attempts or 0, state))
+        self.running_lane, self._claim = claim.lane, claim
+        self._state = WorkerStatus.BUSY  # written by the work script's claim
+        if attempts is None:
+            with self.records_lock:
+                self.recording = execution  # the heartbeat writes its records if it still runs at the next beat
+
+    def _held_back(self, job: ServiceJob, claim: Claim, execution: Execution) -> bool:
+        """True when the job is over one of its task's limits: then it waits, held back (see _hold_back)."""
+        spec = job.spec
+        if spec is None or not limits.is_limited(spec, job.group) or job.damage:
+            return False
+        timeout = float(job.timeout or spec.timeout_seconds)
+        wait, group_held = self.limiter.acquire(spec, job.id, timeout, job.group)
+        if wait > 0:
+            self._hold_back(job, claim.lane, execution, wait, job.group if group_held else None)
+        return wait > 0
+
+    def _start_prefetched(self, claim: Claim, job: ServiceJob) -> tuple[Claim, ServiceJob, int | None]:
+        """A prefetched job about to run, and its attempts once started when it starts here without a call
+        (recent jobs were short: its start is stored with its outcome, or by the watchdog past the bound);
+        else it is marked started by a call that stores what waits too (attempts None), and loaded again."""
+        if job.damage:  # it fails alone, as a damaged job a claim took does (what waits is stored first)
+            self._store_waiting()
+            return claim, job, None
+        spec = job.spec
+        attempts = claim.raw.get(b"attempts", b"0")
+        fast = (
+            spec is not None
+            and not limits.is_limited(spec, job.group)
+            and job.get_status(refresh=False) == JobStatus.QUEUED
+            and attempts.isdigit()
+        )
+        with self.prefetch.lock:
+            if fast and self.prefetch.short():
+                now = clock.now()
+                self.claimer.observe_wait(claim.raw, claim.lane, now)
+                return Claim(claim.job_id, claim.lane, claim.raw, uuid.uuid4().hex, now), job, int(attempts) + 1
+            parts = [outcome.part for outcome in self.prefetch.pending]
+            dependents, claimed = self.claimer.start(claim, self.get_heartbeat_ttl(None), finish=parts)
+            self._after_stored(self.prefetch.pending, dependents)
+            self.prefetch.stored()
+        if isinstance(claimed, Exception):
+            raise claimed
+        assert isinstance(claimed, Claim)
+        return claimed, self.load(claimed.job_id, claimed.lane, claimed.raw), None
+
+    def _store_waiting(self) -> None:
+        """Store the outcomes that wait and mark the prefetched job running now started (before a failure, a
+        retry or any outcome but a plain success is stored, at a resync, at exit); one call, if any waits."""
+        with self.prefetch.lock:
+            running = self.prefetch.running
+            if running is not None and running.state != "deferred":
+                running = None
+            if not self.prefetch.pending and running is None:
+                return
+            parts = [outcome.part for outcome in self.prefetch.pending]
+            claimed: Any = None
+            if running is None:
+                dependents = self.claimer.flush(parts)
+            else:
+                ttl = self.get_heartbeat_ttl(None)
+                dependents, claimed = self.claimer.start(running.claim, ttl, parts, running.started_at,
+                                                         running.execution.id)  # fmt: skip
+                started = isinstance(claimed, Claim) and claimed.execution_id is not None
+                if not isinstance(claimed, Exception):  # else its start failed (a damaged hash): it stays deferred
+                    running.state = "started" if started else "gone"
+                if started:
+                    with self.records_lock:  # the heartbeat writes its records if it still runs at the next beat
+                        self.recording = running.execution
+            self._after_stored(self.prefetch.pending, dependents)  # stored even when the start failed
+            self.prefetch.stored()
+            if isinstance(claimed, Exception):
+                raise claimed
+
+    def _past_bound(self) -> None:
+        """Watchdog thread: a prefetched job runs past the bound. What waits is stored, the job marked started,
+        and the rest of its batch put back at the front of its lane for other workers."""
+        self._store_waiting()
+        self._give_back()
+        self.prefetch.stored()
+
+    def _give_back(self) -> None:
+        """The prefetched jobs not run yet go back to the front of their lane (the batch is past its bound)."""
+        if self.prefetch.claims:
+            self.claimer.give_back(self.prefetch.claims)
+            self.prefetch.claims.clear()
+
+    def _after_stored(self, outcomes: list[Outcome], dependents: list[int]) -> None:
+        """What follows the store of waiting outcomes: their dependents enqueued, their events and logs."""
+        for outcome, count in zip(outcomes, dependents, strict=False):
+            if count:
+                self._enqueue_dependents_safely(outcome.queue, outcome.job)
+            hooks.job_event("job.succeeded", outcome.job)
+            log_finished(self.name, outcome.job)
 
     def _stop_recording(self, execution: Execution) -> bool:
         """The heartbeat writes `execution`'s records no more; True when it wrote them."""
@@ -474,8 +619,9 @@ class ServiceWorker(Worker):
             pipe.execute()
 
     def _requeue_own_claims(self) -> None:
-        """Put back whatever our claimed list holds that we are not running (after an outage, at exit)."""
-        for job_id in self.claimer.claimed():
+        """Put back whatever our claimed list holds that we are not running (after an outage, at exit), in its
+        order: prefetched jobs go back to the front of their lane as they were."""
+        for job_id in reversed(self.claimer.claimed()):
             try:
                 self._requeue_claim(job_id)
             except (*REDIS_DOWN, StopRequested):
@@ -516,9 +662,12 @@ class ServiceWorker(Worker):
             self._heartbeat.stop()
         if self._forkserver is not None:
             self._forkserver.stop()
+        self.prefetch.stop()
         for _ in range(3):
             try:
+                self._store_waiting()  # the outcomes that wait, before the prefetched jobs go back
                 self.claimer.flush()  # the counters kept since the last call
+                self._unstart_next()
                 self._requeue_own_claims()
                 if not self.claimer.claimed():
                     self.reaper.forget(self.name)
@@ -689,6 +838,7 @@ class ServiceWorker(Worker):
         """Store the outcome: one Lua call for a plain job, RQ's own path otherwise."""
         result_ttl = job.get_result_ttl(self.default_result_ttl)
         if isinstance(return_value, Retry) or not is_plain(job, result_ttl):
+            self._store_waiting()  # RQ's path stores this outcome: the job is marked started first
             if result_ttl != 0 and not isinstance(return_value, Retry):
                 encode_result(job.serializer, return_value)
             ends = not isinstance(return_value, Retry) and not job.repeats_left
@@ -700,27 +850,54 @@ class ServiceWorker(Worker):
             return
         job.ended_at = ended_at or clock.utcnow()
         job._result = return_value
+        self._store_plain(job, queue, execution, result_ttl)
+
+    def _store_plain(self, job: Job, queue: Any, execution: Execution, result_ttl: int) -> None:
+        """A plain success: kept for the next call while a batch of prefetched jobs runs within its bound, else
+        stored with what waits in one work script call that claims (or starts) the next job."""
         spec = job.spec
         slot_key = limits.running_key(spec.name) if spec is not None and spec.concurrency else limits.NO_SLOT
         slots = (slot_key, limits.group_slot_key(spec, job.group), job.group or "")
         lanes = self._next_lanes()
         recorded = self._stop_recording(execution)
-        try:
-            dependents, self._claimed_next = self.finisher.finish(
-                job, execution, result_ttl, slots, job.task_name, lanes, self.get_heartbeat_ttl(None), recorded
-            )
-        except BaseException as exc:
-            if lanes and not isinstance(exc, ResultRefused):  # its reply lost, the call may have claimed a
-                self._resync = True  # job: our claims are put back, and the retry only stores the outcome
-            raise
+        ttl = self.get_heartbeat_ttl(None)
+        with self.prefetch.lock:
+            running = self.prefetch.running
+            if running is not None and running.execution is not execution:
+                running = None
+            start = (running.started_at, running.attempts) if running and running.state != "started" else None
+            batched = bool(getattr(job, "batch_id", None))  # its outcome and its batch's count go in one MULTI
+            if lanes and not batched and self.prefetch.may_defer():  # stored with the next call
+                outcome = self.finisher.outcome(job, execution, result_ttl, slots, job.task_name, recorded, start)
+                self._claimed_next = self.prefetch.defer(Outcome(outcome, job, queue))
+                job._status = JobStatus.FINISHED
+                self.executions.pop(execution.id, None)
+                self.recorded.discard(execution.id)  # removed by the call that stores it
+                return
+            pending = self.prefetch.pending
+            parts = [outcome.part for outcome in pending]
+            if lanes and self.prefetch.claims:  # past the bound (or not short any more): the rest goes back first
+                self._give_back()
+            try:
+                size = self._prefetch_size()
+                dependents, claimed = self.finisher.finish(job, execution, result_ttl, slots, job.task_name,
+                                                           lanes, ttl, recorded, parts, size, start)  # fmt: skip
+            except BaseException as exc:
+                if lanes and not isinstance(exc, ResultRefused):  # its reply lost, the call may have claimed a
+                    self._resync = True  # job: our claims are put back, and the retry only stores the outcome
+                raise
+            self.prefetch.running = None
+            self.prefetch.stored()
+        self._claimed_next = self._prefetched(claimed)
         # The state the call left (unknown after a failed claim: busy, so that it is written idle).
         job._status, self._state = JobStatus.FINISHED, WorkerStatus(self.claimer.state or WorkerStatus.BUSY)
         self.executions.pop(execution.id, None)
         self.recorded.discard(execution.id)  # removed by the call
-        if dependents:
+        self._after_stored(pending, dependents)
+        if dependents[-1]:
             self._enqueue_dependents_safely(queue, job)
-            if not isinstance(self._claimed_next, Claim):  # the lanes were empty before these: look again
-                self._claimed_next = NOT_CLAIMED
+        if any(dependents) and not isinstance(self._claimed_next, Claim):  # the lanes were empty before: look again
+            self._claimed_next = NOT_CLAIMED
         hooks.job_event("job.succeeded", job)
         log_finished(self.name, job)
 
@@ -744,6 +921,7 @@ class ServiceWorker(Worker):
     def requeue_interrupted(self, job: Job, queue: Any, execution: Execution | None) -> None:
         """Put a job stopped by the end of the grace period back at the front of its lane (no retry used)."""
         job.ended_at = job.ended_at or clock.utcnow()
+        self._store_waiting()  # the outcomes that wait are stored; this job is marked started, then put back
         with self.connection.pipeline() as pipe:
             self.cleanup_execution(job, pipe, execution)
             self._count_outcome(job, "jobs_redelivered", pipe)
@@ -778,6 +956,7 @@ class ServiceWorker(Worker):
             return
         retries_left = job.retries_left
         try:
+            self._store_waiting()  # RQ's path stores this outcome: the job is marked started first
             self._store_failure(job, queue, clip(exc_string), execution)
         except BaseException:  # nothing was stored (Redis down or full): the retry is taken again on the next try
             job.retries_left = retries_left

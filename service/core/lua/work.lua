@@ -1,7 +1,7 @@
--- Work: a worker's one call per job: store the outcome of the job it just ran (when given), add the
--- counters it kept (when due), and claim and start its next job (when lanes are given).
--- KEYS: claimed list, claimers set, worker hash, worker executions set, metrics hash; then, when finishing,
---       the finish keys: job hash, started registry, execution hash, executions registry, finished
+-- Work: a worker's one call per job (or per batch of prefetched jobs): store the outcomes of the jobs it ran
+-- (when given), add the counters it kept (when due), and claim and start its next job (when lanes are given).
+-- KEYS: claimed list, claimers set, worker hash, worker executions set, metrics hash; then 12 finish keys per
+--       outcome: job hash, started registry, execution hash, executions registry, finished
 --       registry, result stream, dependents set, the task's concurrency slots (or any unused key),
 --       dependencies set, the task's slots in the job's group (or any unused key), the lane's held
 --       groups hash, the job's ended channel (PUBLISH: wakes GET /jobs/<id>?wait=); then per lane tried,
@@ -11,25 +11,30 @@
 --       lines `<kind>\t<amount>\t<field>\n`: kind m/M the metrics hash, w/W the worker hash, the upper
 --       case a float), 4 '1' to add them whatever is claimed (else only when nothing is: the counters
 --       are exact once the lanes are drained), 5 '1' to add the worker to the claimers set (its first
---       claim), 6 the number of finish keys (0: no finish), 7 the number of finish arguments F, then:
---       finish (F): job id, execution composite key, execution id, ended_at (RQ's ISO format), result
---       ttl (-1 = forever), finished registry score, the job's group ('' for none), '1' when the job has
---       dependencies ('' else), '1' when the task has concurrency slots ('' else) (a key that cannot exist
---       costs no command), '1' when the execution's records were written (by the heartbeat: a job still
---       running at its next beat; '' else), then the result stream's field/value arguments;
+--       claim), 6 the number of outcomes, 7 the number of their arguments F, then:
+--       per outcome, its number of arguments, then: job id, execution composite key, execution id, ended_at
+--       (RQ's ISO format), result ttl (-1 = forever), finished registry score, the job's group ('' for none),
+--       '1' when the job has dependencies ('' else), '1' when the task has concurrency slots ('' else) (a key
+--       that cannot exist costs no command), '1' when the execution's records were written (by the
+--       heartbeat: a job still running at its next beat; '' else), started_at ('' when the claim marked it
+--       started; else it is a prefetched job, run without being marked started: its start is stored with its
+--       outcome), its attempts (a prefetched job's, '' else), then the result stream's field/value arguments;
 --       claim: execution id, now (RQ's ISO format, for started_at), execution ttl (s), '1' to look
 --       for held-back jobs due before claiming (else only when no lane has a job), the number of the
---       lane (in this order) the worker's last job came from (1 if none).
--- Returns {dependents of the finished job (0 without a finish), 1 if the counters were added else 0, claim}
+--       lane (in this order) the worker's last job came from (1 if none), how many more jobs to prefetch from
+--       the claimed job's lane (0: none), and '' to claim, or the id of a prefetched job of the first lane
+--       that runs now to mark started instead (it ran past the bound of its batch, or leaves the fast path).
+-- Returns {the dependents of each finished job, 1 if the counters were added else 0, claim}
 -- where claim is false without lanes, {id, lane number (1 = the first tried), job hash fields,
--- 1 if started else 0, Redis's time} or {false, earliest waiting time or -1, Redis's time} (times in
--- epoch seconds, as strings).
+-- 1 if started else 0, prefetched {id, job hash fields, ...}, Redis's time} or {false, earliest waiting time
+-- or -1, Redis's time} (times in epoch seconds, as strings).
 --
 -- Finish (a plain job's success, as RQ's handle_job_success would store it): status finished and
 -- ended_at (not last_heartbeat, a copy of ended_at kept for result_ttl), the job's keys expire with its
 -- result ttl, the finished registry, the result stream entry, the started registry entry and the
 -- execution's records (if written) gone, the claimed list and the task's slots left; its group is held
--- no longer.
+-- no longer. A prefetched job's outcome also stores its start (started_at, worker_name, attempts), unless it
+-- is no longer queued (canceled or deleted while it ran): then it only leaves the claimed list.
 --
 -- Claim: time is Redis's (TIME): held-back jobs fall due, and executions expire, on the clock every
 -- process shares, whatever the worker host's clock says.
@@ -45,7 +50,11 @@
 --    head that also heads its group's index leaves that index too.
 --    Either way the id is never only in this script's hands. The lane's doorbell token is
 --    consumed; when no lane has a job, their doorbells are cleared: their tokens are stale.
--- 3. A queued job is marked started in the same call, as RQ's prepare_execution and
+-- 3. Prefetch (when asked, in a lane whose groups take no turns): up to that many more jobs of the same lane (up to
+--    the first job of a batch: those are claimed one at a time, as their jobs may wait for each other) go
+--    into the claimed list, not started: they read as queued until their outcome (or their start, see
+--    ARGV) is stored, and a dead worker's are put back at the front of their lane (service.workers.reaper).
+-- 4. A queued job is marked started in the same call, as RQ's prepare_execution and
 --    prepare_job_execution would (status, started_at, worker_name, attempts, started registry): claim
 --    and start cost one round trip. RQ's execution records (execution hash, the job's executions
 --    registry, the worker's executions set) and the job's last_heartbeat are written by the worker's
@@ -54,23 +63,32 @@
 -- The worker hash's state is written only when it changes: busy once a job starts, idle once none runs.
 local worker, known_state, counters = ARGV[1], ARGV[2], ARGV[3]
 local flush_always, register = ARGV[4] == '1', ARGV[5] == '1'
-local finish_keys, finish_args = tonumber(ARGV[6]), tonumber(ARGV[7])
+local finishes, finish_args = tonumber(ARGV[6]), tonumber(ARGV[7])
 local WORKER_KEYS = 5
+local FINISH_KEYS = 12
 local PER_LANE = 6
 local MAX_TURNS = 32
-local FINISH = WORKER_KEYS  -- KEYS[FINISH + i]: the i-th finish key
-local F = 7  -- ARGV[F + i]: the i-th finish argument
-local C = F + finish_args  -- ARGV[C + i]: the i-th claim argument
-local LANE0 = WORKER_KEYS + finish_keys
+local C = 7 + finish_args  -- ARGV[C + i]: the i-th claim argument
+local LANE0 = WORKER_KEYS + FINISH_KEYS * finishes
 local lanes = (#KEYS - LANE0) / PER_LANE
 
--- The finish part: returns the number of dependents (the caller enqueues them through RQ).
-local function finish()
-    local function key(i) return KEYS[FINISH + i] end
-    local function arg(i) return ARGV[F + i] end
-    local id, ttl = arg(1), tonumber(arg(5))
+-- One outcome, its keys from KEYS[ko + 1] and arguments from ARGV[ao + 1] (the last at ARGV[last]): returns the
+-- number of dependents (the caller enqueues them through RQ).
+local function finish(ko, ao, last)
+    local function key(i) return KEYS[ko + i] end
+    local function arg(i) return ARGV[ao + i] end
+    local id, ttl, started_at = arg(1), tonumber(arg(5)), arg(11)
+    if started_at ~= '' and redis.call('HGET', key(1), 'status') ~= 'queued' then  -- canceled or deleted
+        redis.call('LREM', KEYS[1], 1, id)
+        return 0
+    end
     local dependents = redis.call('SCARD', key(7))
-    redis.call('HSET', key(1), 'status', 'finished', 'ended_at', arg(4))
+    if started_at ~= '' then
+        redis.call('HSET', key(1), 'status', 'finished', 'ended_at', arg(4), 'started_at', started_at,
+                   'worker_name', worker, 'attempts', arg(12))
+    else
+        redis.call('HSET', key(1), 'status', 'finished', 'ended_at', arg(4))
+    end
     if ttl > 0 then
         redis.call('EXPIRE', key(1), ttl)
         if dependents > 0 then
@@ -83,13 +101,15 @@ local function finish()
         redis.call('PERSIST', key(1))
     end
     redis.call('ZADD', key(5), arg(6), id)
-    redis.call('XADD', key(6), 'MAXLEN', '~', '10', '*', unpack(ARGV, F + 11, C))
+    redis.call('XADD', key(6), 'MAXLEN', '~', '10', '*', unpack(ARGV, ao + 13, last))
     if ttl > 0 then
         redis.call('EXPIRE', key(6), ttl)
     else
         redis.call('PERSIST', key(6))
     end
-    redis.call('ZREM', key(2), arg(2))
+    if started_at == '' then  -- a prefetched job was never in the started registry
+        redis.call('ZREM', key(2), arg(2))
+    end
     if arg(10) == '1' then  -- and the job's last_heartbeat (RQ sets it to ended_at: a copy kept for result_ttl)
         redis.call('HDEL', key(1), 'last_heartbeat')
         redis.call('DEL', key(3))
@@ -126,9 +146,12 @@ local function set_state(state)
     end
 end
 
-local dependents = 0
-if finish_keys > 0 then
-    dependents = finish()
+local dependents = {}
+local ko, ao = WORKER_KEYS, 7
+for i = 1, finishes do
+    local count = tonumber(ARGV[ao + 1])
+    dependents[i] = finish(ko, ao + 1, ao + 1 + count)
+    ko, ao = ko + FINISH_KEYS, ao + 1 + count
 end
 if register then
     redis.call('SADD', KEYS[2], worker)
@@ -145,8 +168,10 @@ local time = redis.call('TIME')
 local now_text = time[1] .. '.' .. string.format('%06d', tonumber(time[2]))
 local now = tonumber(now_text)
 local execution_id, now_iso, ttl = ARGV[C + 1], ARGV[C + 2], tonumber(ARGV[C + 3])
+local prefetch, start_id = math.min(tonumber(ARGV[C + 6]) or 0, 100), ARGV[C + 7] or ''
 local job_prefix = @JOB_PREFIX@
 local lane_head, separator, group_field, ungrouped = @LANE_HEAD@, @GROUP_SEPARATOR@, @GROUP_FIELD@, @UNGROUPED@
+local batch_field = @BATCH_FIELD@
 local function lane_key(n, which) return KEYS[LANE0 + PER_LANE * (n - 1) + which] end
 
 -- The group at the turns list's tail (the one whose turn it was) has no indexed job left.
@@ -253,6 +278,16 @@ local function promote_all()
     return earliest
 end
 
+-- True when a job hash's fields (as HGETALL answers them) name a batch.
+local function in_batch(fields)
+    for i = 1, #fields, 2 do
+        if fields[i] == batch_field then
+            return true
+        end
+    end
+    return false
+end
+
 -- Mark the claimed job `id` of lane n started; return its hash's fields (as they are now) and 1, or 0 if
 -- it is not queued.
 local function start(n, id)
@@ -314,9 +349,27 @@ local function claim(hint)
             end
         end
         if id then
-            redis.call('LPOP', lane_key(n, 3))
             local fields, started = start(n, id)
-            return {id, n, fields, started}
+            local more = {}
+            for _ = 1, taking_turns and 0 or prefetch do
+                local next_id = redis.call('LMOVE', lane_key(n, 1), KEYS[1], 'LEFT', 'RIGHT')
+                if not next_id then
+                    break
+                end
+                local next_fields = redis.call('HGETALL', job_prefix .. next_id)
+                if in_batch(next_fields) then  -- back to the lane's front: batch jobs are claimed one at a time
+                    redis.call('LMOVE', KEYS[1], lane_key(n, 1), 'RIGHT', 'LEFT')
+                    break
+                end
+                more[#more + 1] = next_id
+                more[#more + 1] = next_fields
+            end
+            if #more == 0 then
+                redis.call('LPOP', lane_key(n, 3))
+            else
+                redis.call('LPOP', lane_key(n, 3), 1 + #more / 2)
+            end
+            return {id, n, fields, started, more}
         end
     end
     return nil
@@ -324,6 +377,13 @@ end
 
 -- The claim: {1 if the counters were added else 0, the claim's reply}.
 local function claim_part()
+    if start_id ~= '' then  -- a prefetched job of lane 1 that runs now: marked started, nothing claimed
+        local fields, started = start(1, start_id)
+        if started == 1 then
+            set_state('busy')
+        end
+        return {0, {start_id, 1, fields, started, {}, now_text}}
+    end
     local hint = math.min(math.max(tonumber(ARGV[C + 5]) or 1, 1), lanes)
     local earliest
     if ARGV[C + 4] == '1' then
@@ -342,7 +402,7 @@ local function claim_part()
         if flushed then
             add_counters()
         end
-        found[5] = now_text
+        found[6] = now_text
         return {flushed and 1 or 0, found}
     end
     for n = 1, lanes do
@@ -355,7 +415,7 @@ local function claim_part()
     return {counters ~= '' and 1 or 0, {false, tostring(earliest), now_text}}
 end
 
-if finish_keys == 0 then
+if finishes == 0 then
     local reply = claim_part()
     return {dependents, reply[1], reply[2]}
 end
