@@ -117,8 +117,10 @@ def test_counts_kept_while_a_long_job_runs_are_added_by_the_heartbeat(connection
 def test_counts_kept_by_a_worker_are_added_at_its_warm_stop(connection: Redis, processes: Processes) -> None:
     quick = enqueue(connection, "diag.echo", 1).id
     held = enqueue(connection, "parity.hold", "never").id
-    worker = processes.worker("default", "--no-fork", "--name", WORKER, "--grace-seconds", "0.2", env=TASKS)
-    wait_until(lambda: status(connection, held) == "started", timeout=30, what="the held job to start")
+    worker = processes.worker("default", "--no-fork", "--name", WORKER, "--grace-seconds", "0.2", *FAST, env=TASKS)
+    # Running, not only marked started by the call that stored `quick` (a stop before it runs puts it back
+    # unrun, which is no redelivery): the heartbeat writes its execution records only while it runs.
+    wait_until(lambda: records(connection, held)["worker set"], timeout=30, what="the held job to run")
     worker.signal(signal.SIGTERM)
     assert worker.wait(timeout=30) == 0
     assert status(connection, quick) == "finished" and status(connection, held) == "queued"  # back in its lane
