@@ -256,13 +256,6 @@ class Firing:
         """A Stream of fire calls and due reads on one connection of its own (close it after)."""
         return Stream(self, on_fired)
 
-    def _receive(self, connection: Any, args: list[Any]) -> list[Any] | None:
-        try:
-            reply = connection.read_response()
-        except NoScriptError:  # Redis lost its scripts (a restart): this chunk did not run; load and run it now
-            reply = FIRE(keys=self.keys, args=args, client=self.connection)
-        return self._results(reply)
-
     def _args(self, entries: list[Entry], stored: dict[str, StoredSchedule], now: datetime) -> list[Any]:
         numbers: dict[str, tuple[int, RetryPolicy | None, ScheduleSpec]] = {}
         templates: list[list[Any]] = []
@@ -322,6 +315,7 @@ class Stream:
         self.connection = self.pool.get_connection()
         self.sent: deque[tuple[list[Entry] | None, list[Any]]] = deque()  # (entries, args); None: a due read
         self.fires = 0  # fire calls sent and not answered yet
+        self.reloaded = False  # a reply said NOSCRIPT: every call sent before the script was loaded is run again
         self._due: Due | None = None
 
     def fire(self, entries: list[Entry], stored: dict[str, StoredSchedule], now: datetime) -> None:
@@ -337,28 +331,35 @@ class Stream:
         self.sent.append((None, args))
 
     def collect(self, in_flight: int = 0) -> None:
-        """Read replies until at most `in_flight` fire calls are unanswered."""
-        while self.fires > in_flight:
+        """Read replies until at most `in_flight` fire calls are unanswered (none after a lost script, below)."""
+        while self.fires > (0 if self.reloaded else in_flight):
             self._receive()
+        self.reloaded = self.reloaded and bool(self.sent)
 
     def due(self) -> Due:
         """The answer to the due read sent last (the fire calls sent before it are answered first)."""
         while self._due is None:
             self._receive()
+        if self.reloaded:
+            self.collect()
         due, self._due = self._due, None
         return due
 
     def _receive(self) -> None:
         entries, args = self.sent.popleft()
+        script, keys = (READ_DUE, DUE_KEYS) if entries is None else (FIRE, self.firing.keys)
+        try:
+            reply = self.connection.read_response()
+        except NoScriptError:
+            # Redis lost its scripts (a restart): this call did not run; load and run it now. The calls sent
+            # after it failed alike, and are run again in turn before any new one is sent (collect), so runs
+            # keep their order.
+            reply, self.reloaded = script(keys=keys, args=args, client=self.firing.connection), True
         if entries is None:
-            try:
-                reply = self.connection.read_response()
-            except NoScriptError:  # Redis lost its scripts (a restart): read now, loading it
-                reply = READ_DUE(keys=DUE_KEYS, args=args, client=self.firing.connection)
             self._due = parse_due(reply)
             return
         self.fires -= 1
-        self.on_fired(entries, self.firing._receive(self.connection, args))
+        self.on_fired(entries, self.firing._results(reply))
 
     def close(self) -> None:
         if self.sent:
