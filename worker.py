@@ -11,6 +11,7 @@ import click
 from service.core.lanes import LANES
 from service.ops.process import start
 from service.workers.claim import parse_weights
+from service.workers.prefetch import MAX_PREFETCH
 from service.workers.reaper import DEFAULT_CRASH_RETRIES
 from service.workers.shutdown import DEFAULT_GRACE_SECONDS
 from service.workers.worker import DEFAULT_HEARTBEAT_SECONDS, WorkerOptions, run_worker
@@ -74,6 +75,13 @@ log = logging.getLogger("service.worker")
     help="Redeliveries of a job whose worker died, before its own retry policy is used.",
 )
 @click.option(
+    "--prefetch",
+    type=click.IntRange(min=0, max=MAX_PREFETCH),
+    default=MAX_PREFETCH,
+    show_default=True,
+    help="While jobs are short (no fork, strict order), claim up to this many more per call (0: one at a time).",
+)
+@click.option(
     "--scheduler/--no-scheduler",
     "with_scheduler",
     default=True,
@@ -93,6 +101,7 @@ def main(
     grace_seconds: float,
     heartbeat_seconds: float,
     crash_retries: int,
+    prefetch: int,
     with_scheduler: bool,
     name: str | None,
 ) -> None:
@@ -113,6 +122,7 @@ def main(
         grace_seconds=grace_seconds,
         heartbeat_seconds=heartbeat_seconds,
         crash_retries=crash_retries,
+        prefetch=prefetch,
         with_scheduler=with_scheduler,
         name=name,
         log_level=settings.log_level,

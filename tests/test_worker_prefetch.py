@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 from datetime import timedelta
 
+import pytest
 from redis import Redis
 from rq.executions import Execution
 from rq.utils import now, utcformat
@@ -77,15 +78,19 @@ def test_a_prefetched_jobs_outcome_stores_its_start_unless_it_was_canceled_meanw
     assert finished_ids(connection) == {jobs[1].id}
 
 
+@pytest.mark.parametrize("prefetch", [(), ("--prefetch", "0")], ids=["default", "off"])
 def test_a_backlog_of_short_jobs_is_stored_as_one_job_at_a_time_would_be(
-    connection: Redis, processes: Processes
+    connection: Redis, processes: Processes, prefetch: tuple[str, ...]
 ) -> None:
     jobs = enqueue_many(connection, "diag.echo", [("default", (n,)) for n in range(300)])
     connection.config_resetstat()
-    worker = start_worker(processes, "--burst")
+    worker = start_worker(processes, "--burst", *prefetch)
     assert worker.wait(timeout=60) == 0
     calls = int(connection.info("commandstats")["cmdstat_evalsha"]["calls"])
-    assert calls < len(jobs) * 3 / 4  # several jobs a call (about 5 in a quiet run; fewer when descheduled)
+    if prefetch:
+        assert calls >= len(jobs)  # --prefetch 0: a call for every job
+    else:
+        assert calls < len(jobs) * 3 / 4  # several jobs a call (about 5 in a quiet run; fewer when descheduled)
     assert finished_ids(connection) == {job.id for job in jobs}
     names = set()
     for job in jobs:

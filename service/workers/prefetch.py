@@ -74,8 +74,8 @@ class Prefetch:
     stores outcomes holds it throughout. `on_deadline` runs in the watchdog thread, the lock held.
     """
 
-    def __init__(self, on_deadline: Callable[[], None], enabled: bool = True) -> None:
-        self.enabled = enabled
+    def __init__(self, on_deadline: Callable[[], None], most: int = MAX_PREFETCH) -> None:
+        self.most = most  # worker.py --prefetch: at most this many jobs claimed ahead (0: none)
         self.lock = threading.RLock()
         self.claims: deque[Claim] = deque()  # claimed, not started, in lane order
         self.pending: list[Outcome] = []  # ended, outcome not stored yet
@@ -90,9 +90,9 @@ class Prefetch:
 
     def size(self, limit: int | None = None) -> int:
         """How many jobs to prefetch with the next claim: as many as end within the bound at the recent pace."""
-        if not self.enabled or self._average is None or self._average * 2 > BOUND_SECONDS:
+        if not self.most or self._average is None or self._average * 2 > BOUND_SECONDS:
             return 0
-        size = min(MAX_PREFETCH, int(BOUND_SECONDS / max(self._average, 1e-5)) - 1)
+        size = min(self.most, int(BOUND_SECONDS / max(self._average, 1e-5)) - 1)
         return max(0, min(size, limit if limit is not None else size))
 
     def begin_job(self) -> None:

@@ -59,7 +59,7 @@ from service.workers.finish import Finisher, ResultRefused, encode_result, is_pl
 from service.workers.forkserver import ForkServer, ForkServerGone
 from service.workers.heartbeat import Heartbeat
 from service.workers.limits import Limiter
-from service.workers.prefetch import Outcome, Prefetch, Running
+from service.workers.prefetch import MAX_PREFETCH, Outcome, Prefetch, Running
 from service.workers.reaper import CRASHES_FIELD, DEFAULT_CRASH_RETRIES, Reaper
 from service.workers.shutdown import (
     DEFAULT_GRACE_SECONDS,
@@ -111,6 +111,7 @@ class WorkerOptions:
     grace_seconds: float = DEFAULT_GRACE_SECONDS
     heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
     crash_retries: int = DEFAULT_CRASH_RETRIES
+    prefetch: int = MAX_PREFETCH
     with_scheduler: bool = True
     name: str | None = None
     log_level: str = "INFO"
@@ -142,7 +143,7 @@ class ServiceWorker(Worker):
         self.finisher = Finisher(self.connection, self.name, self.key, self.claimer)
         # Prefetch needs the job in this process (no fork) and one lane order for every claim (strict).
         weighted = bool(options.weights) and len(self.lane_names) > 1
-        self.prefetch = Prefetch(self._past_bound, enabled=not options.fork and not weighted)
+        self.prefetch = Prefetch(self._past_bound, 0 if options.fork or weighted else options.prefetch)
         self.reaper = Reaper(self.connection, crash_retries=options.crash_retries)
         self.outage = Outage(log, f"Worker {self.name}")
         self.grace = GraceTimer(options.grace_seconds, self._interrupt_job)
