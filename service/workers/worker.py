@@ -55,7 +55,7 @@ from service.ops import hooks
 from service.workers import limits, poison
 from service.workers.claim import NOT_CLAIMED, Claim, Claimer, LaneOrder
 from service.workers.delayed import start_delayed_jobs
-from service.workers.finish import Finisher, ResultRefused, encode_result, is_plain
+from service.workers.finish import Finisher, encode_result, is_plain
 from service.workers.forkserver import ForkServer, ForkServerGone
 from service.workers.heartbeat import Heartbeat
 from service.workers.limits import Limiter
@@ -877,9 +877,9 @@ class ServiceWorker(Worker):
                 running = None
             start = (running.started_at, running.attempts) if running and running.state != "started" else None
             batched = bool(getattr(job, "batch_id", None))  # its outcome and its batch's count go in one MULTI
+            part = self.finisher.outcome(job, execution, result_ttl, slots, job.task_name, recorded, start)
             if claims_next and not batched and self.prefetch.may_defer():  # stored with the next call
-                outcome = self.finisher.outcome(job, execution, result_ttl, slots, job.task_name, recorded, start)
-                self._claimed_next = self.prefetch.defer(Outcome(outcome, job, queue))
+                self._claimed_next = self.prefetch.defer(Outcome(part, job, queue))
                 job._status = JobStatus.FINISHED
                 self.executions.pop(execution.id, None)
                 self.recorded.discard(execution.id)  # removed by the call that stores it
@@ -891,11 +891,10 @@ class ServiceWorker(Worker):
                 self._give_back()
             try:
                 size = self._prefetch_size()
-                dependents, claimed = self.finisher.finish(job, execution, result_ttl, slots, job.task_name,
-                                                           lanes, ttl, recorded, parts, size, start)  # fmt: skip
-            except BaseException as exc:
-                if lanes and not isinstance(exc, ResultRefused):  # its reply lost, the call may have claimed a
-                    self._resync = True  # job: our claims are put back, and the retry only stores the outcome
+                dependents, claimed = self.finisher.finish(job, part, lanes, ttl, parts, size)
+            except BaseException:
+                if lanes:  # its reply lost, the call may have claimed a job: our claims are put back, and the
+                    self._resync = True  # retry only stores the outcome
                 raise
             self.prefetch.running = None
             self.prefetch.stored()
