@@ -91,12 +91,14 @@ class LaneOrder:
     """The order to try the lanes in for each claim: strict priority, or smooth weighted round-robin.
 
     Weighted: each claim prefers the lane picked by nginx's smooth weighted
-    round-robin (6:3:1 gives high, default, high, low, ...), then falls back
-    to the others in priority order, so an empty preferred lane costs nothing
-    and a flood of `high` still leaves `low` one claim in ten. A claim that
-    also prefetches n jobs is charged as n + 1 turns of its preferred lane
-    (`charge`), and jobs given back unrun are refunded: shares stay exact in
-    jobs, and batches of equal size follow the same sequence (the scores scale).
+    round-robin (6:3:1 gives high, default, high, high, default, high, low,
+    ...), then falls back to the others in priority order, so an empty
+    preferred lane costs nothing and a flood of `high` still leaves `low` one
+    claim in ten. A claim that also prefetches n jobs is charged as n + 1
+    turns of its preferred lane (`charge`), and jobs given back unrun are
+    refunded: each lane's share of the jobs stays within a batch of its
+    weight's, and batches of equal size repeat a cycle holding each lane its
+    weight's count of them (6:3:1: h d h l h d h h d h).
     """
 
     def __init__(self, lanes: Sequence[str], weights: dict[str, int] | None = None) -> None:
@@ -104,7 +106,7 @@ class LaneOrder:
         self.weights = weights if weights and len(self.lanes) > 1 else None
         self.preferred = self.lanes[0] if self.lanes else ""  # the lane the last turn preferred
         self._current = {lane: 0 for lane in self.lanes}
-        self._total = sum(self.weights.values()) if self.weights else 0
+        self._total = sum(self.weights[lane] for lane in self.lanes) if self.weights else 0
         self._lock = threading.Lock()  # the prefetch watchdog refunds jobs it gives back
 
     def next(self) -> list[str]:
