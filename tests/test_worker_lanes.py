@@ -51,6 +51,19 @@ def test_a_flood_of_every_lane_is_prefetched_and_each_lane_keeps_its_weight_shar
             assert abs(share - ran * weight / 10) <= 2 * (MAX_PREFETCH + 1), (lane, ran, share)
 
 
+def test_a_lane_whose_batches_run_past_the_bound_still_gets_its_weight_share(
+    connection: Redis, processes: Processes
+) -> None:
+    enqueue_many(connection, "diag.record", [("high", ("order", "h"))] * HIGH_FLOOD * 2)
+    enqueue_many(connection, "workertest.record_slowly", [("low", ("order", "l", 0.01))] * LOW * 2)
+    start_worker(processes, "high", "default", "low", "--mode", "weighted")
+    order = wait_until(lambda: (o := recorded(connection, "order")) and len(o) == 2 * (HIGH_FLOOD + LOW) and o, 60)
+    last_low = max(i for i, v in enumerate(order) if v == "l")
+    # Each `low` job runs past the 5 ms bound: the rest of its batch goes back unrun and is refunded to the
+    # round-robin, so `low` keeps one turn in ten (charged a whole batch a job, it would run one job in ~80).
+    assert last_low < 10 * 2 * LOW + 100, f"low finished at position {last_low} of {len(order)}"
+
+
 def test_strict_mode_runs_low_only_after_high_is_empty(connection: Redis, processes: Processes) -> None:
     flood(connection)
     start_worker(processes, "high", "default", "low", "--mode", "strict")
