@@ -9,7 +9,10 @@ Prints ONE JSON line.
 - per job, for each path, ours next to its stock peer: Redis commands
   (`CONFIG RESETSTAT`, then `INFO commandstats`), round trips (redis-py
   patched to count each send, worker processes and their forks included:
-  bench/rt_count.py) and Redis CPU (`INFO cpu`), divided by the jobs;
+  bench/rt_count.py) and Redis CPU (`INFO cpu`), divided by the jobs; the
+  worker paths drain jobs queued in `low` (a strict worker), and, for the
+  Procfile's `worker` line (`--mode weighted`), jobs queued 6:3:1 in all
+  three lanes (stock SimpleWorker drains the same);
 - the dashboard charts' rollup, which no job pays for: what one minute's
   summary costs (the one writer, and each other process's claim), and the
   bytes of 24 hours of summaries;
@@ -64,6 +67,8 @@ from service.schedules.spec import isoformat  # noqa: E402
 
 NOOP = "bench.worker_jobs.noop"
 LANES = ["high", "default", "low"]
+# The Procfile's `worker` line serves every lane: its jobs fill them 6:3:1, as its weights share them out.
+WEIGHTED_FILL = ("high",) * 6 + ("default",) * 3 + ("low",)
 
 
 def ceiling(server: EmbeddedRedis, connection: Redis) -> dict[str, Any]:
@@ -157,11 +162,13 @@ def in_processes(url: str, argv: list[str], folder: Path) -> Callable[[], int]:
     return run
 
 
-def fill(connection: Redis, ours: bool, count: int) -> None:
-    queue = ServiceQueue("low", connection=connection) if ours else Queue("low", connection=connection)
+def fill(connection: Redis, ours: bool, count: int, lanes: tuple[str, ...] = ("low",)) -> None:
+    """`count` no-op jobs, the i-th in lanes[i % len(lanes)] (by default all in `low`, the last lane tried)."""
+    kind = ServiceQueue if ours else Queue
+    queues = {lane: kind(lane, connection=connection) for lane in lanes}
     with connection.pipeline() as pipe:
-        for _ in range(count):
-            queue.enqueue_call("diag.echo" if ours else NOOP, args=[1], pipeline=pipe)
+        for i in range(count):
+            queues[lanes[i % len(lanes)]].enqueue_call("diag.echo" if ours else NOOP, args=[1], pipeline=pipe)
         pipe.execute()
 
 
@@ -201,6 +208,18 @@ def paths(connection: Redis, url: str, options: Any, folder: Path) -> dict[str, 
         n,
         in_processes(url, [*rq, "-w", "rq.SimpleWorker", *LANES], folder),
         lambda: fill(connection, False, n),
+    )
+    case(  # the Procfile's `worker` line, its jobs in every lane
+        "ours_worker_weighted",
+        n,
+        in_processes(url, [*ours, "--no-fork", "--mode", "weighted"], folder),
+        lambda: fill(connection, True, n, WEIGHTED_FILL),
+    )
+    case(
+        "rq_simpleworker_3_lanes",
+        n,
+        in_processes(url, [*rq, "-w", "rq.SimpleWorker", *LANES], folder),
+        lambda: fill(connection, False, n, WEIGHTED_FILL),
     )
     case("ours_worker_fork", nf, in_processes(url, [*ours, "--fork"], folder), lambda: fill(connection, True, nf))
     case("rq_worker_fork", nf, in_processes(url, [*rq, *LANES], folder), lambda: fill(connection, False, nf))
@@ -366,12 +385,13 @@ def goals(per_job: dict[str, Any] | None, memory: dict[str, Any]) -> list[dict[s
     """Each figure measured with its goal, met or missed."""
     rows: list[tuple[str, Any, int]] = []
     if per_job is not None:
-        worker = per_job["ours_worker_nofork"]
-        rows += [
-            ("no-fork job: Redis commands", worker["commands_per_job"], 20),
-            ("no-fork job: Redis CPU us", worker["redis_cpu_us_per_job"], 100),
-            ("no-fork job: round trips", worker["round_trips_per_job"], 6),
-        ]
+        for name, label in (("ours_worker_nofork", "no-fork job"), ("ours_worker_weighted", "Procfile worker job")):
+            worker = per_job[name]
+            rows += [
+                (f"{label}: Redis commands", worker["commands_per_job"], 20),
+                (f"{label}: Redis CPU us", worker["redis_cpu_us_per_job"], 100),
+                (f"{label}: round trips", worker["round_trips_per_job"], 6),
+            ]
     rows += [
         (f"finished job: Redis bytes, {k.removeprefix('bytes_per_job_')}", v, 1024)
         for k, v in memory.items()

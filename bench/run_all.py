@@ -73,6 +73,7 @@ SERVER_FIGURES: list[tuple[str, str, tuple[str, ...]]] = [
     ("burst of due runs (first --sizes), one pass: s", "scheduler_burst", ("burst", "0", "ours_pass_s")),
     ("Redis CPU per job, `POST /jobs` path: us", "redis_costs", ("per_job", "ours_enqueue (POST /jobs path)", CPU)),
     ("Redis CPU per job, no-fork worker: us", "redis_costs", ("per_job", "ours_worker_nofork", CPU)),
+    ("Redis CPU per job, Procfile worker (weighted): us", "redis_costs", ("per_job", "ours_worker_weighted", CPU)),
     ("Redis ceiling, LPUSH, 1 client: ops/s", "redis_costs", ("ceiling", "lpush_c1_p1_ops_per_s")),
     ("Redis ceiling, LPUSH, 2 clients, -P 16: ops/s", "redis_costs", ("ceiling", "lpush_c2_p16_ops_per_s")),
 ]  # fmt: skip
@@ -118,6 +119,9 @@ def rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str, s
         out += [
             ("worker, no fork, 1 process vs `rq worker -w SimpleWorker`", jps("ours_nofork"), jps("stock_simple"),
              fmt(r["nofork_vs_stock_simple_jobs_per_s"], "x"), "-"),
+            ("worker, the Procfile's `worker` line (weighted, no fork, jobs in 3 lanes 6:3:1) vs `rq worker -w "
+             "SimpleWorker` (jobs in `low`)", jps("ours_weighted_nofork"), jps("stock_simple"),
+             fmt(r.get("weighted_nofork_vs_stock_simple_jobs_per_s"), "x"), "-"),
             ("worker, no fork, `--pool 2` vs `rq worker-pool -n 2 -w SimpleWorker`", jps("ours_nofork_pool2"),
              jps("stock_simple_pool2"), fmt(r["nofork_pool2_vs_stock_simple_pool2_jobs_per_s"], "x"), ">= 2x"),
             ("worker, no fork, 2 processes vs `rq worker-pool -n 2 -w SimpleWorker`", jps("ours_nofork_x2"),
@@ -178,11 +182,12 @@ def rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str, s
             ("ours_enqueue (POST /jobs path)", "rq_enqueue"),
             ("ours_enqueue_many_100 (POST /jobs/batch path)", "rq_enqueue_many_100"),
             ("ours_worker_nofork", "rq_simpleworker"),
+            ("ours_worker_weighted", "rq_simpleworker_3_lanes"),
             ("ours_worker_fork", "rq_worker_fork"),
             ("ours_scheduler_pass_per_run", "rq_scheduler_pass_per_run"),
         ):
             a, b = pj[ours], pj[peer]
-            target = "<= 6 round trips" if ours == "ours_worker_nofork" else "-"
+            target = "<= 6 round trips" if ours in ("ours_worker_nofork", "ours_worker_weighted") else "-"
             out.append(
                 (f"Redis per job: {ours} vs {peer}: commands; round trips; Redis CPU",
                  f"{a['commands_per_job']}; {a['round_trips_per_job']}; {a['redis_cpu_us_per_job']} us",

@@ -70,6 +70,9 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {
 }
 # Variants run as two separate processes of the same command.
 TWO_PROCESSES = {"ours_nofork_x2"}
+# The lanes each variant's jobs are queued in, the i-th job in lanes[i % len(lanes)]: `low` (the last lane tried),
+# and for the Procfile's `worker` line (weighted) every lane, 6:3:1 as its weights share them out.
+FILL = {"ours_weighted_nofork": ("high",) * 6 + ("default",) * 3 + ("low",)}
 CELERY_MARKS = 50
 LANES = ["high", "default", "low"]
 
@@ -109,20 +112,22 @@ def stop(processes: list[subprocess.Popen[bytes]], terminate: bool = True) -> No
 
 
 def enqueue_noops(connection: Redis, name: str, count: int) -> list[str]:
-    """Enqueue `count` no-op jobs into `low` (the last lane: the worst case for a multi-lane worker)."""
+    """Enqueue `count` no-op jobs into the variant's lanes (FILL; `low` by default: the worst case for a
+    multi-lane worker)."""
     ids = []
+    lanes = FILL.get(name, ("low",))
     with connection.pipeline() as pipe:
-        queue = make_queue(connection, name)
-        for _ in range(count):
-            ids.append(queue.enqueue_call(noop_name(name), pipeline=pipe).id)
+        queues = {lane: make_queue(connection, name, lane) for lane in lanes}
+        for i in range(count):
+            ids.append(queues[lanes[i % len(lanes)]].enqueue_call(noop_name(name), pipeline=pipe).id)
         pipe.execute()
     return ids
 
 
-def make_queue(connection: Redis, name: str) -> Queue:
+def make_queue(connection: Redis, name: str, lane: str = "low") -> Queue:
     if VARIANTS[name][0] == OURS:
-        return ServiceQueue("low", connection=connection)
-    return Queue("low", connection=connection, serializer=JSONSerializer)
+        return ServiceQueue(lane, connection=connection)
+    return Queue(lane, connection=connection, serializer=JSONSerializer)
 
 
 def noop_name(name: str) -> str:
@@ -287,6 +292,7 @@ def summary(results: dict[str, dict[str, list[float]]], options: Any, load: floa
 
     out["ratios"] = {
         "nofork_vs_stock_simple_jobs_per_s": ratio("ours_nofork", "stock_simple", "jobs_per_s"),
+        "weighted_nofork_vs_stock_simple_jobs_per_s": ratio("ours_weighted_nofork", "stock_simple", "jobs_per_s"),
         "nofork_pool2_vs_stock_simple_pool2_jobs_per_s": ratio("ours_nofork_pool2", "stock_simple_pool2", "jobs_per_s"),
         "nofork_x2_vs_stock_simple_pool2_jobs_per_s": ratio("ours_nofork_x2", "stock_simple_pool2", "jobs_per_s"),
         "nofork_pool2_vs_celery_c2_jobs_per_s": ratio("ours_nofork_pool2", "celery_prefork2", "jobs_per_s"),

@@ -41,7 +41,7 @@ def finish(connection: Redis, job: ServiceJob, execution: Execution, result_ttl:
     connection.zadd(slot, {job.id: time.time() + 60})
     slots = (slot, limits.NO_SLOT, "")
     finisher = Finisher(connection, WORKER, keys.worker_key(WORKER))
-    dependents, claimed = finisher.finish(job, execution, result_ttl, slots, "diag.echo")
+    dependents, claimed = finisher.finish(job, finisher.outcome(job, execution, result_ttl, slots, "diag.echo"))
     (dependents,) = dependents
     assert claimed == NOT_CLAIMED  # no lanes given: a finish alone, its counts added with it
     return dependents

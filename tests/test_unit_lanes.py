@@ -53,6 +53,39 @@ def test_one_lane_has_no_weights_to_apply() -> None:
     assert [order.next() for _ in range(3)] == [["low"]] * 3
 
 
+@pytest.mark.parametrize("more", [1, 3, 7])
+def test_batches_of_equal_size_charged_as_turns_repeat_a_cycle_of_the_weights(more: int) -> None:
+    order = LaneOrder(list(LANES), WEIGHTS)
+    batches = []
+    for _ in range(30):
+        batches.append(order.next()[0])
+        order.charge(order.preferred, more)  # `more` jobs prefetched with the claim: 1 + more turns in all
+    cycle = batches[:10]
+    assert batches == cycle * 3  # so every 10 batches in a row hold 6, 3 and 1 of the lanes
+    assert {lane: cycle.count(lane) for lane in LANES} == WEIGHTS
+
+
+def test_batches_of_any_size_give_each_lane_its_weight_share_of_jobs_within_a_batch() -> None:
+    order = LaneOrder(list(LANES), WEIGHTS)
+    jobs: list[str] = []
+    for turn in range(500):
+        size = 1 + (turn * 7919) % 8  # 1 to 8 jobs a claim, in no pattern the weights share
+        jobs += [order.next()[0]] * size
+        order.charge(order.preferred, size - 1)
+        for lane in LANES:
+            assert abs(jobs.count(lane) - WEIGHTS[lane] * len(jobs) / 10) <= 8, (lane, len(jobs))
+
+
+def test_jobs_given_back_unrun_are_refunded_to_their_lane() -> None:
+    charged, refunded = LaneOrder(list(LANES), WEIGHTS), LaneOrder(list(LANES), WEIGHTS)
+    for _ in range(10):
+        charged.next()
+        refunded.next()
+        refunded.charge(refunded.preferred, 7)
+        refunded.charge(refunded.preferred, -7)  # past the bound: the batch's rest went back
+    assert preferred(charged, 20) == preferred(refunded, 20)
+
+
 def test_weights_parse_with_a_default_of_one_and_name_a_bad_entry() -> None:
     assert parse_weights("high=6, low=2", LANES) == {"high": 6, "default": 1, "low": 2}
     assert parse_weights("", LANES) == {"high": 1, "default": 1, "low": 1}

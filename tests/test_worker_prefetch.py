@@ -59,7 +59,8 @@ def outcome_of_prefetched(connection: Redis, claim: Claim) -> list[int]:
     execution = Execution("e2", job.id, connection, worker_name="w1")
     finisher = Finisher(connection, "w1", keys.worker_key("w1"))
     slots = (limits.NO_SLOT, limits.NO_SLOT, "")
-    dependents, _ = finisher.finish(job, execution, 500, slots, "diag.echo", start=(utcformat(job.started_at), 1))
+    part = finisher.outcome(job, execution, 500, slots, "diag.echo", start=(utcformat(job.started_at), 1))
+    dependents, _ = finisher.finish(job, part)
     return dependents
 
 

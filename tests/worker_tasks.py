@@ -107,6 +107,13 @@ def note(key: str) -> None:
     job.connection.rpush(f"diag:{key}", job.id)
 
 
+@task("workertest.record_slowly")
+def record_slowly(key: str, value: str, seconds: float) -> None:
+    """Record `value` in diag:<key> as diag.record does, then take `seconds` more (past the prefetch bound)."""
+    _connection().rpush(f"diag:{key}", value)
+    time.sleep(seconds)
+
+
 @task("workertest.hold")
 def hold(key: str) -> str:
     """Count the run in diag:<key>, then run until the key diag:<key>:release exists (the test lets it end)."""

@@ -16,6 +16,7 @@ service/core/lua/work.lua for the turns and docs/workers.md for the cost.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -90,26 +91,42 @@ class LaneOrder:
     """The order to try the lanes in for each claim: strict priority, or smooth weighted round-robin.
 
     Weighted: each claim prefers the lane picked by nginx's smooth weighted
-    round-robin (6:3:1 gives high, default, high, low, ...), then falls back
-    to the others in priority order, so an empty preferred lane costs nothing
-    and a flood of `high` still leaves `low` one claim in ten.
+    round-robin (6:3:1 gives high, default, high, high, default, high, low,
+    ...), then falls back to the others in priority order, so an empty
+    preferred lane costs nothing and a flood of `high` still leaves `low` one
+    claim in ten. A claim that also prefetches n jobs is charged as n + 1
+    turns of its preferred lane (`charge`), and jobs given back unrun are
+    refunded: each lane's share of the jobs stays within a batch of its
+    weight's, and batches of equal size repeat a cycle holding each lane its
+    weight's count of them (6:3:1: h d h l h d h h d h).
     """
 
     def __init__(self, lanes: Sequence[str], weights: dict[str, int] | None = None) -> None:
         self.lanes = list(lanes)
-        self.weights = weights
+        self.weights = weights if weights and len(self.lanes) > 1 else None
+        self.preferred = self.lanes[0] if self.lanes else ""  # the lane the last turn preferred
         self._current = {lane: 0 for lane in self.lanes}
+        self._total = sum(self.weights[lane] for lane in self.lanes) if self.weights else 0
+        self._lock = threading.Lock()  # the prefetch watchdog refunds jobs it gives back
 
     def next(self) -> list[str]:
-        if not self.weights or len(self.lanes) == 1:
+        if not self.weights:
             return self.lanes
-        total = 0
-        for lane in self.lanes:
-            self._current[lane] += self.weights[lane]
-            total += self.weights[lane]
-        preferred = max(self.lanes, key=lambda lane: self._current[lane])
-        self._current[preferred] -= total
+        with self._lock:
+            for lane in self.lanes:
+                self._current[lane] += self.weights[lane]
+            preferred = self.preferred = max(self.lanes, key=lambda lane: self._current[lane])
+            self._current[preferred] -= self._total
         return [preferred, *(lane for lane in self.lanes if lane != preferred)]
+
+    def charge(self, lane: str, turns: int) -> None:
+        """`turns` more turns of `lane` (negative: jobs claimed in its turns that go back unrun)."""
+        if not self.weights or lane not in self._current:
+            return
+        with self._lock:
+            for other in self.lanes:
+                self._current[other] += self.weights[other] * turns
+            self._current[lane] -= self._total * turns
 
 
 @dataclass
@@ -127,6 +144,7 @@ class Claim:
     at: float = 0.0
     prefetched: bool = False
     more: list[Claim] = field(default_factory=list)
+    turn: str = ""  # a prefetched claim in a weighted order: the lane whose turns it was charged to
 
 
 class Claimer:

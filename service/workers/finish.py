@@ -143,21 +143,15 @@ class Finisher:
     def finish(
         self,
         job: Job,
-        execution: Execution,
-        result_ttl: int,
-        slots: tuple[str, str, str],
-        task: str,
+        part: tuple[list[Any], list[Any]],
         lanes: Sequence[str] = (),
         ttl_seconds: int = 0,
-        recorded: bool = True,
         pending: Sequence[tuple[list[Any], list[Any]]] = (),
         prefetch: int = 0,
-        start: tuple[str, int] | None = None,
     ) -> tuple[list[int], Claim | float | None | bytes | ResponseError]:
-        """Store the outcomes `pending` (see `outcome`), then mark `job` finished with its result, then claim
+        """Store the outcomes `pending`, then `job`'s success `part` (both as `outcome` gives them), then claim
         from `lanes` (if any, prefetching up to `prefetch` more) in the same call; return each outcome's
         dependents (`job`'s last) and what was claimed (claim.NOT_CLAIMED without lanes)."""
-        part = self.outcome(job, execution, result_ttl, slots, task, recorded, start)
         batch_id = getattr(job, "batch_id", None)
         if not batch_id:
             return self.claimer.call(lanes, ttl_seconds, finish=[*pending, part], prefetch=prefetch)

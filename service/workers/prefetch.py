@@ -21,7 +21,8 @@ prefetch, Kafka's batched acknowledgement). The bounds:
 - only plain successes wait: a failure, a retry, a held-back job or any other
   outcome stores what waits and marks its job started first, and takes RQ's
   path (service.workers.worker); jobs under limits, damaged jobs, lanes whose
-  groups take turns, weighted lane orders and fork mode are never prefetched;
+  groups take turns and fork mode are never prefetched; in a weighted lane
+  order a batch counts as that many turns of its lane (claim.LaneOrder);
 - a warm stop stores everything before it exits; a SIGKILLed worker's batch is
   put back at the front of its lane by the reaper, so at most a batch of short
   jobs (all but the one it had started) runs again (at-least-once, as before).

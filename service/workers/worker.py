@@ -55,7 +55,7 @@ from service.ops import hooks
 from service.workers import limits, poison
 from service.workers.claim import NOT_CLAIMED, Claim, Claimer, LaneOrder
 from service.workers.delayed import start_delayed_jobs
-from service.workers.finish import Finisher, ResultRefused, encode_result, is_plain
+from service.workers.finish import Finisher, encode_result, is_plain
 from service.workers.forkserver import ForkServer, ForkServerGone
 from service.workers.heartbeat import Heartbeat
 from service.workers.limits import Limiter
@@ -141,9 +141,8 @@ class ServiceWorker(Worker):
         self.claimer = Claimer(self.connection, self.name)
         self.limiter = Limiter(self.connection)
         self.finisher = Finisher(self.connection, self.name, self.key, self.claimer)
-        # Prefetch needs the job in this process (no fork) and one lane order for every claim (strict).
-        weighted = bool(options.weights) and len(self.lane_names) > 1
-        self.prefetch = Prefetch(self._past_bound, 0 if options.fork or weighted else options.prefetch)
+        # Prefetch needs the job in this process (no fork).
+        self.prefetch = Prefetch(self._past_bound, 0 if options.fork else options.prefetch)
         self.reaper = Reaper(self.connection, crash_retries=options.crash_retries)
         self.outage = Outage(log, f"Worker {self.name}")
         self.grace = GraceTimer(options.grace_seconds, self._interrupt_job)
@@ -272,7 +271,7 @@ class ServiceWorker(Worker):
         """After an error: what waits is stored (jobs that ran are not run again), then our claims go back."""
         self._store_waiting()
         self._unstart_next()  # if any, it is in our claimed list: it goes back too
-        self.prefetch.claims.clear()  # likewise
+        self._forget_prefetched()  # likewise
         self._requeue_own_claims()
         self._resync = False
 
@@ -302,11 +301,22 @@ class ServiceWorker(Worker):
         return self.prefetch.size(self._max_jobs - self._completed - 2 if self._max_jobs else None)
 
     def _prefetched(self, claimed: Any) -> Any:
-        """`claimed` as a call answered it; the jobs prefetched with it wait their turn."""
+        """`claimed` as a call answered it; the jobs prefetched with it wait their turn, charged to the weighted
+        order as turns of the lane its call preferred (a batch of n + 1 jobs is n + 1 turns)."""
         if isinstance(claimed, Claim) and claimed.more:
+            self.order.charge(self.order.preferred, len(claimed.more))
+            for more in claimed.more:
+                more.turn = self.order.preferred
             self.prefetch.claims.extend(claimed.more)
             claimed.more = []
         return claimed
+
+    def _forget_prefetched(self) -> None:
+        """The prefetched jobs not run yet leave our hands (given back, or put back with our claims): the turns
+        they were charged are refunded, so a lane whose batches overrun the bound still gets its share."""
+        for claim in self.prefetch.claims:
+            self.order.charge(claim.turn, -1)
+        self.prefetch.claims.clear()
 
     def _wait(self, timeout: float) -> None:
         """Wait for a doorbell of the lanes not skipped (or just the timeout, when every lane is)."""
@@ -536,7 +546,7 @@ class ServiceWorker(Worker):
         """The prefetched jobs not run yet go back to the front of their lane (the batch is past its bound)."""
         if self.prefetch.claims:
             self.claimer.give_back(self.prefetch.claims)
-            self.prefetch.claims.clear()
+            self._forget_prefetched()
 
     def _after_stored(self, outcomes: list[Outcome], dependents: list[int]) -> None:
         """What follows the store of waiting outcomes: their dependents enqueued, their events and logs."""
@@ -569,19 +579,18 @@ class ServiceWorker(Worker):
         super().set_state(state, pipeline)
         self.claimer.state = getattr(state, "value", state)  # the work script writes it only when it changes
 
-    def _next_lanes(self) -> list[str]:
-        """The lanes a success's call claims the next job from, in order; none when the next turn must not
-        claim right away (stopping, suspended, maintenance due, a resync, the last of --max-jobs, a horse)."""
-        if (
+    def _claims_next(self) -> bool:
+        """False when a success's call must not claim the next job right away (stopping, suspended, maintenance
+        due, a resync, the last of --max-jobs, a horse, every lane skipped)."""
+        return not (
             self._is_horse
             or self._stop_requested
             or self.suspended
             or self._resync
             or self.should_run_maintenance_tasks
             or (self._max_jobs and self._completed + 1 >= self._max_jobs)
-        ):
-            return []
-        return self._usable(self.order.next())
+            or not self._usable(self.lane_names)
+        )
 
     def load(self, job_id: str, lane: str, raw: dict[bytes, bytes]) -> ServiceJob:
         """The job claimed from `lane` (damaged, not raising, whatever its hash holds)."""
@@ -859,7 +868,7 @@ class ServiceWorker(Worker):
         spec = job.spec
         slot_key = limits.running_key(spec.name) if spec is not None and spec.concurrency else limits.NO_SLOT
         slots = (slot_key, limits.group_slot_key(spec, job.group), job.group or "")
-        lanes = self._next_lanes()
+        claims_next = self._claims_next()
         recorded = self._stop_recording(execution)
         ttl = self.get_heartbeat_ttl(None)
         with self.prefetch.lock:
@@ -868,24 +877,24 @@ class ServiceWorker(Worker):
                 running = None
             start = (running.started_at, running.attempts) if running and running.state != "started" else None
             batched = bool(getattr(job, "batch_id", None))  # its outcome and its batch's count go in one MULTI
-            if lanes and not batched and self.prefetch.may_defer():  # stored with the next call
-                outcome = self.finisher.outcome(job, execution, result_ttl, slots, job.task_name, recorded, start)
-                self._claimed_next = self.prefetch.defer(Outcome(outcome, job, queue))
+            part = self.finisher.outcome(job, execution, result_ttl, slots, job.task_name, recorded, start)
+            if claims_next and not batched and self.prefetch.may_defer():  # stored with the next call
+                self._claimed_next = self.prefetch.defer(Outcome(part, job, queue))
                 job._status = JobStatus.FINISHED
                 self.executions.pop(execution.id, None)
                 self.recorded.discard(execution.id)  # removed by the call that stores it
                 return
             pending = self.prefetch.pending
             parts = [outcome.part for outcome in pending]
+            lanes = self._usable(self.order.next()) if claims_next else []  # a weighted turn only for a claim
             if lanes and self.prefetch.claims:  # past the bound (or not short any more): the rest goes back first
                 self._give_back()
             try:
                 size = self._prefetch_size()
-                dependents, claimed = self.finisher.finish(job, execution, result_ttl, slots, job.task_name,
-                                                           lanes, ttl, recorded, parts, size, start)  # fmt: skip
-            except BaseException as exc:
-                if lanes and not isinstance(exc, ResultRefused):  # its reply lost, the call may have claimed a
-                    self._resync = True  # job: our claims are put back, and the retry only stores the outcome
+                dependents, claimed = self.finisher.finish(job, part, lanes, ttl, parts, size)
+            except BaseException:
+                if lanes:  # its reply lost, the call may have claimed a job: our claims are put back, and the
+                    self._resync = True  # retry only stores the outcome
                 raise
             self.prefetch.running = None
             self.prefetch.stored()
