@@ -212,6 +212,10 @@ def rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str, s
                  f"{fmt(f['jobs_per_s'])}; {f['redis_cpu_percent']} %; {f['redis_cpu_us_per_job']} us, "
                  f"{f['commands_per_job']}; {fmt(f['redis_bound_jobs_per_s'])}", "-", "-", "-")
             )  # fmt: skip
+        memory = c.get("finished_job_memory") or {}
+        if "bytes_per_job_server_defaults" in memory:
+            out.append(("finished job: Redis bytes, a server's defaults (a managed Redis whose config is fixed)",
+                        fmt(memory["bytes_per_job_server_defaults"]), "-", "-", "no goal: docs/redis.md"))  # fmt: skip
         for goal in c.get("goals", []):
             out.append((f"goal: {goal['figure']}", fmt(goal["value"]), "-", "met" if goal["met"] else "MISSED",
                         goal["goal"]))  # fmt: skip
