@@ -83,7 +83,9 @@ end
 
 local function push(tpl, job_id)
   if not queued[tpl.queue_key] then redis.call('SADD', queues_key, tpl.queue_key); queued[tpl.queue_key] = true end
-  for i, op in ipairs(tpl.push) do
+  local ops = tpl.push
+  for i = 1, #ops do
+    local op = ops[i]
     if tpl.fold then
       -- RPUSH/LPUSH/SADD k a, then k b == one call with a b: same order, same result.
       local k = tpl.folds[i]
@@ -227,8 +229,10 @@ end
 local function fire_due(e, s, p, tpl, data)
   local overlap, limit, retries = p[5], opt(p[7]), opt(e[7])
   local created, skipped, dropped, done = 0, 0, 0, false
-  for _, r in ipairs(p[4]) do skip(s, r[1], r[2]) end
-  for i, f in ipairs(p[3]) do
+  local records, fires = p[4], p[3]
+  for i = 1, #records do skip(s, records[i][1], records[i][2]) end
+  for i = 1, #fires do
+    local f = fires[i]
     if limit and s.runs >= limit then done = true; break end
     local last, st = nil, nil
     if overlap ~= 'allow' or f[2] == 'b' then last, st = active(s) end
