@@ -9,7 +9,7 @@ as a listpack (about 25 bytes a field instead of ~70 in a hash table):
        and it has no group)
     n  next due time, epoch ms (absent when none)   b  buffered run's due time
     p  "1" when paused      m  the pause note       o  origin when not "api"
-    c, u  created and updated, epoch ms
+    c, u  created and updated, epoch ms (every write of the spec sets u; firing compares n and u)
     s  run state, packed: last run, the five counters, lag last/max/sum/count,
        and how many run records were ever written (absent before the first)
     r<k>  run records, a ring of RUNS_KEPT slots (k = record number % RUNS_KEPT)
