@@ -6,16 +6,17 @@ hash fields (RQ's own `Job.to_dict()` layout, JSON serializer) once per
 spec; one Lua script per batch then, per schedule and atomically:
 
 - checks the scheduler lease is still ours (fencing: a paused ex-leader
-  cannot fire) and that the due score is still the one we planned on
-  (compare-and-set: a concurrent upsert, pause or other leader wins);
+  cannot fire) and that the schedule's next due time and update time
+  (fields n and u) are still the ones we planned on (compare-and-set: a
+  concurrent upsert, pause, delete or other leader wins);
 - applies the overlap policy against the previous run's live job status;
 - creates the job hash only if absent and pushes it to its lane, so one
   due time can never become two jobs;
 - moves the schedule to its next due time and records runs and counters.
 
 Per run the script does what it must and little else: the schedule's state
-is read with one HMGET and written back with one HSET (run records
-included), the job hash is a COPY of its template (written once per call)
+is read with one HMGET (the compare-and-set's fields included) and written
+back with one HSET (run records included), the job hash is a COPY of its template (written once per call)
 plus its data and meta, and the due scores, stats totals, lane pushes and
 doorbells of the whole batch are sent once per call. Job layouts travel
 once per distinct spec.
@@ -250,7 +251,8 @@ class Firing:
         """
         if not entries:
             return []
-        return self._results(FIRE(keys=self.keys, args=self._args(entries, stored, now), client=self.connection))
+        reply = FIRE(keys=self.keys, args=self._args(entries, stored, now), client=self.connection)
+        return self._results(entries, reply)
 
     def stream(self, on_fired: Callable[[list[Entry], list[Any] | None], None]) -> Stream:
         """A Stream of fire calls and due reads on one connection of its own (close it after)."""
@@ -280,23 +282,25 @@ class Firing:
                 blobs.append(call_data(*call))
                 blob = blob_numbers[call] = len(blobs)
             plan = plans.number(entry, spec, number)
-            row = [entry.schedule_id, plan, blob, _score(entry.score), _score(entry.next_score)]
+            fields = schedule.fields  # n and u as read: the script fires a due entry only if they are unchanged
+            next_score = None if entry.next_score is None else str(entry.next_score)
+            row = [entry.schedule_id, plan, blob, fields.get("n") or "", fields.get("u") or "", next_score]
             if retry is not None:  # each run draws its own retry intervals
                 row.append([json.dumps(retry.intervals()) for _ in entry.fires])
             group = call_parts(schedule.call_json)[2]
-            if group is not None:  # row[6]: its runs' fair-share group
-                row += [None] * (6 - len(row)) + [group]
+            if group is not None:  # row[7]: its runs' fair-share group
+                row += [None] * (7 - len(row)) + [group]
             rows.append(row)
         now_rq = utcformat(now.astimezone(UTC).replace(tzinfo=None))
         args: list[Any] = [self.owner, to_ms(now), now_rq, CONFIG, RUNS_KEPT]
         args += [json.dumps(templates, separators=(",", ":")), plans.dump(), json.dumps(rows, separators=(",", ":"))]
         return [*args, *blobs]
 
-    def _results(self, reply: Any) -> list[Any] | None:
+    def _results(self, entries: list[Entry], reply: Any) -> list[Any] | None:
         results = json.loads(reply)
         if results == [-1] and self.owner:
             return None
-        return [[] if isinstance(result, dict) else result for result in results]  # cjson: {} is an empty list
+        return [_result(entry, result) for entry, result in zip(entries, results, strict=True)]
 
 
 class Stream:
@@ -359,7 +363,7 @@ class Stream:
             self._due = parse_due(reply)
             return
         self.fires -= 1
-        self.on_fired(entries, self.firing._results(reply))
+        self.on_fired(entries, self.firing._results(entries, reply))
 
     def close(self) -> None:
         if self.sent:
@@ -367,9 +371,13 @@ class Stream:
         self.pool.release(self.connection)
 
 
-def _score(score: int | None) -> str | None:
-    """A due score as Redis writes it back (ZSCORE): the script compares the strings, no number parsing."""
-    return None if score is None else str(score)
+def _result(entry: Entry, result: Any) -> Any:
+    """One entry's result as the script answers it, in Firing.run's shape."""
+    if isinstance(result, dict):  # cjson: {} is an empty list
+        return []
+    if entry.mode == "due" and isinstance(result, int) and result >= 0:  # only created: [created, 0, 0]
+        return [result, 0, 0]
+    return result
 
 
 class Plans:

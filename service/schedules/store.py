@@ -9,7 +9,7 @@ as a listpack (about 25 bytes a field instead of ~70 in a hash table):
        and it has no group)
     n  next due time, epoch ms (absent when none)   b  buffered run's due time
     p  "1" when paused      m  the pause note       o  origin when not "api"
-    c, u  created and updated, epoch ms
+    c, u  created and updated, epoch ms (every write of the spec sets u; firing compares n and u)
     s  run state, packed: last run, the five counters, lag last/max/sum/count,
        and how many run records were ever written (absent before the first)
     r<k>  run records, a ring of RUNS_KEPT slots (k = record number % RUNS_KEPT)
@@ -363,7 +363,8 @@ def read_due(connection: Redis, max_score_ms: int, limit: int, after: tuple[str,
     """Return up to `limit` (id, due score, schedule) with score <= `max_score_ms`, earliest first.
 
     A schedule carries only what firing needs (template, call, next and
-    buffered due times); None where a due member has no schedule, and a
+    buffered due times, and its fields n and u as read: the fire script's
+    compare-and-set); None where a due member has no schedule, and a
     legacy one (first-release layout) as LEGACY_DUE for the caller to migrate.
     `after`: the last (id, score) of the batch before, read after it while it has not fired (read_due.lua).
     """
@@ -379,13 +380,15 @@ def parse_due(reply: bytes) -> Due:
     """read_due.lua's reply as read_due returns it."""
     specs, rows = json.loads(reply)
     found: list[tuple[str, int, StoredSchedule | None]] = []
-    for start in range(0, len(rows), 6):  # flat: one list for the batch, not one per schedule
-        schedule_id, score, number, next_due, buffered_due, call = rows[start : start + 6]
+    for start in range(0, len(rows), 7):  # flat: one list for the batch, not one per schedule
+        schedule_id, score, number, next_due, buffered_due, call, updated = rows[start : start + 7]
         score = int(float(score))
         if number <= 0:  # 0: no schedule hash; -1: first-release layout
             found.append((schedule_id, score, LEGACY_DUE if number < 0 else None))
             continue
-        fields = {"n": next_due, "b": buffered_due} if buffered_due else {"n": next_due}
+        fields = {"n": next_due, "u": updated}
+        if buffered_due:
+            fields["b"] = buffered_due
         found.append((schedule_id, score, StoredSchedule(schedule_id, specs[number - 1], call, fields)))
     return found
 

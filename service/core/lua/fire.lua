@@ -10,18 +10,21 @@
 -- A fire is [due ms, kind code, job id suffix "-<due s>", meta's end, its run record, lag ms, lag bucket,
 -- the record if skipped, if dropped, if buffered]; a record is [status code, the record]: m missed,
 -- c coalesced, k skipped by a calendar. Records are written as service.schedules.store packs them.
--- An entry is [schedule id, plan, data blob, due score (text), next score (text), retry intervals per fire,
--- the runs' fair-share group]: a run with a group is indexed in its lane's turns as the job writer does.
+-- An entry is [schedule id, plan, data blob, its fields n and u as planned on ('' when absent), next score
+-- (text), retry intervals per fire, the runs' fair-share group]: a run with a group is indexed in its lane's
+-- turns as the job writer does.
 -- A schedule's hash is laid out as service.schedules.store says: state packed in field s, run records
 -- in a ring of fields r<n>, next due time n, buffered due time b, paused p.
 -- Nothing fires unless the lease still holds the owner token (fencing: a paused ex-leader cannot
--- fire). Per entry: a due entry fires only if its due score is still the one planned on
--- (compare-and-set: a concurrent upsert, pause or other leader wins); the overlap policy is
+-- fire). Per entry: a due entry fires only if its hash still holds the next due time (n) and update
+-- time (u) planned on, read with its state (compare-and-set: a concurrent upsert or resume writes u, a
+-- pause or another firing n, a delete the whole hash; the one that came first wins); the overlap policy is
 -- applied against the previous run's status; each run's job hash is created only if absent (a COPY
 -- of its template) and pushed to its lane; the schedule moves to its next due time (one ZADD per call);
 -- its run records and the stats totals are written. A schedule still in the first release's layout is not touched (-2).
 -- Returns JSON: '[-1]' if the lease is not the owner's, else per entry: [created, skipped, dropped]
--- (due), 1 or 0 (buffer), a list of 1/0 per fire (manual), or -2 (not applied: changed meanwhile)
+-- (due; just created when the others are 0), 1 or 0 (buffer), a list of 1/0 per fire (manual), or -2 (not
+-- applied: changed meanwhile)
 -- or -3 (manual: no such schedule).
 local lease, due_key, buffered_key, queues_key, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local owner, now_rq = ARGV[1], ARGV[3]
@@ -34,8 +37,10 @@ local META_HEAD = '{"schedule_id": "'
 -- The packed run state (field s): last run, five counters, lag last, max, sum and count, records written.
 local STATE = {'last_run', 'runs', 'missed', 'skipped', 'dropped', 'coalesced', 'lag_last', 'lag_max', 'lag_sum',
   'lag_count', 'records'}
-local UNPACK = '^' .. string.rep('([^,]*),', #STATE - 1) .. '([^,]*)$'
+local NSTATE = #STATE
+local UNPACK = '^' .. string.rep('([^,]*),', NSTATE - 1) .. '([^,]*)$'
 local PACK = '%s,' .. string.rep('%d,', 5) .. '%s,%s,%d,%d,%d'
+local PACK_SET = string.rep('%d,', NSTATE - 1) .. '%d'  -- last run and lag set: one format, no optional field
 local COUNTED = {m = 'missed', c = 'coalesced', k = 'skipped', s = 'skipped', d = 'dropped'}
 local function int(x) return string.format('%d', x) end
 local function opt(v) if v == null then return nil end return v end
@@ -68,17 +73,19 @@ local function flush()
   for _, k in ipairs(order) do redis.call(unpack(calls[k])) end
 end
 
--- The schedules' next due scores go in one ZADD per call too; moved[id] says a schedule's is pending.
-local moves, moved = {'ZADD', due_key}, {}
+-- The schedules' next due scores go in one ZADD per call too.
+local moves, nmoves = {'ZADD', due_key}, 2
 local function move_due()
-  local call = moves
-  moves, moved = {'ZADD', due_key}, {}
-  if #call > 2 then redis.call(unpack(call)) end
+  local call, n = moves, nmoves
+  moves, nmoves = {'ZADD', due_key}, 2
+  if n > 2 then redis.call(unpack(call, 1, n)) end
 end
 
 local function push(tpl, job_id)
   if not queued[tpl.queue_key] then redis.call('SADD', queues_key, tpl.queue_key); queued[tpl.queue_key] = true end
-  for i, op in ipairs(tpl.push) do
+  local ops = tpl.push
+  for i = 1, #ops do
+    local op = ops[i]
     if tpl.fold then
       -- RPUSH/LPUSH/SADD k a, then k b == one call with a b: same order, same result.
       local k = tpl.folds[i]
@@ -102,43 +109,53 @@ local function index_group(ring, group, job_id)
   end
 end
 
--- A schedule's state is read with one HMGET and written back with one HSET (and HDEL).
+-- A schedule's state is read with one HMGET (with what the compare-and-set compares: t, n, u) and written
+-- back with one HSET (and HDEL); returns the state and the values read, or nil for the first release's layout.
+-- The state table is made with every field it may get, so it is never resized.
 local function load(id)
-  local v = redis.call('HMGET', prefix .. id, 'p', 's', 'b', 'spec')
+  local v = redis.call('HMGET', prefix .. id, 'p', 's', 'b', 'spec', 't', 'n', 'u')
   if v[4] then return nil end
-  local s = {id = id, paused = v[1], buffered_due = v[3], nlog = 0,
-    runs = 0, missed = 0, skipped = 0, dropped = 0, coalesced = 0, lag_sum = 0, lag_count = 0, records = 0}
+  local s = {id = id, paused = v[1], buffered_due = v[3], writes = {}, nwrites = 0,
+    runs = 0, missed = 0, skipped = 0, dropped = 0, coalesced = 0, lag_sum = 0, lag_count = 0, records = 0,
+    last_run = nil, lag_last = nil, lag_max = nil, changed = nil, group = nil, n = nil, b = nil}
   if v[2] then
     local values = {string.match(v[2], UNPACK)}
-    for n, name in ipairs(STATE) do s[name] = tonumber(values[n]) or s[name] end
+    for n = 1, NSTATE do s[STATE[n]] = tonumber(values[n]) or s[STATE[n]] end
   end
-  return s
+  return s, v
 end
 
+-- A run record goes straight into the HSET that save sends, in the ring's next slot.
+local SLOTS = {}  -- slot number -> field name ('r<n>'), made once per call
 local function log(s, rec)
-  if s.nlog == 0 then s.log = {rec} else s.log[s.nlog + 1] = rec end
-  s.nlog = s.nlog + 1
+  local k = s.records % keep
+  local slot = SLOTS[k]
+  if not slot then slot = 'r' .. int(k); SLOTS[k] = slot end
+  local writes, n = s.writes, s.nwrites
+  writes[n + 1], writes[n + 2], s.nwrites, s.records = slot, rec, n + 2, s.records + 1
+end
+
+local function pack(s)
+  if s.last_run and s.lag_last and s.lag_max then
+    return string.format(PACK_SET, s.last_run, s.runs, s.missed, s.skipped, s.dropped, s.coalesced, s.lag_last,
+      s.lag_max, s.lag_sum, s.lag_count, s.records)
+  end
+  return string.format(PACK, maybe(s.last_run), s.runs, s.missed, s.skipped, s.dropped, s.coalesced,
+    maybe(s.lag_last), maybe(s.lag_max), s.lag_sum, s.lag_count, s.records)
 end
 
 -- s.n and s.b are the fields n (next due) and b (buffered due) to write: a value, or false to delete it.
 local function save(s)
-  local hset, hdel, n = {}, {}, 0
-  for i = 1, s.nlog do
-    hset[n + 1], hset[n + 2], n = 'r' .. (s.records % keep), s.log[i], n + 2
-    s.records = s.records + 1
+  local hset, n, hdel = s.writes, s.nwrites, nil
+  if n > 0 or s.changed then hset[n + 1], hset[n + 2], n = 's', pack(s), n + 2 end
+  if s.n then hset[n + 1], hset[n + 2], n = 'n', s.n, n + 2 elseif s.n == false then hdel = {'n'} end
+  if s.b then
+    hset[n + 1], hset[n + 2], n = 'b', s.b, n + 2
+  elseif s.b == false then
+    if hdel then hdel[2] = 'b' else hdel = {'b'} end
   end
-  if s.nlog > 0 or s.changed then
-    hset[n + 1] = 's'
-    hset[n + 2] = string.format(PACK, maybe(s.last_run), s.runs, s.missed, s.skipped, s.dropped, s.coalesced,
-      maybe(s.lag_last), maybe(s.lag_max), s.lag_sum, s.lag_count, s.records)
-    n = n + 2
-  end
-  for _, field in ipairs({'n', 'b'}) do
-    if s[field] then hset[n + 1], hset[n + 2], n = field, s[field], n + 2
-    elseif s[field] == false then hdel[#hdel + 1] = field end
-  end
-  if n > 0 then redis.call('HSET', prefix .. s.id, unpack(hset)) end
-  if #hdel > 0 then redis.call('HDEL', prefix .. s.id, unpack(hdel)) end
+  if n > 0 then redis.call('HSET', prefix .. s.id, unpack(hset, 1, n)) end
+  if hdel then redis.call('HDEL', prefix .. s.id, unpack(hdel)) end
 end
 
 local function skip(s, code, rec)
@@ -210,10 +227,12 @@ local function create(s, f, tpl, data, retry)
 end
 
 local function fire_due(e, s, p, tpl, data)
-  local overlap, limit, retries = p[5], opt(p[7]), opt(e[6])
+  local overlap, limit, retries = p[5], opt(p[7]), opt(e[7])
   local created, skipped, dropped, done = 0, 0, 0, false
-  for _, r in ipairs(p[4]) do skip(s, r[1], r[2]) end
-  for i, f in ipairs(p[3]) do
+  local records, fires = p[4], p[3]
+  for i = 1, #records do skip(s, records[i][1], records[i][2]) end
+  for i = 1, #fires do
+    local f = fires[i]
     if limit and s.runs >= limit then done = true; break end
     local last, st = nil, nil
     if overlap ~= 'allow' or f[2] == 'b' then last, st = active(s) end
@@ -241,28 +260,26 @@ local function fire_due(e, s, p, tpl, data)
       created = created + create(s, f, tpl, data, retries and retries[i])
     end
   end
-  local next_score = opt(e[5])
+  local next_score = opt(e[6])
   if done or (limit and s.runs >= limit) or not next_score then
     redis.call('ZREM', due_key, s.id)
     s.n = false
   else
-    moves[#moves + 1], moves[#moves + 2], moved[s.id] = next_score, s.id, true
-    if #moves > 2000 then move_due() end
+    moves[nmoves + 1], moves[nmoves + 2], nmoves = next_score, s.id, nmoves + 2
+    if nmoves > 2000 then move_due() end
     s.n = opt(p[6]) or false
   end
+  if skipped == 0 and dropped == 0 then return created end
   return {created, skipped, dropped}
 end
 
 local function fire_entry(e)
   local id, p = e[1], plans[e[2]]
-  local group = opt(e[7])
+  local group = opt(e[8])
   local mode, tpl, data = p[1], templates[p[2]], ARGV[8 + e[3]]
   if mode == 'due' then
-    if moved[id] then move_due() end  -- the same schedule twice in a call: the first move is read back
-    local score = redis.call('ZSCORE', due_key, id)
-    if not score or (score ~= e[4] and tonumber(score) ~= tonumber(e[4])) then return -2 end
-    local s = load(id)
-    if not s then return -2 end
+    local s, v = load(id)
+    if not s or not v[5] or (v[6] or '') ~= e[4] or (v[7] or '') ~= e[5] then return -2 end
     s.group = group
     if s.paused == '1' then redis.call('ZREM', due_key, id); return -2 end
     local result = fire_due(e, s, p, tpl, data)
@@ -273,7 +290,7 @@ local function fire_entry(e)
   local s = load(id)
   if not s then return -2 end
   s.group = group
-  local retries = opt(e[6])
+  local retries = opt(e[7])
   if mode == 'buffer' then
     if not s.buffered_due or tonumber(s.buffered_due) ~= p[8] or active(s) or s.paused == '1' then return -2 end
     s.b = false

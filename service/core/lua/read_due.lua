@@ -4,9 +4,9 @@
 --       last member and score of the batch read before (a cursor): read after it while it is still there
 --       with that score (not fired yet), else from the head (it has fired, and so has its batch).
 -- Returns JSON [templates, rows]: each template the batch uses once, and per due schedule, earliest
--- first, six values: id, due score, template number (1-based; 0 = no schedule hash or template,
--- -1 = a hash in the first release's layout), next due (field n), buffered due (b), call (a).
--- One JSON string is parsed by Python's json C module; the same batch as RESP (six elements per
+-- first, seven values: id, due score, template number (1-based; 0 = no schedule hash or template,
+-- -1 = a hash in the first release's layout), next due (field n), buffered due (b), call (a), updated (u).
+-- One JSON string is parsed by Python's json C module; the same batch as RESP (seven elements per
 -- schedule) costs redis-py's parser far more. Templates shared by many schedules travel once.
 local limit, members = tonumber(ARGV[3]), nil
 local after = ARGV[4] and redis.call('ZSCORE', KEYS[1], ARGV[4])
@@ -25,9 +25,9 @@ end
 if #members == 0 then return '[[],[]]' end
 local specs, numbers, rows = {}, {}, {}
 for i = 1, #members, 2 do
-  local v = redis.call('HMGET', ARGV[1] .. members[i], 't', 'n', 'b', 'a', 'spec')
+  local v = redis.call('HMGET', ARGV[1] .. members[i], 't', 'n', 'b', 'a', 'u', 'spec')
   local template, n = v[1], 0
-  if v[5] then
+  if v[6] then
     n = -1
   elseif template then
     n = numbers[template]
@@ -42,6 +42,8 @@ for i = 1, #members, 2 do
       numbers[template] = n
     end
   end
-  for _, x in ipairs({members[i], members[i + 1], n, v[2] or '', v[3] or '', v[4] or ''}) do rows[#rows + 1] = x end
+  local r = #rows
+  rows[r + 1], rows[r + 2], rows[r + 3], rows[r + 4] = members[i], members[i + 1], n, v[2] or ''
+  rows[r + 5], rows[r + 6], rows[r + 7] = v[3] or '', v[4] or '', v[5] or ''
 end
 return cjson.encode({specs, rows})
