@@ -243,9 +243,8 @@ def test_a_schedule_put_answers_and_audits_as_flask_does(
             schedules.upsert(connection, "s-1", stored)
         answer = send(app, path, body, {"X-Request-Id": "client-id-0001", **(headers or {})}, method="PUT")
         events = [fields for _, fields in connection.xrange(AUDIT_KEY)]
-        answers.append(
-            (answer.status_code, STAMPS.sub("", answer.get_data(as_text=True)), dict(answer.headers), events)
-        )
+        seen_headers = {k: v for k, v in answer.headers.items() if k != "Content-Length"}  # it counts the stamps
+        answers.append((answer.status_code, STAMPS.sub("", answer.get_data(as_text=True)), seen_headers, events))
     assert answers[0] == answers[1]
     assert recorder.calls == (0 if case in PUT_FAST else 1), (
         "the fast path served it" if recorder.calls else "Flask did"
