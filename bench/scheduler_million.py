@@ -15,14 +15,21 @@ at whole seconds: every minute has ~16,700 due runs (~280 a second).
   missing or doubled.
 - PUT: a real gunicorn (gunicorn.conf.py, MAX_SCHEDULES raised) takes 2,000
   `PUT /schedules/<id>` replacing users' schedules, one at a time on one
-  keep-alive connection, while the scheduler fires: p50/p99/max.
+  keep-alive connection, while the scheduler fires: p50/p99/max. As many
+  again with the scheduler stopped (SIGSTOP), in alternate rounds of 250:
+  put_ms_scheduler_stopped. `--peer DIR` runs a second gunicorn from another
+  checkout (say, the code before a change) on the same Redis, taking turns
+  round by round: `peer`, and per-round p50 ratios ours/peer.
+  `--gunicorn-args "..."` passes flags to both (say, `--threads 1`).
 - RSS: the scheduler process's resident memory after the minute.
 - redis_calls_over_1ms_during_puts: what held Redis for a millisecond or more
-  (SLOWLOG) while the PUTs ran: a command that waits behind one waits that long.
+  (SLOWLOG) while our PUTs ran with the scheduler firing: a command that waits
+  behind one waits that long.
 
 `goals` lists issue 17's goals for these figures and whether this run met them.
 
-Usage: .venv/bin/python bench/scheduler_million.py [--schedules 1000000] [--puts 2000]
+Usage: .venv/bin/python bench/scheduler_million.py [--schedules 1000000] [--puts 2000] [--peer DIR]
+       [--gunicorn-args "..."]
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ import argparse
 import http.client
 import json
 import os
+import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -57,6 +66,8 @@ from service.schedules.spec import isoformat  # noqa: E402
 
 TOKEN = "bench-token-0123456789abcdef"
 HOUR = 3600
+ROUND = 250  # PUTs per round; the webs and the scheduler's states take turns round by round
+STATES = ("firing", "stopped")
 
 
 def spread(count: int, first_hour: datetime) -> dict[str, dict[str, Any]]:
@@ -81,9 +92,9 @@ def percentiles(values: list[float]) -> dict[str, float]:
     }
 
 
-def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def start(args: list[str], env: dict[str, str], log: Path, cwd: Path = ROOT) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:
-        return subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(args, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 def rss_mb(pid: int) -> float:
@@ -125,32 +136,66 @@ def run_growth(redis: Redis, count: int, first_hour: datetime, minute: datetime)
     return statistics.mean(sizes[: len(ran)]) - statistics.mean(sizes[len(ran) :])
 
 
-def put_latencies(port: int, puts: int) -> list[float]:
-    """Time `puts` PUTs replacing users' schedules (a new argument each), one at a time on one connection."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+def put_latencies(conn: http.client.HTTPConnection, first: int, puts: int, count: int) -> list[float]:
+    """Time `puts` PUTs replacing users' schedules (a new argument each) of the `count` stored, one at a time on
+    one connection."""
     headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
     times = []
-    for n in range(puts):
+    for n in range(first, first + puts):
         body = json.dumps({"task": "diag.echo", "args": [n, "v2"], "interval": HOUR})
         started = time.perf_counter()
-        conn.request("PUT", f"/schedules/user-{n * 7:07d}", body=body, headers=headers)
+        conn.request("PUT", f"/schedules/user-{n * 7 % count:07d}", body=body, headers=headers)
         response = conn.getresponse()
         response.read()
         times.append((time.perf_counter() - started) * 1000)
         assert response.status == 200, response.status
-    conn.close()
     return times
 
 
-def slow_calls(redis: Redis) -> dict[str, Any]:
-    """The SLOWLOG since it was reset (calls of 1 ms or more): how many, their durations, what they were."""
+def put_rounds(
+    redis: Redis, scheduler: subprocess.Popen[bytes], ports: dict[str, int], puts: int, count: int
+) -> dict[str, Any]:
+    """`puts` PUTs per web and scheduler state (firing, stopped), in rounds of ROUND taking turns; the SLOWLOG
+    of our PUTs while it fires; per-round p50 ratios of each web against ours."""
+    conns = {name: http.client.HTTPConnection("127.0.0.1", port, timeout=10) for name, port in ports.items()}
+    times: dict[tuple[str, str], list[float]] = {(name, state): [] for name in ports for state in STATES}
+    ratios: dict[str, list[float]] = {name: [] for name in ports if name != "ours"}
+    slow: list[dict[str, Any]] = []
+    done = 0
+    for round_ in range((puts + ROUND - 1) // ROUND):
+        size = min(ROUND, puts - round_ * ROUND)
+        for state in STATES if round_ % 2 == 0 else STATES[::-1]:
+            scheduler.send_signal(signal.SIGCONT if state == "firing" else signal.SIGSTOP)
+            medians = {}
+            for name in list(ports) if round_ % 2 == 0 else list(ports)[::-1]:
+                redis.slowlog_reset()
+                found = put_latencies(conns[name], done, size, count)
+                done += size
+                if (name, state) == ("ours", "firing"):  # the SLOWLOG's own commands aside
+                    slow += [e for e in redis.slowlog_get(10_000) if not e["command"].upper().startswith(b"SLOWLOG")]
+                times[name, state] += found
+                medians[name] = statistics.median(found)
+            for name in ratios:
+                ratios[name].append(medians["ours"] / medians[name])
+    for conn in conns.values():
+        conn.close()
+    out: dict[str, Any] = {"put_ms": percentiles(times["ours", "firing"])}
+    out["put_ms_scheduler_stopped"] = percentiles(times["ours", "stopped"])
+    out["redis_calls_over_1ms_during_puts"] = slow_calls(slow)
+    for name, found in ratios.items():
+        out[name] = {state: percentiles(times[name, state]) for state in STATES}
+        out[name]["p50_ratio_ours_to_it"] = round(statistics.median(found), 3)
+    return out
+
+
+def slow_calls(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """SLOWLOG entries (calls of 1 ms or more): how many, their durations, what they were."""
     names = {}
     for path in SCRIPTS_DIR.glob("*.lua"):
         try:
             names[script(path.stem).sha] = path.stem + ".lua"
         except ValueError:  # a script made with constants (the worker's): none of the schedule path's
             continue
-    entries = redis.slowlog_get(10_000)
     what: dict[str, int] = {}
     for entry in entries:
         words = entry["command"].split()
@@ -186,7 +231,9 @@ def wait_for_http(port: int) -> None:
     raise RuntimeError("gunicorn did not answer")
 
 
-def measure(redis: Redis, url: str, folder: Path, count: int, puts: int) -> dict[str, Any]:
+def measure(
+    redis: Redis, url: str, folder: Path, count: int, puts: int, trees: dict[str, Path], flags: list[str]
+) -> dict[str, Any]:
     now = server_now(redis)
     first_hour = now.replace(second=0, microsecond=0) - timedelta(hours=1)  # every schedule already in its hours
     before = used_memory(redis)
@@ -197,11 +244,15 @@ def measure(redis: Redis, url: str, folder: Path, count: int, puts: int) -> dict
     env = {**os.environ, "REDIS_URL": url, "PYTHONPATH": str(ROOT), "LOG_LEVEL": "WARNING"}
     env.update(API_TOKENS=TOKEN, MAX_SCHEDULES=str(2 * count), WEB_CONCURRENCY="1")
     scheduler = start([sys.executable, "scheduler.py"], env, folder / "scheduler.log")
-    port = free_port()
-    web = start([sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "service:create_app()"],
-                {**env, "PORT": str(port)}, folder / "web.log")  # fmt: skip
+    ports = {name: free_port() for name in trees}
+    command = [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", *flags, "service:create_app()"]
+    webs = [
+        start(command, {**env, "PYTHONPATH": str(tree), "PORT": str(ports[name])}, folder / f"web-{name}.log", tree)
+        for name, tree in trees.items()
+    ]
     try:
-        wait_for_http(port)
+        for port in ports.values():
+            wait_for_http(port)
         steady = wait_steady(redis)
         minute = steady.replace(second=0, microsecond=0) + timedelta(minutes=1)
         while server_now(redis) < minute + timedelta(seconds=80):  # the whole minute, and what fires late
@@ -210,11 +261,10 @@ def measure(redis: Redis, url: str, folder: Path, count: int, puts: int) -> dict
         rss = rss_mb(scheduler.pid)
         redis.config_set("slowlog-log-slower-than", 1000)
         redis.config_set("slowlog-max-len", 10_000)
-        redis.slowlog_reset()
-        put_ms = put_latencies(port, puts)
-        slow = slow_calls(redis)
+        put = put_rounds(redis, scheduler, ports, puts, count)
     finally:
-        for process in (scheduler, web):
+        scheduler.send_signal(signal.SIGCONT)  # if a round stopped it
+        for process in (scheduler, *webs):
             process.terminate()
             process.wait(30)
     queued = redis.lrange("rq:queue:default", 0, -1)
@@ -230,9 +280,8 @@ def measure(redis: Redis, url: str, folder: Path, count: int, puts: int) -> dict
         "minute_runs": len(lags) + missing,
         "minute_missing": missing,
         "lag_ms": percentiles(lags),
-        "put_ms": percentiles(put_ms),
+        **put,
         "scheduler_rss_mb": rss,
-        "redis_calls_over_1ms_during_puts": slow,
         "redis_used_memory_mb": round(int(redis.info("memory")["used_memory"]) / 2**20),
     }
 
@@ -257,13 +306,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--schedules", type=int, default=1_000_000)
     parser.add_argument("--puts", type=int, default=2000)
+    parser.add_argument("--peer", type=Path, help="another checkout whose gunicorn takes turns with ours")
+    parser.add_argument("--gunicorn-args", default="", help="flags for both gunicorns, say '--threads 1'")
     options = parser.parse_args()
+    trees = {"ours": ROOT, **({"peer": options.peer.resolve()} if options.peer else {})}
     loadavg = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as folder:
         server = EmbeddedRedis(Path(folder) / "redis").start()
         try:
             redis = Redis.from_url(server.url)
-            figures = measure(redis, server.url, Path(folder), options.schedules, options.puts)
+            flags = shlex.split(options.gunicorn_args)
+            figures = measure(redis, server.url, Path(folder), options.schedules, options.puts, trees, flags)
         finally:
             server.stop()
     out = {"bench": "scheduler_million", "cores": os.cpu_count(), "loadavg_1m_at_start": round(loadavg, 2)}

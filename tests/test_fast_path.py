@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -14,14 +15,16 @@ from flask import Flask
 from redis import Redis
 
 from service import create_app
-from service.api.fast import FastEnqueue
+from service.api.fast import FastPath
 from service.api.jobs import enqueued
 from service.api.render import batch_text
 from service.core.config import Limits, Settings
 from service.core.connection import connect
+from service.core.keys import AUDIT_KEY
 from service.dev.embedded_redis import EmbeddedRedis
 from service.jobs import enqueue
 from service.jobs.schemas import JobRequest
+from service.schedules import operations as schedules
 from tests.conftest import TOKEN
 
 READER = "reader:read:reader-secret-0123456789"
@@ -54,7 +57,7 @@ FAST = {"one job", "a batch", "charset in the media type", "an unknown parent", 
 class Recorder:
     """Flask's WSGI app behind the fast path, counting the requests that reach it."""
 
-    def __init__(self, fast: FastEnqueue) -> None:
+    def __init__(self, fast: FastPath) -> None:
         self.flask, self.calls = fast.flask, 0
         fast.flask = self
 
@@ -66,20 +69,20 @@ class Recorder:
 @pytest.fixture
 def apps(settings: Settings, connection: Redis) -> Iterator[tuple[Flask, Flask, Recorder]]:
     """The same service twice: with its fast path (and a recorder behind it), and with Flask alone."""
-    limited = replace(settings, api_tokens=(TOKEN, READER), limits=Limits(queue_length=3))
+    limited = replace(settings, api_tokens=(TOKEN, READER), limits=Limits(queue_length=3, schedules=1))
     fast = create_app(limited, connection=connect(settings.redis_url, role="web"))
     flask = create_app(limited, connection=connect(settings.redis_url, role="web"))
-    assert isinstance(fast.wsgi_app, FastEnqueue) and isinstance(flask.wsgi_app, FastEnqueue)
+    assert isinstance(fast.wsgi_app, FastPath) and isinstance(flask.wsgi_app, FastPath)
     flask.wsgi_app = flask.wsgi_app.flask  # type: ignore[method-assign]
     yield fast, flask, Recorder(fast.wsgi_app)
     for app in (fast, flask):
         app.extensions["redis"].connection_pool.disconnect()
 
 
-def send(app: Flask, path: str, body: Any, headers: dict[str, str] | None) -> Any:
+def send(app: Flask, path: str, body: Any, headers: dict[str, str] | None, method: str = "POST") -> Any:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     sent = {"Authorization": f"Bearer {TOKEN}", "Content-Type": JSON, **(headers or {})}
-    return app.test_client().post(path, data=data, headers={k: v for k, v in sent.items() if v})
+    return app.test_client().open(path, method=method, data=data, headers={k: v for k, v in sent.items() if v})
 
 
 def seen(response: Any) -> tuple[int, Any, dict[str, str]]:
@@ -144,7 +147,7 @@ def test_a_request_hook_it_does_not_know_turns_the_fast_path_off(
     fast.before_request(lambda: None)  # say, a rate limit added later: the fast path must not skip it
     with caplog.at_level(logging.WARNING, logger="service.api.fast"):
         assert send(fast, "/jobs", ECHO, None).status_code == 202
-    assert recorder.calls == 1 and "fast path for POST /jobs off" in caplog.text
+    assert recorder.calls == 1 and "fast path for POST /jobs and PUT /schedules off" in caplog.text
 
 
 def test_a_clients_request_id_is_echoed_as_flask_does(apps: tuple[Flask, Flask, Recorder]) -> None:
@@ -180,3 +183,80 @@ def test_a_batch_answer_is_the_text_the_json_provider_writes(
     answer = send(fast, "/jobs/batch", {"jobs": VARIED[:3]}, None)
     assert answer.status_code == 202 and recorder.calls == 0
     assert [job["args"] for job in answer.get_json()["jobs"]] == [job.get("args", []) for job in VARIED[:3]]
+
+
+# PUT /schedules/<id>: name: (path, body, headers, what is stored first). A fixed start keeps next_run_at fixed.
+HOURLY = {"task": "diag.echo", "args": [1], "interval": 3600, "start_at": "2100-01-01T00:00:00Z"}
+PUTS: dict[str, tuple[str, Any, dict[str, str] | None, dict[str, Any] | None]] = {
+    "a new schedule": ("/schedules/s-1", HOURLY, None, None),
+    "a replaced schedule": ("/schedules/s-1", {**HOURLY, "args": [2]}, None, HOURLY),
+    "an identical body": ("/schedules/s-1", HOURLY, None, HOURLY),
+    "the id in the body": ("/schedules/s-1", {**HOURLY, "id": "s-1"}, None, None),
+    "a path that routes elsewhere": ("/schedules/preview", HOURLY, None, None),
+    "a cron in a zone": (
+        "/schedules/s-1",
+        {"task": "diag.echo", "cron": "0 9 * * 1-5", "timezone": "Europe/Paris"},
+        None,
+        None,
+    ),
+    "past the cap (MAX_SCHEDULES 1)": ("/schedules/s-2", HOURLY, None, HOURLY),
+    "a calendar that does not exist": ("/schedules/s-1", {**HOURLY, "skip_calendars": ["none"]}, None, None),
+    "another id in the body": ("/schedules/s-1", {**HOURLY, "id": "s-2"}, None, None),
+    "a bad field": ("/schedules/s-1", {**HOURLY, "interval": -1}, None, None),
+    "an unknown task": ("/schedules/s-1", {**HOURLY, "task": "os.system"}, None, None),
+    "not an object": ("/schedules/s-1", [HOURLY], None, None),
+    "malformed JSON": ("/schedules/s-1", b'{"task": ', None, None),
+    "an id the service never makes": ("/schedules/a.b", HOURLY, None, None),
+    "a query string": ("/schedules/s-1?x=1", HOURLY, None, None),
+    "a token without the operate scope": (
+        "/schedules/s-1",
+        HOURLY,
+        {"Authorization": f"Bearer {READER.split(':')[2]}"},
+        None,
+    ),
+    "no token": ("/schedules/s-1", HOURLY, {"Authorization": ""}, None),
+}
+PUT_FAST = {
+    "a new schedule",
+    "a replaced schedule",
+    "an identical body",
+    "the id in the body",
+    "a path that routes elsewhere",
+    "a cron in a zone",
+    "past the cap (MAX_SCHEDULES 1)",
+    "a calendar that does not exist",
+}
+STAMPS = re.compile(r'"(created_at|updated_at)":"[^"]*"')
+
+
+@pytest.mark.parametrize("case", PUTS)
+def test_a_schedule_put_answers_and_audits_as_flask_does(
+    case: str, apps: tuple[Flask, Flask, Recorder], connection: Redis
+) -> None:
+    """The same bytes (but the times it was stored), headers and audit events; 201, 200, unchanged alike."""
+    fast, flask, recorder = apps
+    path, body, headers, stored = PUTS[case]
+    answers = []
+    for app in (fast, flask):
+        connection.flushdb()
+        if stored is not None:
+            schedules.upsert(connection, "s-1", stored)
+        answer = send(app, path, body, {"X-Request-Id": "client-id-0001", **(headers or {})}, method="PUT")
+        events = [fields for _, fields in connection.xrange(AUDIT_KEY)]
+        seen_headers = {k: v for k, v in answer.headers.items() if k != "Content-Length"}  # it counts the stamps
+        answers.append((answer.status_code, STAMPS.sub("", answer.get_data(as_text=True)), seen_headers, events))
+    assert answers[0] == answers[1]
+    assert recorder.calls == (0 if case in PUT_FAST else 1), (
+        "the fast path served it" if recorder.calls else "Flask did"
+    )
+
+
+def test_a_schedule_put_names_the_client_behind_trusted_proxies(settings: Settings, connection: Redis) -> None:
+    """With TRUSTED_PROXY_HOPS, the fast path's audit event names the address the proxy forwarded."""
+    app = create_app(replace(settings, trusted_proxy_hops=1), connection=connect(settings.redis_url, role="web"))
+    connection.flushdb()
+    answer = send(app, "/schedules/s-1", HOURLY, {"X-Forwarded-For": "203.0.113.7"}, method="PUT")
+    assert answer.status_code == 201
+    [(_, fields)] = connection.xrange(AUDIT_KEY)
+    assert fields[b"remote_addr"] == b"203.0.113.7" and fields[b"action"] == b"schedule.put"
+    app.extensions["redis"].connection_pool.disconnect()

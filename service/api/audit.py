@@ -6,15 +6,18 @@ from __future__ import annotations
 import logging
 import os
 import re
+from typing import Any
 
 from flask import Blueprint, Flask, Response, g, jsonify, request
 from pydantic import BaseModel, Field
+from redis import Redis
 from redis.exceptions import RedisError
 
 from service.api.context import redis, settings
 from service.api.openapi import document
 from service.api.query import query
 from service.api.scopes import route_for
+from service.core.config import ApiToken
 from service.jobs.schemas import Query, QueryInt
 from service.ops import audit
 from service.ops.audit import AuditEvent, RideAlong
@@ -83,36 +86,61 @@ def ride_along() -> RideAlong | None:
 
 def _event(status: int) -> AuditEvent | None:
     rule = request.url_rule.rule if request.url_rule is not None else request.path
+    return event_of(
+        status,
+        request.method,
+        rule,
+        request.endpoint,
+        request.view_args or {},
+        g.get("principal"),
+        request.remote_addr or "",
+        g.get("request_id", ""),
+    )
+
+
+def event_of(
+    status: int,
+    method: str,
+    rule: str,
+    endpoint: str | None,
+    values: dict[str, Any],
+    principal: ApiToken | None,
+    remote_addr: str,
+    request_id: str,
+) -> AuditEvent | None:
+    """The event of an answer with `status` to a request (a denial, an accepted audited route), or None."""
     if status in DENIALS:
-        action, target = DENIALS[status], f"{request.method} {rule}"
-    elif 200 <= status < 400 and request.endpoint is not None and route_for(request.endpoint).action:
-        route, values = route_for(request.endpoint), request.view_args or {}
+        action, target = DENIALS[status], f"{method} {rule}"
+    elif 200 <= status < 400 and endpoint is not None and route_for(endpoint).action:
+        route = route_for(endpoint)
         action, target = str(route.action).format_map(values), route.target.format_map(values)
     else:
         return None
-    principal = g.get("principal")
     return AuditEvent(
         principal=principal.name if principal is not None else "anonymous",
         action=action,
         target=target,
         status=status,
-        remote_addr=request.remote_addr or "",
-        request_id=g.get("request_id", ""),
+        remote_addr=remote_addr,
+        request_id=request_id,
     )
 
 
 def record_and_tag(response: Response) -> Response:
     """After every request: record its audit event (one XADD; reads and enqueues make none) unless the write's
     own script did (ride_along); echo X-Request-Id."""
-    event = event_for(response)
-    ride = g.get("audit_ride")
-    if event is not None and not (ride is not None and ride.recorded):
-        try:
-            audit.record(redis(), event, settings().limits.audit_events)
-        except RedisError as exc:  # the change stands; the log line above the stream still has it
-            log.warning("audit event not stored: Redis unavailable (%s)", type(exc).__name__)
+    settle(redis(), event_for(response), g.get("audit_ride"), settings().limits.audit_events)
     response.headers["X-Request-Id"] = g.get("request_id", "")
     return response
+
+
+def settle(connection: Redis, event: AuditEvent | None, ride: RideAlong | None, max_events: int) -> None:
+    """Record the answer's `event`, if any, unless the write's own script recorded it (`ride`)."""
+    if event is not None and not (ride is not None and ride.recorded):
+        try:
+            audit.record(connection, event, max_events)
+        except RedisError as exc:  # the change stands; the log line above the stream still has it
+            log.warning("audit event not stored: Redis unavailable (%s)", type(exc).__name__)
 
 
 def init_app(app: Flask) -> None:

@@ -91,14 +91,20 @@ def upsert(
     `audit`: the request's audit event, recorded by the write itself (status 201 or 200); an unchanged
     schedule writes nothing and leaves it unrecorded (audit.recorded False) for its caller to record.
     """
+    spec = validated(schedule_id, data, limits)
+    cap = limits.schedules if limits is not None else None
+    return save(connection, schedule_id, spec, origin=origin, now=now, max_schedules=cap, audit=audit)
+
+
+def validated(schedule_id: str, data: Any, limits: Limits | None = None) -> ScheduleSpec:
+    """`data` checked as the spec of `schedule_id` (and against `limits`: see upsert); InvalidField otherwise."""
     check_schedule_id(schedule_id)
     if isinstance(data, dict) and "id" in data and data["id"] != schedule_id:
         raise InvalidField("id", f"{data['id']!r} differs from the id in the path {schedule_id!r}")
     spec = parse_spec(data)
-    if limits is None:
-        return save(connection, schedule_id, spec, origin=origin, now=now, audit=audit)
-    REGISTRY.get(spec.task).check_request(spec.args, spec.kwargs, limits)
-    return save(connection, schedule_id, spec, origin=origin, now=now, max_schedules=limits.schedules, audit=audit)
+    if limits is not None:
+        REGISTRY.get(spec.task).check_request(spec.args, spec.kwargs, limits)
+    return spec
 
 
 def save(

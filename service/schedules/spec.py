@@ -33,6 +33,11 @@ TRIGGERS = ("cron", "interval", "at")
 # beyond this; the cap keeps arithmetic and croniter inside sane years.
 LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 
+# Checking an expression (croniter parses it twice) and building a rule cost ~170 us each; a PUT, its answer
+# and the schedules read back name few distinct ones. A rule holds no state between calls: shared safely.
+_checked_expression = functools.lru_cache(maxsize=4096)(check_expression)
+_cron_rule = functools.lru_cache(maxsize=4096)(CronRule)
+
 Seconds = Annotated[int | float, Field(ge=0, le=366 * 86400)]
 
 
@@ -132,7 +137,7 @@ class ScheduleSpec(Strict):
         if value is None:
             return None
         try:
-            return check_expression(value)
+            return _checked_expression(value)
         except CronSyntaxError as exc:
             raise ValueError(str(exc)) from None
 
@@ -178,7 +183,7 @@ class ScheduleSpec(Strict):
 
     def cron_rule(self) -> CronRule:
         assert self.cron is not None
-        return CronRule(self.cron, self.timezone, self.dst_gap, self.dst_fold)
+        return _cron_rule(self.cron, self.timezone, self.dst_gap, self.dst_fold)
 
     def next_due_after(self, after: datetime, rule: CronRule | None = None) -> datetime | None:
         """Return the first due instant strictly after `after` within start_at/end_at, or None."""
