@@ -20,6 +20,7 @@ run: $(INSTALLED)  ## start web, worker and scheduler (and an embedded Redis whe
 
 # Debian packages some tests need: chromium (the browser test), redis-server
 # (the TLS test, as the wheels' servers have no TLS, and the server matrix),
+# libjemalloc2 (preloaded into the wheels' servers, built with libc's malloc),
 # faketime (clock tests, the soak's clock jump) and prometheus (the tests of
 # docs/prometheus and docs/grafana: promtool and the server). As root with
 # apt-get, install what is missing; elsewhere those tests say why they skip.
@@ -27,6 +28,7 @@ system-deps:
 	@missing=""; \
 	command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || missing="$$missing chromium"; \
 	test -x /usr/bin/redis-server || missing="$$missing redis-server"; \
+	ldconfig -p 2>/dev/null | grep -q libjemalloc || missing="$$missing libjemalloc2"; \
 	command -v faketime >/dev/null 2>&1 || missing="$$missing faketime"; \
 	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \

