@@ -208,6 +208,9 @@ def count_refs(pipe: Pipeline, before: ScheduleSpec | None, after: ScheduleSpec 
         pipe.hincrby(CalendarKeys.refs, calendar_id, -1)
 
 
+NO_DATES: frozenset[str] = frozenset()
+
+
 class CalendarCache:
     """Calendars' dates as the readers of one process last saw them, refreshed when their digest changes.
 
@@ -217,6 +220,8 @@ class CalendarCache:
 
     def __init__(self, per_pass: bool = False) -> None:
         self._dates: dict[str, tuple[str, frozenset[str]]] = {}
+        # SkipDates made per skip key, with the calendars' date sets they were made of: a burst's batches share them.
+        self._skips: dict[SkipKey, tuple[tuple[frozenset[str], ...], SkipDates]] = {}
         self._warned: set[str] = set()
         self._checked: set[str] | None = set() if per_pass else None
 
@@ -261,14 +266,20 @@ class CalendarCache:
 
     def skips(self, connection: Redis, specs: Iterable[ScheduleSpec]) -> dict[SkipKey, SkipDates]:
         """SkipDates by skip_key() of the specs that skip any date; one digest read for all of them."""
-        wanted = {skip_key(spec): spec for spec in specs if spec.skip_calendars or spec.skip_dates}
+        distinct = {id(spec): spec for spec in specs}  # schedules made from one template share its spec
+        wanted = {skip_key(spec): spec for spec in distinct.values() if spec.skip_calendars or spec.skip_dates}
         if not wanted:
             return {}
         dates = self.dates(connection, (c for spec in wanted.values() for c in spec.skip_calendars))
+        if len(self._skips) > 10_000:
+            self._skips.clear()
         found = {}
         for key, spec in wanted.items():
-            union = frozenset(spec.skip_dates).union(*(dates.get(c, frozenset()) for c in spec.skip_calendars))
-            found[key] = SkipDates(spec.timezone, union)
+            sets = tuple(dates.get(c, NO_DATES) for c in spec.skip_calendars)
+            made = self._skips.get(key)
+            if made is None or any(a is not b for a, b in zip(made[0], sets, strict=True)):  # a calendar changed
+                made = self._skips[key] = (sets, SkipDates(spec.timezone, frozenset(spec.skip_dates).union(*sets)))
+            found[key] = made[1]
         return found
 
     def skip(self, connection: Redis, spec: ScheduleSpec) -> SkipDates | None:
