@@ -21,7 +21,7 @@ from redis import Redis
 from service import create_app
 from service.core.config import Settings
 from service.core.connection import connect
-from service.dev.embedded_redis import EmbeddedRedis, selected_server, server_binary
+from service.dev.embedded_redis import EmbeddedRedis, selected_server, server_binary, server_env
 from tests.processes import Processes
 
 TOKEN = "test-token-0123456789abcdef"
@@ -35,7 +35,8 @@ def pytest_report_header() -> str:
     except (ValueError, FileNotFoundError) as exc:  # the session server says so again, failing the tests
         return f"redis server: {exc}"
     version = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.strip()
-    return f"redis server: {selected_server()} ({version})"
+    preload = (server_env(selected_server()) or {}).get("LD_PRELOAD")
+    return f"redis server: {selected_server()} ({version}{f'; {preload} preloaded' if preload else ''})"
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
