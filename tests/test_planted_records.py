@@ -70,14 +70,19 @@ def test_a_batch_key_of_another_type_is_not_found(client: FlaskClient, connectio
     assert client.get(f"/batches/{BATCH}", headers=AUTH).status_code == 404
 
 
-@pytest.mark.parametrize("call", ["[1,2,3,4]", "not json", "[[], {}, 5]", '"x"', "[]", "[" * 5000, "\udcff"])
-def test_a_schedule_with_a_planted_call_is_damaged_until_put_again_or_deleted(
-    client: FlaskClient, connection: Redis, call: str
+CALLS = ["[1,2,3,4]", "not json", "[[], {}, 5]", '"x"', "[]", "[" * 5000, "\udcff"]
+# Times the API shows (created, updated, next due, buffered run, the state's last run) that are none.
+TIMES = [("c", "x"), ("u", "9" * 20), ("b", "-" + "9" * 16), ("s", "9" * 20 + ",1")]
+
+
+@pytest.mark.parametrize(("field", "value"), [*(("a", call) for call in CALLS), *TIMES])
+def test_a_schedule_with_a_planted_call_or_time_is_damaged_until_put_again_or_deleted(
+    client: FlaskClient, connection: Redis, field: str, value: str
 ) -> None:
     body = {"task": "diag.echo", "interval": 60}
     for schedule_id in ("bad", "good"):
         assert client.put(f"/schedules/{schedule_id}", json=body, headers=AUTH).status_code == 201
-    connection.hset(ScheduleKeys.schedule("bad"), "a", call.encode(errors="surrogateescape"))
+    connection.hset(ScheduleKeys.schedule("bad"), field, value.encode(errors="surrogateescape"))
     for method, path in [("GET", "/schedules/bad"), ("GET", "/schedules/bad/runs"), ("POST", "/schedules/bad/run"),
                          ("POST", "/schedules/bad/pause"), ("GET", "/schedules/bad/preview")]:  # fmt: skip
         answer = client.open(path, method=method, headers=AUTH)

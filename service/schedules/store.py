@@ -305,7 +305,13 @@ def from_raw(schedule_id: str, raw: dict[str, str], known: dict[str, str]) -> St
 def readable(stored: StoredSchedule) -> bool:
     """True when every field of `stored` reads (a record planted in Redis may not); a damaged one is logged."""
     try:
-        stored.spec, stored.state, stored.next_due, stored.buffered_due  # noqa: B018 - each parses a field
+        stored.spec  # noqa: B018 - parses the template and call
+        # Each time the API shows must be one (a planted "x" or 20 digits is not).
+        for ms in (stored.number("c"), stored.number("u"), stored.next_due, stored.buffered_due):
+            if ms is not None:
+                from_ms(ms)
+        if stored.state.last_run_at is not None:
+            from_ms(stored.state.last_run_at)
         return True
     except Exception as exc:  # whatever a planted record holds
         log.warning("schedule %r cannot be read (%s): left alone", stored.id[:100], type(exc).__name__)
