@@ -8,6 +8,7 @@ make the other change land in that gap (right after the read) and check what a u
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -15,8 +16,11 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 from redis import Redis
+from redis.connection import AbstractConnection
 
 import service.tasks.diag  # noqa: F401 - registers diag.*
+from service.core import clock
+from service.core.clock import server_now
 from service.core.errors import InvalidField, ScheduleLimitReached
 from service.core.keys import CalendarKeys, ScheduleKeys
 from service.schedules import calendars
@@ -32,7 +36,11 @@ T0 = datetime(2030, 1, 1, tzinfo=UTC)
 @pytest.fixture
 def meanwhile(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Callable[[], Any]], list[int]]]:
     """`meanwhile(change)`: the next schedule write runs `change` once, right after it read the schedule;
-    returns a list that gets one item per schedule read from then on (the change's own included)."""
+    returns a list that gets one item per schedule read from then on (the change's own included).
+
+    The gap exists on the two-round-trip path only (the one-round-trip write reads and writes in one
+    script): writes take that path here, as they do whenever the one-trip plan does not fit."""
+    monkeypatch.setattr(schedules, "_guessed_write", lambda *args: (None, None))
     original = schedules._read_for_write
     reads: list[int] = []
     pending: list[Callable[[], Any]] = []
@@ -184,3 +192,113 @@ def test_a_bulk_write_naming_a_calendar_deleted_meanwhile_writes_none_of_its_chu
         schedules.upsert_many(connection, items)
     assert refused.value.field == "skip_calendars" and "'holidays' is not a calendar" in refused.value.message
     assert snapshot(connection) == before  # not even a's change, which named no calendar
+
+
+@pytest.fixture
+def trips(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts every request redis-py sends from now on (a pipeline is one)."""
+    sent = [0]
+    original = AbstractConnection.send_packed_command
+
+    def counted(self: Any, command: Any, check_health: bool = True) -> None:
+        sent[0] += 1
+        original(self, command, check_health)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
+    return sent
+
+
+def assert_due_within(connection: Redis, interval: int) -> None:
+    """Schedule s is next due within `interval` seconds of Redis's clock (an interval's due times are aligned)."""
+    due, now = connection.zscore(ScheduleKeys.due, "s"), server_now(connection).timestamp()
+    assert due is not None and now - 1 < due / 1000 <= now + interval + 1
+
+
+def run_once(connection: Redis, schedule_id: str) -> None:
+    """One run of the schedule recorded in its state (counters, last run), as the scheduler leaves it."""
+    schedules.run_now(connection, schedule_id)
+    assert schedules.get(connection, schedule_id)["counters"]["runs"] == 1
+
+
+def test_a_replace_is_one_round_trip_and_keeps_the_run_state_origin_and_one_template(
+    connection: Redis, trips: list[int]
+) -> None:
+    schedules.upsert(connection, "s", BODY, origin="code")
+    run_once(connection, "s")
+    before = schedules.get(connection, "s")
+    trips[0] = 0
+    answer, created = schedules.upsert(connection, "s", {**BODY, "interval": 90, "args": [1]})
+    assert trips[0] == 1 and not created
+    assert answer["interval"] == 90 and answer["args"] == [1] and answer["origin"] == "code"
+    assert answer["counters"] == before["counters"] and answer["last_run_at"] == before["last_run_at"]
+    assert answer["created_at"] == before["created_at"] and answer["updated_at"] > before["updated_at"]
+    assert schedules.get(connection, "s") == answer
+    assert connection.hlen(ScheduleKeys.templates) == 1  # the 60 s template went with its last user
+    assert connection.hgetall(ScheduleKeys.template_refs) == {connection.hget(ScheduleKeys.schedule("s"), "t"): b"1"}
+    assert_due_within(connection, 90)
+
+
+def test_a_new_schedule_and_an_unchanged_one_are_one_round_trip_each(connection: Redis, trips: list[int]) -> None:
+    answer, created = schedules.upsert(connection, "s", BODY)
+    assert trips[0] == 1 and created and answer["origin"] == "api" and answer["created_at"] == answer["updated_at"]
+    before = snapshot(connection)
+    trips[0] = 0
+    again, created = schedules.upsert(connection, "s", BODY)
+    assert trips[0] == 1 and not created and again == answer
+    assert snapshot(connection) == before  # nothing written
+
+
+def pause_it(connection: Redis) -> None:
+    schedules.pause(connection, "s", "maintenance")
+
+
+def own_by_file(connection: Redis) -> None:
+    schedules.delete(connection, "s")
+    schedules.upsert(connection, "s", BODY, origin="file")
+
+
+def skip_holidays(connection: Redis) -> None:
+    schedules.upsert(connection, "s", {**BODY, "skip_calendars": ["holidays"]})
+
+
+def damage_state(connection: Redis) -> None:
+    connection.hset(ScheduleKeys.schedule("s"), "s", "x,y")
+
+
+def host_clock_off(connection: Redis) -> None:
+    clock.set_offset(clock.offset() - 300)  # this process's idea of Redis's clock five minutes behind
+
+
+@pytest.mark.parametrize(
+    ("stored", "check"),
+    [
+        (pause_it, lambda a: a["paused"] and a["next_run_at"] is None and a["note"] == "maintenance"),
+        (own_by_file, lambda a: a["origin"] == "api"),
+        (skip_holidays, lambda a: a["skip_calendars"] == []),
+        (damage_state, lambda a: a["counters"]["runs"] == 0),  # written from a clean hash, as before
+        (host_clock_off, lambda a: a["next_run_at"] is not None),
+    ],
+    ids=["paused", "file-owned", "other-calendars", "damaged-state", "clock-off"],
+)
+def test_a_replace_the_one_trip_plan_does_not_fit_is_written_from_its_answer_in_two_round_trips(
+    connection: Redis,
+    trips: list[int],
+    monkeypatch: pytest.MonkeyPatch,
+    stored: Callable[[Redis], None],
+    check: Callable[[dict[str, Any]], bool],
+) -> None:
+    monkeypatch.setattr(clock, "_offset", clock.offset())  # restored after
+    calendars.put(connection, "holidays", {"dates": ["2030-01-01"]})
+    schedules.upsert(connection, "s", BODY)
+    stored(connection)
+    trips[0] = 0
+    answer, created = schedules.upsert(connection, "s", {**BODY, "interval": 30})
+    # A damaged record is written from a clean hash, as a new schedule (201), as before.
+    assert trips[0] == 2 and created == (stored is damage_state) and answer["interval"] == 30 and check(answer)
+    assert schedules.get(connection, "s") == answer
+    if not answer["paused"]:  # due by Redis's clock, whatever this host's says
+        assert_due_within(connection, 30)
+    assert abs(clock.offset() - (server_now(connection).timestamp() - time.time())) < 1  # learnt from the answer
+    trips[0] = 0
+    schedules.upsert(connection, "s", {**BODY, "interval": 20, **({"paused": True} if answer["paused"] else {})})
+    assert trips[0] == 1  # what was stored now fits the plan

@@ -10,6 +10,7 @@ it is not waited for (a PUT: one due before every other).
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -19,6 +20,7 @@ from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import ResponseError, WatchError
 
+from service.core import clock
 from service.core.clock import EPOCH, server_now
 from service.core.config import Limits
 from service.core.errors import InvalidField, ScheduleDamaged, ScheduleLimitReached, ScheduleNotFound
@@ -125,20 +127,26 @@ def save(
     an operator paused. `max_schedules`: refuse a new id once the index holds
     that many (counted by the writing script, so concurrent creations cannot pass it).
 
-    Two round trips: Redis's clock, the schedule and its template (read_schedule.lua), then one script
-    (put_schedule.lua) that writes only if the schedule is still as read (else
-    this reads again), checks the cap and the calendars it names, and answers the
-    hash as written.
+    One round trip when the write can be planned before reading (see _guessed_write): put_schedule.lua
+    turns a new schedule's plan into a replacement of the stored one. Otherwise, or when what is stored
+    is not what that plan assumes, two: Redis's clock, the schedule and its template (read_schedule.lua,
+    or the first script's answer), then put_schedule.lua writing only if the schedule is still as read
+    (else this reads again); it checks the cap and the calendars it names, and answers the hash as written.
     """
     if spec.queue is None:
         spec = spec.model_copy(update={"queue": spec.lane})  # echo the lane it will run in
     split = split_spec(spec)
     spec_json = join_spec(*split)
+    read = None
+    if now is None and paused is None and spec.at is None and origin != "file":
+        answer, read = _guessed_write(connection, schedule_id, spec, split, origin, max_schedules, audit)
+        if answer is not None:
+            return answer
     while True:
-        read = _read_for_write(connection, schedule_id, now)
+        read = read or _read_for_write(connection, schedule_id, now)
         if read is None:
             continue
-        at, seen, current = read
+        (at, seen, current), read = read, None
         wanted = _paused(spec, current, paused)
         if current is not None and current.spec_json == spec_json and current.paused == wanted:
             return describe_all(connection, [current])[0], False
@@ -154,23 +162,95 @@ def save(
             return describe_all(connection, [stored])[0], current is None
 
 
-def _read_for_write(
-    connection: Redis, schedule_id: str, now: datetime | None
-) -> tuple[datetime, list[bytes | None], StoredSchedule | None] | None:
+Read = tuple[datetime, list[bytes | None], StoredSchedule | None]
+
+
+def _guessed_write(
+    connection: Redis,
+    schedule_id: str,
+    spec: ScheduleSpec,
+    split: tuple[str, str],
+    origin: str,
+    max_schedules: int | None,
+    audit: RideAlong | None,
+) -> tuple[tuple[dict[str, Any], bool] | None, Read | None]:
+    """Write `spec` in one round trip, planned before reading: (save()'s answer (JSON, created?), None).
+
+    The plan is a new schedule's, due from this process's estimate of Redis's clock (clock.utcnow);
+    put_schedule.lua makes it a replacement when the schedule exists, keeping its run state, pause and
+    origin. When the stored record is one this plan does not fit (paused and the spec says nothing of
+    it, owned by the file, in another calendar set, damaged, or the estimate is off by over 25 ms) it
+    writes nothing and answers (None, the read save() plans from), or (None, None) to read again.
+    """
+    template, call = split
+    sent_at = time.time()
+    at = clock.utcnow()
+    wanted = spec.paused  # a new schedule's; a stored pause the spec says nothing of is left to the slow path
+    fields, next_due = _fields(spec, template, call, None, wanted, origin, at)
+    if_new = {name: fields.pop(name) for name in ("c", "o")}
+    guess: dict[str, Any] = {"now": str(to_ms(at)), "calendars": sorted(set(spec.skip_calendars))}
+    guess["if_new"] = {name: str(value) for name, value in if_new.items() if value is not None and name != "c"}
+    if "paused" in spec.model_fields_set:
+        guess["paused"] = "1" if spec.paused else "0"
+    write: dict[str, Any] = {
+        "id": schedule_id,
+        "new": True,
+        "clean": True,
+        "calendars": guess["calendars"],
+        "set": {name: str(value) for name, value in fields.items() if value not in (None, "")},
+        "del": [name for name, value in fields.items() if value in (None, "")],
+        "cal_add": [],
+        "cal_del": [],
+        "template": [fields["t"], template],
+        "guess": guess,
+    }
+    if next_due is not None:
+        write["due"] = str(jittered(spec, next_due))
+    event = audit.script_args(201) if audit is not None else None
+    if event is not None:
+        guess["status_at"] = event["fields"][::2].index("status") * 2 + 2  # Lua's index of its value
+    reply = _put(connection, [write], [], max_schedules, answer=True, event=event)
+    status = reply[0]
+    if status not in (b"ok", b"read", b"same"):  # a calendar made meanwhile: plan again from a read
+        return None, None
+    seconds, micros = int(reply[-2] if status == b"ok" else reply[1]), int(reply[-1] if status == b"ok" else reply[2])
+    clock.learn(seconds + micros / 1e6, sent_at)
+    at = EPOCH + timedelta(seconds=seconds, microseconds=micros)
+    known = {fields["t"]: template}
+    if status == b"read":
+        return None, _as_read(connection, schedule_id, at, reply[3], reply[4:])
+    if status == b"same":
+        current = from_raw(schedule_id, decode(dict(zip(FIELDS, reply[3:], strict=True))), known)
+        assert current is not None  # its fields were checked by the script
+        return (describe_all(connection, [current])[0], False), None
+    created = reply[-3] == b"1"
+    if audit is not None and event is not None:
+        event["fields"][guess["status_at"] - 1] = "201" if created else "200"
+        audit.written(event)
+    stored = from_raw(schedule_id, decode(dict(zip(FIELDS, reply[2:-3], strict=True))), known)
+    assert stored is not None
+    return (describe_all(connection, [stored])[0], created), None
+
+
+def _read_for_write(connection: Redis, schedule_id: str, now: datetime | None) -> Read | None:
     """One round trip (read_schedule.lua): (`now` or Redis's clock, the FIELDS as stored, the schedule or None
     when absent or unreadable); None when it was in the first release's layout and has just been migrated."""
     keys = [ScheduleKeys.schedule(schedule_id), ScheduleKeys.templates]
     seconds, micros, template, *seen = READ(keys=keys, args=FIELDS, client=connection)
+    at = now or EPOCH + timedelta(seconds=int(seconds), microseconds=int(micros))
+    return _as_read(connection, schedule_id, at, template, seen)
+
+
+def _as_read(
+    connection: Redis, schedule_id: str, at: datetime, template: bytes | None, seen: list[bytes | None]
+) -> Read | None:
+    """The read of a schedule (read_schedule.lua's answer) as save() plans from it."""
     raw = decode(dict(zip(FIELDS, seen, strict=True)))
     if LEGACY in raw:  # migrated before anything writes it
         migrate(connection, schedule_id)
         return None
     known = {raw["t"]: template.decode(errors="replace")} if template else {}
-    return (
-        now or EPOCH + timedelta(seconds=int(seconds), microseconds=int(micros)),
-        seen,
-        from_raw(schedule_id, raw, known),
-    )
+    return at, seen, from_raw(schedule_id, raw, known)
 
 
 def _write_if_unchanged(
@@ -188,6 +268,20 @@ def _write_if_unchanged(
     `max_schedules` (new ids only), InvalidField for a calendar that does not exist. `event`: an audit
     event the script records with the writes (RideAlong.script_args).
     """
+    reply = _put(connection, writes, seen, max_schedules, answer=answer, event=event)
+    return reply[2:] if reply[0] == b"ok" else None
+
+
+def _put(
+    connection: Redis,
+    writes: list[dict[str, Any]],
+    seen: list[list[bytes | None]],
+    max_schedules: int | None,
+    *,
+    answer: bool,
+    event: dict[str, Any] | None,
+) -> list[Any]:
+    """Run put_schedule.lua and answer its reply; raise for the cap and a missing calendar (see above)."""
     head: dict[str, Any] = {"fields": FIELDS, "wake": ScheduleKeys.wakeup, "answer": answer}
     if event is not None:
         head["audit"] = event
@@ -198,19 +292,15 @@ def _write_if_unchanged(
     args = [json.dumps(head, separators=(",", ":"))]
     args += [b"" if v is None else b"=" + v for values in seen for v in values]
     keys = [*PUT_KEYS, *(ScheduleKeys.schedule(write["id"]) for write in writes)]
-    reply = PUT(keys=keys, args=args, client=connection)
-    status = reply[0].decode()
-    if status == "cap":
+    reply: list[Any] = PUT(keys=keys, args=args, client=connection)
+    status = reply[0]
+    if status == b"cap":
         raise ScheduleLimitReached(
             f"{max_schedules} schedules exist (MAX_SCHEDULES): delete one or replace an existing id"
         )
-    if status == "calendar":  # names it, unless it was created meanwhile (then write again)
+    if status == b"calendar":  # names it, unless it was created meanwhile (then write again)
         calendars.check_exist(connection, [reply[1].decode()])
-    if status != "ok":
-        return None
-    for template in reply[1]:  # its last user left: delete it (unless reused meanwhile)
-        RELEASE(keys=[ScheduleKeys.templates, ScheduleKeys.template_refs], args=[template, 0], client=connection)
-    return reply[2:]
+    return reply
 
 
 # The shared keys a delete touches besides the schedule's own hash, with their types.

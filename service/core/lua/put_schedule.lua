@@ -14,21 +14,100 @@
 --                    [id, JSON] it starts using and release, the id of the one it stops using (both absent:
 --                    same template as before); due (its due score; absent: not due); cal_add, cal_del
 --                    (calendars it starts / stops naming)
+--         guess      (one write only, none of ARGV[2..]) the write is planned without reading the schedule
+--                    first, as a new one (new, clean) that this script turns into a replacement when the
+--                    hash exists; {now: the writer's clock (ms), calendars: the spec's, paused: "1"/"0"
+--                    when the spec sets it, if_new: fields only a new schedule gets, status_at: where the
+--                    audit event's status is}. u is Redis's clock (past the stored u), c too when new.
 --       [2..] per write in turn, each of `fields` as read: "=" .. value, or "" when absent.
 -- Returns {"changed"} when a hash is not as read (read again and retry), {"cap"}, {"calendar", id} when a
--- calendar is missing; else {"ok", [templates no schedule uses any more], then `fields` as written if answer}.
+-- calendar is missing; else {"ok", [templates deleted: no schedule uses them any more], then `fields` as
+-- written if answer}.
+-- With guess, and only then: {"read", TIME s, TIME us, the template's JSON or false, `fields` as stored}
+-- (what read_schedule.lua answers) when the plan does not hold for what is stored (a paused, file-owned,
+-- first-release, damaged or other-type record, other calendars, the writer's clock more than 25 ms off
+-- Redis's): nothing written, the writer plans from that read; {"same", TIME s, TIME us, `fields`} when the
+-- spec and pause are those stored: nothing written; "ok" replies end with "1" (created) or "0", TIME s, TIME us.
 -- Checks come before the first write, and the first write (ZADD) is one a full Redis refuses, so a Redis
 -- refusing writes (maxmemory, MISCONF, read-only) leaves everything as it was.
 local c = cjson.decode(ARGV[1])
 local fields, writes = c.fields, c.writes
 local nf = #fields
+local clock, guess = nil, writes[1].guess
+if guess then
+  -- Turn the new schedule's plan into what the stored hash needs, or answer it as read.
+  clock = redis.call('TIME')
+  local now = clock[1] * 1000 + math.floor(clock[2] / 1000)
+  local kind = redis.call('TYPE', KEYS[7]).ok
+  local seen = kind == 'hash' and redis.call('HMGET', KEYS[7], unpack(fields)) or {}
+  local f = {}
+  for i = 1, nf do f[fields[i]] = seen[i] or nil end
+  local w, template = writes[1], f.t and redis.call('HGET', KEYS[3], f.t)
+  local function read()
+    local reply = {'read', clock[1], clock[2], template or false}
+    for i = 1, nf do reply[#reply + 1] = seen[i] or false end
+    return reply
+  end
+  -- Stored numbers that Python reads (store.readable): "" or up to 14 digits, a sign allowed but on times
+  -- (a time of 14 digits is before the year 5000); the state has up to 11, its first the last run's time.
+  local function numbers(text, most)
+    if not text then return true end
+    local count = 0
+    for part in (text .. ','):gmatch('([^,]*),') do
+      count = count + 1
+      local digits = part:match('^%-?(%d+)$')
+      if count > most or (part ~= '' and not (digits and #digits <= 14 and (most > 1 and count > 1 or digits == part)))
+      then
+        return false
+      end
+    end
+    return true
+  end
+  if (kind ~= 'hash' and kind ~= 'none') or f.spec or math.abs(tonumber(guess.now) - now) > 25 then return read() end
+  for _, name in ipairs({'b', 'n', 'u', 'c'}) do
+    if not numbers(f[name], 1) then return read() end
+  end
+  if not numbers(f.s, 11) then return read() end
+  local before = tonumber(f.u or '')
+  w.set.u = string.format('%d', before and math.max(now, before + 1) or now)  -- a write always moves u
+  if not f.t then
+    for i = 1, nf do if seen[i] then return read() end end  -- a hash without a template: damaged
+    w.set.c = w.set.u
+    for name, value in pairs(guess.if_new) do w.set[name] = value end
+    w.cal_add = guess.calendars
+  else
+    if not template or f.o == 'file' or (not guess.paused and f.p == '1') then return read() end
+    local ok, stored = pcall(cjson.decode, template)
+    if not ok or type(stored) ~= 'table' then return read() end
+    local had, count = {}, 0
+    for _, calendar in ipairs(type(stored.skip_calendars) == 'table' and stored.skip_calendars or {}) do
+      if not had[calendar] then had[calendar], count = true, count + 1 end
+    end
+    for _, calendar in ipairs(guess.calendars) do
+      if not had[calendar] then return read() end
+    end
+    if count ~= #guess.calendars then return read() end
+    local same_pause = (f.p == '1') == ((guess.paused or '0') == '1')
+    if same_pause and f.t == w.template[1] and (f.a or '') == (w.set.a or '') then
+      local reply = {'same', clock[1], clock[2]}
+      for i = 1, nf do reply[#reply + 1] = seen[i] or false end
+      return reply
+    end
+    w.new, w.clean = false, false
+    if f.t == w.template[1] then w.template = nil else w.release = f.t end
+  end
+  if c.audit then c.audit.fields[guess.status_at] = w.new and '201' or '200' end
+  writes[1].guess = nil  -- compared: the hash is as just read
+end
 for n, w in ipairs(writes) do
   -- A key of another type (planted) reads as no schedule, as in read_schedule.lua.
-  local seen = redis.pcall('HMGET', KEYS[6 + n], unpack(fields))
-  if seen.err then seen = {} end
-  local base = 1 + (n - 1) * nf
-  for i = 1, nf do
-    if (seen[i] and ('=' .. seen[i]) or '') ~= ARGV[base + i] then return {'changed'} end
+  if not guess then
+    local seen = redis.pcall('HMGET', KEYS[6 + n], unpack(fields))
+    if seen.err then seen = {} end
+    local base = 1 + (n - 1) * nf
+    for i = 1, nf do
+      if (seen[i] and ('=' .. seen[i]) or '') ~= ARGV[base + i] then return {'changed'} end
+    end
   end
 end
 
@@ -98,10 +177,14 @@ end
 each_slice({'ZADD', KEYS[2]}, due, function(args) redis.call(unpack(args)) end)
 each_slice({'ZREM', KEYS[2]}, not_due, function(args) redis.call(unpack(args)) end)
 for _, template in ipairs(new_templates) do redis.call('HSETNX', KEYS[3], template[1], template[2]) end
--- A template whose count falls to 0 is deleted by the caller (release_template.lua), unless reused meanwhile.
+-- A template whose count falls to 0 goes with its last user.
 local unused = {}
 for template, n in pairs(refs) do
-  if n ~= 0 and redis.call('HINCRBY', KEYS[4], template, n) <= 0 then unused[#unused + 1] = template end
+  if n ~= 0 and redis.call('HINCRBY', KEYS[4], template, n) <= 0 then
+    redis.call('HDEL', KEYS[3], template)
+    redis.call('HDEL', KEYS[4], template)
+    unused[#unused + 1] = template
+  end
 end
 for calendar, n in pairs(calendar_refs) do
   if n ~= 0 then redis.call('HINCRBY', KEYS[6], calendar, n) end
@@ -112,5 +195,8 @@ local reply = {'ok', unused}
 if c.answer then
   local after = redis.call('HMGET', KEYS[7], unpack(fields))
   for i = 1, nf do reply[#reply + 1] = after[i] end
+end
+if guess then
+  reply[#reply + 1], reply[#reply + 2], reply[#reply + 3] = writes[1].new and '1' or '0', clock[1], clock[2]
 end
 return reply
