@@ -15,9 +15,12 @@ at whole seconds: every minute has ~16,700 due runs (~280 a second).
   missing or doubled.
 - PUT: a real gunicorn (gunicorn.conf.py, MAX_SCHEDULES raised) takes 2,000
   `PUT /schedules/<id>` replacing users' schedules, one at a time on one
-  keep-alive connection, while the scheduler fires: p50/p99/max. As many
-  again with the scheduler stopped (SIGSTOP), in alternate rounds of 250:
-  put_ms_scheduler_stopped. `--peer DIR` runs a second gunicorn from another
+  keep-alive connection, while the scheduler fires: p50/p99/max, timed as a
+  load generator such as wrk times them (request written, answer read to its
+  Content-Length). As many again with the scheduler stopped (SIGSTOP), in
+  alternate rounds of 250: put_ms_scheduler_stopped. Each round again with
+  Python's http.client, which parses every answer's headers itself (~0.1 ms
+  more a request): put_ms_http_client. `--peer DIR` runs a second gunicorn from another
   checkout (say, the code before a change) on the same Redis, taking turns
   round by round: `peer`, and per-round p50 ratios ours/peer.
   `--gunicorn-args "..."` passes flags to both (say, `--threads 1`).
@@ -35,16 +38,19 @@ Usage: .venv/bin/python bench/scheduler_million.py [--schedules 1000000] [--puts
 from __future__ import annotations
 
 import argparse
+import functools
 import http.client
 import json
 import os
 import shlex
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -136,13 +142,17 @@ def run_growth(redis: Redis, count: int, first_hour: datetime, minute: datetime)
     return statistics.mean(sizes[: len(ran)]) - statistics.mean(sizes[len(ran) :])
 
 
+def put_body(n: int) -> bytes:
+    return json.dumps({"task": "diag.echo", "args": [n, "v2"], "interval": HOUR}).encode()
+
+
 def put_latencies(conn: http.client.HTTPConnection, first: int, puts: int, count: int) -> list[float]:
     """Time `puts` PUTs replacing users' schedules (a new argument each) of the `count` stored, one at a time on
-    one connection."""
+    one connection, with Python's http.client (it parses each answer's headers itself: ~0.1 ms a request)."""
     headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
     times = []
     for n in range(first, first + puts):
-        body = json.dumps({"task": "diag.echo", "args": [n, "v2"], "interval": HOUR})
+        body = put_body(n)
         started = time.perf_counter()
         conn.request("PUT", f"/schedules/user-{n * 7 % count:07d}", body=body, headers=headers)
         response = conn.getresponse()
@@ -152,13 +162,46 @@ def put_latencies(conn: http.client.HTTPConnection, first: int, puts: int, count
     return times
 
 
+def lean_latencies(sock: socket.socket, first: int, puts: int, count: int) -> list[float]:
+    """The same PUTs as a load generator such as wrk times them: from writing the request to the last byte of
+    the answer (its length from Content-Length), nothing parsed but the status line."""
+    times = []
+    for n in range(first, first + puts):
+        body = put_body(n)
+        head = (
+            f"PUT /schedules/user-{n * 7 % count:07d} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        request, answer = head.encode() + body, b""
+        started = time.perf_counter()
+        sock.sendall(request)
+        while True:
+            answer += sock.recv(65536)
+            headers, gap, rest = answer.partition(b"\r\n\r\n")
+            if gap:
+                at = headers.index(b"\r\nContent-Length: ") + 18
+                if len(rest) >= int(headers[at : headers.index(b"\r\n", at)]):
+                    break
+        times.append((time.perf_counter() - started) * 1000)
+        assert headers.startswith(b"HTTP/1.1 200 "), headers[:40]
+    return times
+
+
 def put_rounds(
     redis: Redis, scheduler: subprocess.Popen[bytes], ports: dict[str, int], puts: int, count: int
 ) -> dict[str, Any]:
-    """`puts` PUTs per web and scheduler state (firing, stopped), in rounds of ROUND taking turns; the SLOWLOG
-    of our PUTs while it fires; per-round p50 ratios of each web against ours."""
+    """`puts` PUTs per web, client and scheduler state (firing, stopped), in rounds of ROUND taking turns; the
+    SLOWLOG of our PUTs while it fires; per-round p50 ratios of each web against ours (lean client)."""
     conns = {name: http.client.HTTPConnection("127.0.0.1", port, timeout=10) for name, port in ports.items()}
-    times: dict[tuple[str, str], list[float]] = {(name, state): [] for name in ports for state in STATES}
+    socks = {name: socket.create_connection(("127.0.0.1", port), timeout=10) for name, port in ports.items()}
+    for sock in socks.values():
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as http.client sets it
+    timers: dict[tuple[str, str], Callable[[int, int, int], list[float]]] = {}
+    for name in ports:
+        timers[name, "lean"] = functools.partial(lean_latencies, socks[name])
+        timers[name, "http.client"] = functools.partial(put_latencies, conns[name])
+    cells = [(name, client, state) for name, client in timers for state in STATES]
+    times: dict[tuple[str, str, str], list[float]] = {cell: [] for cell in cells}
     ratios: dict[str, list[float]] = {name: [] for name in ports if name != "ours"}
     slow: list[dict[str, Any]] = []
     done = 0
@@ -167,23 +210,33 @@ def put_rounds(
         for state in STATES if round_ % 2 == 0 else STATES[::-1]:
             scheduler.send_signal(signal.SIGCONT if state == "firing" else signal.SIGSTOP)
             medians = {}
-            for name in list(ports) if round_ % 2 == 0 else list(ports)[::-1]:
+            turns = list(timers) if round_ % 2 == 0 else list(timers)[::-1]
+            for name, client in turns:
                 redis.slowlog_reset()
-                found = put_latencies(conns[name], done, size, count)
+                found = timers[name, client](done, size, count)
+                medians[name, client] = statistics.median(found)
                 done += size
-                if (name, state) == ("ours", "firing"):  # the SLOWLOG's own commands aside
+                if (name, client, state) == ("ours", "lean", "firing"):  # the SLOWLOG's own commands aside
                     slow += [e for e in redis.slowlog_get(10_000) if not e["command"].upper().startswith(b"SLOWLOG")]
-                times[name, state] += found
-                medians[name] = statistics.median(found)
+                times[name, client, state] += found
             for name in ratios:
-                ratios[name].append(medians["ours"] / medians[name])
-    for conn in conns.values():
-        conn.close()
-    out: dict[str, Any] = {"put_ms": percentiles(times["ours", "firing"])}
-    out["put_ms_scheduler_stopped"] = percentiles(times["ours", "stopped"])
+                ratios[name].append(medians["ours", "lean"] / medians[name, "lean"])
+    for closable in (*conns.values(), *socks.values()):
+        closable.close()
+    return put_figures(times, ratios, slow)
+
+
+def put_figures(
+    times: dict[tuple[str, str, str], list[float]], ratios: dict[str, list[float]], slow: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """put_rounds' figures: ours with each client and scheduler state, the SLOWLOG, each peer's."""
+    out: dict[str, Any] = {"put_ms": percentiles(times["ours", "lean", "firing"])}
+    out["put_ms_scheduler_stopped"] = percentiles(times["ours", "lean", "stopped"])
+    out["put_ms_http_client"] = {state: percentiles(times["ours", "http.client", state]) for state in STATES}
     out["redis_calls_over_1ms_during_puts"] = slow_calls(slow)
     for name, found in ratios.items():
-        out[name] = {state: percentiles(times[name, state]) for state in STATES}
+        out[name] = {state: percentiles(times[name, "lean", state]) for state in STATES}
+        out[name]["http.client"] = {state: percentiles(times[name, "http.client", state]) for state in STATES}
         out[name]["p50_ratio_ours_to_it"] = round(statistics.median(found), 3)
     return out
 
