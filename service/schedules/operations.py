@@ -187,9 +187,10 @@ def _guessed_write(
     at = clock.utcnow()
     wanted = spec.paused  # a new schedule's; a stored pause the spec says nothing of is left to the slow path
     fields, next_due = _fields(spec, template, call, None, wanted, origin, at)
-    if_new = {name: fields.pop(name) for name in ("c", "o")}
+    fields.pop("c")  # the script's clock, when new
+    owner = fields.pop("o")
     guess: dict[str, Any] = {"now": str(to_ms(at)), "calendars": sorted(set(spec.skip_calendars))}
-    guess["if_new"] = {name: str(value) for name, value in if_new.items() if value is not None and name != "c"}
+    guess["if_new"] = {"o": owner} if owner is not None else {}
     if "paused" in spec.model_fields_set:
         guess["paused"] = "1" if spec.paused else "0"
     write: dict[str, Any] = {
@@ -213,12 +214,12 @@ def _guessed_write(
     status = reply[0]
     if status not in (b"ok", b"read", b"same"):  # a calendar made meanwhile: plan again from a read
         return None, None
-    seconds, micros = int(reply[-2] if status == b"ok" else reply[1]), int(reply[-1] if status == b"ok" else reply[2])
+    seconds, micros = (int(x) for x in (reply[-2:] if status == b"ok" else reply[1:3]))  # Redis's TIME
     clock.learn(seconds + micros / 1e6, sent_at)
-    at = EPOCH + timedelta(seconds=seconds, microseconds=micros)
-    known = {fields["t"]: template}
     if status == b"read":
+        at = EPOCH + timedelta(seconds=seconds, microseconds=micros)
         return None, _as_read(connection, schedule_id, at, reply[3], reply[4:])
+    known = {fields["t"]: template}
     if status == b"same":
         current = from_raw(schedule_id, decode(dict(zip(FIELDS, reply[3:], strict=True))), known)
         assert current is not None  # its fields were checked by the script
